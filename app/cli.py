@@ -1,0 +1,183 @@
+"""The `stockwire` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from app.security.cli import keys_cli
+from app.settings import Settings
+
+cli = typer.Typer(
+    pretty_exceptions_enable=False,
+    help="Stockwire: inventory availability that stays true across every channel.",
+    no_args_is_help=True,
+)
+cli.add_typer(keys_cli, name="keys")  # stockwire keys create|list|revoke (docs/security.md)
+
+
+@cli.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on"),
+    port: int = typer.Option(8000, help="Port for HTTP and websockets"),
+    demo: bool = typer.Option(False, "--demo", help="Load demo data into an empty database"),
+    workers: int = typer.Option(1, help="uvicorn worker processes (Postgres + Redis only)"),
+) -> None:
+    """Serve the GraphQL API (HTTP and websockets on /graphql, GraphiQL in a browser)."""
+    import uvicorn
+
+    settings = Settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    if demo:
+        asyncio.run(_load_demo(settings))
+    typer.echo(
+        f"Stockwire on http://{host}:{port}/graphql  (database: {_safe(settings.database_url)}, "
+        f"broadcast: {settings.broadcast_url})"
+    )
+    if workers > 1:
+        if settings.is_sqlite or settings.broadcast_url.startswith("memory"):
+            typer.echo(
+                "several workers need PostgreSQL and Redis (STOCKWIRE_DATABASE_URL, STOCKWIRE_BROADCAST_URL)", err=True
+            )
+            raise typer.Exit(2)
+        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
+    else:
+        from app.main import create_app
+
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+async def _load_demo(settings: Settings) -> None:
+    from app.db.engine import Database
+    from app.db.migrate import upgrade
+    from app.services import demo
+    from app.services.context import Ctx
+
+    db = Database(settings.database_url)
+    try:
+        if db.is_sqlite:
+            await upgrade(db.engine)
+        ctx = Ctx(db=db, settings=settings)
+        if await demo.is_empty(ctx):
+            n = await demo.load(ctx)
+            typer.echo(
+                f"demo data loaded: {len(demo.LOCATIONS)} locations, "
+                f"{len(demo.PRODUCTS) * len(demo.SIZES)} SKUs, {n} events"
+            )
+        else:
+            typer.echo("database not empty: demo data not loaded")
+    finally:
+        await db.dispose()
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply the database migrations to STOCKWIRE_DATABASE_URL."""
+
+    async def run() -> None:
+        from app.db.engine import Database
+        from app.db.migrate import upgrade
+
+        db = Database(Settings().database_url)
+        try:
+            await upgrade(db.engine)
+        finally:
+            await db.dispose()
+
+    asyncio.run(run())
+    typer.echo("migrations applied")
+
+
+@cli.command()
+def check() -> None:
+    """Integrity check: every position equals the fold of its ledger. Exit 1 on any mismatch."""
+
+    async def run() -> int:
+        from app.db.engine import Database
+        from app.services import integrity
+        from app.services.context import Ctx
+
+        settings = Settings()
+        db = Database(settings.database_url)
+        try:
+            mismatches = await integrity.check(Ctx(db=db, settings=settings))
+        finally:
+            await db.dispose()
+        for m in mismatches:
+            typer.echo(f"MISMATCH {m.sku_code} @ {m.location_code}: {m.field} stored {m.stored}, ledger {m.ledger}")
+        typer.echo("integrity: ok" if not mismatches else f"integrity: {len(mismatches)} mismatches")
+        return 1 if mismatches else 0
+
+    sys.exit(asyncio.run(run()))
+
+
+@cli.command("import-snapshot")
+def import_snapshot(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="CSV with columns sku,location,on_hand"),
+    source: str = typer.Option(..., help="The system of record the snapshot comes from"),
+    taken_at: str | None = typer.Option(None, help="When the snapshot was taken (ISO 8601); default now"),
+    apply: bool = typer.Option(False, "--apply", help="Record each drifting row as a COUNTED event at --taken-at"),
+) -> None:
+    """Reconcile with a snapshot: report drift per (SKU, location), optionally apply it."""
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from app.db.engine import Database
+    from app.domain.errors import Refused
+    from app.services import channel_reconciliation
+    from app.services.context import Ctx
+
+    when = datetime.fromisoformat(taken_at) if taken_at else datetime.now(UTC)
+    if when.tzinfo is None:
+        typer.echo("--taken-at needs a timezone (e.g. 2026-01-01T09:00:00+00:00)", err=True)
+        raise typer.Exit(2)
+    with file.open(encoding="utf-8-sig") as f:
+        total = max(0, sum(1 for _ in f) - 1)
+    console = Console()
+
+    async def run() -> channel_reconciliation.SnapshotReport:
+        settings = Settings()
+        db = Database(settings.database_url)
+        try:
+            with Progress(console=console, transient=True) as progress:
+                task = progress.add_task("comparing", total=total)
+                return await channel_reconciliation.import_csv(
+                    Ctx(db=db, settings=settings), file, source, when, apply, lambda n: progress.advance(task, n)
+                )
+        finally:
+            await db.dispose()
+
+    try:
+        report = asyncio.run(run())
+    except (Refused, ValueError) as exc:
+        typer.echo(f"refused: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for e in report.unknown:
+        typer.echo(f"SKIPPED {e.code.value}: {e.message}")
+    for d in report.drift:
+        causes = ", ".join(f"{c.kind}#{c.id} {c.status} drift {c.drift}" for c in d.causes) or "no recorded cause"
+        applied = f" [{d.applied}]" if d.applied else ""
+        typer.echo(
+            f"DRIFT {d.sku_code} @ {d.location_code}: expected {d.expected}, reported {d.reported} "
+            f"({d.difference:+d}) since {d.since.isoformat() if d.since else '-'}; {causes}{applied}"
+        )
+    typer.echo(
+        f"{report.rows} rows, {report.matched} matched, {len(report.drift)} drifting, {len(report.unknown)} skipped"
+    )
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,102 @@
+"""The database handle: one engine, transactions with deadlock retry, and a commit signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+log = logging.getLogger("stockwire.db")
+T = TypeVar("T")
+
+# Postgres aborts one side of a deadlock or serialisation conflict; the whole transaction is retried.
+_RETRYABLE_SQLSTATES = {"40P01", "40001"}
+_MAX_ATTEMPTS = 5
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    orig: Any = exc.orig
+    for candidate in (orig, getattr(orig, "__cause__", None)):
+        state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(state, str):
+            return state
+    return None
+
+
+def is_unique_violation(exc: DBAPIError) -> bool:
+    state = _sqlstate(exc)
+    return state == "23505" or "UNIQUE constraint failed" in str(exc.orig)
+
+
+class Database:
+    def __init__(self, url: str, pool_size: int = 10, max_overflow: int = 10) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine: AsyncEngine = create_async_engine(url)
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=False)
+        # SQLite allows one writer: writers in this process queue here instead of failing with
+        # "database is locked". Postgres needs no such thing: its row locks and conditional updates do it.
+        self._sqlite_writer = asyncio.Lock()
+        self._commit_listeners: list[Callable[[], None]] = []
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Called after every committed write transaction (the outbox relay wakes on it)."""
+        self._commit_listeners.append(listener)
+
+    @asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        if self.is_sqlite:
+            async with self._sqlite_writer, self.engine.begin() as conn:
+                yield conn
+        else:
+            async with self.engine.begin() as conn:
+                yield conn
+
+    async def write(self, work: Callable[[AsyncConnection], Awaitable[T]], notify: bool = True) -> T:
+        """Run `work` in one transaction, retried from the start if Postgres picks it as a deadlock victim."""
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                async with self._begin() as conn:
+                    result = await work(conn)
+            except DBAPIError as exc:
+                if _sqlstate(exc) in _RETRYABLE_SQLSTATES and attempt < _MAX_ATTEMPTS:
+                    log.info("retrying transaction after %s (attempt %d)", _sqlstate(exc), attempt)
+                    await asyncio.sleep(0.005 * attempt)
+                    continue
+                raise
+            if notify:
+                for listener in self._commit_listeners:
+                    listener()
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+    async def ping(self) -> None:
+        from sqlalchemy import text
+
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

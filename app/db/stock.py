@@ -1,0 +1,177 @@
+"""The SQL that must be atomic. Overselling is prevented here, by the database, not by Python checks.
+
+`hold` is a single conditional UPDATE: the row changes only if the units are available at the moment
+the database applies it. On Postgres, concurrent holds on one row queue on its row lock and each
+re-checks the condition against the latest committed row; on SQLite writers are serialised. Either
+way, two buyers can never both take the last unit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db.tables import inventory_events, outbox, stock_levels
+from app.domain.quantities import Delta, Position
+
+sl = stock_levels
+Pair = tuple[int, int]  # (sku_id, location_id)
+
+
+def available_sql() -> ColumnElement[int]:
+    return sl.c.on_hand - sl.c.committed - sl.c.reserved - sl.c.unavailable - sl.c.safety_stock
+
+
+@dataclass(frozen=True, slots=True)
+class LockedPosition:
+    position: Position
+    version: int
+    counted_at: datetime | None
+
+
+def position_of(row: Any) -> Position:
+    return Position(
+        on_hand=row.on_hand,
+        committed=row.committed,
+        reserved=row.reserved,
+        unavailable=row.unavailable,
+        safety_stock=row.safety_stock,
+        incoming=row.incoming,
+    )
+
+
+async def hold(conn: AsyncConnection, sku_id: int, location_id: int, quantity: int, now: datetime) -> int | None:
+    """Reserve `quantity` at one position if, and only if, it is available there. Returns the new version."""
+    result = await conn.execute(
+        update(sl)
+        .where(sl.c.sku_id == sku_id, sl.c.location_id == location_id, available_sql() >= quantity)
+        .values(reserved=sl.c.reserved + quantity, version=sl.c.version + 1, updated_at=now)
+        .returning(sl.c.version)
+    )
+    version = result.scalar_one_or_none()
+    return None if version is None else int(version)
+
+
+def _pairs_clause(pairs: Sequence[Pair]) -> ColumnElement[bool]:
+    return or_(*(and_(sl.c.sku_id == s, sl.c.location_id == loc) for s, loc in pairs))
+
+
+async def ensure_positions(conn: AsyncConnection, pairs: Iterable[Pair], now: datetime) -> None:
+    """Create empty positions that do not exist yet (version 0: the first change makes it 1)."""
+    rows = [{"sku_id": s, "location_id": loc, "updated_at": now} for s, loc in sorted(set(pairs))]
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        stmt: Any = postgresql.insert(sl).on_conflict_do_nothing()
+    else:
+        stmt = sqlite.insert(sl).on_conflict_do_nothing()
+    await conn.execute(stmt, rows)
+
+
+async def lock_positions(conn: AsyncConnection, pairs: Iterable[Pair]) -> dict[Pair, LockedPosition]:
+    """Lock positions in primary-key order, so two batches touching the same rows cannot deadlock."""
+    wanted = sorted(set(pairs))
+    if not wanted:
+        return {}
+    rows = await conn.execute(
+        select(sl).where(_pairs_clause(wanted)).order_by(sl.c.sku_id, sl.c.location_id).with_for_update()
+    )
+    return {(r.sku_id, r.location_id): LockedPosition(position_of(r), r.version, r.counted_at) for r in rows}
+
+
+async def apply_delta(
+    conn: AsyncConnection,
+    pair: Pair,
+    delta: Delta,
+    now: datetime,
+    counted_at: datetime | None = None,
+) -> int:
+    """Add `delta` to a position (relative, so it composes with concurrent holds). Returns the version."""
+    values: dict[str, Any] = {"updated_at": now}
+    if counted_at is not None:
+        values["counted_at"] = counted_at
+    if not delta.is_zero:
+        values.update(
+            on_hand=sl.c.on_hand + delta.on_hand,
+            committed=sl.c.committed + delta.committed,
+            reserved=sl.c.reserved + delta.reserved,
+            unavailable=sl.c.unavailable + delta.unavailable,
+            safety_stock=sl.c.safety_stock + delta.safety_stock,
+            incoming=sl.c.incoming + delta.incoming,
+            version=sl.c.version + 1,
+        )
+    result = await conn.execute(
+        update(sl).where(sl.c.sku_id == pair[0], sl.c.location_id == pair[1]).values(**values).returning(sl.c.version)
+    )
+    return int(result.scalar_one())
+
+
+async def on_hand_after(conn: AsyncConnection, pair: Pair, after: datetime) -> int:
+    """Sum of on-hand effects already applied here by events that occurred strictly after `after`."""
+    ie = inventory_events
+    total = await conn.scalar(
+        select(func.coalesce(func.sum(ie.c.d_on_hand), 0)).where(
+            ie.c.sku_id == pair[0], ie.c.location_id == pair[1], ie.c.occurred_at > after
+        )
+    )
+    return int(total or 0)
+
+
+def ledger_row(
+    *,
+    kind: str,
+    status: str,
+    pair: Pair,
+    quantity: int,
+    delta: Delta,
+    version: int,
+    now: datetime,
+    source: str = "stockwire",
+    external_id: str | None = None,
+    occurred_at: datetime | None = None,
+    drift: int = 0,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "source": source,
+        "external_id": external_id,
+        "kind": kind,
+        "status": status,
+        "sku_id": pair[0],
+        "location_id": pair[1],
+        "quantity": quantity,
+        "occurred_at": occurred_at or now,
+        "received_at": now,
+        "reason": extra.get("reason"),
+        "reference": extra.get("reference"),
+        "to_location_id": extra.get("to_location_id"),
+        "expected_at": extra.get("expected_at"),
+        "reservation_id": extra.get("reservation_id"),
+        "fingerprint": extra.get("fingerprint"),
+        "d_on_hand": delta.on_hand,
+        "d_committed": delta.committed,
+        "d_reserved": delta.reserved,
+        "d_unavailable": delta.unavailable,
+        "d_safety_stock": delta.safety_stock,
+        "d_incoming": delta.incoming,
+        "drift": drift,
+        "version": version,
+    }
+
+
+async def write_ledger(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(insert(inventory_events), rows)
+
+
+async def enqueue_changes(conn: AsyncConnection, pairs: Iterable[Pair], now: datetime) -> None:
+    """Outbox rows, in the change's own transaction: a crash after commit cannot lose the publication."""
+    rows = [{"sku_id": s, "location_id": loc, "created_at": now} for s, loc in sorted(set(pairs))]
+    if rows:
+        await conn.execute(insert(outbox), rows)

@@ -1,0 +1,320 @@
+"""The tables. Quantities live in `stock_levels`; every change to one is also a row in `inventory_events`."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from app.db.types import BigId, UTCDateTime
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+skus = Table(
+    "skus",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("code", String(100), nullable=False, unique=True),
+    Column("name", String(300), nullable=False),
+    Column("active", Boolean, nullable=False, default=True),
+    # bumped on every change of the SKU itself: part of Availability.version
+    Column("version", BigInteger, nullable=False, default=1),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+locations = Table(
+    "locations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("code", String(100), nullable=False, unique=True),
+    Column("name", String(300), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("latitude", Float, nullable=True),
+    Column("longitude", Float, nullable=True),
+    Column("priority", Integer, nullable=False, default=100),
+    Column("active", Boolean, nullable=False, default=True),
+    # the source whose COUNTED events this location trusts; NULL: counts from every source apply
+    Column("count_authority", String(100), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Named monotonic counters; "locations" moves whenever any location changes, which moves every
+# Availability.version (a location switched off changes every SKU's figure).
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(50), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+stock_levels = Table(
+    "stock_levels",
+    metadata,
+    Column("sku_id", Integer, ForeignKey("skus.id"), primary_key=True),
+    Column("location_id", Integer, ForeignKey("locations.id"), primary_key=True),
+    Column("on_hand", BigInteger, nullable=False, default=0),
+    Column("committed", BigInteger, nullable=False, default=0),
+    Column("reserved", BigInteger, nullable=False, default=0),
+    Column("unavailable", BigInteger, nullable=False, default=0),
+    Column("safety_stock", BigInteger, nullable=False, default=0),
+    Column("incoming", BigInteger, nullable=False, default=0),
+    Column("version", BigInteger, nullable=False, default=0),
+    # when the last applied COUNTED occurred: older deltas arriving later are SUPERSEDED
+    Column("counted_at", UTCDateTime, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+    # The last line of defence: whatever the code does, these can never go below zero.
+    CheckConstraint("committed >= 0", name="committed_not_negative"),
+    CheckConstraint("reserved >= 0", name="reserved_not_negative"),
+    CheckConstraint("unavailable >= 0", name="unavailable_not_negative"),
+    CheckConstraint("incoming >= 0", name="incoming_not_negative"),
+    CheckConstraint("safety_stock >= 0", name="safety_stock_not_negative"),
+    Index("ix_stock_levels_location_id", "location_id"),
+)
+
+inventory_events = Table(
+    "inventory_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("source", String(100), nullable=False),
+    # NULL for movements Stockwire makes itself (reservations, the far side of a transfer)
+    Column("external_id", String(200), nullable=True),
+    Column("kind", String(40), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("sku_id", Integer, ForeignKey("skus.id"), nullable=False),
+    Column("location_id", Integer, ForeignKey("locations.id"), nullable=False),
+    Column("quantity", BigInteger, nullable=False),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("reference", Text, nullable=True),
+    Column("to_location_id", Integer, ForeignKey("locations.id"), nullable=True),
+    Column("expected_at", UTCDateTime, nullable=True),
+    Column("reservation_id", String(36), nullable=True),
+    Column("fingerprint", String(64), nullable=True),
+    # what the row did to the position: the position is the sum of these over its ledger
+    Column("d_on_hand", BigInteger, nullable=False, default=0),
+    Column("d_committed", BigInteger, nullable=False, default=0),
+    Column("d_reserved", BigInteger, nullable=False, default=0),
+    Column("d_unavailable", BigInteger, nullable=False, default=0),
+    Column("d_safety_stock", BigInteger, nullable=False, default=0),
+    Column("d_incoming", BigInteger, nullable=False, default=0),
+    # units asked to be removed that were not there (clipped at 0): reported as drift
+    Column("drift", BigInteger, nullable=False, default=0),
+    # the position's version after this row
+    Column("version", BigInteger, nullable=False),
+    UniqueConstraint("source", "external_id"),
+    Index("ix_inventory_events_position", "sku_id", "location_id", "occurred_at"),
+    Index("ix_inventory_events_location_id", "location_id"),
+    Index("ix_inventory_events_reservation_id", "reservation_id"),
+)
+
+reservations = Table(
+    "reservations",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("status", String(20), nullable=False),
+    # who the idempotency key belongs to ('' until API keys exist)
+    Column("idempotency_scope", String(100), nullable=False, default=""),
+    Column("idempotency_key", String(200), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("channel_code", String(100), nullable=True),
+    Column("cart_ref", String(200), nullable=True),
+    Column("order_ref", String(200), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    UniqueConstraint("idempotency_scope", "idempotency_key"),
+    Index("ix_reservations_status_expires_at", "status", "expires_at"),
+    Index("ix_reservations_cart_ref", "cart_ref"),
+)
+
+reservation_lines = Table(
+    "reservation_lines",
+    metadata,
+    Column("reservation_id", String(36), ForeignKey("reservations.id"), primary_key=True),
+    Column("sku_id", Integer, ForeignKey("skus.id"), primary_key=True),
+    Column("location_id", Integer, ForeignKey("locations.id"), primary_key=True),
+    Column("quantity", BigInteger, nullable=False),
+    # units taken under a channel's backorder allowance (against incoming): not in stock_levels.reserved
+    Column("backordered", BigInteger, nullable=False, default=0),
+    CheckConstraint("quantity >= 0", name="quantity_not_negative"),
+    CheckConstraint("backordered >= 0", name="backordered_not_negative"),
+    CheckConstraint("quantity + backordered > 0", name="holds_something"),
+    Index("ix_reservation_lines_sku_id", "sku_id"),
+)
+
+# Transactional outbox: written in the same transaction as the change, relayed after commit.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("sku_id", Integer, nullable=False),
+    Column("location_id", Integer, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+# --- channels (issue: channels) ----------------------------------------------------------------
+
+channels = Table(
+    "channels",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("code", String(100), nullable=False, unique=True),
+    Column("name", String(300), nullable=False),
+    Column("active", Boolean, nullable=False, default=True),
+    # the rules, in the order app.domain.channel_rules applies them; percentages as exact decimals
+    Column("safety_buffer_units", Integer, nullable=False, default=0),
+    Column("safety_buffer_percent", Numeric(9, 4), nullable=True),
+    Column("allocation_percent", Numeric(9, 4), nullable=True),
+    Column("allocation_cap", Integer, nullable=True),
+    Column("out_of_stock_threshold", Integer, nullable=False, default=0),
+    Column("backorder_limit", Integer, nullable=True),
+    # comma-separated app.domain.routing.RoutingStrategy names; NULL: the default ranking
+    Column("routing_ranking", String(200), nullable=True),
+    # where changed availability is pushed (HMAC-SHA256 signed with endpoint_secret)
+    Column("endpoint_url", Text, nullable=True),
+    Column("endpoint_secret", Text, nullable=True),
+    # bumped on every rule or location-link change: part of the channel's Availability.version
+    Column("version", BigInteger, nullable=False, default=1),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+channel_locations = Table(
+    "channel_locations",
+    metadata,
+    Column("channel_id", Integer, ForeignKey("channels.id"), primary_key=True),
+    Column("location_id", Integer, ForeignKey("locations.id"), primary_key=True),
+)
+
+# Units at a location kept exclusively for one channel: invisible to every other channel.
+ring_fences = Table(
+    "ring_fences",
+    metadata,
+    Column("channel_id", Integer, ForeignKey("channels.id"), primary_key=True),
+    Column("sku_id", Integer, ForeignKey("skus.id"), primary_key=True),
+    Column("location_id", Integer, ForeignKey("locations.id"), primary_key=True),
+    Column("units", BigInteger, nullable=False),
+    CheckConstraint("units >= 0", name="units_not_negative"),
+)
+
+# One row per (channel, SKU) that has ever held stock: what the channel holds now, and the row every
+# reserve under that channel updates, so concurrent reserves of one SKU on one channel queue on its
+# lock and the channel's cap or share is enforced against committed truth.
+channel_holds = Table(
+    "channel_holds",
+    metadata,
+    Column("channel_id", Integer, ForeignKey("channels.id"), primary_key=True),
+    Column("sku_id", Integer, ForeignKey("skus.id"), primary_key=True),
+    Column("reserved", BigInteger, nullable=False, default=0),
+    Column("backordered", BigInteger, nullable=False, default=0),
+    Column("version", BigInteger, nullable=False, default=0),
+    CheckConstraint("reserved >= 0", name="reserved_not_negative"),
+    CheckConstraint("backordered >= 0", name="backordered_not_negative"),
+)
+
+# Checkouts in progress on other platforms, counted in `reserved` at their location until released,
+# converted to an order (committed) or expired.
+external_holds = Table(
+    "external_holds",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("source", String(100), nullable=False),
+    Column("external_id", String(200), nullable=False),
+    Column("sku_id", Integer, ForeignKey("skus.id"), nullable=False),
+    Column("location_id", Integer, ForeignKey("locations.id"), nullable=False),
+    Column("quantity", BigInteger, nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("channel_code", String(100), nullable=True),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("source", "external_id"),
+    Index("ix_external_holds_status_expires_at", "status", "expires_at"),
+)
+
+# What each channel endpoint was last told and acknowledged, per SKU.
+channel_publications = Table(
+    "channel_publications",
+    metadata,
+    Column("channel_id", Integer, ForeignKey("channels.id"), primary_key=True),
+    Column("sku_id", Integer, ForeignKey("skus.id"), primary_key=True),
+    Column("acked_version", BigInteger, nullable=True),
+    Column("acked_available", BigInteger, nullable=True),
+    Column("acked_at", UTCDateTime, nullable=True),
+    Column("pending_version", BigInteger, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=True),
+    Column("next_attempt_at", UTCDateTime, nullable=True),
+)
+
+# --- routing (issue: order routing) ------------------------------------------------------------
+
+location_routing = Table(
+    "location_routing",
+    metadata,
+    Column("location_id", Integer, ForeignKey("locations.id"), primary_key=True),
+    Column("daily_order_capacity", Integer, nullable=True),
+    Column("shipping_cost", Numeric(12, 4), nullable=True),
+)
+
+location_daily_orders = Table(
+    "location_daily_orders",
+    metadata,
+    Column("location_id", Integer, ForeignKey("locations.id"), primary_key=True),
+    Column("day", String(10), primary_key=True),  # ISO date, UTC
+    Column("orders", Integer, nullable=False, default=0),
+)
+
+routing_decisions = Table(
+    "routing_decisions",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("order_ref", String(200), nullable=False),
+    Column("channel_code", String(100), nullable=True),
+    Column("reservation_id", String(36), nullable=True),
+    Column("request", Text, nullable=False),  # JSON: the inputs, including candidate stock as seen
+    Column("decision", Text, nullable=False),  # JSON: shipments, scores, reason
+    Column("created_at", UTCDateTime, nullable=False),
+    Index("ix_routing_decisions_order_ref", "order_ref"),
+)
+
+# API keys (app/security/keys.py): only a SHA-256 of each key is stored; `prefix` is the public
+# part of the key that finds its row and names it in listings and logs.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("prefix", String(20), nullable=False, unique=True),
+    Column("hash", String(64), nullable=False),
+    # comma-separated scope names, sorted (app/security/scopes.py)
+    Column("scopes", String(200), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    # refreshed at most once a minute per process, so it costs the hot path nothing
+    Column("last_used_at", UTCDateTime, nullable=True),
+)

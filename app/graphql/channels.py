@@ -1,0 +1,345 @@
+"""Channels in GraphQL: configure channels and ring-fences. Thin: parse, call one service, map."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import strawberry
+
+from app.domain.errors import Refused
+from app.graphql.context import Context
+from app.graphql.types import EventStatus, UserError
+from app.services import channel_external_holds, channel_publication, channel_reconciliation, channels
+from app.services.channel_external_holds import HoldAction, HoldStatus
+from app.services.channels import ChannelView
+
+strawberry.enum(HoldAction, name="ExternalHoldAction")
+strawberry.enum(HoldStatus, name="ExternalHoldStatus")
+ExternalHoldAction = HoldAction
+ExternalHoldStatus = HoldStatus
+
+Info = strawberry.Info[Context, None]
+
+
+@strawberry.input(description="A channel by code; omitted rule fields keep their stored value")
+class ChannelInput:
+    code: str
+    name: str
+    location_codes: list[str] = strawberry.field(description="Every location the channel sells from (the full set)")
+    safety_buffer_units: int | None = None
+    safety_buffer_percent: float | None = None
+    allocation_percent: float | None = None
+    allocation_cap: int | None = None
+    out_of_stock_threshold: int | None = None
+    backorder_limit: int | None = None
+    active: bool | None = None
+    endpoint_url: str | None = strawberry.field(default=None, description="Where changed availability is pushed")
+    endpoint_secret: str | None = strawberry.field(default=None, description="HMAC-SHA256 key for the pushes")
+
+
+@strawberry.type
+class Channel:
+    code: str
+    name: str
+    active: bool
+    location_codes: list[str]
+    safety_buffer_units: int
+    safety_buffer_percent: float | None
+    allocation_percent: float | None
+    allocation_cap: int | None
+    out_of_stock_threshold: int
+    backorder_limit: int | None
+    endpoint_url: str | None
+    version: int
+
+    @classmethod
+    def of(cls, v: ChannelView) -> Channel:
+        r = v.rules
+        return cls(
+            code=v.code,
+            name=v.name,
+            active=v.active,
+            location_codes=list(v.location_codes),
+            safety_buffer_units=r.safety_buffer_units,
+            safety_buffer_percent=r.safety_buffer_percent,
+            allocation_percent=r.allocation_percent,
+            allocation_cap=r.allocation_cap,
+            out_of_stock_threshold=r.out_of_stock_threshold,
+            backorder_limit=r.backorder_limit,
+            endpoint_url=v.endpoint_url,
+            version=v.version,
+        )
+
+
+@strawberry.type
+class UpsertChannelsPayload:
+    channels: list[Channel]
+    user_errors: list[UserError]
+
+
+@strawberry.input(description="Units at a location kept for one channel only; 0 removes the fence")
+class RingFenceInput:
+    sku_code: str
+    location_code: str
+    units: int
+
+
+@strawberry.type
+class SetRingFencesPayload:
+    count: int
+    user_errors: list[UserError]
+
+
+@strawberry.input(description="A hold placed, converted to an order, or released on another platform")
+class ExternalHoldInput:
+    source: str
+    external_id: str = strawberry.field(description="The hold's id on that platform; unique per source")
+    action: ExternalHoldAction
+    sku_code: str | None = strawberry.field(default=None, description="PLACE only")
+    location_code: str | None = strawberry.field(default=None, description="PLACE only")
+    quantity: int | None = strawberry.field(default=None, description="PLACE only")
+    expires_at: datetime | None = strawberry.field(
+        default=None, description="PLACE only; default now + the maximum reservation TTL"
+    )
+    channel_code: str | None = None
+
+
+@strawberry.type
+class ExternalHoldResult:
+    index: int
+    status: EventStatus = strawberry.field(description="APPLIED, or DUPLICATE when already in that state")
+    hold_status: ExternalHoldStatus
+
+
+@strawberry.type
+class RecordExternalHoldsPayload:
+    results: list[ExternalHoldResult]
+    user_errors: list[UserError]
+
+
+@strawberry.input(description="One row of a snapshot from the system of record")
+class SnapshotRowInput:
+    sku_code: str
+    location_code: str
+    on_hand: int
+
+
+@strawberry.type(description="A ledger row that explains drift: its effect was clipped, or it was not applied")
+class DriftCause:
+    id: strawberry.ID
+    source: str
+    external_id: str | None
+    type: str
+    status: str
+    occurred_at: datetime
+    quantity: int
+    on_hand_change: int
+    drift: int
+
+
+@strawberry.type(description="Where our on-hand (as of the snapshot's time) differs from the system of record's")
+class StockDrift:
+    sku_code: str
+    location_code: str
+    expected: int = strawberry.field(description="Our on-hand as of the snapshot's time")
+    reported: int
+    difference: int = strawberry.field(description="reported - expected")
+    since: datetime | None = strawberry.field(description="The last count applied here (else the first event)")
+    explained_by: list[DriftCause]
+    applied: str | None = strawberry.field(description="With apply: the status of the COUNTED event recorded")
+
+    @classmethod
+    def of(cls, d: channel_reconciliation.Drift) -> StockDrift:
+        return cls(
+            sku_code=d.sku_code,
+            location_code=d.location_code,
+            expected=d.expected,
+            reported=d.reported,
+            difference=d.difference,
+            since=d.since,
+            explained_by=[
+                DriftCause(
+                    id=strawberry.ID(str(c.id)),
+                    source=c.source,
+                    external_id=c.external_id,
+                    type=c.kind,
+                    status=c.status,
+                    occurred_at=c.occurred_at,
+                    quantity=c.quantity,
+                    on_hand_change=c.on_hand_change,
+                    drift=c.drift,
+                )
+                for c in d.causes
+            ],
+            applied=d.applied,
+        )
+
+
+@strawberry.type
+class ImportSnapshotPayload:
+    rows: int
+    matched: int
+    drift: list[StockDrift]
+    user_errors: list[UserError] = strawberry.field(description="Unknown SKUs or locations (those rows are skipped)")
+
+
+@strawberry.type(description="A hold that should be gone")
+class OrphanedHold:
+    kind: str = strawberry.field(
+        description="RESERVATION_PAST_EXPIRY, EXTERNAL_HOLD_PAST_EXPIRY or COMMITTED_NOT_SHIPPED"
+    )
+    id: str
+    sku_code: str
+    location_code: str
+    quantity: int
+    since: datetime
+
+
+@strawberry.type(description="What a channel's endpoint was last told about a SKU, and what it should show now")
+class ChannelPublication:
+    channel_code: str
+    sku_code: str
+    acked_version: int | None = strawberry.field(description="The last version the endpoint acknowledged (2xx)")
+    acked_available: int | None
+    acked_at: datetime | None
+    current_version: int
+    current_available: int
+    in_sync: bool = strawberry.field(description="False: the endpoint shows something other than the figure now")
+    attempts: int = strawberry.field(description="Failed pushes since the last acknowledgement")
+    last_error: str | None
+
+
+def _errors(refused: Refused) -> list[UserError]:
+    return [UserError.of(e) for e in refused.errors]
+
+
+@strawberry.type
+class ChannelQuery:
+    @strawberry.field(description="Channels by code (all if omitted)")
+    async def channels(self, info: Info, codes: list[str] | None = None) -> list[Channel]:
+        return [Channel.of(v) for v in await channels.list_channels(info.context.ctx, codes)]
+
+    @strawberry.field(description="Per SKU: what the channel's endpoint was last told, and what it should show now")
+    async def channel_publications(
+        self, info: Info, channel_code: str, out_of_sync_only: bool = False
+    ) -> list[ChannelPublication]:
+        try:
+            found = await channel_publication.status(info.context.ctx, channel_code)
+        except Refused as r:
+            raise ValueError(r.errors[0].message) from None
+        return [
+            ChannelPublication(
+                channel_code=p.channel_code,
+                sku_code=p.sku_code,
+                acked_version=p.acked_version,
+                acked_available=p.acked_available,
+                acked_at=p.acked_at,
+                current_version=p.current_version,
+                current_available=p.current_available,
+                in_sync=p.in_sync,
+                attempts=p.attempts,
+                last_error=p.last_error,
+            )
+            for p in found
+            if not (out_of_sync_only and p.in_sync)
+        ]
+
+    @strawberry.field(
+        description="Reservations and external holds past expiry, and commitments older than the given days"
+    )
+    async def orphaned_holds(self, info: Info, committed_older_than_days: int = 7) -> list[OrphanedHold]:
+        found = await channel_reconciliation.orphaned_holds(info.context.ctx, committed_older_than_days)
+        return [
+            OrphanedHold(
+                kind=o.kind,
+                id=o.id,
+                sku_code=o.sku_code,
+                location_code=o.location_code,
+                quantity=o.quantity,
+                since=o.since,
+            )
+            for o in found
+        ]
+
+
+@strawberry.type
+class ChannelMutation:
+    @strawberry.mutation(description="Create or update channels by code, with their locations and rules")
+    async def upsert_channels(self, info: Info, input: list[ChannelInput]) -> UpsertChannelsPayload:
+        items = [
+            channels.ChannelInput(
+                code=i.code,
+                name=i.name,
+                location_codes=list(i.location_codes),
+                safety_buffer_units=i.safety_buffer_units,
+                safety_buffer_percent=i.safety_buffer_percent,
+                allocation_percent=i.allocation_percent,
+                allocation_cap=i.allocation_cap,
+                out_of_stock_threshold=i.out_of_stock_threshold,
+                backorder_limit=i.backorder_limit,
+                active=i.active,
+                endpoint_url=i.endpoint_url,
+                endpoint_secret=i.endpoint_secret,
+            )
+            for i in input
+        ]
+        try:
+            views = await channels.upsert_channels(info.context.ctx, items)
+        except Refused as r:
+            return UpsertChannelsPayload(channels=[], user_errors=_errors(r))
+        return UpsertChannelsPayload(channels=[Channel.of(v) for v in views], user_errors=[])
+
+    @strawberry.mutation(description="Keep units for one channel at (SKU, location): invisible to every other channel")
+    async def set_ring_fences(self, info: Info, channel_code: str, input: list[RingFenceInput]) -> SetRingFencesPayload:
+        fences = [channels.RingFenceInput(i.sku_code, i.location_code, i.units) for i in input]
+        try:
+            count = await channels.set_ring_fences(info.context.ctx, channel_code, fences)
+        except Refused as r:
+            return SetRingFencesPayload(count=0, user_errors=_errors(r))
+        return SetRingFencesPayload(count=count, user_errors=[])
+
+    @strawberry.mutation(
+        description="Holds from other platforms, by (source, externalId): counted in reserved while ACTIVE. "
+        "All-or-nothing; repeating a report is harmless (DUPLICATE)."
+    )
+    async def record_external_holds(self, info: Info, input: list[ExternalHoldInput]) -> RecordExternalHoldsPayload:
+        commands = [
+            channel_external_holds.HoldCommand(
+                source=i.source,
+                external_id=i.external_id,
+                action=HoldAction(i.action),
+                sku_code=i.sku_code,
+                location_code=i.location_code,
+                quantity=i.quantity,
+                expires_at=i.expires_at,
+                channel_code=i.channel_code,
+            )
+            for i in input
+        ]
+        try:
+            results = await channel_external_holds.record_holds(info.context.ctx, commands)
+        except Refused as r:
+            return RecordExternalHoldsPayload(results=[], user_errors=_errors(r))
+        return RecordExternalHoldsPayload(
+            results=[ExternalHoldResult(index=r.index, status=r.status, hold_status=r.hold_status) for r in results],
+            user_errors=[],
+        )
+
+    @strawberry.mutation(
+        description="Compare a snapshot from the system of record with our positions and report the drift; "
+        "with apply, record each drifting row as a COUNTED event at takenAt"
+    )
+    async def import_snapshot(
+        self, info: Info, source: str, taken_at: datetime, input: list[SnapshotRowInput], apply: bool = False
+    ) -> ImportSnapshotPayload:
+        rows = [channel_reconciliation.SnapshotRow(i.sku_code, i.location_code, i.on_hand) for i in input]
+        try:
+            report = await channel_reconciliation.compare(info.context.ctx, source, taken_at, rows, apply)
+        except Refused as r:
+            return ImportSnapshotPayload(rows=len(rows), matched=0, drift=[], user_errors=_errors(r))
+        return ImportSnapshotPayload(
+            rows=report.rows,
+            matched=report.matched,
+            drift=[StockDrift.of(d) for d in report.drift],
+            user_errors=[UserError.of(e) for e in report.unknown],
+        )

@@ -1,0 +1,122 @@
+"""Which errors a client may read, which are faults, and what every error is called.
+
+Faults (an exception nobody raised for the client) are masked to "Unexpected error." with
+`extensions.code` INTERNAL_SERVER_ERROR and the request id, and logged once with the traceback and
+that id. Everything else keeps its message and gains a stable `extensions.code`: the client caused
+it and needs to know what to fix (pitfalls.md #7).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from graphql import GraphQLError, GraphQLSyntaxError
+from strawberry import Schema
+from strawberry.extensions import MaskErrors
+from strawberry.types import ExecutionContext
+
+log = logging.getLogger("stockwire.errors")
+
+INTERNAL = "INTERNAL_SERVER_ERROR"
+MASKED_MESSAGE = "Unexpected error."
+
+# (pattern in the message, code): the limit rules report plain validation errors, told apart by text
+_LIMITS = (
+    (re.compile(r"exceeds maximum operation depth"), "QUERY_TOO_DEEP"),
+    (re.compile(r"Maximum introspection depth exceeded"), "QUERY_TOO_DEEP"),
+    (re.compile(r"aliases found\. Allowed"), "TOO_MANY_ALIASES"),
+    (re.compile(r"Document contains more than \d+ tokens"), "QUERY_TOO_LARGE"),
+)
+
+
+class ErrorPolicy:
+    """`visible`: exception types raised on purpose with a message meant for the client."""
+
+    def __init__(self, visible: tuple[type[Exception], ...]) -> None:
+        self.visible = visible
+
+    def is_fault(self, error: GraphQLError) -> bool:
+        original = error.original_error
+        if original is None:
+            return False  # parse, validation and limit errors: the client needs the message
+        if isinstance(original, GraphQLError):
+            return False  # raised as a GraphQL error on purpose (scope checks: FORBIDDEN)
+        return not isinstance(original, self.visible)
+
+    def code(self, error: GraphQLError) -> str:
+        """The `extensions.code` of an error that is not a fault."""
+        given = (error.extensions or {}).get("code")
+        if isinstance(given, str):
+            return given
+        for pattern, code in _LIMITS:
+            if pattern.search(error.message):
+                return code
+        if isinstance(error, GraphQLSyntaxError):
+            return "GRAPHQL_PARSE_FAILED"
+        if error.original_error is not None or error.message.startswith("Variable '$"):
+            return "BAD_USER_INPUT"  # a resolver's ValueError, or variables of the wrong shape
+        return "GRAPHQL_VALIDATION_FAILED"
+
+
+def request_id_of(context: Any) -> str | None:
+    rid = getattr(context, "request_id", None)
+    return rid if isinstance(rid, str) else None
+
+
+class ClientErrors(MaskErrors):
+    """MaskErrors that leaves the request id in a masked error and a code in every other one."""
+
+    def __init__(self, policy: ErrorPolicy) -> None:
+        super().__init__(should_mask_error=policy.is_fault, error_message=MASKED_MESSAGE)
+        self.policy = policy
+
+    def anonymise_error(self, error: GraphQLError) -> GraphQLError:
+        extensions: dict[str, Any] = {"code": INTERNAL}
+        rid = request_id_of(self.execution_context.context)
+        if rid is not None:
+            extensions["requestId"] = rid
+        return GraphQLError(
+            self.error_message, error.nodes, error.source, error.positions, error.path, extensions=extensions
+        )
+
+    def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
+        processed = super()._process_errors(errors)
+        return [e if (e.extensions or {}).get("code") else self._with_code(e) for e in processed]
+
+    def _with_code(self, error: GraphQLError) -> GraphQLError:
+        # a new error: validation errors are shared by every request through the validation cache
+        return GraphQLError(
+            error.message,
+            error.nodes,
+            error.source,
+            error.positions,
+            error.path,
+            error.original_error,
+            extensions={**(error.extensions or {}), "code": self.policy.code(error)},
+        )
+
+
+class StockwireSchema(Schema):
+    """Logs faults once, with the request id and traceback; client errors only at debug level.
+
+    (Strawberry's default logs every error with a traceback, so any client sending bad queries
+    could fill the logs.)
+    """
+
+    error_policy: ErrorPolicy
+
+    def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
+        rid = request_id_of(execution_context.context) if execution_context is not None else None
+        for error in errors:
+            if self.error_policy.is_fault(error):
+                log.error(
+                    "unexpected error at %s [request_id=%s]: %s",
+                    ".".join(str(p) for p in error.path or ()) or "(operation)",
+                    rid,
+                    error.message,
+                    exc_info=error.original_error,
+                )
+            else:
+                log.debug("client error [request_id=%s]: %s", rid, error.message)

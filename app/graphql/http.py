@@ -1,0 +1,369 @@
+"""GraphQL over HTTP as the specification has it, plus the edge of the security layer.
+
+Strawberry's ASGI view answers every request with `application/json` and status 200 or a plain-text
+400. This view follows the GraphQL-over-HTTP specification:
+
+* `Accept` is negotiated: `application/graphql-response+json` (also when Accept is absent, as the
+  spec says from 2025 on) gets real status codes: 400 for a request that cannot be parsed or does
+  not validate (limits included), 500 for a fault before execution, 200 once execution started;
+  `application/json` (also `*/*`) keeps the legacy rule, 200 for every well-formed request.
+  Nothing acceptable: 406.
+* Malformed requests are 4xx whatever the media type: 400 bad JSON or non-UTF-8, 413 body over
+  `max_body_bytes`, 415 a content type other than JSON, 405 (with `Allow: POST`) a mutation or
+  subscription sent with GET, 401 (with `WWW-Authenticate`) a missing, unknown or revoked key.
+  Their bodies are GraphQL responses too: `{"errors": [{"message", "extensions": {"code"}}]}`.
+* Every response carries `X-Request-Id`; masked faults carry it in `extensions.requestId`.
+
+Websockets: the key comes in the `connection_init` payload (`{"authorization": "Bearer <key>"}`,
+or the handshake's Authorization header); a bad one is refused (graphql-transport-ws: close 4403).
+A key revoked while a socket is open closes it within `auth_cache_seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import uuid
+from collections.abc import Mapping
+from contextvars import ContextVar
+from datetime import timedelta
+from typing import Any, TypeGuard, cast
+
+from cross_web import AsyncHTTPRequestAdapter, HTTPException, StarletteRequestAdapter
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketState
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData, process_result
+from strawberry.http.websocket_origin import normalize_allowed_origins
+from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.types import ExecutionResult
+from strawberry.types.unset import UNSET, UnsetType
+
+from app.graphql.context import Context
+from app.graphql.errors import INTERNAL
+from app.security.auth import Principal, bearer_token
+from app.security.runtime import Security
+from app.settings import Settings
+
+log = logging.getLogger("stockwire.http")
+
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+JSON = "application/json"
+_ACCEPTABLE = {GRAPHQL_RESPONSE: GRAPHQL_RESPONSE, JSON: JSON, "application/*": JSON, "*/*": JSON}
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# the media type chosen for the request being answered (set per request in __call__)
+_MEDIA: ContextVar[str] = ContextVar("stockwire_media_type", default=JSON)
+
+
+class Problem(Exception):
+    """A request refused before (or instead of) GraphQL execution, with its status and code."""
+
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = dict(headers or {})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BadBody(json.JSONDecodeError):
+    """A body or websocket message that is JSON-shaped but unacceptable. A JSONDecodeError so that
+    Strawberry's own handling applies: HTTP 400, and on websockets close 4400 (graphql-transport-ws)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "", 0)
+
+
+def negotiate(accept: str | None) -> str | None:
+    """The media type to answer in: the highest-q supported one (the earlier on a tie), or None."""
+    if accept is None or not accept.strip():
+        return GRAPHQL_RESPONSE  # the spec's default since 2025-01-01
+    best: str | None = None
+    best_q = 0.0
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        choice = _ACCEPTABLE.get(media.lower())
+        if choice is not None and q > best_q:
+            best, best_q = choice, q
+    return best
+
+
+def _request_id(headers: Mapping[str, str]) -> str:
+    given = headers.get("x-request-id")
+    # a caller's id is kept (to follow a call across services) when it cannot smuggle anything into logs
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+def _limit_body(receive: Receive, limit: int) -> Receive:
+    seen = 0
+
+    async def receive_limited() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _BodyTooLarge
+        return message
+
+    return receive_limited
+
+
+def _contains_nul(value: object, key: object = None) -> bool:
+    """NUL in any string, or a GraphQL document (a "query" value) that would unescape to one."""
+    if isinstance(value, str):
+        return "\x00" in value or (key == "query" and "\\u0000" in value)
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v, k) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(v) for v in value)
+    return False
+
+
+def principal_of(request: Request | WebSocket) -> Principal | None:
+    return getattr(request.state, "principal", None)
+
+
+def request_id_of(request: Request | WebSocket) -> str:
+    rid = getattr(request.state, "request_id", None)
+    if not isinstance(rid, str):
+        rid = uuid.uuid4().hex  # a websocket: one id per connection
+        request.state.request_id = rid
+    return rid
+
+
+class SecureGraphQLView(GraphQL[Context, None]):
+    """Subclasses provide `security_runtime()` and call `configure_security(settings)` once."""
+
+    max_body_bytes = 1_048_576
+
+    def security_runtime(self) -> Security | None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def configure_security(self, settings: Settings) -> None:
+        self.max_body_bytes = settings.max_body_bytes
+        # pitfalls.md #10: a page on another origin may only open a websocket if listed here
+        self.allowed_origins = normalize_allowed_origins(settings.allowed_origins)
+        self.connection_init_wait_timeout = timedelta(seconds=settings.ws_init_timeout_seconds)
+        self.allow_queries_via_get = True  # queries only: mutations over GET are 405
+
+    # --- HTTP -----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        rid = _request_id(request.headers)
+        request.state.request_id = rid
+        media = negotiate(request.headers.get("accept"))
+        try:
+            response = await self._answer(request, scope, receive, media)
+        except Problem as p:
+            response = self._problem_response(p, media, rid)
+        response.headers["X-Request-Id"] = rid
+        await response(scope, receive, send)
+
+    async def _answer(self, request: Request, scope: Scope, receive: Receive, media: str | None) -> Response:
+        if self.should_render_graphql_ide(StarletteRequestAdapter(request)):
+            return cast(Response, await self.run(request))  # the GraphiQL page itself is public; its queries are not
+        if media is None:
+            raise Problem(406, "NOT_ACCEPTABLE", f"answers are {GRAPHQL_RESPONSE} or {JSON}; Accept allows neither")
+        if request.method == "POST":
+            self._check_body_headers(request)
+        security = self.security_runtime()
+        if security is None:
+            raise Problem(503, "UNAVAILABLE", "the service is starting")
+        try:
+            principal = await security.authenticator.authenticate(bearer_token(request.headers.get("authorization")))
+        except Exception as exc:
+            log.exception("API key lookup failed [request_id=%s]", request.state.request_id)
+            raise Problem(503, "UNAVAILABLE", "cannot check API keys right now") from exc
+        if principal is None:
+            message = "an API key is required: Authorization: Bearer <key>"
+            if request.headers.get("authorization"):
+                message = "unknown or revoked API key"
+            raise Problem(401, "UNAUTHENTICATED", message, {"WWW-Authenticate": 'Bearer realm="stockwire"'})
+        request.state.principal = principal
+        limited = Request(scope, _limit_body(receive, self.max_body_bytes))
+        limited.state.request_id, limited.state.principal = request.state.request_id, principal
+        token = _MEDIA.set(media)
+        try:
+            return cast(Response, await self.run(limited))
+        except _BodyTooLarge:
+            raise self._too_large() from None
+        except HTTPException as exc:
+            reason = exc.__cause__.msg if isinstance(exc.__cause__, BadBody) else exc.reason
+            raise Problem(exc.status_code, "BAD_REQUEST", reason) from exc
+        except Problem:
+            raise
+        except Exception as exc:
+            log.exception("unexpected error [request_id=%s]", request.state.request_id)
+            raise Problem(500, INTERNAL, "Unexpected error.") from exc
+        finally:
+            _MEDIA.reset(token)
+
+    def _check_body_headers(self, request: Request) -> None:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            raise self._too_large()
+        content_type = request.headers.get("content-type", "")
+        media, *params = (p.strip().lower() for p in content_type.split(";"))
+        if media != JSON:
+            raise Problem(415, "UNSUPPORTED_MEDIA_TYPE", f"send the request as {JSON}")
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "charset" and value.strip().strip('"') not in ("utf-8", "utf8"):
+                raise Problem(415, "UNSUPPORTED_MEDIA_TYPE", "the request body must be UTF-8")
+
+    def _too_large(self) -> Problem:
+        return Problem(413, "PAYLOAD_TOO_LARGE", f"the request body is over {self.max_body_bytes} bytes")
+
+    def _problem_response(self, p: Problem, media: str | None, rid: str) -> Response:
+        extensions: dict[str, Any] = {"code": p.code}
+        if p.status >= 500:
+            extensions["requestId"] = rid
+        body = {"errors": [{"message": p.message, "extensions": extensions}]}
+        return Response(
+            json.dumps(body, separators=(",", ":")),
+            status_code=p.status,
+            media_type=f"{media or JSON}; charset=utf-8",
+            headers=p.headers,
+        )
+
+    def decode_json(self, data: str | bytes) -> object:
+        if isinstance(data, bytes):
+            try:
+                data = data.decode("utf-8")  # strictly: json.loads would guess UTF-16/32 and fail with a 500
+            except UnicodeDecodeError:
+                raise BadBody("the request body is not valid UTF-8") from None
+        try:
+            decoded = json.loads(data)
+            # PostgreSQL cannot store NUL in text; refusing it here keeps it from surfacing as a fault later
+            has_nul = _contains_nul(decoded)
+        except RecursionError:
+            raise BadBody("the JSON is nested too deeply") from None
+        if has_nul:
+            raise BadBody("strings may not contain NUL characters")
+        return decoded
+
+    async def execute_single(
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        sub_response: Response,
+        context: Context,
+        root_value: None,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        try:
+            return await super().execute_single(
+                request, request_adapter, sub_response, context, root_value, request_data
+            )
+        except HTTPException as exc:
+            if request_adapter.method == "GET" and isinstance(exc.__cause__, InvalidOperationTypeError):
+                allow = {"Allow": "POST"}
+                raise Problem(405, "METHOD_NOT_ALLOWED", "only queries may be sent with GET", allow) from exc
+            raise
+
+    async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
+        processed = process_result(result)
+        # a request error (nothing executed): the response has no `data` entry at all
+        if result.data is None and result.errors and all(e.path is None for e in result.errors):
+            processed.pop("data", None)
+        return processed
+
+    def create_response(
+        self, response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse], sub_response: Response
+    ) -> Response:
+        media = _MEDIA.get()
+        status = 200
+        if media == GRAPHQL_RESPONSE and isinstance(response_data, dict) and "data" not in response_data:
+            errors = cast(list[dict[str, Any]], response_data.get("errors") or [])
+            codes = {(e.get("extensions") or {}).get("code") for e in errors}
+            status = 500 if INTERNAL in codes else 400
+        response = Response(self.encode_json(response_data), status_code=status, media_type=f"{media}; charset=utf-8")
+        response.headers.raw.extend(sub_response.headers.raw)
+        if sub_response.background:
+            response.background = sub_response.background
+        if sub_response.status_code:
+            response.status_code = sub_response.status_code
+        return response
+
+    # --- websockets -----------------------------------------------------------------------------
+
+    def is_websocket_request(self, request: Request | WebSocket) -> TypeGuard[WebSocket]:
+        return bool(request.scope["type"] == "websocket")
+
+    async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
+        try:
+            return await super().run(request, context, root_value)
+        finally:
+            if self.is_websocket_request(request):
+                watch = getattr(request.state, "revocation_watch", None)
+                if watch is not None:
+                    watch.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await watch
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        security = self.security_runtime()
+        token = _ws_token(context)
+        principal = None if security is None else await security.authenticator.authenticate(token)
+        if security is None or principal is None:
+            refusal: dict[str, object] = {
+                "message": "missing, unknown or revoked API key",
+                "code": "UNAUTHENTICATED",
+            }
+            raise ConnectionRejectionError(refusal)
+        context.principal = principal
+        websocket: WebSocket = context.request
+        websocket.state.revocation_watch = asyncio.create_task(
+            _close_when_revoked(websocket, security, token or ""), name="stockwire-key-watch"
+        )
+        return cast(UnsetType, UNSET)  # a plain connection_ack
+
+
+def _ws_token(context: Context) -> str | None:
+    params = context.connection_params
+    if isinstance(params, dict):
+        for name, value in params.items():
+            if isinstance(name, str) and name.lower() == "authorization" and isinstance(value, str):
+                return bearer_token(value)
+    request = context.request
+    if isinstance(request, WebSocket):  # a server-side client may authenticate the handshake instead
+        return bearer_token(request.headers.get("authorization"))
+    return None
+
+
+async def _close_when_revoked(websocket: WebSocket, security: Security, token: str) -> None:
+    interval = max(1.0, security.settings.auth_cache_seconds)
+    while websocket.application_state == WebSocketState.CONNECTED:
+        await asyncio.sleep(interval)
+        try:
+            still = await security.authenticator.authenticate(token)
+        except Exception:
+            log.warning("could not re-check a websocket's API key; keeping the connection", exc_info=True)
+            continue
+        if still is None:
+            with contextlib.suppress(Exception):
+                await websocket.close(code=4403, reason="API key revoked")
+            return

@@ -1,0 +1,185 @@
+"""The scope every operation needs, in one table, applied to the schema when it is built.
+
+Each root field (query, mutation, subscription) names the scopes that may call it: a key with any of
+them may. A root field missing from the table is refused to everyone (fails closed), and
+tests/test_security_scopes.py fails, so a new operation cannot ship without a decision.
+`admin` implies no other scope (docs/security.md says why).
+
+Mutations that hold stock are also rate-limited per key here (`HOLDS`), returning the payload with
+a RATE_LIMITED userError, as the contract wants expected refusals reported.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from strawberry.extensions.field_extension import AsyncExtensionResolver, FieldExtension
+from strawberry.permission import BasePermission, PermissionExtension
+from strawberry.types import Info
+from strawberry.types.base import StrawberryObjectDefinition, get_object_definition
+from strawberry.types.field import StrawberryField
+from strawberry.utils.str_converters import to_camel_case
+
+from app.graphql.types import UserError
+from app.security.scopes import Scope
+
+S = Scope
+REQUIRED: dict[str, frozenset[Scope]] = {
+    # storefront: what may be sold, live
+    "Query.availability": frozenset({S.STOREFRONT}),
+    "Subscription.availabilityChanged": frozenset({S.STOREFRONT}),
+    "Subscription.stockLevelChanged": frozenset({S.STOREFRONT, S.ROUTER}),
+    # checkout: holds and their lifecycle
+    "Mutation.reserve": frozenset({S.CHECKOUT}),
+    "Mutation.commitReservation": frozenset({S.CHECKOUT}),
+    "Mutation.releaseReservation": frozenset({S.CHECKOUT}),
+    "Mutation.extendReservation": frozenset({S.CHECKOUT}),
+    "Query.reservation": frozenset({S.CHECKOUT}),
+    "Query.reservations": frozenset({S.CHECKOUT}),
+    # router: per-location stock and routing (routeAndReserve holds stock, so checkout may call it too)
+    "Query.stockLevels": frozenset({S.ROUTER}),
+    "Query.routeOrder": frozenset({S.ROUTER}),
+    "Query.routingDecisions": frozenset({S.ROUTER, S.ADMIN}),
+    "Query.locationRouting": frozenset({S.ROUTER, S.ADMIN}),
+    "Query.locations": frozenset({S.ROUTER, S.ADMIN}),
+    "Mutation.routeAndReserve": frozenset({S.ROUTER, S.CHECKOUT}),
+    # integration: what source systems report
+    "Mutation.recordInventoryEvents": frozenset({S.INTEGRATION}),
+    "Query.inventoryEvents": frozenset({S.INTEGRATION, S.ADMIN}),
+    "Mutation.importSnapshot": frozenset({S.INTEGRATION}),
+    # holds taken on other platforms (marketplaces), reported by their integrations
+    "Mutation.recordExternalHolds": frozenset({S.INTEGRATION}),
+    "Query.orphanedHolds": frozenset({S.INTEGRATION, S.ADMIN}),
+    # admin: catalogue, locations, channels, keys
+    "Mutation.upsertSkus": frozenset({S.ADMIN}),
+    "Mutation.upsertLocations": frozenset({S.ADMIN}),
+    "Mutation.upsertChannels": frozenset({S.ADMIN}),
+    "Mutation.setRingFences": frozenset({S.ADMIN}),
+    "Mutation.setLocationRouting": frozenset({S.ADMIN}),
+    "Query.channels": frozenset({S.ADMIN}),
+    "Query.apiKeys": frozenset({S.ADMIN}),
+    "Mutation.createApiKey": frozenset({S.ADMIN}),
+    "Mutation.revokeApiKey": frozenset({S.ADMIN}),
+}
+
+# the mutations that hold stock: rate-limited per key (Settings.hold_rate_limit)
+HOLDS: frozenset[str] = frozenset({"Mutation.reserve", "Mutation.routeAndReserve"})
+
+ROOT_TYPES = ("Query", "Mutation", "Subscription")
+
+
+class HasScope(BasePermission):
+    """Granted when the caller's key carries any of `scopes`; FORBIDDEN otherwise."""
+
+    def __init__(self, coordinate: str, scopes: frozenset[Scope]) -> None:
+        self.coordinate = coordinate
+        self.scopes = scopes
+        names = ", ".join(sorted(s.value for s in scopes))
+        self.message = (
+            f"{coordinate} needs an API key with scope {names}"
+            if scopes
+            else f"{coordinate} declares no scope, so nobody may call it"
+        )
+        self.error_extensions = {"code": "FORBIDDEN", "requiredScopes": sorted(s.value for s in scopes)}
+
+    def has_permission(self, source: Any, info: Info[Any, Any], **kwargs: Any) -> bool:
+        principal = getattr(info.context, "principal", None)
+        return principal is not None and principal.has_any(self.scopes)
+
+
+class ScopeCheck(PermissionExtension):
+    """Strawberry's PermissionExtension, with `source` and `info` positional-only: its own signature
+    clashes with a field argument called `source` (inventoryEvents has one) and fails every call."""
+
+    def resolve(self, next_: Any, source: Any, info: Info[Any, Any], /, **kwargs: Any) -> Any:  # type: ignore[override]
+        for permission in self.permissions:
+            if not permission.has_permission(source, info):
+                return self._on_unauthorized(permission)
+        return next_(source, info, **kwargs)
+
+    async def resolve_async(  # type: ignore[override]
+        self, next_: AsyncExtensionResolver, source: Any, info: Info[Any, Any], /, **kwargs: Any
+    ) -> Any:
+        for permission in self.permissions:
+            if not permission.has_permission(source, info):
+                return self._on_unauthorized(permission)
+        result = next_(source, info, **kwargs)
+        return result if inspect.isasyncgen(result) else await result
+
+
+class HoldRateLimit(FieldExtension):
+    """Refuses a call with its payload's RATE_LIMITED userError once the key's bucket is empty."""
+
+    def __init__(self, coordinate: str) -> None:
+        self.coordinate = coordinate
+        self.payload: Any = None
+
+    def apply(self, field: StrawberryField) -> None:
+        payload = field.type
+        definition = get_object_definition(payload, strict=True)
+        names = {f.python_name for f in definition.fields}
+        if "user_errors" not in names:
+            raise TypeError(f"{self.coordinate}: a rate-limited mutation needs a payload with userErrors")
+        self.payload = payload
+        self.others = sorted(names - {"user_errors"})
+
+    async def resolve_async(  # type: ignore[override]
+        self, next_: AsyncExtensionResolver, source: Any, info: Info[Any, Any], /, **kwargs: Any
+    ) -> Any:
+        security = getattr(info.context, "security", None)
+        principal = getattr(info.context, "principal", None)
+        if security is not None and principal is not None and not security.holds.allow(principal.key_id):
+            wait = security.holds.retry_after(principal.key_id)
+            error = UserError(
+                code="RATE_LIMITED",
+                message=f"this key made more than {security.holds.limit} holds in "
+                f"{security.settings.hold_rate_window_seconds:g} s; retry in {wait:.1f} s",
+                field=None,
+            )
+            return self.payload(**{name: None for name in self.others}, user_errors=[error])
+        return await next_(source, info, **kwargs)
+
+
+def graphql_name(field: StrawberryField) -> str:
+    return field.graphql_name or to_camel_case(field.python_name)
+
+
+def root_fields(*types: type | None) -> list[tuple[str, StrawberryField]]:
+    """(`Type.field` coordinate, field) for every field of the given root types."""
+    found: list[tuple[str, StrawberryField]] = []
+    for t in types:
+        if t is None:
+            continue
+        definition: StrawberryObjectDefinition = get_object_definition(t, strict=True)
+        found.extend((f"{definition.name}.{graphql_name(f)}", f) for f in definition.fields)
+    return found
+
+
+def required_scopes(field: StrawberryField) -> frozenset[Scope] | None:
+    """The scopes a secured root field accepts (None: the field carries no scope check)."""
+    for extension in field.extensions:
+        if isinstance(extension, PermissionExtension):
+            for permission in extension.permissions:
+                if isinstance(permission, HasScope):
+                    return permission.scopes
+    return None
+
+
+def secure(*types: type | None) -> None:
+    """Attach the scope check (and the hold rate limit) to every root field. Idempotent."""
+    for coordinate, field in root_fields(*types):
+        if required_scopes(field) is not None:
+            continue  # already secured (the same class in a schema built earlier)
+        if coordinate in HOLDS:
+            field.extensions.append(HoldRateLimit(coordinate))
+        # appended last: the outermost extension, so the scope is checked before anything else runs
+        field.extensions.append(
+            ScopeCheck([HasScope(coordinate, REQUIRED.get(coordinate, frozenset()))], use_directives=False)
+        )
+
+
+def idempotency_scope(info: Info[Any, Any]) -> str:
+    """Idempotency keys are per API key: two clients' "order-1" never collide or see each other's hold."""
+    principal = getattr(info.context, "principal", None)
+    return "" if principal is None else str(principal.key_id)

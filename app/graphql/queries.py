@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import strawberry
+
+from app.domain.errors import Refused
+from app.graphql.context import Context
+from app.graphql.types import (
+    Availability,
+    InventoryEvent,
+    InventoryEventConnection,
+    InventoryEventEdge,
+    Location,
+    PageInfo,
+    Reservation,
+    StockLevel,
+    decode_cursor,
+    encode_cursor,
+)
+from app.services import catalog_read, channels, queries, reservations
+
+Info = strawberry.Info[Context, None]
+DEFAULT_PAGE = 100
+
+
+class BadCursorError(ValueError):
+    """Raised for an `after` value this server did not hand out."""
+
+
+def _page_size(first: int | None) -> int:
+    if first is None:
+        return DEFAULT_PAGE
+    if not 1 <= first <= queries.MAX_PAGE:
+        raise ValueError(f"first must be between 1 and {queries.MAX_PAGE}")
+    return first
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="Per-location quantities, ordered by SKU code then location code")
+    async def stock_levels(
+        self,
+        info: Info,
+        sku_codes: list[str] | None = None,
+        location_codes: list[str] | None = None,
+        first: int | None = None,
+        after: str | None = None,
+    ) -> list[StockLevel]:
+        key: tuple[str, str] | None = None
+        if after is not None:
+            decoded = decode_cursor(after)
+            if decoded is None or "\x1f" not in decoded:
+                raise BadCursorError("after is not a cursor returned by stockLevels")
+            sku, loc = decoded.split("\x1f", 1)
+            key = (sku, loc)
+        views = await queries.stock_levels_page(info.context.ctx, sku_codes, location_codes, _page_size(first), key)
+        return [StockLevel.of(v) for v in views]
+
+    @strawberry.field(description="What may be sold now, per SKU; unknown SKU codes are left out")
+    async def availability(
+        self, info: Info, sku_codes: list[str], channel_code: str | None = None
+    ) -> list[Availability]:
+        if len(sku_codes) > queries.MAX_PAGE:
+            raise ValueError(f"at most {queries.MAX_PAGE} skuCodes per call")
+        if channel_code is not None:
+            try:
+                views = await channels.availability(info.context.ctx, channel_code, sku_codes)
+            except Refused as r:
+                raise ValueError(r.errors[0].message) from None
+            return [Availability.of(v) for v in views]
+        return [Availability.of(v) for v in await queries.availability(info.context.ctx, sku_codes)]
+
+    @strawberry.field
+    async def reservation(self, info: Info, id: strawberry.ID) -> Reservation | None:
+        view = await reservations.get(info.context.ctx, str(id))
+        return Reservation.of(view) if view else None
+
+    @strawberry.field(description="Every reservation made for a cart, oldest first")
+    async def reservations(self, info: Info, cart_ref: str) -> list[Reservation]:
+        return [Reservation.of(v) for v in await reservations.by_cart(info.context.ctx, cart_ref)]
+
+    @strawberry.field(description="The ledger, newest first: every reported event and every movement Stockwire made")
+    async def inventory_events(
+        self,
+        info: Info,
+        sku_code: str | None = None,
+        location_code: str | None = None,
+        source: str | None = None,
+        first: int | None = None,
+        after: str | None = None,
+    ) -> InventoryEventConnection:
+        after_id: int | None = None
+        if after is not None:
+            decoded = decode_cursor(after)
+            if decoded is None or not decoded.isdigit():
+                raise BadCursorError("after is not a cursor returned by inventoryEvents")
+            after_id = int(decoded)
+        entries, more = await queries.ledger_page(
+            info.context.ctx, sku_code, location_code, source, _page_size(first), after_id
+        )
+        nodes = [InventoryEvent.of(e) for e in entries]
+        edges = [
+            InventoryEventEdge(cursor=encode_cursor(str(e.id)), node=n) for e, n in zip(entries, nodes, strict=True)
+        ]
+        return InventoryEventConnection(
+            edges=edges,
+            nodes=nodes,
+            page_info=PageInfo(has_next_page=more, end_cursor=edges[-1].cursor if edges else None),
+        )
+
+    @strawberry.field(description="Locations, by code")
+    async def locations(self, info: Info, codes: list[str] | None = None) -> list[Location]:
+        return [Location.of(v) for v in await catalog_read.locations(info.context.ctx, codes)]

@@ -1,0 +1,75 @@
+"""The one place the GraphQL schema is assembled."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from graphql import ASTValidationRule, GraphQLError
+from graphql.validation.rules.max_introspection_depth_rule import MaxIntrospectionDepthRule
+from strawberry import Schema
+from strawberry.extensions import (
+    AddValidationRules,
+    MaxTokensLimiter,
+    ParserCache,
+    ValidationCache,
+    max_aliases,
+    query_depth_limiter,
+)
+from strawberry.tools import merge_types
+
+from app.graphql.channels import ChannelMutation, ChannelQuery
+from app.graphql.errors import ClientErrors, ErrorPolicy, StockwireSchema
+from app.graphql.keys import KeyMutation, KeyQuery
+from app.graphql.mutations import Mutation
+from app.graphql.permissions import secure
+from app.graphql.queries import BadCursorError, Query
+from app.graphql.routing import RoutingMutation, RoutingQuery
+from app.graphql.subscriptions import Subscription
+from app.settings import Settings
+
+# Errors a client caused and may read; anything else is a fault and is masked (and logged).
+_VISIBLE = (ValueError, BadCursorError)
+ERROR_POLICY = ErrorPolicy(_VISIBLE)
+
+
+def _should_mask(error: GraphQLError) -> bool:
+    return ERROR_POLICY.is_fault(error)
+
+
+# The limit rules are built once per limit value: the validation cache is keyed by the rule classes,
+# and QueryDepthLimiter/MaxAliasesLimiter built per request would make a new class, and a miss, every time.
+@cache
+def _limit_rules(max_depth: int, max_aliases_count: int) -> tuple[type[ASTValidationRule], ...]:
+    return (
+        query_depth_limiter.create_validator(max_depth, None, None),
+        max_aliases.create_validator(max_aliases_count),
+        # introspection is left out of the depth limit; this stops `fields { type { fields ...` fan-outs
+        MaxIntrospectionDepthRule,
+    )
+
+
+def build_schema(settings: Settings | None = None) -> Schema:
+    s = settings or Settings()
+    rules = list(_limit_rules(s.max_query_depth, s.max_aliases))
+    query = merge_types("Query", (Query, RoutingQuery, ChannelQuery, KeyQuery))
+    mutation = merge_types("Mutation", (Mutation, RoutingMutation, ChannelMutation, KeyMutation))
+    secure(query, mutation, Subscription)  # the scope every operation needs (app/graphql/permissions.py)
+    built = StockwireSchema(
+        query=query,
+        mutation=mutation,
+        subscription=Subscription,
+        extensions=[
+            # without these Strawberry parses and validates every request again (pitfalls.md #6)
+            # factories: a fresh extension per request; the caches themselves are module-level and shared
+            lambda: MaxTokensLimiter(max_token_count=s.max_query_tokens),
+            lambda: AddValidationRules(rules),
+            lambda: ParserCache(maxsize=1024),
+            lambda: ValidationCache(maxsize=1024),
+            lambda: ClientErrors(ERROR_POLICY),
+        ],
+    )
+    built.error_policy = ERROR_POLICY
+    return built
+
+
+schema = build_schema()

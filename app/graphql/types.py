@@ -1,0 +1,344 @@
+"""GraphQL output types: thin mappings of the services' read models."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+
+import strawberry
+
+from app.domain.channel_rules import ChannelFigure
+from app.domain.errors import UserError as DomainUserError
+from app.domain.events import EventStatus as DomainEventStatus
+from app.domain.events import EventType, LedgerKind
+from app.domain.reservations import ReservationStatus as DomainReservationStatus
+from app.services.catalog import LocationKind as DomainLocationKind
+from app.services.views import (
+    AvailabilityView,
+    LedgerEntryView,
+    LocationView,
+    ReservationView,
+    SkuView,
+    StockLevelView,
+)
+
+# The domain enums are the GraphQL enums: registered here, so app/domain stays free of Strawberry.
+strawberry.enum(EventType, name="InventoryEventType")
+strawberry.enum(LedgerKind, name="LedgerEntryKind", description="Reported event types plus Stockwire's own movements")
+strawberry.enum(DomainEventStatus, name="EventStatus")
+strawberry.enum(DomainReservationStatus, name="ReservationStatus")
+strawberry.enum(DomainLocationKind, name="LocationKind")
+InventoryEventType = EventType
+LedgerEntryKind = LedgerKind
+EventStatus = DomainEventStatus
+ReservationStatus = DomainReservationStatus
+LocationKind = DomainLocationKind
+
+
+def encode_cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def decode_cursor(cursor: str) -> str | None:
+    try:
+        return base64.urlsafe_b64decode(cursor.encode()).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+@strawberry.type(description="A stable, machine-readable reason an operation changed nothing")
+class UserError:
+    code: str
+    message: str
+    field: list[str] | None
+
+    @classmethod
+    def of(cls, e: DomainUserError) -> UserError:
+        return cls(code=e.code.value, message=e.message, field=list(e.field) if e.field else None)
+
+
+@strawberry.type
+class Sku:
+    code: str
+    name: str
+    active: bool
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, v: SkuView) -> Sku:
+        return cls(code=v.code, name=v.name, active=v.active, updated_at=v.updated_at)
+
+
+@strawberry.type
+class Location:
+    code: str
+    name: str
+    kind: LocationKind
+    latitude: float | None
+    longitude: float | None
+    priority: int
+    active: bool
+    count_authority: str | None = strawberry.field(description="Source whose COUNTED events apply here; null: all")
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, v: LocationView) -> Location:
+        return cls(
+            code=v.code,
+            name=v.name,
+            kind=DomainLocationKind(v.kind),
+            latitude=v.latitude,
+            longitude=v.longitude,
+            priority=v.priority,
+            active=v.active,
+            count_authority=v.count_authority,
+            updated_at=v.updated_at,
+        )
+
+
+@strawberry.type(description="The quantities of one SKU at one location")
+class StockLevel:
+    sku_code: str
+    location_code: str
+    on_hand: int
+    committed: int
+    reserved: int
+    unavailable: int
+    safety_stock: int
+    incoming: int
+    available: int = strawberry.field(
+        description="onHand - committed - reserved - unavailable - safetyStock; may be negative"
+    )
+    oversold: int = strawberry.field(description="max(0, committed + reserved + unavailable - onHand)")
+    version: int
+    updated_at: datetime
+    cursor: str = strawberry.field(description="Pass as `after` to continue from this row")
+
+    @classmethod
+    def of(cls, v: StockLevelView) -> StockLevel:
+        p = v.position
+        return cls(
+            sku_code=v.sku_code,
+            location_code=v.location_code,
+            on_hand=p.on_hand,
+            committed=p.committed,
+            reserved=p.reserved,
+            unavailable=p.unavailable,
+            safety_stock=p.safety_stock,
+            incoming=p.incoming,
+            available=p.available,
+            oversold=p.oversold,
+            version=v.version,
+            updated_at=v.updated_at,
+            cursor=encode_cursor(v.cursor_key),
+        )
+
+
+@strawberry.type(description="One channel rule that applied, and how many units it took")
+class ChannelRuleStep:
+    rule: str = strawberry.field(
+        description="SAFETY_BUFFER_UNITS, SAFETY_BUFFER_PERCENT, ALLOCATION_PERCENT, ALLOCATION_CAP, "
+        "OWN_RESERVATIONS, OUT_OF_STOCK_THRESHOLD or BACKORDER"
+    )
+    units_taken: int = strawberry.field(description="Units the rule removed (negative: BACKORDER adds units)")
+    figure_after: int
+
+
+@strawberry.type(description="How a channel's rules turned the pooled stock into its figure, in the contract's order")
+class ChannelExplanation:
+    pool: int = strawberry.field(description="Σ max(0, available - ring-fenced for other channels) at its locations")
+    mine: int = strawberry.field(description="Units this channel holds in active reservations")
+    base: int = strawberry.field(description="pool + mine: what the percentages and the cap apply to")
+    incoming: int
+    on_hand_part: int = strawberry.field(description="The figure before the backorder allowance")
+    backorderable: int = strawberry.field(description="Units sellable against incoming stock")
+    expected_at: datetime | None = strawberry.field(description="Earliest expected arrival, when backorderable")
+    steps: list[ChannelRuleStep]
+
+    @classmethod
+    def of(cls, f: ChannelFigure) -> ChannelExplanation:
+        return cls(
+            pool=f.pool,
+            mine=f.mine,
+            base=f.base,
+            incoming=f.incoming,
+            on_hand_part=f.on_hand_part,
+            backorderable=f.backorderable,
+            expected_at=f.expected_at,
+            steps=[
+                ChannelRuleStep(rule=s.rule, units_taken=s.units_taken, figure_after=s.figure_after) for s in f.steps
+            ],
+        )
+
+
+@strawberry.type(description="One SKU across the locations that count (all active ones, or a channel's)")
+class Availability:
+    sku_code: str
+    channel_code: str | None
+    available: int = strawberry.field(description="What may be sold now (never below 0)")
+    oversold: int
+    locations: list[StockLevel]
+    version: int = strawberry.field(description="Strictly increasing per (SKU, channel)")
+    explain: ChannelExplanation | None = strawberry.field(
+        default=None, description="With a channel: which rule took how many units"
+    )
+
+    @classmethod
+    def of(cls, v: AvailabilityView) -> Availability:
+        figure = getattr(v, "figure", None)
+        return cls(
+            sku_code=v.sku_code,
+            channel_code=v.channel_code,
+            available=v.available,
+            oversold=v.oversold,
+            locations=[StockLevel.of(lv) for lv in v.locations],
+            version=v.version,
+            explain=ChannelExplanation.of(figure) if isinstance(figure, ChannelFigure) else None,
+        )
+
+
+@strawberry.type
+class ReservationLine:
+    sku_code: str
+    location_code: str
+    quantity: int
+
+
+@strawberry.type
+class Reservation:
+    id: strawberry.ID
+    status: ReservationStatus
+    expires_at: datetime
+    created_at: datetime
+    cart_ref: str | None
+    order_ref: str | None
+    channel_code: str | None
+    lines: list[ReservationLine]
+
+    @classmethod
+    def of(cls, v: ReservationView) -> Reservation:
+        return cls(
+            id=strawberry.ID(v.id),
+            status=v.status,
+            expires_at=v.expires_at,
+            created_at=v.created_at,
+            cart_ref=v.cart_ref,
+            order_ref=v.order_ref,
+            channel_code=v.channel_code,
+            lines=[
+                ReservationLine(sku_code=ln.sku_code, location_code=ln.location_code, quantity=ln.quantity)
+                for ln in v.lines
+            ],
+        )
+
+
+@strawberry.type(description="One ledger row: a reported event or a movement Stockwire made, and what it changed")
+class InventoryEvent:
+    id: strawberry.ID
+    source: str
+    external_id: str | None
+    type: LedgerEntryKind
+    status: EventStatus
+    sku_code: str
+    location_code: str
+    quantity: int
+    occurred_at: datetime
+    received_at: datetime
+    reason: str | None
+    reference: str | None
+    to_location_code: str | None
+    expected_at: datetime | None
+    reservation_id: str | None
+    on_hand_change: int
+    committed_change: int
+    reserved_change: int
+    unavailable_change: int
+    safety_stock_change: int
+    incoming_change: int
+    drift: int = strawberry.field(description="Units the event asked to remove that were not there (clipped at 0)")
+    version: int = strawberry.field(description="The position's version after this row")
+
+    @classmethod
+    def of(cls, v: LedgerEntryView) -> InventoryEvent:
+        return cls(
+            id=strawberry.ID(str(v.id)),
+            source=v.source,
+            external_id=v.external_id,
+            type=LedgerKind(v.kind),
+            status=DomainEventStatus(v.status),
+            sku_code=v.sku_code,
+            location_code=v.location_code,
+            quantity=v.quantity,
+            occurred_at=v.occurred_at,
+            received_at=v.received_at,
+            reason=v.reason,
+            reference=v.reference,
+            to_location_code=v.to_location_code,
+            expected_at=v.expected_at,
+            reservation_id=v.reservation_id,
+            on_hand_change=v.on_hand_change,
+            committed_change=v.committed_change,
+            reserved_change=v.reserved_change,
+            unavailable_change=v.unavailable_change,
+            safety_stock_change=v.safety_stock_change,
+            incoming_change=v.incoming_change,
+            drift=v.drift,
+            version=v.version,
+        )
+
+
+@strawberry.type
+class InventoryEventEdge:
+    cursor: str
+    node: InventoryEvent
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+@strawberry.type(description="Ledger rows, newest first")
+class InventoryEventConnection:
+    edges: list[InventoryEventEdge]
+    nodes: list[InventoryEvent]
+    page_info: PageInfo
+
+
+@strawberry.type
+class EventResult:
+    index: int
+    status: EventStatus
+    version: int | None = strawberry.field(description="The position's version after the event")
+    drift: int = strawberry.field(description="Units clipped at 0 (reported as drift)")
+
+
+@strawberry.type
+class UpsertSkusPayload:
+    skus: list[Sku]
+    user_errors: list[UserError]
+
+
+@strawberry.type
+class UpsertLocationsPayload:
+    locations: list[Location]
+    user_errors: list[UserError]
+
+
+@strawberry.type
+class RecordInventoryEventsPayload:
+    results: list[EventResult]
+    user_errors: list[UserError]
+
+
+@strawberry.type
+class ReservePayload:
+    reservation: Reservation | None
+    user_errors: list[UserError]
+
+
+@strawberry.type
+class ReservationPayload:
+    reservation: Reservation | None
+    user_errors: list[UserError]

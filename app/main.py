@@ -1,0 +1,171 @@
+"""The only place concrete things are wired: settings, database, broadcast, background tasks, routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from broadcaster import Broadcast
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+
+from app.db.engine import Database
+from app.db.migrate import upgrade
+from app.graphql.context import Context
+from app.graphql.http import SecureGraphQLView, principal_of, request_id_of
+from app.graphql.schema import build_schema
+from app.realtime.config import RealtimeSettings
+from app.realtime.hub import Hub
+from app.realtime.redis_backend import make_backend
+from app.realtime.relay import OutboxRelay
+from app.realtime.streams import Streams
+from app.realtime.ws import PingingTransportWSHandler
+from app.security.runtime import Security, make_security, require_a_key
+from app.services import reservations
+from app.services.context import Ctx
+from app.settings import Settings
+
+log = logging.getLogger("stockwire")
+
+
+@dataclass
+class Runtime:
+    """Everything the lifespan creates; request handlers read it."""
+
+    settings: Settings
+    realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
+    ctx: Ctx | None = None
+    broadcast: Broadcast | None = None
+    hub: Hub | None = None
+    relay: OutboxRelay | None = None
+    streams: Streams | None = None
+    security: Security | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+class StockwireGraphQL(SecureGraphQLView):
+    # also pings graphql-transport-ws clients (Strawberry only does "ka" on the legacy protocol)
+    graphql_transport_ws_handler_class = PingingTransportWSHandler
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(
+            build_schema(runtime.settings),  # the query limits come from the settings
+            graphql_ide="graphiql",
+            subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL),
+            keep_alive=True,
+            keep_alive_interval=runtime.realtime.keepalive_seconds,
+            max_subscriptions_per_connection=runtime.realtime.max_subscriptions_per_connection,
+        )
+        self.runtime = runtime
+        self.configure_security(runtime.settings)
+
+    def security_runtime(self) -> Security | None:
+        return self.runtime.security
+
+    async def get_context(self, request: Request | WebSocket, response: Response | WebSocket | None) -> Context:
+        assert self.runtime.ctx is not None, "the lifespan has not started"
+        return Context(
+            ctx=self.runtime.ctx,
+            request=request,
+            response=response,
+            realtime=self.runtime.streams,
+            principal=principal_of(request),  # HTTP: authenticated at the edge; websockets: at connection_init
+            security=self.runtime.security,
+            request_id=request_id_of(request),
+        )
+
+
+async def _sweep_expired(ctx: Ctx) -> None:
+    """Releases holds past expiry within about a second, even for SKUs nobody touches."""
+    while True:
+        try:
+            while await reservations.sweep_expired(ctx):
+                pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("expiry sweeper failed; retrying")
+        await asyncio.sleep(ctx.settings.expiry_sweep_seconds)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    runtime = Runtime(settings or Settings())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        s = runtime.settings
+        db = Database(s.database_url, s.db_pool_size, s.db_max_overflow)
+        if db.is_sqlite:
+            await upgrade(db.engine)  # the embedded default migrates itself; Postgres uses `stockwire migrate`
+        try:
+            await require_a_key(db)  # SQLite: makes and prints a development key; Postgres: refuses to start
+        except Exception:
+            await db.dispose()
+            raise
+        ctx = Ctx(db=db, settings=s)
+        runtime.security = make_security(db, s)
+        broadcast = Broadcast(backend=make_backend(s.broadcast_url))
+        await broadcast.connect()
+        hub = Hub(broadcast, channel=runtime.realtime.broadcast_channel)
+        await hub.start()
+        relay = OutboxRelay(ctx, hub)
+        db.on_commit(relay.poke)
+        runtime.ctx, runtime.broadcast, runtime.hub, runtime.relay = ctx, broadcast, hub, relay
+        runtime.streams = Streams(ctx, hub, runtime.realtime)
+        runtime.tasks = [asyncio.create_task(relay.run()), asyncio.create_task(_sweep_expired(ctx))]
+        try:
+            yield
+        finally:
+            for task in runtime.tasks:
+                task.cancel()
+            await asyncio.gather(*runtime.tasks, return_exceptions=True)
+            await hub.stop()
+            await broadcast.disconnect()
+            await db.dispose()
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "alive"})
+
+    async def readyz(_: Request) -> Response:
+        checks: dict[str, str] = {}
+        if runtime.ctx is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        try:
+            await asyncio.wait_for(runtime.ctx.db.ping(), timeout=2)
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"down: {type(exc).__name__}"
+        backend = getattr(runtime.broadcast, "_backend", None)
+        if backend is not None and not getattr(backend, "listener_alive", True):
+            checks["broadcast"] = f"down: {getattr(backend, 'last_error', None) or 'listener not running'}"
+        elif runtime.hub is None or not runtime.hub.alive:
+            checks["broadcast"] = "down: change subscription not running"
+        else:
+            checks["broadcast"] = "ok"
+        if runtime.relay is not None and runtime.relay.last_error:
+            checks["outbox_relay"] = f"failing: {runtime.relay.last_error}"
+        ready = all(v == "ok" for k, v in checks.items() if k != "outbox_relay")
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
+        )
+
+    graphql_app = StockwireGraphQL(runtime)
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/graphql", graphql_app, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", graphql_app),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    return app

@@ -1,0 +1,20 @@
+"""Settings of the real-time layer (environment prefix STOCKWIRE_, like app.settings)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RealtimeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STOCKWIRE_", extra="ignore")
+
+    # The pub/sub channel every process of one deployment shares; give each deployment (and each
+    # test) its own when several share one Redis, or they would hear each other's SKUs.
+    broadcast_channel: str = Field("stockwire.changes", min_length=1, max_length=200)
+    # Concurrent operations on one websocket (Strawberry enforces it on both protocols).
+    max_subscriptions_per_connection: int = Field(100, ge=1)
+    # How many SKU or location codes one subscription may name (each costs a snapshot read).
+    max_codes_per_subscription: int = Field(1000, ge=1)
+    # Server keepalive: graphql-ws "ka" and graphql-transport-ws "ping" this often, in seconds.
+    keepalive_seconds: float = Field(15.0, gt=0)

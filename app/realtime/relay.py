@@ -1,0 +1,153 @@
+"""The outbox relay: publishes what committed transactions wrote to `outbox`, then deletes it.
+
+Several processes may run it: each claims rows with `FOR UPDATE SKIP LOCKED` (Postgres), so a row
+is published by one relay at a time; a failed publish (Redis down) rolls the claim back and the rows
+wait for the next attempt, and rows left by a process that died after its commit are found by the
+others' polling. What is published is the state read now, not the state at the change, so a late or
+repeated publication can only repeat the latest truth, never bring back an old one (and subscribers
+drop versions they have already passed).
+
+A change whose figures equal what this relay last published for the key (a version that did not
+move, or moved without changing anything a subscriber sees) is not published at all; streams apply
+the same rule per subscriber, which also covers what other processes' relays published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db.tables import channels, locations, outbox, skus, stock_levels
+from app.realtime import codec
+from app.realtime.hub import Change, Hub
+from app.services import channels as channel_service
+from app.services import queries
+from app.services.context import Ctx
+from app.services.views import AvailabilityView
+
+log = logging.getLogger("stockwire.realtime")
+
+# Keys whose last publication this relay remembers (least recently published forgotten first).
+_MEMORY = 100_000
+
+
+class OutboxRelay:
+    def __init__(self, ctx: Ctx, hub: Hub, batch_size: int = 500, memory: int = _MEMORY) -> None:
+        self.ctx = ctx
+        self.hub = hub
+        self.batch_size = batch_size
+        self._wake = asyncio.Event()
+        self._memory = memory
+        self._published: OrderedDict[tuple[str, str], tuple[int, codec.Content]] = OrderedDict()
+        self.last_error: str | None = None
+        self.published_count = 0  # changes handed to the broadcast (for tests and metrics)
+        self.skipped_count = 0  # changes not published because nothing a subscriber sees moved
+
+    def poke(self) -> None:
+        """Called after every commit in this process: publish now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                while await self.drain_once():
+                    pass
+                self.last_error = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep relaying whatever one batch did; the rows are still there
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("outbox relay: %s; retrying", self.last_error)
+                await asyncio.sleep(0.2)
+                continue
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that races
+            # with the event being set, and the relay then never stops
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.ctx.settings.relay_poll_seconds):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def drain_once(self) -> int:
+        """Publish one batch. Returns how many outbox rows it took (0: nothing to do)."""
+
+        async def work(conn: AsyncConnection) -> int:
+            claim = (
+                select(outbox.c.id, outbox.c.sku_id, outbox.c.location_id).order_by(outbox.c.id).limit(self.batch_size)
+            )
+            if conn.dialect.name == "postgresql":
+                claim = claim.with_for_update(skip_locked=True)
+            rows = list(await conn.execute(claim))
+            if not rows:
+                return 0
+            changes = await _read_changes(
+                conn,
+                {r.sku_id for r in rows},
+                {(r.sku_id, r.location_id) for r in rows if r.location_id},
+                self.ctx.clock(),
+            )
+            fresh = [c for c in changes if self._is_news(c)]
+            self.skipped_count += len(changes) - len(fresh)
+            if fresh:
+                await self.hub.publish_many(fresh)
+                self._remember(fresh)
+                self.published_count += len(fresh)
+            await conn.execute(delete(outbox).where(outbox.c.id.in_([r.id for r in rows])))
+            return len(rows)
+
+        return await self.ctx.db.write(work, notify=False)
+
+    def _is_news(self, change: Change) -> bool:
+        last = self._published.get((change.kind, change.key))
+        if last is None:
+            return True
+        version, content = last
+        return change.version > version and codec.content(change.kind, change.data) != content
+
+    def _remember(self, changes: list[Change]) -> None:
+        for c in changes:
+            slot = (c.kind, c.key)
+            self._published[slot] = (c.version, codec.content(c.kind, c.data))
+            self._published.move_to_end(slot)
+        while len(self._published) > self._memory:
+            self._published.popitem(last=False)
+
+
+async def _read_changes(
+    conn: AsyncConnection, sku_ids: set[int], pairs: set[tuple[int, int]], now: datetime
+) -> list[Change]:
+    """The current state of every availability and stock level the claimed rows touched.
+
+    Every channel's figure is read for the touched SKUs, not only the channels linked to the touched
+    locations: a location just unlinked from a channel (or a ring-fence elsewhere) moves that
+    channel's figure too. Unchanged figures cost a read here but are not published.
+    """
+    codes = [
+        r.code for r in await conn.execute(select(skus.c.code).where(skus.c.id.in_(sku_ids)).order_by(skus.c.code))
+    ]
+    views: list[AvailabilityView] = list(await queries.availability_in(conn, codes))
+    for channel_code in await conn.scalars(select(channels.c.code).order_by(channels.c.code)):
+        views += await channel_service.availability_in(conn, channel_code, codes, now)
+    changes = [
+        Change(codec.availability_kind(v.channel_code), v.sku_code, v.version, codec.availability_to_data(v))
+        for v in views
+    ]
+    if pairs:
+        for level in await _levels(conn, pairs):
+            key = codec.stock_level_key(level.sku_code, level.location_code)
+            changes.append(Change(codec.STOCK_LEVEL, key, level.version, codec.level_to_data(level)))
+    return changes
+
+
+async def _levels(conn: AsyncConnection, pairs: set[tuple[int, int]]) -> list[Any]:
+    sku_ids = {s for s, _ in pairs}
+    rows = await conn.execute(
+        queries.levels_query().where(stock_levels.c.sku_id.in_(sku_ids)).order_by(skus.c.code, locations.c.code)
+    )
+    return [queries.level_view(r) for r in rows if (r.sku_id, r.location_id) in pairs]

@@ -1,0 +1,49 @@
+"""Websocket protocol handlers: server keepalive on graphql-transport-ws too.
+
+Strawberry sends the legacy graphql-ws keepalive ("ka") itself, but on graphql-transport-ws it only
+answers a client's ping. `PingingTransportWSHandler` also pings the client every
+`view.keep_alive_interval` seconds after `connection_ack` (the protocol's own ping, which compliant
+clients answer with pong), so idle subscriptions keep proxies and load balancers from timing out
+and a client can tell a silent server from a dead one. Dead TCP peers are closed by uvicorn's
+websocket-level ping/pong (`--ws-ping-interval`/`--ws-ping-timeout`) on both protocols.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
+
+log = logging.getLogger("stockwire.realtime")
+
+
+class PingingTransportWSHandler(BaseGraphQLTransportWSHandler[Any, None]):
+    _keepalive: asyncio.Task[None] | None = None
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        await super().handle_connection_init(message)
+        if self.connection_acknowledged and self._keepalive is None:
+            self._keepalive = asyncio.create_task(self._ping_forever(), name="stockwire-ws-ping")
+
+    async def shutdown(self) -> None:
+        task, self._keepalive = self._keepalive, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await super().shutdown()
+
+    async def _ping_forever(self) -> None:
+        interval = float(getattr(self.view, "keep_alive_interval", None) or 15.0)
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                await self.send_message({"type": "ping"})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the socket went away; the handler's own loop notices and shuts down
+            log.debug("keepalive ping stopped: %s", exc)

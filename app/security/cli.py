@@ -1,0 +1,90 @@
+"""`stockwire keys create|list|revoke`: API keys from the command line (no key needed: shell access is the proof)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import typer
+
+from app.settings import Settings
+
+T = TypeVar("T")
+
+keys_cli = typer.Typer(help="API keys: create (prints the key last), list, revoke.", no_args_is_help=True)
+
+
+def _with_db(work: Callable[..., Awaitable[T]]) -> T:
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from app.db.engine import Database
+    from app.db.migrate import upgrade
+
+    async def run() -> T:
+        db = Database(Settings().database_url)
+        try:
+            if db.is_sqlite:
+                await upgrade(db.engine)  # the embedded default migrates itself, as `serve` does
+            return await work(db)
+        finally:
+            await db.dispose()
+
+    try:
+        return asyncio.run(run())
+    except (OperationalError, ProgrammingError) as exc:
+        problem = type(exc.orig).__name__
+        typer.echo(f"cannot use the api_keys table ({problem}); run `stockwire migrate` first", err=True)
+        raise typer.Exit(2) from None
+
+
+@keys_cli.command("create")
+def create(
+    scopes: str = typer.Option(..., help="Comma-separated: storefront, checkout, router, integration, admin"),
+    name: str = typer.Option("", help="What the key is for (default: its scopes)"),
+) -> None:
+    """Create a key. Its last line of output is the key itself, shown only this once."""
+    from app.security import keys
+    from app.security.scopes import UnknownScopeError, format_scopes, parse_scopes
+
+    try:
+        wanted = parse_scopes(scopes.split(","))
+    except UnknownScopeError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    try:
+        created = _with_db(lambda db: keys.create_key(db, name or format_scopes(wanted), wanted))
+    except keys.KeyInputError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    k = created.key
+    typer.echo(f"created API key {k.prefix} (id {k.id}, name {k.name!r}) with scopes {format_scopes(k.scopes)}")
+    typer.echo("send it as `Authorization: Bearer <key>`; it is not stored and will not be shown again:")
+    typer.echo(created.secret)
+
+
+@keys_cli.command("list")
+def list_(all_: bool = typer.Option(False, "--all", help="Include revoked keys")) -> None:
+    """List keys (never their secrets)."""
+    from app.security import keys
+    from app.security.scopes import format_scopes
+
+    found = _with_db(lambda db: keys.list_keys(db, include_revoked=all_))
+    for k in found:
+        state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+        used = f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never"
+        typer.echo(f"{k.prefix}  {k.id}  {format_scopes(k.scopes):<40}  {state:<24}  last used {used}  {k.name}")
+    if not found:
+        typer.echo("no keys")
+
+
+@keys_cli.command("revoke")
+def revoke(key: str = typer.Argument(..., help="The key's prefix or id")) -> None:
+    """Revoke a key: refused by this deployment within auth_cache_seconds (5 s by default)."""
+    from app.security import keys
+
+    revoked = _with_db(lambda db: keys.revoke_key(db, key))
+    if revoked is None:
+        typer.echo(f"no API key {key!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {revoked.prefix} ({revoked.name}) at {revoked.revoked_at:%Y-%m-%d %H:%M:%S} UTC")

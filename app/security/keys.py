@@ -1,0 +1,173 @@
+"""API keys: create, look up, revoke, list.
+
+A key reads `sw_<prefix>_<secret>`: the 12-hex-digit prefix is public (it finds the row and names
+the key in listings and logs), the secret is 256 random bits. Only SHA-256 of the whole key is
+stored. A slow password hash (bcrypt, argon2) buys nothing here: it defends guessable secrets, and
+a 256-bit random one cannot be guessed; a fast hash keeps authentication off the hot path's budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db.engine import Database, is_unique_violation
+from app.db.tables import api_keys
+from app.security.scopes import Scope, format_scopes, parse_scopes
+from app.services.context import utc_now
+
+PREFIX_HEX = 12
+_TOKEN = re.compile(rf"sw_([0-9a-f]{{{PREFIX_HEX}}})_[A-Za-z0-9_-]{{43}}")
+MAX_NAME = 100
+
+
+class KeyInputError(ValueError):
+    """A key cannot be created as asked (no scopes, bad name)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyView:
+    id: str
+    name: str
+    prefix: str
+    scopes: frozenset[Scope]
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    key: ApiKeyView
+    secret: str  # the whole key, shown once; only its hash is stored
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def prefix_of(token: str) -> str | None:
+    """The prefix of a well-formed key, or None: malformed tokens never reach the database."""
+    match = _TOKEN.fullmatch(token)
+    return match.group(1) if match else None
+
+
+def _view(row: Any) -> ApiKeyView:
+    return ApiKeyView(
+        id=row.id,
+        name=row.name,
+        prefix=row.prefix,
+        scopes=parse_scopes(row.scopes.split(",")),
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+        last_used_at=row.last_used_at,
+    )
+
+
+def _check(name: str, scopes: Iterable[Scope]) -> frozenset[Scope]:
+    given = frozenset(scopes)
+    if not given:
+        raise KeyInputError("a key needs at least one scope")
+    if not name.strip() or len(name) > MAX_NAME:
+        raise KeyInputError(f"name must be 1-{MAX_NAME} characters")
+    return given
+
+
+async def create_key(
+    db: Database, name: str, scopes: Iterable[Scope], clock: Callable[[], datetime] = utc_now
+) -> CreatedKey:
+    wanted = _check(name, scopes)
+    for _ in range(3):  # a prefix collision (1 in 2^48 per pair of keys) just draws again
+        prefix = secrets.token_hex(PREFIX_HEX // 2)
+        secret = f"sw_{prefix}_{secrets.token_urlsafe(32)}"
+        values: dict[str, Any] = {
+            "id": str(uuid.uuid4()),
+            "name": name.strip(),
+            "prefix": prefix,
+            "hash": digest(secret),
+            "scopes": format_scopes(wanted),
+            "created_at": clock(),
+            "revoked_at": None,
+            "last_used_at": None,
+        }
+
+        async def work(conn: AsyncConnection, values: dict[str, Any] = values) -> None:
+            await conn.execute(api_keys.insert().values(**values))
+
+        try:
+            await db.write(work, notify=False)
+        except IntegrityError as exc:
+            if not is_unique_violation(exc):
+                raise
+            continue
+        view = ApiKeyView(
+            id=values["id"],
+            name=values["name"],
+            prefix=prefix,
+            scopes=wanted,
+            created_at=values["created_at"],
+            revoked_at=None,
+            last_used_at=None,
+        )
+        return CreatedKey(key=view, secret=secret)
+    raise RuntimeError("could not draw a unique key prefix")  # pragma: no cover
+
+
+async def find_key(db: Database, token: str) -> ApiKeyView | None:
+    """The key this token is (revoked or not), or None. Compares hashes in constant time."""
+    prefix = prefix_of(token)
+    if prefix is None:
+        return None
+    async with db.read() as conn:
+        row = (await conn.execute(select(api_keys).where(api_keys.c.prefix == prefix))).first()
+    if row is None or not hmac.compare_digest(row.hash, digest(token)):
+        return None
+    return _view(row)
+
+
+async def touch(db: Database, key_id: str, now: datetime) -> None:
+    async def work(conn: AsyncConnection) -> None:
+        await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=now))
+
+    await db.write(work, notify=False)
+
+
+async def revoke_key(db: Database, ident: str, clock: Callable[[], datetime] = utc_now) -> ApiKeyView | None:
+    """Revoke by id or prefix; revoking a revoked key changes nothing. None: no such key."""
+
+    async def work(conn: AsyncConnection) -> ApiKeyView | None:
+        match = or_(api_keys.c.id == ident, api_keys.c.prefix == ident)
+        await conn.execute(update(api_keys).where(match, api_keys.c.revoked_at.is_(None)).values(revoked_at=clock()))
+        row = (await conn.execute(select(api_keys).where(match))).first()
+        return _view(row) if row is not None else None
+
+    return await db.write(work, notify=False)
+
+
+async def list_keys(db: Database, include_revoked: bool = True) -> list[ApiKeyView]:
+    query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
+    if not include_revoked:
+        query = query.where(api_keys.c.revoked_at.is_(None))
+    async with db.read() as conn:
+        return [_view(r) for r in await conn.execute(query)]
+
+
+async def has_active_key(db: Database) -> bool:
+    async with db.read() as conn:
+        found = await conn.scalar(select(api_keys.c.id).where(api_keys.c.revoked_at.is_(None)).limit(1))
+    return found is not None

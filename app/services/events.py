@@ -1,0 +1,206 @@
+"""Recording inventory events: each applied once, in the same transaction as the position it changes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db import stock
+from app.db.engine import is_unique_violation
+from app.db.tables import inventory_events, locations, skus
+from app.domain.errors import ErrorCode, Refused, UserError
+from app.domain.events import EventStatus, EventType, InventoryEvent, LedgerKind, decide, validate
+from app.domain.quantities import Delta
+from app.services.context import Ctx
+
+
+@dataclass(frozen=True, slots=True)
+class EventResult:
+    index: int
+    status: EventStatus
+    version: int | None
+    drift: int = 0
+
+
+def _at(i: int, e: UserError) -> UserError:
+    return UserError(e.code, e.message, ("input", str(i), *(e.field or ())))
+
+
+async def record_events(
+    ctx: Ctx, events: list[InventoryEvent], atomic: bool = True
+) -> tuple[list[EventResult], list[UserError]]:
+    """Apply a batch. Atomic (the default): any error refuses the whole batch and changes nothing.
+
+    Not atomic: events with errors are reported and skipped, the rest apply.
+    """
+    if len(events) > ctx.settings.max_batch_size:
+        raise Refused(
+            [UserError(ErrorCode.BATCH_TOO_LARGE, f"at most {ctx.settings.max_batch_size} events per call", ("input",))]
+        )
+    now = ctx.clock()
+    errors: list[UserError] = []
+    for i, event in enumerate(events):
+        errors += [_at(i, e) for e in validate(event, now)]
+    # validation errors are reported together with unknown codes and conflicts, found in the transaction
+
+    async def work(conn: AsyncConnection) -> tuple[list[EventResult], list[UserError]]:
+        return await _apply_batch(conn, ctx, events, list(errors), atomic)
+
+    try:
+        return await ctx.db.write(work)
+    except IntegrityError as exc:
+        if not is_unique_violation(exc):
+            raise
+        # another request recorded one of these events between our look-up and our insert:
+        # run again, and it will be reported as DUPLICATE (or EVENT_CONFLICT)
+        return await ctx.db.write(work)
+
+
+async def _apply_batch(
+    conn: AsyncConnection, ctx: Ctx, events: list[InventoryEvent], errors: list[UserError], atomic: bool
+) -> tuple[list[EventResult], list[UserError]]:
+    now = ctx.clock()
+    bad = {int(e.field[1]) for e in errors if e.field}
+    sku_codes = {e.sku_code for e in events}
+    loc_codes = {e.location_code for e in events} | {e.to_location_code for e in events if e.to_location_code}
+    sku_ids = {
+        r.code: r.id for r in await conn.execute(select(skus.c.code, skus.c.id).where(skus.c.code.in_(sku_codes)))
+    }
+    locs = {r.code: r for r in await conn.execute(select(locations).where(locations.c.code.in_(loc_codes)))}
+    for i, e in enumerate(events):
+        if e.sku_code not in sku_ids:
+            errors.append(UserError(ErrorCode.UNKNOWN_SKU, f"no SKU {e.sku_code!r}", ("input", str(i), "skuCode")))
+        if e.location_code not in locs:
+            errors.append(
+                UserError(
+                    ErrorCode.UNKNOWN_LOCATION, f"no location {e.location_code!r}", ("input", str(i), "locationCode")
+                )
+            )
+        if e.to_location_code and e.to_location_code not in locs:
+            errors.append(
+                UserError(
+                    ErrorCode.UNKNOWN_LOCATION,
+                    f"no location {e.to_location_code!r}",
+                    ("input", str(i), "toLocationCode"),
+                )
+            )
+
+    # (source, externalId) identifies an event: a repeat is a DUPLICATE, a repeat with other content a conflict
+    pairs = list({(e.source, e.external_id) for e in events})
+    ie = inventory_events
+    recorded = {
+        (r.source, r.external_id): r
+        for r in await conn.execute(
+            select(ie.c.source, ie.c.external_id, ie.c.fingerprint, ie.c.version).where(
+                tuple_(ie.c.source, ie.c.external_id).in_(pairs)
+            )
+        )
+    }
+    results: dict[int, EventResult] = {}
+    first_in_batch: dict[tuple[str, str], tuple[int, str]] = {}
+    for i, e in enumerate(events):
+        key = (e.source, e.external_id)
+        fp = e.fingerprint()
+        seen = recorded.get(key)
+        earlier = first_in_batch.get(key)
+        if seen is not None or earlier is not None:
+            same = (seen.fingerprint if seen is not None else earlier[1]) == fp  # type: ignore[index]
+            if not same:
+                errors.append(
+                    UserError(
+                        ErrorCode.EVENT_CONFLICT,
+                        f"{e.source}/{e.external_id} was already recorded with different content",
+                        ("input", str(i)),
+                    )
+                )
+            else:
+                results[i] = EventResult(i, EventStatus.DUPLICATE, int(seen.version) if seen is not None else None)
+            continue
+        first_in_batch[key] = (i, fp)
+
+    bad |= {int(e.field[1]) for e in errors if e.field and len(e.field) > 1}
+    if errors and atomic:
+        raise Refused(errors)
+    todo = [i for i in range(len(events)) if i not in bad and i not in results]
+
+    pairs_touched: set[stock.Pair] = set()
+    for i in todo:
+        e = events[i]
+        pairs_touched.add((sku_ids[e.sku_code], locs[e.location_code].id))
+        if e.to_location_code:
+            pairs_touched.add((sku_ids[e.sku_code], locs[e.to_location_code].id))
+    await stock.ensure_positions(conn, pairs_touched, now)
+    locked = await stock.lock_positions(conn, pairs_touched)
+    positions = {p: lp.position for p, lp in locked.items()}
+    counted = {p: lp.counted_at for p, lp in locked.items()}
+    versions = {p: lp.version for p, lp in locked.items()}
+
+    ledger: list[dict[str, Any]] = []
+    changed: set[stock.Pair] = set()
+    for i in todo:
+        e = events[i]
+        loc = locs[e.location_code]
+        pair = (sku_ids[e.sku_code], loc.id)
+        since = 0
+        if e.type is EventType.COUNTED:
+            since = await stock.on_hand_after(conn, pair, e.occurred_at)
+        decision = decide(e, positions[pair], counted[pair], loc.count_authority, since)
+        delta = decision.effect.delta
+        if not delta.is_zero or decision.counted_at is not None:
+            versions[pair] = await stock.apply_delta(conn, pair, delta, now, decision.counted_at)
+            positions[pair] = positions[pair].plus(delta)
+            if decision.counted_at is not None:
+                counted[pair] = decision.counted_at
+            if not delta.is_zero:
+                changed.add(pair)
+        to_id = locs[e.to_location_code].id if e.to_location_code else None
+        ledger.append(
+            stock.ledger_row(
+                kind=e.type.value,
+                status=decision.status.value,
+                pair=pair,
+                quantity=e.quantity,
+                delta=delta,
+                version=versions[pair],
+                now=now,
+                source=e.source,
+                external_id=e.external_id,
+                occurred_at=e.occurred_at,
+                drift=decision.effect.drift,
+                reason=e.reason,
+                reference=e.reference,
+                to_location_id=to_id,
+                expected_at=e.expected_at,
+                fingerprint=e.fingerprint(),
+            )
+        )
+        results[i] = EventResult(i, decision.status, versions[pair], decision.effect.drift)
+        if e.type is EventType.TRANSFER_OUT and to_id is not None:
+            # the far side: the units are now expected at the destination
+            dest = (pair[0], to_id)
+            arriving = Delta(incoming=e.quantity)
+            versions[dest] = await stock.apply_delta(conn, dest, arriving, now)
+            positions[dest] = positions[dest].plus(arriving)
+            changed.add(dest)
+            ledger.append(
+                stock.ledger_row(
+                    kind=LedgerKind.TRANSFER_EXPECTED.value,
+                    status=EventStatus.APPLIED.value,
+                    pair=dest,
+                    quantity=e.quantity,
+                    delta=arriving,
+                    version=versions[dest],
+                    now=now,
+                    source=e.source,
+                    occurred_at=e.occurred_at,
+                    reference=e.reference,
+                    reason=f"transfer {e.external_id} from {e.location_code}",
+                )
+            )
+    await stock.write_ledger(conn, ledger)
+    await stock.enqueue_changes(conn, changed, now)
+    return [results[i] for i in sorted(results)], errors

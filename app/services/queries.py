@@ -1,0 +1,165 @@
+"""Reading positions, availability and the ledger. No writes here."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import aliased
+
+from app.db.stock import position_of
+from app.db.tables import counters, inventory_events, locations, skus, stock_levels
+from app.domain.quantities import sellable_across
+from app.services.context import Ctx
+from app.services.views import AvailabilityView, LedgerEntryView, StockLevelView
+
+sl = stock_levels
+MAX_PAGE = 1000
+
+
+def levels_query() -> Select[Any]:
+    return (
+        select(
+            sl,
+            skus.c.code.label("sku_code"),
+            locations.c.code.label("location_code"),
+            locations.c.active.label("location_active"),
+        )
+        .join(skus, skus.c.id == sl.c.sku_id)
+        .join(locations, locations.c.id == sl.c.location_id)
+    )
+
+
+def level_view(r: Any) -> StockLevelView:
+    return StockLevelView(
+        r.sku_code, r.location_code, position_of(r), int(r.version), r.updated_at, bool(r.location_active)
+    )
+
+
+async def stock_levels_page(
+    ctx: Ctx,
+    sku_codes: list[str] | None,
+    location_codes: list[str] | None,
+    first: int,
+    after: tuple[str, str] | None,
+) -> list[StockLevelView]:
+    """Positions ordered by (sku code, location code); `after` is the key of the last one already seen."""
+    q = levels_query().where(sl.c.version > 0)
+    if sku_codes is not None:
+        q = q.where(skus.c.code.in_(sku_codes))
+    if location_codes is not None:
+        q = q.where(locations.c.code.in_(location_codes))
+    if after is not None:
+        q = q.where(or_(skus.c.code > after[0], and_(skus.c.code == after[0], locations.c.code > after[1])))
+    q = q.order_by(skus.c.code, locations.c.code).limit(min(first, MAX_PAGE))
+    async with ctx.db.read() as conn:
+        return [level_view(r) for r in await conn.execute(q)]
+
+
+async def availability(ctx: Ctx, sku_codes: list[str]) -> list[AvailabilityView]:
+    async with ctx.db.read() as conn:
+        return await availability_in(conn, sku_codes)
+
+
+async def availability_in(conn: AsyncConnection, sku_codes: list[str]) -> list[AvailabilityView]:
+    """Across all active locations: Σ max(0, available); one read, so figures and version agree."""
+    known = {r.code: r for r in await conn.execute(select(skus).where(skus.c.code.in_(sku_codes)))}
+    if not known:
+        return []
+    epoch = int(
+        await conn.scalar(select(func.coalesce(func.max(counters.c.value), 0)).where(counters.c.name == "locations"))
+        or 0
+    )
+    levels: dict[str, list[StockLevelView]] = defaultdict(list)
+    version_sum: dict[str, int] = defaultdict(int)
+    for r in await conn.execute(levels_query().where(skus.c.code.in_(list(known))).order_by(locations.c.code)):
+        view = level_view(r)
+        # every position counts toward the version, active or not, so switching a location off and
+        # on again can never bring a version back
+        version_sum[r.sku_code] += view.version
+        if view.location_active and view.version > 0:
+            levels[r.sku_code].append(view)
+    result = []
+    for code in sku_codes:
+        sku = known.get(code)
+        if sku is None:
+            continue
+        here = levels[code] if sku.active else []
+        positions = [lv.position for lv in here]
+        result.append(
+            AvailabilityView(
+                sku_code=code,
+                channel_code=None,
+                available=sellable_across(positions),
+                oversold=sum(p.oversold for p in positions),
+                version=version_sum[code] + int(sku.version) + epoch,
+                locations=tuple(levels[code]),
+            )
+        )
+    return result
+
+
+async def ledger_page(
+    ctx: Ctx,
+    sku_code: str | None,
+    location_code: str | None,
+    source: str | None,
+    first: int,
+    after_id: int | None,
+) -> tuple[list[LedgerEntryView], bool]:
+    """Newest first. Returns the page and whether older entries remain."""
+    ie = inventory_events
+    to_loc = aliased(locations)
+    q = (
+        select(
+            ie,
+            skus.c.code.label("sku_code"),
+            locations.c.code.label("location_code"),
+            to_loc.c.code.label("to_location_code"),
+        )
+        .join(skus, skus.c.id == ie.c.sku_id)
+        .join(locations, locations.c.id == ie.c.location_id)
+        .outerjoin(to_loc, to_loc.c.id == ie.c.to_location_id)
+    )
+    if sku_code is not None:
+        q = q.where(skus.c.code == sku_code)
+    if location_code is not None:
+        q = q.where(locations.c.code == location_code)
+    if source is not None:
+        q = q.where(ie.c.source == source)
+    if after_id is not None:
+        q = q.where(ie.c.id < after_id)
+    size = min(first, MAX_PAGE)
+    async with ctx.db.read() as conn:
+        rows = list(await conn.execute(q.order_by(ie.c.id.desc()).limit(size + 1)))
+    return [_entry(r) for r in rows[:size]], len(rows) > size
+
+
+def _entry(r: Any) -> LedgerEntryView:
+    return LedgerEntryView(
+        id=int(r.id),
+        source=r.source,
+        external_id=r.external_id,
+        kind=r.kind,
+        status=r.status,
+        sku_code=r.sku_code,
+        location_code=r.location_code,
+        quantity=int(r.quantity),
+        occurred_at=r.occurred_at,
+        received_at=r.received_at,
+        reason=r.reason,
+        reference=r.reference,
+        to_location_code=r.to_location_code,
+        expected_at=r.expected_at,
+        reservation_id=r.reservation_id,
+        on_hand_change=int(r.d_on_hand),
+        committed_change=int(r.d_committed),
+        reserved_change=int(r.d_reserved),
+        unavailable_change=int(r.d_unavailable),
+        safety_stock_change=int(r.d_safety_stock),
+        incoming_change=int(r.d_incoming),
+        drift=int(r.drift),
+        version=int(r.version),
+    )

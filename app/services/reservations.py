@@ -1,0 +1,592 @@
+"""Checkout reservations: reserve (all lines or none), commit, release, extend, and expiry.
+
+Every state change is a conditional UPDATE on the reservation row (`WHERE status = 'ACTIVE' AND
+expires_at > now`): commit, release and the expiry sweeper can race on one reservation and exactly
+one of them wins. Units are held with `stock.hold`, the conditional update that makes overselling
+impossible.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db import stock
+from app.db.engine import is_unique_violation
+from app.db.tables import locations, reservation_lines, reservations, skus, stock_levels
+from app.domain.errors import ErrorCode, Refused, UserError
+from app.domain.events import EventStatus, LedgerKind
+from app.domain.quantities import Delta
+from app.domain.reservations import (
+    Action,
+    Outcome,
+    RequestedLine,
+    ReservationStatus,
+    effective_status,
+    lines_fingerprint,
+    plan_split,
+    transition,
+    validate_lines,
+    validate_ttl,
+)
+from app.services import channel_external_holds, channels
+from app.services.context import Ctx
+from app.services.views import ReservationLineView, ReservationView
+
+r_ = reservations
+rl = reservation_lines
+# a line without a location re-reads and re-plans when another checkout took its units meanwhile
+_MAX_REPLANS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveRequest:
+    lines: list[RequestedLine]
+    idempotency_key: str
+    ttl_seconds: int | None = None
+    channel_code: str | None = None
+    cart_ref: str | None = None
+    idempotency_scope: str = ""
+
+
+async def reserve(ctx: Ctx, req: ReserveRequest) -> ReservationView:
+    """Hold every line or nothing. Raises Refused with the reasons when it cannot."""
+    s = ctx.settings
+    errors = validate_lines(req.lines, s.max_units_per_reservation)
+    ttl = validate_ttl(req.ttl_seconds, s.default_ttl_seconds, s.max_ttl_seconds)
+    if isinstance(ttl, UserError):
+        errors.append(ttl)
+    if not req.idempotency_key.strip() or len(req.idempotency_key) > 200:
+        errors.append(
+            UserError(ErrorCode.INVALID_INPUT, "idempotencyKey must be 1-200 characters", ("idempotencyKey",))
+        )
+    if req.cart_ref is not None and len(req.cart_ref) > 200:
+        errors.append(UserError(ErrorCode.INVALID_INPUT, "cartRef is at most 200 characters", ("cartRef",)))
+    if errors:
+        raise Refused(errors)
+    assert isinstance(ttl, int)
+    fingerprint = lines_fingerprint(req.lines, req.channel_code, req.cart_ref)
+
+    async def work(conn: AsyncConnection) -> ReservationView:
+        earlier = await _by_idempotency_key(conn, req.idempotency_scope, req.idempotency_key)
+        if earlier is not None:
+            return await _repeat(conn, ctx, earlier, fingerprint)
+        return await _hold_all(conn, ctx, req, ttl, fingerprint)
+
+    try:
+        return await ctx.db.write(work)
+    except IntegrityError as exc:
+        if not is_unique_violation(exc):
+            raise
+        # a concurrent call with the same key won the insert: answer as a repeat of it
+        return await ctx.db.write(work)
+
+
+async def _by_idempotency_key(conn: AsyncConnection, scope: str, key: str) -> Any:
+    result = await conn.execute(select(r_).where(r_.c.idempotency_scope == scope, r_.c.idempotency_key == key))
+    return result.first()
+
+
+async def _repeat(conn: AsyncConnection, ctx: Ctx, row: Any, fingerprint: str) -> ReservationView:
+    if row.fingerprint != fingerprint:
+        raise Refused(
+            [
+                UserError(
+                    ErrorCode.IDEMPOTENCY_CONFLICT,
+                    "this idempotencyKey was used for a different reservation",
+                    ("idempotencyKey",),
+                )
+            ]
+        )
+    return (await load_views(conn, ctx.clock(), [row.id]))[0]
+
+
+async def _hold_all(
+    conn: AsyncConnection, ctx: Ctx, req: ReserveRequest, ttl: int, fingerprint: str
+) -> ReservationView:
+    now = ctx.clock()
+    sku_rows, loc_rows = await _resolve(conn, req)
+    rid = str(uuid.uuid4())
+    # the reservation row first: a concurrent call with the same key fails here, before holding anything
+    await conn.execute(
+        insert(r_).values(
+            id=rid,
+            status=ReservationStatus.ACTIVE.value,
+            idempotency_scope=req.idempotency_scope,
+            idempotency_key=req.idempotency_key,
+            fingerprint=fingerprint,
+            channel_code=req.channel_code,
+            cart_ref=req.cart_ref,
+            created_at=now,
+            updated_at=now,
+            expires_at=now + timedelta(seconds=ttl),
+        )
+    )
+    held: dict[stock.Pair, int] = defaultdict(int)
+    versions: dict[stock.Pair, int] = {}
+    backordered: dict[stock.Pair, int] = {}
+    # lines in primary-key order: two checkouts wanting the same SKUs lock their rows in the same order
+    ordered = sorted(req.lines, key=lambda ln: (sku_rows[ln.sku_code].id, ln.location_code or ""))
+    if req.channel_code is not None:
+        # under a channel: at most its figure per SKU, enforced behind the (channel, SKU) guard row
+        taken = await channels.hold_under_channel(
+            conn, now, req.channel_code, ordered, sku_rows, loc_rows, lambda c, t, ids: expire_due(c, t, sku_ids=ids)
+        )
+        held, versions, backordered = taken.held, taken.versions, taken.backordered
+        ordered = []
+    for line in ordered:
+        sku_id = sku_rows[line.sku_code].id
+        if line.location_code is not None:
+            pair = (sku_id, loc_rows[line.location_code].id)
+            version = await _hold_or_expire(conn, now, pair, line.quantity)
+            if version is None:
+                raise Refused([await _insufficient(conn, line, [pair[1]])])
+            held[pair] += line.quantity
+            versions[pair] = version
+        else:
+            for pair, q, version in await _hold_anywhere(conn, now, sku_id, line):
+                held[pair] += q
+                versions[pair] = version
+    await conn.execute(
+        insert(rl),
+        [
+            {
+                "reservation_id": rid,
+                "sku_id": p[0],
+                "location_id": p[1],
+                "quantity": held.get(p, 0),
+                "backordered": backordered.get(p, 0),
+            }
+            for p in sorted(set(held) | set(backordered))
+        ],
+    )
+    await stock.write_ledger(
+        conn,
+        [
+            stock.ledger_row(
+                kind=LedgerKind.RESERVED.value,
+                status=EventStatus.APPLIED.value,
+                pair=p,
+                quantity=q,
+                delta=Delta(reserved=q),
+                version=versions[p],
+                now=now,
+                reservation_id=rid,
+                reference=req.cart_ref,
+            )
+            for p, q in sorted(held.items())
+        ],
+    )
+    await stock.enqueue_changes(conn, set(held) | set(backordered), now)
+    return (await load_views(conn, now, [rid]))[0]
+
+
+async def _resolve(conn: AsyncConnection, req: ReserveRequest) -> tuple[dict[str, Any], dict[str, Any]]:
+    codes = {ln.sku_code for ln in req.lines}
+    loc_codes = {ln.location_code for ln in req.lines if ln.location_code is not None}
+    sku_rows = {
+        r.code: r
+        for r in await conn.execute(select(skus.c.id, skus.c.code, skus.c.active).where(skus.c.code.in_(codes)))
+    }
+    loc_rows = {
+        r.code: r
+        for r in await conn.execute(
+            select(locations.c.id, locations.c.code, locations.c.active).where(locations.c.code.in_(loc_codes))
+        )
+    }
+    errors: list[UserError] = []
+    for i, ln in enumerate(req.lines):
+        where = ("lines", str(i))
+        sku = sku_rows.get(ln.sku_code)
+        if sku is None:
+            errors.append(UserError(ErrorCode.UNKNOWN_SKU, f"no SKU {ln.sku_code!r}", (*where, "skuCode")))
+        elif not sku.active:
+            errors.append(UserError(ErrorCode.INACTIVE_SKU, f"SKU {ln.sku_code!r} is deactivated", (*where, "skuCode")))
+        if ln.location_code is not None:
+            loc = loc_rows.get(ln.location_code)
+            if loc is None:
+                errors.append(
+                    UserError(ErrorCode.UNKNOWN_LOCATION, f"no location {ln.location_code!r}", (*where, "locationCode"))
+                )
+            elif not loc.active:
+                errors.append(
+                    UserError(
+                        ErrorCode.INACTIVE_LOCATION,
+                        f"location {ln.location_code!r} is inactive",
+                        (*where, "locationCode"),
+                    )
+                )
+    if errors:
+        raise Refused(errors)
+    return sku_rows, loc_rows
+
+
+async def _hold_or_expire(conn: AsyncConnection, now: datetime, pair: stock.Pair, quantity: int) -> int | None:
+    version = await stock.hold(conn, pair[0], pair[1], quantity, now)
+    if version is None and await expire_due(conn, now, sku_ids=[pair[0]]):
+        # holds past their expiry never block a new reservation, even before the sweeper runs
+        version = await stock.hold(conn, pair[0], pair[1], quantity, now)
+    return version
+
+
+async def _hold_anywhere(
+    conn: AsyncConnection, now: datetime, sku_id: int, line: RequestedLine
+) -> list[tuple[stock.Pair, int, int]]:
+    """Take a line from active locations in priority order, splitting across them when needed."""
+    taken: list[tuple[stock.Pair, int, int]] = []
+    left = line.quantity
+    expired_once = False
+    for _ in range(_MAX_REPLANS):
+        candidates = await _candidates(conn, sku_id)
+        plan = plan_split(left, candidates)
+        if sum(q for _, q in plan) < left:
+            if not expired_once and await expire_due(conn, now, sku_ids=[sku_id]):
+                expired_once = True
+                continue
+            break
+        for location_id, q in plan:
+            version = await stock.hold(conn, sku_id, location_id, q, now)
+            if version is None:
+                break  # another checkout took these units since we looked: plan again
+            taken.append(((sku_id, location_id), q, version))
+            left -= q
+        if left == 0:
+            return taken
+    raise Refused([await _insufficient(conn, line, [c for c, _ in await _candidates(conn, sku_id)], left)])
+
+
+async def _candidates(conn: AsyncConnection, sku_id: int) -> list[tuple[int, int]]:
+    available = stock.available_sql()
+    rows = await conn.execute(
+        select(stock_levels.c.location_id, available.label("available"))
+        .join(locations, locations.c.id == stock_levels.c.location_id)
+        .where(stock_levels.c.sku_id == sku_id, locations.c.active.is_(True), available > 0)
+        .order_by(locations.c.priority, locations.c.code)
+    )
+    return [(r.location_id, int(r.available)) for r in rows]
+
+
+async def _insufficient(
+    conn: AsyncConnection, line: RequestedLine, location_ids: list[int], short: int | None = None
+) -> UserError:
+    available = 0
+    if location_ids:
+        sku_id = await conn.scalar(select(skus.c.id).where(skus.c.code == line.sku_code))
+        rows = await conn.execute(
+            select(stock.available_sql()).where(
+                stock_levels.c.sku_id == sku_id, stock_levels.c.location_id.in_(location_ids)
+            )
+        )
+        available = sum(max(0, int(v)) for (v,) in rows)
+    where = f" at {line.location_code}" if line.location_code else ""
+    return UserError(
+        ErrorCode.INSUFFICIENT_STOCK,
+        f"{line.sku_code}: {line.quantity} requested{where}, {available} available",
+        ("lines", line.sku_code),
+    )
+
+
+# --- state changes on an existing reservation ---------------------------------------------------
+
+
+async def commit(ctx: Ctx, reservation_id: str, order_ref: str) -> ReservationView:
+    if not order_ref.strip() or len(order_ref) > 200:
+        raise Refused([UserError(ErrorCode.INVALID_INPUT, "orderRef must be 1-200 characters", ("orderRef",))])
+    return await _change(
+        ctx, reservation_id, Action.COMMIT, {"status": ReservationStatus.COMMITTED.value, "order_ref": order_ref}
+    )
+
+
+async def release(ctx: Ctx, reservation_id: str) -> ReservationView:
+    return await _change(ctx, reservation_id, Action.RELEASE, {"status": ReservationStatus.RELEASED.value})
+
+
+async def extend(ctx: Ctx, reservation_id: str, ttl_seconds: int) -> ReservationView:
+    s = ctx.settings
+    ttl = validate_ttl(ttl_seconds, s.default_ttl_seconds, s.max_ttl_seconds)
+    if isinstance(ttl, UserError):
+        raise Refused([ttl])
+    return await _change(ctx, reservation_id, Action.EXTEND, {"expires_at": ctx.clock() + timedelta(seconds=ttl)})
+
+
+_MOVES: dict[Action, tuple[LedgerKind, int, int]] = {
+    # action: (ledger kind, reserved change per unit, committed change per unit)
+    Action.COMMIT: (LedgerKind.RESERVATION_COMMITTED, -1, 1),
+    Action.RELEASE: (LedgerKind.RESERVATION_RELEASED, -1, 0),
+}
+
+
+async def _change(ctx: Ctx, reservation_id: str, action: Action, values: dict[str, Any]) -> ReservationView:
+    async def work(conn: AsyncConnection) -> ReservationView:
+        now = ctx.clock()
+        changed = await conn.execute(
+            update(r_)
+            .where(r_.c.id == reservation_id, r_.c.status == ReservationStatus.ACTIVE.value, r_.c.expires_at > now)
+            .values(**values, updated_at=now)
+            .returning(r_.c.id)
+        )
+        if changed.first() is None:
+            return await _refuse_or_repeat(conn, now, reservation_id, action)
+        if action in _MOVES:
+            kind, d_reserved, d_committed = _MOVES[action]
+            await _move_lines(conn, now, [reservation_id], kind, d_reserved, d_committed)
+        return (await load_views(conn, now, [reservation_id]))[0]
+
+    return await ctx.db.write(work)
+
+
+async def _refuse_or_repeat(
+    conn: AsyncConnection, now: datetime, reservation_id: str, action: Action
+) -> ReservationView:
+    views = await load_views(conn, now, [reservation_id])
+    if not views:
+        raise Refused([UserError(ErrorCode.RESERVATION_NOT_FOUND, f"no reservation {reservation_id!r}", ("id",))])
+    outcome = transition(action, views[0].status)
+    if isinstance(outcome, ErrorCode):
+        raise Refused([UserError(outcome, f"reservation is {views[0].status.value}", ("id",))])
+    assert outcome is Outcome.NO_OP, "an ACTIVE reservation would have matched the update"
+    return views[0]
+
+
+async def _move_lines(
+    conn: AsyncConnection,
+    now: datetime,
+    reservation_ids: list[str],
+    kind: LedgerKind,
+    d_reserved: int,
+    d_committed: int,
+) -> set[stock.Pair]:
+    # a channel's counters first: every path takes guard rows before stock rows (no lock-order deadlock)
+    await channels.release_channel_holds(conn, reservation_ids)
+    lines = list(
+        await conn.execute(
+            select(rl)
+            .where(rl.c.reservation_id.in_(reservation_ids))
+            .order_by(rl.c.sku_id, rl.c.location_id, rl.c.reservation_id)
+        )
+    )
+    if d_committed:
+        # a backorder may sit where no stock was ever recorded: its order needs a position to land on
+        await stock.ensure_positions(conn, [(ln.sku_id, ln.location_id) for ln in lines if ln.backordered], now)
+    ledger: list[dict[str, Any]] = []
+    pairs: set[stock.Pair] = set()
+    for line in lines:
+        pair = (line.sku_id, line.location_id)
+        pairs.add(pair)
+        # backordered units were never reserved stock; an order placed for them is committed against
+        # the incoming units (shown as oversold until they arrive), a release simply forgets them
+        moved = line.quantity + (line.backordered if d_committed else 0)
+        if moved == 0:
+            continue
+        delta = Delta(reserved=d_reserved * line.quantity, committed=d_committed * moved)
+        version = await stock.apply_delta(conn, pair, delta, now)
+        ledger.append(
+            stock.ledger_row(
+                kind=kind.value,
+                status=EventStatus.APPLIED.value,
+                pair=pair,
+                quantity=moved,
+                delta=delta,
+                version=version,
+                now=now,
+                reservation_id=line.reservation_id,
+            )
+        )
+    await stock.write_ledger(conn, ledger)
+    await stock.enqueue_changes(conn, pairs, now)
+    return pairs
+
+
+async def expire_due(conn: AsyncConnection, now: datetime, sku_ids: list[int] | None = None, limit: int = 500) -> int:
+    """Turn ACTIVE reservations past expiry into EXPIRED and give their units back. Returns how many.
+
+    Safe with many processes: on Postgres each sweeper skips rows another has locked, and the
+    status condition means a reservation is expired (or committed, or released) exactly once.
+    """
+    due = select(r_.c.id).where(r_.c.status == ReservationStatus.ACTIVE.value, r_.c.expires_at <= now)
+    if sku_ids is not None:
+        due = due.where(r_.c.id.in_(select(rl.c.reservation_id).where(rl.c.sku_id.in_(sku_ids))))
+    due = due.order_by(r_.c.expires_at).limit(limit)
+    if conn.dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    ids = [r.id for r in await conn.execute(due)]
+    if not ids:
+        return 0
+    expired = await conn.execute(
+        update(r_)
+        .where(r_.c.id.in_(ids), r_.c.status == ReservationStatus.ACTIVE.value)
+        .values(status=ReservationStatus.EXPIRED.value, updated_at=now)
+        .returning(r_.c.id)
+    )
+    won = [r.id for r in expired]
+    if won:
+        await _move_lines(conn, now, won, LedgerKind.RESERVATION_EXPIRED, -1, 0)
+    return len(won)
+
+
+async def sweep_expired(ctx: Ctx) -> int:
+    """One pass of the background sweeper, in its own transaction."""
+
+    async def work(conn: AsyncConnection) -> int:
+        now = ctx.clock()
+        return await expire_due(conn, now) + await channel_external_holds.expire_due(conn, now)
+
+    return await ctx.db.write(work)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+async def load_views(conn: AsyncConnection, now: datetime, ids: list[str]) -> list[ReservationView]:
+    rows = list(await conn.execute(select(r_).where(r_.c.id.in_(ids))))
+    lines: dict[str, list[ReservationLineView]] = defaultdict(list)
+    for ln in await conn.execute(
+        select(
+            rl.c.reservation_id,
+            skus.c.code.label("sku_code"),
+            locations.c.code.label("location_code"),
+            # a line's units: from stock and, under a channel's backorder allowance, against incoming
+            (rl.c.quantity + rl.c.backordered).label("quantity"),
+        )
+        .join(skus, skus.c.id == rl.c.sku_id)
+        .join(locations, locations.c.id == rl.c.location_id)
+        .where(rl.c.reservation_id.in_(ids))
+        .order_by(skus.c.code, locations.c.code)
+    ):
+        lines[ln.reservation_id].append(ReservationLineView(ln.sku_code, ln.location_code, int(ln.quantity)))
+    order = {rid: i for i, rid in enumerate(ids)}
+    rows.sort(key=lambda r: order[r.id])
+    return [
+        ReservationView(
+            id=r.id,
+            status=effective_status(ReservationStatus(r.status), r.expires_at, now),
+            expires_at=r.expires_at,
+            created_at=r.created_at,
+            cart_ref=r.cart_ref,
+            order_ref=r.order_ref,
+            channel_code=r.channel_code,
+            lines=tuple(lines[r.id]),
+        )
+        for r in rows
+    ]
+
+
+async def get(ctx: Ctx, reservation_id: str) -> ReservationView | None:
+    async with ctx.db.read() as conn:
+        views = await load_views(conn, ctx.clock(), [reservation_id])
+    return views[0] if views else None
+
+
+async def by_cart(ctx: Ctx, cart_ref: str) -> list[ReservationView]:
+    async with ctx.db.read() as conn:
+        ids = [
+            r.id
+            for r in await conn.execute(
+                select(r_.c.id).where(r_.c.cart_ref == cart_ref).order_by(r_.c.created_at, r_.c.id)
+            )
+        ]
+        return await load_views(conn, ctx.clock(), ids)
+
+
+# --- building blocks for other services that hold stock (order routing) --------------------------
+
+
+async def by_idempotency_key(conn: AsyncConnection, scope: str, key: str) -> Any:
+    """The reservation row made with this key in this scope, or None."""
+    return await _by_idempotency_key(conn, scope, key)
+
+
+async def open_reservation(
+    conn: AsyncConnection,
+    now: datetime,
+    *,
+    idempotency_scope: str,
+    idempotency_key: str,
+    fingerprint: str,
+    ttl_seconds: int,
+    channel_code: str | None = None,
+    cart_ref: str | None = None,
+    order_ref: str | None = None,
+) -> str:
+    """Insert an ACTIVE reservation row with no lines yet; returns its id. Insert it before holding:
+    a concurrent call with the same key then fails on the unique key, before it holds anything."""
+    rid = str(uuid.uuid4())
+    await conn.execute(
+        insert(r_).values(
+            id=rid,
+            status=ReservationStatus.ACTIVE.value,
+            idempotency_scope=idempotency_scope,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+            channel_code=channel_code,
+            cart_ref=cart_ref,
+            order_ref=order_ref,
+            created_at=now,
+            updated_at=now,
+            expires_at=now + timedelta(seconds=ttl_seconds),
+        )
+    )
+    return rid
+
+
+async def record_holds(
+    conn: AsyncConnection,
+    now: datetime,
+    reservation_id: str,
+    held: dict[stock.Pair, int],
+    versions: dict[stock.Pair, int],
+    reference: str | None = None,
+) -> None:
+    """The lines, ledger rows and outbox rows for units already taken with `stock.hold`."""
+    pairs = sorted(held.items())
+    await conn.execute(
+        insert(rl),
+        [{"reservation_id": reservation_id, "sku_id": p[0], "location_id": p[1], "quantity": q} for p, q in pairs],
+    )
+    await stock.write_ledger(
+        conn,
+        [
+            stock.ledger_row(
+                kind=LedgerKind.RESERVED.value,
+                status=EventStatus.APPLIED.value,
+                pair=p,
+                quantity=q,
+                delta=Delta(reserved=q),
+                version=versions[p],
+                now=now,
+                reservation_id=reservation_id,
+                reference=reference,
+            )
+            for p, q in pairs
+        ],
+    )
+    await stock.enqueue_changes(conn, held, now)
+
+
+async def release_cart(conn: AsyncConnection, now: datetime, cart_ref: str, keep: str | None = None) -> list[str]:
+    """Release the cart's ACTIVE, unexpired reservations (except `keep`) in the caller's transaction;
+    the same conditional update as releaseReservation, so a concurrent commit or expiry wins cleanly."""
+    released = [
+        r.id
+        for r in await conn.execute(
+            update(r_)
+            .where(
+                r_.c.cart_ref == cart_ref,
+                r_.c.status == ReservationStatus.ACTIVE.value,
+                r_.c.expires_at > now,
+                r_.c.id != (keep or ""),
+            )
+            .values(status=ReservationStatus.RELEASED.value, updated_at=now)
+            .returning(r_.c.id)
+        )
+    ]
+    if released:
+        await _move_lines(conn, now, released, LedgerKind.RESERVATION_RELEASED, -1, 0)
+    return released

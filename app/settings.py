@@ -1,0 +1,49 @@
+"""Settings from the environment (prefix STOCKWIRE_), validated once at start."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STOCKWIRE_", extra="ignore")
+
+    database_url: str = "sqlite+aiosqlite:///./stockwire.db"
+    broadcast_url: str = "memory://"
+    # reservations
+    default_ttl_seconds: int = Field(900, ge=1)
+    max_ttl_seconds: int = Field(3600, ge=1)
+    max_units_per_reservation: int = Field(1000, ge=1)
+    max_batch_size: int = Field(1000, ge=1)
+    # how often the sweeper releases expired holds; the contract wants them gone within ~1 s
+    expiry_sweep_seconds: float = Field(0.25, gt=0)
+    # how often the outbox relay looks for changes left by other (or crashed) processes
+    relay_poll_seconds: float = Field(0.5, gt=0)
+    db_pool_size: int = Field(10, ge=1)
+    db_max_overflow: int = Field(10, ge=0)
+    # security: API keys, request limits, rate limits (docs/security.md has the reasoning for each default)
+    auth_cache_seconds: float = Field(5.0, ge=0)  # a key revoked elsewhere stops working within this
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_query_depth: int = Field(10, ge=1)
+    max_query_tokens: int = Field(2000, ge=50)
+    max_aliases: int = Field(20, ge=0)
+    # browser pages on these origins may open websockets (same-origin and non-browser clients always may)
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    ws_init_timeout_seconds: float = Field(10.0, gt=0)  # connection_init must arrive within this
+    hold_rate_limit: int = Field(2000, ge=0)  # reserve/routeAndReserve calls per key per window; 0: unlimited
+    hold_rate_window_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        # STOCKWIRE_ALLOWED_ORIGINS=https://shop.example.com,https://admin.example.com
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

@@ -1,0 +1,144 @@
+"""Reconciliation: a snapshot with known drift produces exactly that drift report, and can be applied."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.db.engine import Database
+from app.domain.events import EventType, InventoryEvent
+from app.services import catalog, channel_reconciliation, events
+from app.services.context import Ctx
+from app.settings import Settings
+from tests.conftest import Api
+from tests.helpers import T0, UPSERT_LOCATIONS, at, catalogue, event, level, record
+
+SNAPSHOT = """sku,location,on_hand,comment
+SKU-1,WH-1,7,shipped more than was ordered here
+SKU-2,WH-1,4,in step
+SKU-1,WH-2,3,our count from the wrong source was flagged
+SKU-3,WH-1,14,four went missing since the last count
+SKU-9,WH-1,1,not in our catalogue
+"""
+IMPORT = """mutation($rows: [SnapshotRowInput!]!, $takenAt: DateTime!, $apply: Boolean!) {
+  importSnapshot(source: "netsuite", takenAt: $takenAt, input: $rows, apply: $apply) {
+    rows matched userErrors { code }
+    drift { skuCode locationCode expected reported difference since applied
+            explainedBy { type status drift externalId } } } }"""
+
+
+async def _history(api: Api) -> None:
+    await catalogue(api, skus=["SKU-1", "SKU-2", "SKU-3"], locations=[("WH-1", 10), ("WH-2", 20)])
+    data = await api.ok(
+        UPSERT_LOCATIONS, input=[{"code": "WH-2", "name": "Two", "kind": "WAREHOUSE", "countAuthority": "wms"}]
+    )
+    assert data["upsertLocations"]["userErrors"] == []
+    history = [
+        event("RECEIVED", "SKU-1", "WH-1", 10, -60),
+        event("ORDER_PLACED", "SKU-1", "WH-1", 3, -50),
+        event("SHIPPED", "SKU-1", "WH-1", 5, -40, externalId="ship-1"),  # 2 more than committed: drift 2
+        event("RECEIVED", "SKU-2", "WH-1", 4, -60),
+        event("RECEIVED", "SKU-1", "WH-2", 6, -60),
+        event("COUNTED", "SKU-1", "WH-2", 3, -30, externalId="count-wrong-source"),  # erp is not the authority
+        event("COUNTED", "SKU-3", "WH-1", 20, -30),
+        event("SOLD", "SKU-3", "WH-1", 2, -20),
+        event("SOLD", "SKU-3", "WH-1", 1, 10),  # after the snapshot was taken: not drift
+    ]
+    for e in history:
+        assert (await record(api, e))["userErrors"] == []
+
+
+async def test_a_csv_snapshot_with_known_drift_reports_exactly_that_drift(api: Api, tmp_path: Path) -> None:
+    await _history(api)
+    path = tmp_path / "snapshot.csv"
+    path.write_text(SNAPSHOT)
+    seen: list[int] = []
+    report = await channel_reconciliation.import_csv(api.ctx, path, "netsuite", T0, progress=seen.append)
+    assert (report.rows, report.matched, seen) == (5, 1, [5])
+    assert [(e.code.value, e.field) for e in report.unknown] == [("UNKNOWN_SKU", ("input", "4", "skuCode"))]
+    got = [
+        (
+            d.sku_code,
+            d.location_code,
+            d.expected,
+            d.reported,
+            d.difference,
+            d.since,
+            [(c.kind, c.status, c.drift, c.external_id) for c in d.causes],
+        )
+        for d in report.drift
+    ]
+    assert got == [
+        ("SKU-1", "WH-1", 5, 7, 2, T0 - timedelta(minutes=60), [("SHIPPED", "APPLIED", 2, "ship-1")]),
+        (
+            "SKU-1",
+            "WH-2",
+            6,
+            3,
+            -3,
+            T0 - timedelta(minutes=60),
+            [("COUNTED", "FLAGGED", 0, "count-wrong-source")],
+        ),
+        # expected is as of the snapshot (18), not now (17: a sale after it); since the last count
+        ("SKU-3", "WH-1", 18, 14, -4, T0 - timedelta(minutes=30), []),
+    ]
+    # a report changes nothing
+    assert (await level(api, "SKU-1", "WH-1"))["onHand"] == 5
+
+
+async def test_applying_a_snapshot_records_counts_at_its_time(api: Api) -> None:
+    await _history(api)
+    rows: list[dict[str, Any]] = [
+        {"skuCode": s, "locationCode": loc, "onHand": q}
+        for s, loc, q in (("SKU-1", "WH-1", 7), ("SKU-1", "WH-2", 3), ("SKU-3", "WH-1", 14))
+    ]
+    data = await api.ok(IMPORT, rows=rows, takenAt=at(0), apply=True)
+    result = data["importSnapshot"]
+    assert [(d["skuCode"], d["locationCode"], d["difference"], d["applied"]) for d in result["drift"]] == [
+        ("SKU-1", "WH-1", 2, "APPLIED"),
+        ("SKU-1", "WH-2", -3, "FLAGGED"),  # WH-2 trusts only wms's counts
+        ("SKU-3", "WH-1", -4, "APPLIED"),
+    ]
+    assert (await level(api, "SKU-1", "WH-1"))["onHand"] == 7
+    assert (await level(api, "SKU-3", "WH-1"))["onHand"] == 13  # 14 at T0, then the later sale of 1
+    again = (await api.ok(IMPORT, rows=rows, takenAt=at(0), apply=False))["importSnapshot"]
+    assert (again["matched"], [d["locationCode"] for d in again["drift"]]) == (2, ["WH-2"])
+
+
+def test_the_cli_prints_the_drift_and_applies_it(tmp_path: Path, sqlite_template: Path) -> None:
+    db_path = tmp_path / "stockwire.db"
+    shutil.copy(sqlite_template, db_path)
+    url = f"sqlite+aiosqlite:///{db_path}"
+
+    async def setup() -> None:
+        db = Database(url)
+        ctx = Ctx(db=db, settings=Settings(database_url=url))
+        try:
+            await catalog.upsert_skus(ctx, [catalog.SkuInput("SKU-1", "One")])
+            await catalog.upsert_locations(ctx, [catalog.LocationInput("WH-1", "One", catalog.LocationKind.WAREHOUSE)])
+            await events.record_events(
+                ctx, [InventoryEvent("erp", "r1", EventType.RECEIVED, "SKU-1", "WH-1", 5, T0 - timedelta(hours=1))]
+            )
+        finally:
+            await db.dispose()
+
+    asyncio.run(setup())
+    csv_path = tmp_path / "snapshot.csv"
+    csv_path.write_text("sku,location,on_hand\nSKU-1,WH-1,8\n")
+    args = ["import-snapshot", str(csv_path), "--source", "netsuite", "--taken-at", T0.isoformat()]
+    env = {"STOCKWIRE_DATABASE_URL": url}
+    result = CliRunner().invoke(cli, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert "DRIFT SKU-1 @ WH-1: expected 5, reported 8 (+3)" in result.output
+    assert result.output.strip().splitlines()[-1] == "1 rows, 0 matched, 1 drifting, 0 skipped"
+    applied = CliRunner().invoke(cli, [*args, "--apply"], env=env)
+    assert applied.exit_code == 0, applied.output
+    assert "[APPLIED]" in applied.output
+    after = CliRunner().invoke(cli, args, env=env)
+    assert after.output.strip().splitlines()[-1] == "1 rows, 1 matched, 0 drifting, 0 skipped"
