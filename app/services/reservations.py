@@ -12,9 +12,10 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, literal, select, union_all, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -75,10 +76,14 @@ async def reserve(ctx: Ctx, req: ReserveRequest) -> ReservationView:
     fingerprint = lines_fingerprint(req.lines, req.channel_code, req.cart_ref)
 
     async def work(conn: AsyncConnection) -> ReservationView:
-        earlier = await _by_idempotency_key(conn, req.idempotency_scope, req.idempotency_key)
-        if earlier is not None:
+        now = ctx.clock()
+        # claim the key first: one statement tells a first call from a retry, and a concurrent call
+        # with the same key waits here on the unique index, before either holds anything
+        rid = await _claim_key(conn, req, now, ttl, fingerprint)
+        if rid is None:
+            earlier = await _by_idempotency_key(conn, req.idempotency_scope, req.idempotency_key)
             return await _repeat(conn, ctx, earlier, fingerprint)
-        return await _hold_all(conn, ctx, req, ttl, fingerprint)
+        return await _hold_all(conn, req, now, rid, now + timedelta(seconds=ttl))
 
     try:
         return await ctx.db.write(work)
@@ -108,15 +113,17 @@ async def _repeat(conn: AsyncConnection, ctx: Ctx, row: Any, fingerprint: str) -
     return (await load_views(conn, ctx.clock(), [row.id]))[0]
 
 
-async def _hold_all(
-    conn: AsyncConnection, ctx: Ctx, req: ReserveRequest, ttl: int, fingerprint: str
-) -> ReservationView:
-    now = ctx.clock()
-    sku_rows, loc_rows = await _resolve(conn, req)
+async def _claim_key(
+    conn: AsyncConnection, req: ReserveRequest, now: datetime, ttl: int, fingerprint: str
+) -> str | None:
+    """Insert the ACTIVE reservation row unless its idempotency key is taken; its id, or None if taken.
+
+    A refusal later in the transaction rolls the row back, so a refused attempt is not remembered."""
     rid = str(uuid.uuid4())
-    # the reservation row first: a concurrent call with the same key fails here, before holding anything
-    await conn.execute(
-        insert(r_).values(
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    stmt = (
+        dialect_insert(r_)
+        .values(
             id=rid,
             status=ReservationStatus.ACTIVE.value,
             idempotency_scope=req.idempotency_scope,
@@ -128,7 +135,16 @@ async def _hold_all(
             updated_at=now,
             expires_at=now + timedelta(seconds=ttl),
         )
+        .on_conflict_do_nothing(index_elements=[r_.c.idempotency_scope, r_.c.idempotency_key])
+        .returning(r_.c.id)
     )
+    return cast(str | None, (await conn.execute(stmt)).scalar_one_or_none())
+
+
+async def _hold_all(
+    conn: AsyncConnection, req: ReserveRequest, now: datetime, rid: str, expires_at: datetime
+) -> ReservationView:
+    sku_rows, loc_rows = await _resolve(conn, req)
     held: dict[stock.Pair, int] = defaultdict(int)
     versions: dict[stock.Pair, int] = {}
     backordered: dict[stock.Pair, int] = {}
@@ -185,22 +201,60 @@ async def _hold_all(
         ],
     )
     await stock.enqueue_changes(conn, set(held) | set(backordered), now)
-    return (await load_views(conn, now, [rid]))[0]
+    view = _view_of_new(req, now, expires_at, rid, sku_rows, loc_rows, held, backordered)
+    return view if view is not None else (await load_views(conn, now, [rid]))[0]
+
+
+def _view_of_new(
+    req: ReserveRequest,
+    now: datetime,
+    expires_at: datetime,
+    rid: str,
+    sku_rows: dict[str, Any],
+    loc_rows: dict[str, Any],
+    held: dict[stock.Pair, int],
+    backordered: dict[stock.Pair, int],
+) -> ReservationView | None:
+    """The new reservation as load_views would read it back, without the two reads, when every line's
+    location was named in the request (the usual checkout); None when a location was chosen for it."""
+    sku_code = {r.id: r.code for r in sku_rows.values()}
+    location_code = {r.id: r.code for r in loc_rows.values()}
+    pairs = set(held) | set(backordered)
+    if any(p[1] not in location_code for p in pairs):
+        return None
+    lines = sorted(
+        (
+            ReservationLineView(sku_code[p[0]], location_code[p[1]], held.get(p, 0) + backordered.get(p, 0))
+            for p in pairs
+        ),
+        key=lambda ln: (ln.sku_code, ln.location_code),
+    )
+    return ReservationView(
+        id=rid,
+        status=ReservationStatus.ACTIVE,
+        expires_at=expires_at,
+        created_at=now,
+        cart_ref=req.cart_ref,
+        order_ref=None,
+        channel_code=req.channel_code,
+        lines=tuple(lines),
+    )
 
 
 async def _resolve(conn: AsyncConnection, req: ReserveRequest) -> tuple[dict[str, Any], dict[str, Any]]:
     codes = {ln.sku_code for ln in req.lines}
     loc_codes = {ln.location_code for ln in req.lines if ln.location_code is not None}
-    sku_rows = {
-        r.code: r
-        for r in await conn.execute(select(skus.c.id, skus.c.code, skus.c.active).where(skus.c.code.in_(codes)))
-    }
-    loc_rows = {
-        r.code: r
-        for r in await conn.execute(
-            select(locations.c.id, locations.c.code, locations.c.active).where(locations.c.code.in_(loc_codes))
-        )
-    }
+    # SKUs and locations in one round trip: this runs on every checkout
+    sku_rows: dict[str, Any] = {}
+    loc_rows: dict[str, Any] = {}
+    both = union_all(
+        select(literal("S").label("kind"), skus.c.id, skus.c.code, skus.c.active).where(skus.c.code.in_(codes)),
+        select(literal("L").label("kind"), locations.c.id, locations.c.code, locations.c.active).where(
+            locations.c.code.in_(loc_codes)
+        ),
+    )
+    for r in await conn.execute(both):
+        (sku_rows if r.kind == "S" else loc_rows)[r.code] = r
     errors: list[UserError] = []
     for i, ln in enumerate(req.lines):
         where = ("lines", str(i))
