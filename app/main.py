@@ -30,6 +30,7 @@ from app.realtime.streams import Streams
 from app.realtime.ws import PingingTransportWSHandler
 from app.security.runtime import Security, make_security, require_a_key
 from app.services import reservations
+from app.services.channel_publication import PublicationWorker
 from app.services.context import Ctx
 from app.settings import Settings
 
@@ -48,6 +49,7 @@ class Runtime:
     relay: OutboxRelay | None = None
     streams: Streams | None = None
     security: Security | None = None
+    publication: PublicationWorker | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
 
@@ -121,6 +123,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         runtime.ctx, runtime.broadcast, runtime.hub, runtime.relay = ctx, broadcast, hub, relay
         runtime.streams = Streams(ctx, hub, runtime.realtime)
         runtime.tasks = [asyncio.create_task(relay.run()), asyncio.create_task(_sweep_expired(ctx))]
+        # pushes changed channel availability to channel endpoints (the channels issue)
+        runtime.publication = PublicationWorker(ctx)
+        db.on_commit(runtime.publication.poke)
+        runtime.tasks.append(asyncio.create_task(runtime.publication.run()))
         try:
             yield
         finally:

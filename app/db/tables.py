@@ -192,6 +192,8 @@ channels = Table(
     Column("allocation_cap", Integer, nullable=True),
     Column("out_of_stock_threshold", Integer, nullable=False, default=0),
     Column("backorder_limit", Integer, nullable=True),
+    # alerts: LOW_STOCK when the channel figure drops below this (NULL: none); migration 0004
+    Column("low_stock_threshold", Integer, nullable=True),
     # comma-separated app.domain.routing.RoutingStrategy names; NULL: the default ranking
     Column("routing_ranking", String(200), nullable=True),
     # where changed availability is pushed (HMAC-SHA256 signed with endpoint_secret)

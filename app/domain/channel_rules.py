@@ -236,3 +236,37 @@ def _share(base: int, percent: float) -> Fraction:
     # Decimal(str(x)) reads 33.3 as 33.3, not as the binary float just below it; Fraction keeps the
     # product and the division exact, so ceil/floor see the true value (10 x 33.3% = 3.33 exactly).
     return Fraction(base) * Fraction(Decimal(str(percent))) / 100
+
+
+# --- alerts ---------------------------------------------------------------------------------------
+
+# Alert kinds, stable strings (webhook bodies and the ChannelAlertKind enum use them).
+OUT_OF_STOCK = "OUT_OF_STOCK"
+BACK_IN_STOCK = "BACK_IN_STOCK"
+LOW_STOCK = "LOW_STOCK"
+
+
+def channel_alerts(previous: int | None, current: int, low_stock_threshold: int | None) -> tuple[str, ...]:
+    """The alerts a move of a channel's figure from `previous` to `current` raises, in a fixed order.
+
+    `previous` is what the receiver last knew (None: nothing yet, so the current state is news):
+    - OUT_OF_STOCK when the figure reaches 0 from above 0 (or from nothing known);
+    - BACK_IN_STOCK when it leaves 0;
+    - LOW_STOCK when it enters 1..threshold-1 from 0, from at or above the threshold, or from nothing
+      known (a figure that stays low, or goes lower while above 0, raises nothing new).
+    Alerts are about crossings, so repeating the same value never raises one twice.
+    """
+    if current < 0 or (previous is not None and previous < 0):
+        raise ValueError(f"figures are never negative, got {previous} -> {current}")
+    if low_stock_threshold is not None and low_stock_threshold < 0:
+        raise ValueError(f"low_stock_threshold must be 0 or more, got {low_stock_threshold}")
+    if current == 0:
+        return () if previous == 0 else (OUT_OF_STOCK,)
+    alerts: list[str] = []
+    if previous == 0:
+        alerts.append(BACK_IN_STOCK)
+    low = low_stock_threshold is not None and current < low_stock_threshold
+    was_low = low_stock_threshold is not None and previous is not None and 0 < previous < low_stock_threshold
+    if low and not was_low:
+        alerts.append(LOW_STOCK)
+    return tuple(alerts)

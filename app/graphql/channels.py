@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from datetime import datetime
+from enum import Enum
 
 import strawberry
 
+from app.domain import channel_rules
 from app.domain.errors import Refused
 from app.graphql.context import Context
 from app.graphql.types import EventStatus, UserError
@@ -35,6 +39,9 @@ class ChannelInput:
     active: bool | None = None
     endpoint_url: str | None = strawberry.field(default=None, description="Where changed availability is pushed")
     endpoint_secret: str | None = strawberry.field(default=None, description="HMAC-SHA256 key for the pushes")
+    low_stock_threshold: int | None = strawberry.field(
+        default=None, description="LOW_STOCK alerts when the channel's figure drops below this"
+    )
 
 
 @strawberry.type
@@ -50,6 +57,7 @@ class Channel:
     out_of_stock_threshold: int
     backorder_limit: int | None
     endpoint_url: str | None
+    low_stock_threshold: int | None
     version: int
 
     @classmethod
@@ -67,6 +75,7 @@ class Channel:
             out_of_stock_threshold=r.out_of_stock_threshold,
             backorder_limit=r.backorder_limit,
             endpoint_url=v.endpoint_url,
+            low_stock_threshold=v.low_stock_threshold,
             version=v.version,
         )
 
@@ -209,6 +218,24 @@ class ChannelPublication:
     last_error: str | None
 
 
+@strawberry.enum(description="What happened to a channel's figure for one SKU")
+class ChannelAlertKind(Enum):
+    OUT_OF_STOCK = channel_rules.OUT_OF_STOCK
+    BACK_IN_STOCK = channel_rules.BACK_IN_STOCK
+    LOW_STOCK = channel_rules.LOW_STOCK
+
+
+@strawberry.type(description="An alert for one SKU on one channel: its figure crossed 0 or the low-stock threshold")
+class ChannelAlert:
+    channel_code: str
+    sku_code: str
+    kind: ChannelAlertKind
+    available: int = strawberry.field(description="The channel's figure now")
+    previous: int | None = strawberry.field(description="The figure this subscriber saw before (null: none yet)")
+    low_stock_threshold: int | None
+    version: int = strawberry.field(description="The Availability.version the alert is about")
+
+
 def _errors(refused: Refused) -> list[UserError]:
     return [UserError.of(e) for e in refused.errors]
 
@@ -280,6 +307,7 @@ class ChannelMutation:
                 active=i.active,
                 endpoint_url=i.endpoint_url,
                 endpoint_secret=i.endpoint_secret,
+                low_stock_threshold=i.low_stock_threshold,
             )
             for i in input
         ]
@@ -343,3 +371,44 @@ class ChannelMutation:
             drift=[StockDrift.of(d) for d in report.drift],
             user_errors=[UserError.of(e) for e in report.unknown],
         )
+
+
+@strawberry.type
+class ChannelSubscription:
+    @strawberry.subscription(
+        description="Alerts for a channel: OUT_OF_STOCK, BACK_IN_STOCK, LOW_STOCK (below lowStockThreshold, "
+        "default the channel's). With skuCodes, the current state counts as news first (an SKU already out "
+        "of stock is reported at once); without, the first change seen per SKU is compared with nothing. "
+        "Follows availabilityChanged, which skips to the latest state: a figure that goes to 0 and back "
+        "between two deliveries raises no alert."
+    )
+    async def channel_alerts(
+        self,
+        info: Info,
+        channel_code: str,
+        sku_codes: list[str] | None = None,
+        low_stock_threshold: int | None = None,
+    ) -> AsyncGenerator[ChannelAlert, None]:
+        threshold = low_stock_threshold
+        if threshold is not None and threshold < 0:
+            raise ValueError("lowStockThreshold must be 0 or more")
+        found = await channels.list_channels(info.context.ctx, [channel_code])
+        if not found:
+            raise ValueError(f"no channel {channel_code!r}")
+        if threshold is None:
+            threshold = found[0].low_stock_threshold
+        seen: dict[str, int] = {}
+        async with aclosing(info.context.realtime.availability(sku_codes, channel_code)) as views:
+            async for view in views:
+                previous = seen.get(view.sku_code)
+                seen[view.sku_code] = view.available
+                for kind in channel_rules.channel_alerts(previous, view.available, threshold):
+                    yield ChannelAlert(
+                        channel_code=channel_code,
+                        sku_code=view.sku_code,
+                        kind=ChannelAlertKind(kind),
+                        available=view.available,
+                        previous=previous,
+                        low_stock_threshold=threshold,
+                        version=view.version,
+                    )

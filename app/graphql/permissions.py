@@ -58,6 +58,9 @@ REQUIRED: dict[str, frozenset[Scope]] = {
     "Mutation.setRingFences": frozenset({S.ADMIN}),
     "Mutation.setLocationRouting": frozenset({S.ADMIN}),
     "Query.channels": frozenset({S.ADMIN}),
+    # channels: what each endpoint was told (admin); alerts follow availability (storefront) or ops (admin)
+    "Query.channelPublications": frozenset({S.ADMIN}),
+    "Subscription.channelAlerts": frozenset({S.STOREFRONT, S.ADMIN}),
     "Query.apiKeys": frozenset({S.ADMIN}),
     "Mutation.createApiKey": frozenset({S.ADMIN}),
     "Mutation.revokeApiKey": frozenset({S.ADMIN}),

@@ -17,7 +17,7 @@ from strawberry.extensions import (
 )
 from strawberry.tools import merge_types
 
-from app.graphql.channels import ChannelMutation, ChannelQuery
+from app.graphql.channels import ChannelMutation, ChannelQuery, ChannelSubscription
 from app.graphql.errors import ClientErrors, ErrorPolicy, StockwireSchema
 from app.graphql.keys import KeyMutation, KeyQuery
 from app.graphql.mutations import Mutation
@@ -53,11 +53,12 @@ def build_schema(settings: Settings | None = None) -> Schema:
     rules = list(_limit_rules(s.max_query_depth, s.max_aliases))
     query = merge_types("Query", (Query, RoutingQuery, ChannelQuery, KeyQuery))
     mutation = merge_types("Mutation", (Mutation, RoutingMutation, ChannelMutation, KeyMutation))
-    secure(query, mutation, Subscription)  # the scope every operation needs (app/graphql/permissions.py)
+    subscription = merge_types("Subscription", (Subscription, ChannelSubscription))
+    secure(query, mutation, subscription)  # the scope every operation needs (app/graphql/permissions.py)
     built = StockwireSchema(
         query=query,
         mutation=mutation,
-        subscription=Subscription,
+        subscription=subscription,
         extensions=[
             # without these Strawberry parses and validates every request again (pitfalls.md #6)
             # factories: a fresh extension per request; the caches themselves are module-level and shared

@@ -9,12 +9,21 @@ is retried with exponential backoff. Every item carries its `version`, which onl
 endpoint that keeps the highest version it has applied can never go back to an older value, however
 retries and several processes interleave; our own record of acknowledgements only moves forward too.
 
+Alerts travel in the same message: each item's figure is compared with the one the endpoint last
+acknowledged (`app.domain.channel_rules.channel_alerts`), and OUT_OF_STOCK, BACK_IN_STOCK and LOW_STOCK
+(below the channel's `low_stock_threshold`) are listed under `alerts`. Because the comparison is with
+what was acknowledged, an alert in a failed push is raised again in its retry: delivered at least once.
+
+Body: {"channel": "WEB", "sentAt": "...", "items": [{"sku", "available", "version"}],
+       "alerts": [{"sku", "kind", "available", "previous", "version"}]}
+
 `status` shows, per channel and SKU, what the endpoint was last told and what it should show now.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -29,6 +38,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.tables import channel_locations, channel_publications, channels, skus, stock_levels
+from app.domain.channel_rules import channel_alerts
 from app.domain.errors import ErrorCode, Refused, UserError
 from app.services import channels as channel_service
 from app.services.context import Ctx
@@ -131,10 +141,16 @@ class PublicationWorker:
         self.backoff_max = backoff_max
         self.timeout = timeout
         self.last_error: str | None = None
+        self._wake = asyncio.Event()
+
+    def poke(self) -> None:
+        """Called after every commit in this process: look for changes now, not at the next poll."""
+        self._wake.set()
 
     async def run(self) -> None:
         async with httpx.AsyncClient(timeout=self.timeout) as client:
             while True:
+                self._wake.clear()
                 try:
                     await self.publish_once(client)
                     self.last_error = None
@@ -143,7 +159,11 @@ class PublicationWorker:
                 except Exception as exc:  # a bad channel must not stop the others' publication
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.warning("publication failed: %s", self.last_error)
-                await asyncio.sleep(self.interval)
+                # at most one pass per interval (commits can be frequent); sooner than the poll when poked
+                await asyncio.sleep(min(self.interval, 0.1))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.interval):
+                        await self._wake.wait()
 
     async def publish_once(self, client: httpx.AsyncClient) -> int:
         """One pass over every channel with an endpoint. Returns how many SKU values were acknowledged."""
@@ -172,8 +192,20 @@ class PublicationWorker:
         for start in range(0, len(due), BATCH):
             batch = due[start : start + BATCH]
             items = [{"sku": s.sku_code, "available": s.current_available, "version": s.current_version} for s in batch]
+            alerts = [
+                {
+                    "sku": s.sku_code,
+                    "kind": kind,
+                    "available": s.current_available,
+                    "previous": s.acked_available,
+                    "version": s.current_version,
+                }
+                for s in batch
+                for kind in channel_alerts(s.acked_available, s.current_available, channel.low_stock_threshold)
+            ]
             body = json.dumps(
-                {"channel": channel.code, "sentAt": now.isoformat(), "items": items}, separators=(",", ":")
+                {"channel": channel.code, "sentAt": now.isoformat(), "items": items, "alerts": alerts},
+                separators=(",", ":"),
             ).encode()
             headers = {"Content-Type": "application/json"}
             if channel.endpoint_secret:

@@ -65,6 +65,7 @@ class ChannelInput:
     active: bool | None = None
     endpoint_url: str | None = None
     endpoint_secret: str | None = None
+    low_stock_threshold: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,7 @@ class ChannelView:
     endpoint_url: str | None
     version: int
     updated_at: datetime
+    low_stock_threshold: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,10 @@ def _input_errors(items: list[ChannelInput]) -> list[UserError]:
             backorder_limit=item.backorder_limit,
         )
         errors += [UserError(ErrorCode.INVALID_INPUT, msg, (*where, f)) for f, msg in rule_errors(rules)]
+        if item.low_stock_threshold is not None and item.low_stock_threshold < 0:
+            errors.append(
+                UserError(ErrorCode.INVALID_INPUT, "lowStockThreshold must be 0 or more", (*where, "lowStockThreshold"))
+            )
         if item.endpoint_url is not None and not item.endpoint_url.startswith(("http://", "https://")):
             errors.append(UserError(ErrorCode.INVALID_INPUT, "endpointUrl must be http(s)", (*where, "endpointUrl")))
     return errors
@@ -184,6 +190,7 @@ async def upsert_channels(ctx: Ctx, items: list[ChannelInput]) -> list[ChannelVi
                 "active",
                 "endpoint_url",
                 "endpoint_secret",
+                "low_stock_threshold",
             ):
                 value = getattr(item, field)
                 if value is not None:
@@ -275,6 +282,7 @@ async def _views(conn: AsyncConnection, codes: list[str] | None) -> list[Channel
             endpoint_url=r.endpoint_url,
             version=int(r.version),
             updated_at=r.updated_at,
+            low_stock_threshold=None if r.low_stock_threshold is None else int(r.low_stock_threshold),
         )
         for r in rows
     ]

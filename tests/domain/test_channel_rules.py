@@ -16,6 +16,7 @@ from app.domain.channel_rules import (
     ChannelStock,
     ExceedsChannelFigure,
     RuleStep,
+    channel_alerts,
     channel_availability,
     rule_errors,
     split_hold,
@@ -455,3 +456,41 @@ def test_split_hold_under_threshold_is_all_backorder_though_units_sit_on_the_she
     # The channel shows 0 from stock below its threshold, so what it may sell comes from incoming.
     result = figure(ChannelRules(out_of_stock_threshold=5, backorder_limit=3), at(4, incoming=10))
     assert split_hold(result, 3) == (0, 3)
+
+
+# --- alerts -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("previous", "current", "threshold", "alerts"),
+    [
+        (5, 0, None, ("OUT_OF_STOCK",)),
+        (None, 0, None, ("OUT_OF_STOCK",)),  # nothing known yet: being out of stock is news
+        (0, 0, 5, ()),  # still out: no second alert
+        (0, 3, None, ("BACK_IN_STOCK",)),
+        (0, 3, 5, ("BACK_IN_STOCK", "LOW_STOCK")),  # back, but below the threshold
+        (0, 8, 5, ("BACK_IN_STOCK",)),
+        (10, 4, 5, ("LOW_STOCK",)),  # crosses 5 downwards
+        (5, 4, 5, ("LOW_STOCK",)),  # 5 is not below 5; 4 is
+        (4, 2, 5, ()),  # already low: going lower raises nothing new
+        (2, 9, 5, ()),  # recovering is not an alert (only leaving 0 is)
+        (None, 3, 5, ("LOW_STOCK",)),
+        (None, 9, 5, ()),
+        (9, 9, 5, ()),
+        (9, 3, 0, ()),  # a threshold of 0 never fires: nothing is below 0 but 0 itself
+        (3, 0, 5, ("OUT_OF_STOCK",)),  # out of stock wins: no LOW_STOCK for 0
+    ],
+)
+def test_alerts_fire_on_crossings_only(
+    previous: int | None, current: int, threshold: int | None, alerts: tuple[str, ...]
+) -> None:
+    assert channel_alerts(previous, current, threshold) == alerts
+
+
+def test_alerts_refuse_negative_figures_and_thresholds() -> None:
+    with pytest.raises(ValueError):
+        channel_alerts(-1, 0, None)
+    with pytest.raises(ValueError):
+        channel_alerts(1, -1, None)
+    with pytest.raises(ValueError):
+        channel_alerts(1, 0, -1)
