@@ -57,7 +57,9 @@ class OutboxRelay:
     async def run(self) -> None:
         while True:
             try:
-                while await self.drain_once():
+                # a short batch means the outbox is drained: a commit since the claim has poked us again,
+                # so stop here rather than pay one more empty transaction per wake-up
+                while await self.drain_once() >= self.batch_size:
                     pass
                 self.last_error = None
             except asyncio.CancelledError:
