@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from app.services import catalog, channel_reconciliation, events
 from app.services.context import Ctx
 from app.settings import Settings
 from tests.conftest import Api
-from tests.helpers import T0, UPSERT_LOCATIONS, at, catalogue, event, level, record
+from tests.helpers import COMMIT, T0, UPSERT_LOCATIONS, at, catalogue, event, level, record, reserve
 
 SNAPSHOT = """sku,location,on_hand,comment
 SKU-1,WH-1,7,shipped more than was ordered here
@@ -142,3 +142,48 @@ def test_the_cli_prints_the_drift_and_applies_it(tmp_path: Path, sqlite_template
     assert "[APPLIED]" in applied.output
     after = CliRunner().invoke(cli, args, env=env)
     assert after.output.strip().splitlines()[-1] == "1 rows, 1 matched, 0 drifting, 0 skipped"
+
+
+# --- orphaned holds ------------------------------------------------------------------------------
+
+HOLDS = """mutation($input: [ExternalHoldInput!]!) { recordExternalHolds(input: $input) {
+  results { status } userErrors { code } } }"""
+ORPHANS = """query($days: Int!) { orphanedHolds(committedOlderThanDays: $days) {
+  kind id skuCode locationCode quantity since } }"""
+
+
+async def test_orphaned_holds_are_reported_by_kind(api: Api) -> None:
+    await catalogue(api, skus=["SKU-1", "SKU-2"])
+    for sku in ("SKU-1", "SKU-2"):
+        assert (await record(api, event("RECEIVED", sku, "WH-1", 20)))["userErrors"] == []
+    active = await reserve(api, [{"skuCode": "SKU-1", "quantity": 2}], ttlSeconds=3600)
+    shipped_soon = await reserve(api, [{"skuCode": "SKU-2", "quantity": 3}])
+    committed = await api.ok(COMMIT, id=shipped_soon["reservation"]["id"], orderRef="order-1")
+    assert committed["commitReservation"]["userErrors"] == []
+    hold = {"source": "amazon", "externalId": "cart-9", "action": "PLACE", "skuCode": "SKU-1", "locationCode": "WH-1"}
+    expires = (api.ctx.clock() + timedelta(hours=1)).isoformat()
+    data = await api.ok(HOLDS, input=[{**hold, "quantity": 4, "expiresAt": expires}])
+    assert data["recordExternalHolds"]["userErrors"] == []
+
+    # now nothing is past expiry, and the commitment is younger than 7 days
+    assert (await api.ok(ORPHANS, days=7))["orphanedHolds"] == []
+    # nobody ships it: with "older than 0 days" it is reported at once
+    now = (await api.ok(ORPHANS, days=0))["orphanedHolds"]
+    assert [(o["kind"], o["id"], o["skuCode"], o["quantity"]) for o in now] == [
+        ("COMMITTED_NOT_SHIPPED", shipped_soon["reservation"]["id"], "SKU-2", 3)
+    ]
+
+    # seen from eight days on, as if the sweeper had been down all along: every kind, oldest first per kind
+    later = Ctx(db=api.ctx.db, settings=api.ctx.settings, clock=lambda: datetime.now(UTC) + timedelta(days=8))
+    found = await channel_reconciliation.orphaned_holds(later, committed_days=7)
+    assert [(o.kind, o.id, o.sku_code, o.location_code, o.quantity) for o in found] == [
+        ("RESERVATION_PAST_EXPIRY", active["reservation"]["id"], "SKU-1", "WH-1", 2),
+        ("EXTERNAL_HOLD_PAST_EXPIRY", "amazon/cart-9", "SKU-1", "WH-1", 4),
+        ("COMMITTED_NOT_SHIPPED", shipped_soon["reservation"]["id"], "SKU-2", "WH-1", 3),
+    ]
+    # shipping the order takes it off the report
+    assert (await record(api, event("SHIPPED", "SKU-2", "WH-1", 3)))["userErrors"] == []
+    assert (await api.ok(ORPHANS, days=0))["orphanedHolds"] == []
+    # a negative number of days is a clear error
+    response = await api.raw(ORPHANS, days=-1)
+    assert response.json()["errors"][0]["message"] == "committedOlderThanDays must be 0 or more"

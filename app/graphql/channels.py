@@ -275,6 +275,8 @@ class ChannelQuery:
         description="Reservations and external holds past expiry, and commitments older than the given days"
     )
     async def orphaned_holds(self, info: Info, committed_older_than_days: int = 7) -> list[OrphanedHold]:
+        if committed_older_than_days < 0:
+            raise ValueError("committedOlderThanDays must be 0 or more")
         found = await channel_reconciliation.orphaned_holds(info.context.ctx, committed_older_than_days)
         return [
             OrphanedHold(
