@@ -494,3 +494,35 @@ def test_alerts_refuse_negative_figures_and_thresholds() -> None:
         channel_alerts(1, -1, None)
     with pytest.raises(ValueError):
         channel_alerts(1, 0, -1)
+
+
+# --- the README's worked example (README.md, "Channels"): keep the two in step -------------------
+
+
+def test_the_readme_worked_example() -> None:
+    web = ChannelRules(
+        safety_buffer_units=2,
+        safety_buffer_percent=10,
+        allocation_percent=60,
+        allocation_cap=25,
+        out_of_stock_threshold=3,
+        backorder_limit=5,
+    )
+    wh2 = at(20, incoming=8, expected=JUNE_10)
+    result = figure(web, at(30), wh2)
+    assert [(s.rule, s.units_taken, s.figure_after) for s in result.steps] == [
+        ("SAFETY_BUFFER_UNITS", 2, 48),
+        ("SAFETY_BUFFER_PERCENT", 5, 43),
+        ("ALLOCATION_PERCENT", 13, 30),
+        ("ALLOCATION_CAP", 5, 25),
+        ("OUT_OF_STOCK_THRESHOLD", 0, 25),
+        ("BACKORDER", -5, 30),
+    ]
+    assert (result.pool, result.available, result.expected_at) == (50, 30, JUNE_10)
+    fenced = figure(web, at(30, fenced=10), wh2)  # POS keeps 10 at WH-1
+    assert (fenced.pool, [s.figure_after for s in fenced.steps]) == (40, [38, 34, 24, 24, 24, 29])
+    holding = figure(web, at(5), wh2, mine=25, backordered=2)  # WEB holds 25 and 2 backorders
+    assert (holding.pool, holding.base, holding.on_hand_part, holding.available) == (25, 50, 0, 3)
+    threshold_only = figure(ChannelRules(out_of_stock_threshold=5, backorder_limit=3), at(4, incoming=10))
+    assert (threshold_only.available, split_hold(threshold_only, 3)) == (3, (0, 3))
+    assert figure(ChannelRules(safety_buffer_percent=33.3), at(10)).available == 6
