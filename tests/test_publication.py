@@ -112,3 +112,16 @@ async def test_a_push_is_signed_over_its_exact_bytes() -> None:
     assert channel_publication.verify(SECRET, body, signature)
     assert not channel_publication.verify(SECRET, body + b" ", signature)
     assert not channel_publication.verify("another secret", body, signature)
+
+
+async def test_an_endpoint_needs_a_secret(api: Api) -> None:
+    await catalogue(api)
+    web = {"code": "WEB", "name": "Web", "locationCodes": ["WH-1"], "endpointUrl": "http://127.0.0.1:9/stock"}
+    data = await api.ok(UPSERT_CHANNELS, input=[web])
+    errors = data["upsertChannels"]["userErrors"]
+    assert [(e["code"], e["field"]) for e in errors] == [("INVALID_INPUT", ["input", "0", "endpointSecret"])]
+    assert await api.sql("SELECT code FROM channels") == []
+    # with one it is stored; a later upsert that omits the secret keeps the stored one
+    for item in ({**web, "endpointSecret": SECRET}, {**web, "name": "Web shop"}):
+        assert (await api.ok(UPSERT_CHANNELS, input=[item]))["upsertChannels"]["userErrors"] == []
+    assert [tuple(r) for r in await api.sql("SELECT name, endpoint_secret FROM channels")] == [("Web shop", SECRET)]

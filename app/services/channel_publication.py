@@ -98,7 +98,10 @@ async def status(ctx: Ctx, channel_code: str) -> list[PublicationStatus]:
 
 async def _status(conn: AsyncConnection, channel: Any, now: datetime) -> list[PublicationStatus]:
     codes = await _sku_codes(conn, channel.id)
-    views = await channel_service.availability_in(conn, channel.code, codes, now) if codes else []
+    views: list[channel_service.ChannelAvailabilityView] = []
+    # in pages: a statement's parameter count stays bounded however large the catalogue (Postgres: 32767)
+    for start in range(0, len(codes), BATCH * 5):
+        views += await channel_service.availability_in(conn, channel.code, codes[start : start + BATCH * 5], now)
     acked = {
         r.code: r
         for r in await conn.execute(

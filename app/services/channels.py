@@ -177,7 +177,7 @@ async def upsert_channels(ctx: Ctx, items: list[ChannelInput]) -> list[ChannelVi
             r.code: r for r in await conn.execute(select(channels).where(channels.c.code.in_([i.code for i in items])))
         }
         touched_locations: set[int] = set()
-        for item in items:
+        for index, item in enumerate(items):
             old = existing.get(item.code)
             values: dict[str, Any] = {"name": item.name}
             for field in (
@@ -196,6 +196,12 @@ async def upsert_channels(ctx: Ctx, items: list[ChannelInput]) -> list[ChannelVi
                 if value is not None:
                     values[field] = Decimal(str(value)) if field.endswith("_percent") else value
             new_links = {loc_ids[c] for c in item.location_codes}
+            url = values.get("endpoint_url", None if old is None else old.endpoint_url)
+            secret = values.get("endpoint_secret", None if old is None else old.endpoint_secret)
+            if url is not None and not secret:
+                # every push is signed: an endpoint without a secret could not tell ours from a forgery
+                where = ("input", str(index), "endpointSecret")
+                raise Refused([UserError(ErrorCode.INVALID_INPUT, "endpointUrl needs an endpointSecret", where)])
             if old is None:
                 result = await conn.execute(
                     insert(channels)
