@@ -24,12 +24,15 @@ class Settings(BaseSettings):
     relay_poll_seconds: float = Field(0.5, gt=0)
     db_pool_size: int = Field(10, ge=1)
     db_max_overflow: int = Field(10, ge=0)
-    # security: API keys, request limits, rate limits (docs/security.md has the reasoning for each default)
+    # security: API keys, request limits, rate limits (README.md, section Security, has the reasoning for each default)
     auth_cache_seconds: float = Field(5.0, ge=0)  # a key revoked elsewhere stops working within this
     max_body_bytes: int = Field(1_048_576, ge=1024)
     max_query_depth: int = Field(10, ge=1)
     max_query_tokens: int = Field(2000, ge=50)
     max_aliases: int = Field(20, ge=0)
+    # list items in one root field's arguments, all lists counted: bounds the SQL `IN (...)` lists a call
+    # can cause (PostgreSQL takes at most 32767 parameters per statement) and the work behind them
+    max_input_items: int = Field(10_000, ge=1, le=30_000)
     # browser pages on these origins may open websockets (same-origin and non-browser clients always may)
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     ws_init_timeout_seconds: float = Field(10.0, gt=0)  # connection_init must arrive within this

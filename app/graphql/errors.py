@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 from graphql import GraphQLError, GraphQLSyntaxError
 from strawberry import Schema
 from strawberry.extensions import MaskErrors
 from strawberry.types import ExecutionContext
+from strawberry.types.execution import PreExecutionError
 
 log = logging.getLogger("stockwire.errors")
 
@@ -103,9 +106,72 @@ class StockwireSchema(Schema):
 
     (Strawberry's default logs every error with a traceback, so any client sending bad queries
     could fill the logs.)
+
+    Errors raised while the document is parsed (syntax errors, the token limit) leave Strawberry's
+    operation hook by an exception, so ClientErrors never sees them: `execute` and `stream` give
+    those their code (or mask them, were one a fault) on the way out.
     """
 
     error_policy: ErrorPolicy
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        result = await super().execute(*args, **kwargs)
+        self._finish(result, kwargs.get("context_value", args[2] if len(args) > 2 else None))
+        return result
+
+    async def stream(self, *args: Any, **kwargs: Any) -> Any:
+        source = await super().stream(*args, **kwargs)
+        return self._guarded(source, kwargs.get("context_value", args[2] if len(args) > 2 else None))
+
+    async def _guarded(self, source: AsyncGenerator[Any, None], context: object) -> AsyncGenerator[Any, None]:
+        """The websocket transports' stream: a parse error escapes Strawberry's stream as an exception
+        (the socket's task dies and the client only gets `complete`); here it becomes the operation's
+        error message, with its code."""
+        started = False
+        try:
+            async with aclosing(source):
+                async for result in source:
+                    started = True
+                    self._finish(result, context)
+                    yield result
+        except GraphQLError as error:
+            if started:
+                raise
+            rejected = PreExecutionError(data=None, errors=[error])
+            self._finish(rejected, context)
+            yield rejected
+
+    def _finish(self, result: object, context: object) -> None:
+        errors = getattr(result, "errors", None)
+        if not isinstance(errors, list) or all((e.extensions or {}).get("code") for e in errors):
+            return  # the usual case: ClientErrors already handled every error
+        finished: list[GraphQLError] = []
+        for error in errors:
+            if (error.extensions or {}).get("code"):
+                finished.append(error)
+            elif self.error_policy.is_fault(error):
+                extensions: dict[str, Any] = {"code": INTERNAL}
+                rid = request_id_of(context)
+                if rid is not None:
+                    extensions["requestId"] = rid
+                finished.append(
+                    GraphQLError(
+                        MASKED_MESSAGE, error.nodes, error.source, error.positions, error.path, extensions=extensions
+                    )
+                )
+            else:
+                finished.append(
+                    GraphQLError(
+                        error.message,
+                        error.nodes,
+                        error.source,
+                        error.positions,
+                        error.path,
+                        error.original_error,
+                        extensions={**(error.extensions or {}), "code": self.error_policy.code(error)},
+                    )
+                )
+        result.errors = finished  # type: ignore[attr-defined]
 
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
         rid = request_id_of(execution_context.context) if execution_context is not None else None

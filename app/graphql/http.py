@@ -38,11 +38,12 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketState
 from strawberry.asgi import GraphQL
-from strawberry.exceptions import ConnectionRejectionError
+from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData, process_result
 from strawberry.http.websocket_origin import normalize_allowed_origins
-from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UNSET, UnsetType
 
 from app.graphql.context import Context
@@ -274,15 +275,31 @@ class SecureGraphQLView(GraphQL[Context, None]):
         root_value: None,
         request_data: GraphQLRequestData,
     ) -> ExecutionResult:
+        # Strawberry lets subscriptions through on both methods (for its multipart transport, which the
+        # Accept negotiation here never selects): run as a plain request, one fails as an internal error.
+        # Subscriptions are served over websockets only; mutations never over GET.
+        method = request_adapter.method
+        allowed = {OperationType.QUERY} if method == "GET" else {OperationType.QUERY, OperationType.MUTATION}
         try:
-            return await super().execute_single(
-                request, request_adapter, sub_response, context, root_value, request_data
+            return await self.schema.execute(
+                request_data.query,
+                root_value=root_value,
+                variable_values=request_data.variables,
+                context_value=context,
+                operation_name=request_data.operation_name,
+                allowed_operation_types=allowed,
+                operation_extensions=request_data.extensions,
             )
-        except HTTPException as exc:
-            if request_adapter.method == "GET" and isinstance(exc.__cause__, InvalidOperationTypeError):
+        except InvalidOperationTypeError as exc:
+            if method == "GET":
                 allow = {"Allow": "POST"}
                 raise Problem(405, "METHOD_NOT_ALLOWED", "only queries may be sent with GET", allow) from exc
-            raise
+            message = "subscriptions are served over websockets (graphql-transport-ws or graphql-ws) on /graphql"
+            raise Problem(400, "BAD_REQUEST", message) from exc
+        except CannotGetOperationTypeError as exc:
+            raise Problem(400, "BAD_REQUEST", exc.as_http_error_reason()) from exc
+        except MissingQueryError as exc:
+            raise Problem(400, "BAD_REQUEST", "No GraphQL query found in the request") from exc
 
     async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
         processed = process_result(result)

@@ -3,7 +3,7 @@
 Each root field (query, mutation, subscription) names the scopes that may call it: a key with any of
 them may. A root field missing from the table is refused to everyone (fails closed), and
 tests/test_security_scopes.py fails, so a new operation cannot ship without a decision.
-`admin` implies no other scope (docs/security.md says why).
+`admin` implies no other scope (README.md, section Security, says why).
 
 Mutations that hold stock are also rate-limited per key here (`HOLDS`), returning the payload with
 a RATE_LIMITED userError, as the contract wants expected refusals reported.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from graphql import GraphQLError
 from strawberry.extensions.field_extension import AsyncExtensionResolver, FieldExtension
 from strawberry.permission import BasePermission, PermissionExtension
 from strawberry.types import Info
@@ -99,6 +100,7 @@ class ScopeCheck(PermissionExtension):
         for permission in self.permissions:
             if not permission.has_permission(source, info):
                 return self._on_unauthorized(permission)
+        _check_input_items(info, kwargs)
         return next_(source, info, **kwargs)
 
     async def resolve_async(  # type: ignore[override]
@@ -107,8 +109,35 @@ class ScopeCheck(PermissionExtension):
         for permission in self.permissions:
             if not permission.has_permission(source, info):
                 return self._on_unauthorized(permission)
+        _check_input_items(info, kwargs)
         result = next_(source, info, **kwargs)
         return result if inspect.isasyncgen(result) else await result
+
+
+def count_items(value: Any) -> int:
+    """List items in an argument value, nested lists and input objects included."""
+    if isinstance(value, list):
+        return len(value) + sum(count_items(v) for v in value if not isinstance(v, str | int | float | bool))
+    fields = getattr(value, "__dataclass_fields__", None)  # a Strawberry input object
+    if fields is not None:
+        return sum(count_items(getattr(value, name, None)) for name in fields)
+    return 0
+
+
+def _check_input_items(info: Info[Any, Any], arguments: dict[str, Any]) -> None:
+    """Refuses a call whose arguments hold more list items than `max_input_items` (the body limit
+    bounds the request, this bounds the SQL lists one call can cause: PostgreSQL takes at most 32767
+    parameters per statement). Raised before the resolver runs, so nothing is read or changed."""
+    security = getattr(info.context, "security", None)
+    if security is None or not arguments:
+        return
+    limit: int = security.settings.max_input_items
+    total = count_items(list(arguments.values())) - len(arguments)
+    if total > limit:
+        raise GraphQLError(
+            f"{info.path.typename}.{info.field_name}: {total} list items in the arguments; at most {limit}",
+            extensions={"code": "INPUT_TOO_LARGE", "limit": limit},
+        )
 
 
 class HoldRateLimit(FieldExtension):

@@ -2,5 +2,5 @@
 
 Keys are checked once per request at the edge (app/graphql/http.py for HTTP, the websocket
 `connection_init` for subscriptions); each root field then declares the scope it needs
-(app/graphql/permissions.py). docs/security.md is the operator's view of all of it.
+(app/graphql/permissions.py). The README's Security section is the operator's view of all of it.
 """

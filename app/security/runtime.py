@@ -43,7 +43,7 @@ async def require_a_key(db: Database) -> keys.CreatedKey | None:
     if not db.is_sqlite:
         raise NoApiKeyError(
             "no active API key in the database: create one first with "
-            "`stockwire keys create --scopes admin` (see docs/security.md)"
+            "`stockwire keys create --scopes admin` (see the README, section Security)"
         )
     created = await keys.create_key(db, "development key (created at start)", ALL_SCOPES)
     banner = (
