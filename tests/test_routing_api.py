@@ -11,11 +11,13 @@ from sqlalchemy import insert
 from app.db.tables import channel_locations, channels
 from app.services.context import utc_now
 from tests.conftest import Api
-from tests.helpers import UPSERT_LOCATIONS, catalogue, level, receive, reserve
+from tests.helpers import UPSERT_LOCATIONS, catalogue, event, level, receive, record, reserve
 
 DECISION = """shipments { locationCode lines { skuCode locationCode quantity } }
   userErrors { code message field }
-  lines { skuCode quantity unservedQuantity allocations { locationCode quantity } }
+  lines { skuCode quantity unservedQuantity allocations { locationCode quantity }
+          backordered { locationCode quantity } }
+  backorders { locationCode lines { skuCode quantity } }
   candidates { locationCode rank excluded coversLines coversUnits distanceKm priority shippingCost }
   reason ranking outcome orderRef channelCode id reservationId"""
 ROUTE = f"""query($input: RouteOrderInput!) {{ routeOrder(input: $input) {{ {DECISION} }} }}"""
@@ -104,8 +106,20 @@ async def test_route_order_ships_from_the_closest_location_that_has_everything(a
     assert decision["userErrors"] == []
     assert _shipped(decision) == {"DEN": {"A": 2, "B": 1}}
     assert decision["lines"] == [
-        {"skuCode": "A", "quantity": 2, "unservedQuantity": 0, "allocations": [{"locationCode": "DEN", "quantity": 2}]},
-        {"skuCode": "B", "quantity": 1, "unservedQuantity": 0, "allocations": [{"locationCode": "DEN", "quantity": 1}]},
+        {
+            "skuCode": "A",
+            "quantity": 2,
+            "unservedQuantity": 0,
+            "allocations": [{"locationCode": "DEN", "quantity": 2}],
+            "backordered": [],
+        },
+        {
+            "skuCode": "B",
+            "quantity": 1,
+            "unservedQuantity": 0,
+            "allocations": [{"locationCode": "DEN", "quantity": 1}],
+            "backordered": [],
+        },
     ]
     assert decision["reason"].startswith("DEN ships all 2 lines; closest (")
     assert (decision["outcome"], decision["id"], decision["ranking"]) == (
@@ -400,3 +414,100 @@ async def test_route_and_reserve_input_errors_change_nothing(api: Api) -> None:
     assert [e["code"] for e in result["userErrors"]] == ["UNKNOWN_CHANNEL"]
     assert await api.sql("SELECT * FROM reservations") == []
     assert await api.sql("SELECT * FROM routing_decisions") == []
+
+
+# --- routeAndReserve under a channel's rules ------------------------------------------------------
+
+UPSERT_CHANNELS = """mutation($input: [ChannelInput!]!) { upsertChannels(input: $input) {
+  userErrors { code message field } } }"""
+COMMIT = """mutation($id: ID!, $ref: String!) { commitReservation(id: $id, orderRef: $ref) {
+  reservation { status } userErrors { code } } }"""
+
+
+async def _web(api: Api, **rules: Any) -> None:
+    data = await api.ok(
+        UPSERT_CHANNELS, input=[{"code": "WEB", "name": "Web", "locationCodes": ["DEN", "CHI"], **rules}]
+    )
+    assert data["upsertChannels"]["userErrors"] == []
+
+
+async def _channel_holds(api: Api) -> dict[str, tuple[int, int]]:
+    rows = await api.sql("SELECT s.code, h.reserved, h.backordered FROM channel_holds h JOIN skus s ON s.id = h.sku_id")
+    return {r.code: (int(r.reserved), int(r.backordered)) for r in rows}
+
+
+async def test_route_and_reserve_under_a_channel_holds_no_more_than_its_figure(api: Api) -> None:
+    await _places(api)
+    await receive(api, "A", "DEN", 10)
+    await _web(api, allocationCap=4)  # the web channel may sell 4 of A, whatever is on hand
+    assert (await reserve(api, [{"skuCode": "A", "quantity": 1}], channelCode="WEB"))["userErrors"] == []
+
+    refused = await _route_and_reserve(api, [("A", 4)], orderRef="o-big", channelCode="WEB", destination=BOULDER)
+    assert refused["reservation"] is None
+    assert [e["code"] for e in refused["userErrors"]] == ["INSUFFICIENT_STOCK"]
+    assert "may sell 3" in refused["userErrors"][0]["message"]
+    assert refused["decision"]["outcome"] == "REFUSED"
+    assert "refused under channel WEB's rules" in refused["decision"]["reason"]
+    assert await _reserved(api) == {("A", "DEN"): 1}  # nothing more held
+
+    routed = await _route_and_reserve(api, [("A", 3)], orderRef="o-fits", channelCode="WEB", destination=BOULDER)
+    assert routed["userErrors"] == []
+    assert _shipped(routed["decision"]) == {"DEN": {"A": 3}}
+    assert await _reserved(api) == {("A", "DEN"): 4}
+    # counted in the channel's holds like any reservation under it, so its figure is now used up ...
+    assert await _channel_holds(api) == {"A": (4, 0)}
+    again = await _route_and_reserve(api, [("A", 1)], orderRef="o-more", channelCode="WEB", destination=BOULDER)
+    assert [e["code"] for e in again["userErrors"]] == ["INSUFFICIENT_STOCK"]
+    # ... and committing the routed reservation gives the channel's count back without a fault
+    data = await api.ok(COMMIT, id=routed["reservation"]["id"], ref="o-fits")
+    assert data["commitReservation"] == {"reservation": {"status": "COMMITTED"}, "userErrors": []}
+    assert await _channel_holds(api) == {"A": (1, 0)}
+    assert (await level(api, "A", "DEN"))["committed"] == 3
+
+
+async def test_route_and_reserve_backorders_what_stock_cannot_serve_when_the_channel_allows(api: Api) -> None:
+    await _places(api)
+    await receive(api, "A", "DEN", 2)
+    await receive(api, "B", "DEN", 5)
+    result = await record(api, event("INCOMING", "A", "CHI", 10, expectedAt="2099-01-10T00:00:00+00:00"))
+    assert result["userErrors"] == []
+    await _web(api, backorderLimit=5)
+
+    routed = await _route_and_reserve(
+        api, [("A", 5), ("B", 1)], orderRef="o-back", channelCode="WEB", destination=BOULDER
+    )
+    assert routed["userErrors"] == []
+    decision = routed["decision"]
+    assert _shipped(decision) == {"DEN": {"A": 2, "B": 1}}
+    assert decision["backorders"] == [{"locationCode": "CHI", "lines": [{"skuCode": "A", "quantity": 3}]}]
+    line_a = next(ln for ln in decision["lines"] if ln["skuCode"] == "A")
+    assert line_a["unservedQuantity"] == 0
+    assert line_a["backordered"] == [{"locationCode": "CHI", "quantity": 3}]
+    assert "backordered under the channel's allowance: A (3) at CHI" in decision["reason"]
+    assert sorted((ln["skuCode"], ln["locationCode"], ln["quantity"]) for ln in routed["reservation"]["lines"]) == [
+        ("A", "CHI", 3),
+        ("A", "DEN", 2),
+        ("B", "DEN", 1),
+    ]
+    assert await _reserved(api) == {("A", "DEN"): 2, ("B", "DEN"): 1}  # backordered units are not stock
+    assert await _channel_holds(api) == {"A": (2, 3), "B": (1, 0)}
+    stored = (await api.ok(DECISIONS, ref="o-back"))["routingDecisions"]
+    assert [d["backorders"] for d in stored] == [decision["backorders"]]
+
+    # beyond the allowance (5 - 3 left: 2), the order is refused and nothing is held
+    refused = await _route_and_reserve(api, [("A", 3)], orderRef="o-over", channelCode="WEB", destination=BOULDER)
+    assert [e["code"] for e in refused["userErrors"]] == ["INSUFFICIENT_STOCK"]
+    assert await _channel_holds(api) == {"A": (2, 3), "B": (1, 0)}
+
+
+async def test_without_a_backorder_allowance_an_unservable_line_is_a_user_error(api: Api) -> None:
+    await _places(api)
+    await receive(api, "A", "DEN", 2)
+    await _web(api)
+    refused = await _route_and_reserve(api, [("A", 5)], orderRef="o-short", channelCode="WEB", destination=BOULDER)
+    assert refused["reservation"] is None
+    assert [(e["code"], e["field"]) for e in refused["userErrors"]] == [
+        ("INSUFFICIENT_STOCK", ["lines", "0", "quantity"])
+    ]
+    assert refused["decision"]["lines"][0]["unservedQuantity"] == 3
+    assert await _reserved(api) == {}

@@ -14,6 +14,7 @@ from strawberry.scalars import JSON
 from app.domain.errors import Refused
 from app.domain.reservations import RequestedLine
 from app.domain.routing import Exclusion, RoutingStrategy
+from app.domain.routing import Shipment as RoutedShipment
 from app.graphql.context import Context
 from app.graphql.inputs import ReserveLineInput
 from app.graphql.permissions import idempotency_scope
@@ -72,6 +73,9 @@ class RoutedLine:
     quantity: int
     allocations: list[LineAllocation]
     unserved_quantity: int
+    backordered: list[LineAllocation] = strawberry.field(
+        description="Units held against incoming stock under the channel's backorder allowance, per location"
+    )
 
 
 @strawberry.type(description="How the router saw one location when the order arrived")
@@ -91,6 +95,9 @@ class RoutingDecision:
     shipments: list[Shipment]
     user_errors: list[UserError]
     lines: list[RoutedLine]
+    backorders: list[Shipment] = strawberry.field(
+        description="What the channel's backorder allowance holds against incoming stock, per location"
+    )
     candidates: list[RoutingCandidate]
     reason: str = strawberry.field(description="Why these locations, in a sentence")
     ranking: list[RoutingStrategy] = strawberry.field(description="The strategies applied, first ranked first")
@@ -108,18 +115,14 @@ class RoutingDecision:
         for s in v.shipments:
             for sl in s.lines:
                 allocations[sl.sku_code].append(LineAllocation(location_code=s.location_code, quantity=sl.quantity))
+        backordered: dict[str, list[LineAllocation]] = {ln.sku_code: [] for ln in v.lines}
+        for s in v.backorders:
+            for sl in s.lines:
+                backordered[sl.sku_code].append(LineAllocation(location_code=s.location_code, quantity=sl.quantity))
         missing = {u.sku_code: u.missing_quantity for u in v.unserved}
         return cls(
-            shipments=[
-                Shipment(
-                    location_code=s.location_code,
-                    lines=[
-                        ReservationLine(sku_code=ln.sku_code, location_code=s.location_code, quantity=ln.quantity)
-                        for ln in s.lines
-                    ],
-                )
-                for s in v.shipments
-            ],
+            shipments=[_shipment(s) for s in v.shipments],
+            backorders=[_shipment(s) for s in v.backorders],
             user_errors=[UserError.of(e) for e in v.errors],
             lines=[
                 RoutedLine(
@@ -127,6 +130,7 @@ class RoutingDecision:
                     quantity=ln.quantity,
                     allocations=allocations[ln.sku_code],
                     unserved_quantity=missing.get(ln.sku_code, 0),
+                    backordered=backordered[ln.sku_code],
                 )
                 for ln in v.lines
             ],
@@ -161,6 +165,7 @@ class RoutingDecision:
         """Input that never reached the router: no shipments, just the reasons."""
         return cls(
             shipments=[],
+            backorders=[],
             user_errors=errors,
             lines=[],
             candidates=[],
@@ -174,6 +179,15 @@ class RoutingDecision:
             created_at=now,
             request=None,
         )
+
+
+def _shipment(s: RoutedShipment) -> Shipment:
+    return Shipment(
+        location_code=s.location_code,
+        lines=[
+            ReservationLine(sku_code=ln.sku_code, location_code=s.location_code, quantity=ln.quantity) for ln in s.lines
+        ],
+    )
 
 
 @strawberry.type

@@ -650,12 +650,24 @@ async def record_holds(
     held: dict[stock.Pair, int],
     versions: dict[stock.Pair, int],
     reference: str | None = None,
+    backordered: dict[stock.Pair, int] | None = None,
 ) -> None:
-    """The lines, ledger rows and outbox rows for units already taken with `stock.hold`."""
-    pairs = sorted(held.items())
+    """The lines, ledger rows and outbox rows for units already taken with `stock.hold` (and, under a
+    channel's backorder allowance, units `backordered` against incoming stock: a line, no ledger row)."""
+    backordered = backordered or {}
+    pairs = sorted((p, q) for p, q in held.items() if q)
     await conn.execute(
         insert(rl),
-        [{"reservation_id": reservation_id, "sku_id": p[0], "location_id": p[1], "quantity": q} for p, q in pairs],
+        [
+            {
+                "reservation_id": reservation_id,
+                "sku_id": p[0],
+                "location_id": p[1],
+                "quantity": held.get(p, 0),
+                "backordered": backordered.get(p, 0),
+            }
+            for p in sorted({p for p, _ in pairs} | set(backordered))
+        ],
     )
     await stock.write_ledger(
         conn,
@@ -674,7 +686,7 @@ async def record_holds(
             for p, q in pairs
         ],
     )
-    await stock.enqueue_changes(conn, held, now)
+    await stock.enqueue_changes(conn, {p for p, _ in pairs} | set(backordered), now)
 
 
 async def release_cart(conn: AsyncConnection, now: datetime, cart_ref: str, keep: str | None = None) -> list[str]:

@@ -62,6 +62,7 @@ from app.domain.routing import (
     effective_ranking,
     route,
 )
+from app.services import channels as channels_service
 from app.services import reservations
 from app.services.context import Ctx
 from app.services.views import ReservationView
@@ -112,6 +113,8 @@ class DecisionView:
     id: int | None = None
     reservation_id: str | None = None
     request: dict[str, Any] | None = None  # the inputs as stored; None for a dry run
+    # units held against incoming stock under the channel's backorder allowance, per location
+    backorders: tuple[Shipment, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,27 +559,106 @@ async def _route_and_hold(
         # holds past their expiry never block an order, even before the sweeper runs
         setting = await _load(conn, req, now)
         decision = route(routing, setting.candidates)
-    if decision.unserved:
+    if decision.unserved and (req.channel_code is None or setting.channel_backorder_limit is None):
         errors = _unserved_errors(req, decision)
         raise _RefusedAfterRouting(errors, _view(req, routing, decision, OUTCOME_REFUSED, errors, now))
 
     loc_ids = setting.location_ids
-    plan = sorted(
-        ((setting.sku_ids[ln.sku_code], loc_ids[s.location_code]), ln.quantity)
-        for s in decision.shipments
-        for ln in s.lines
-    )
-    held = dict(plan)
-    versions = await _hold_all(conn, now, plan)
+    backordered: dict[stock.Pair, int] = {}
+    if req.channel_code is None:
+        plan = sorted(
+            ((setting.sku_ids[ln.sku_code], loc_ids[s.location_code]), ln.quantity)
+            for s in decision.shipments
+            for ln in s.lines
+        )
+        held = dict(plan)
+        versions = await _hold_all(conn, now, plan)
+    else:
+        try:
+            held, versions, backordered = await _hold_under_channel(conn, now, req.channel_code, setting, decision)
+        except Refused as refused:
+            errors = list(refused.errors)
+            reason = f"{decision.reason}; refused under channel {req.channel_code}'s rules"
+            raise _RefusedAfterRouting(
+                errors, _view(req, routing, decision, OUTCOME_REFUSED, errors, now, reason)
+            ) from refused
+        decision = _as_held(decision, setting, held, backordered)
+    shipping = sorted({pair[1] for pair in held} | {pair[1] for pair in backordered})
     # after the holds: the per-location day row is a hot spot, so its lock is held for as short a time
     # as possible; stock rows then day rows, each in id order, so two orders cannot deadlock
-    await _count_orders(conn, now, [loc_ids[s.location_code] for s in decision.shipments], setting)
-    await reservations.record_holds(conn, now, rid, held, versions, reference=req.order_ref)
+    await _count_orders(conn, now, shipping, setting)
+    await reservations.record_holds(conn, now, rid, held, versions, reference=req.order_ref, backordered=backordered)
 
-    view = _view(req, routing, decision, OUTCOME_RESERVED, [], now)
+    view = replace(
+        _view(req, routing, decision, OUTCOME_RESERVED, [], now), backorders=_backorders(setting, backordered)
+    )
     view = await _store(conn, view, _request_record(req, setting, destination), rid)
     reservation = (await reservations.load_views(conn, now, [rid]))[0]
     return view, reservation
+
+
+async def _hold_under_channel(
+    conn: AsyncConnection, now: datetime, channel_code: str, setting: _Setting, decision: RoutingDecision
+) -> tuple[dict[stock.Pair, int], dict[stock.Pair, int], dict[stock.Pair, int]]:
+    """Hold the routed lines under the channel's rules, the same way `reserve` with a channelCode does:
+    never more per SKU than the channel's figure (safety buffers, allocation, ring fences for other
+    channels), counted in the channel's holds so commit, release and expiry give them back. What
+    routing could not serve from stock goes in as a line without a location: the channel's backorder
+    allowance takes it against incoming stock, or the whole order is refused. Raises Refused."""
+    lines = [RequestedLine(ln.sku_code, ln.quantity, s.location_code) for s in decision.shipments for ln in s.lines]
+    # the routed (located) lines of a SKU before its remainder: stock first, backorder for the rest
+    lines += [RequestedLine(u.sku_code, u.missing_quantity, None) for u in decision.unserved]
+    sku_rows = {code: _Id(sku_id) for code, sku_id in setting.sku_ids.items()}
+    loc_rows = {code: _Id(loc_id) for code, loc_id in setting.location_ids.items()}
+    taken = await channels_service.hold_under_channel(
+        conn,
+        now,
+        channel_code,
+        lines,
+        sku_rows,
+        loc_rows,
+        lambda c, t, ids: reservations.expire_due(c, t, sku_ids=ids),
+    )
+    return dict(taken.held), dict(taken.versions), {p: q for p, q in taken.backordered.items() if q}
+
+
+@dataclass(frozen=True, slots=True)
+class _Id:
+    id: int
+
+
+def _as_held(
+    decision: RoutingDecision, setting: _Setting, held: dict[stock.Pair, int], backordered: dict[stock.Pair, int]
+) -> RoutingDecision:
+    """The decision as the channel's rules let it be held: shipments are the units taken from stock
+    (a channel may backorder part of a routed line), nothing is unserved once it is backordered."""
+    code_of_sku = {i: c for c, i in setting.sku_ids.items()}
+    code_of_loc = {i: c for c, i in setting.location_ids.items()}
+    by_location: dict[str, list[ShipmentLine]] = {}
+    for (sku_id, loc_id), q in sorted(held.items()):
+        if q:
+            by_location.setdefault(code_of_loc[loc_id], []).append(ShipmentLine(code_of_sku[sku_id], q))
+    order = [s.location_code for s in decision.shipments]
+    shipments = tuple(
+        Shipment(code, tuple(sorted(lines)))
+        for code, lines in sorted(by_location.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 1e9)
+    )
+    reason = decision.reason
+    if backordered:
+        reason += "; backordered under the channel's allowance: " + ", ".join(
+            f"{code_of_sku[sku_id]} ({q}) at {code_of_loc[loc_id]}"
+            for (sku_id, loc_id), q in sorted(backordered.items())
+        )
+    return replace(decision, shipments=shipments, unserved=(), reason=reason)
+
+
+def _backorders(setting: _Setting, backordered: dict[stock.Pair, int]) -> tuple[Shipment, ...]:
+    code_of_sku = {i: c for c, i in setting.sku_ids.items()}
+    code_of_loc = {i: c for c, i in setting.location_ids.items()}
+    by_location: dict[str, list[ShipmentLine]] = {}
+    for (sku_id, loc_id), q in sorted(backordered.items()):
+        by_location.setdefault(code_of_loc[loc_id], []).append(ShipmentLine(code_of_sku[sku_id], q))
+    return tuple(Shipment(code, tuple(sorted(lines))) for code, lines in sorted(by_location.items()))
 
 
 # One conditional UPDATE for every planned (sku, location, units) on Postgres: the same condition as
@@ -697,6 +779,7 @@ def _decision_record(view: DecisionView) -> dict[str, Any]:
         ],
         "reason": view.reason,
         "errors": [[e.code.value, e.message, list(e.field) if e.field else None] for e in view.errors],
+        "backorders": [[s.location_code, [list(ln) for ln in s.lines]] for s in view.backorders],
     }
 
 
@@ -731,6 +814,9 @@ def _decision_from_row(row: Any) -> DecisionView:
         ),
         reason=d["reason"],
         errors=tuple(UserError(ErrorCode(c), m, tuple(f) if f else None) for c, m, f in d["errors"]),
+        backorders=tuple(
+            Shipment(code, tuple(ShipmentLine(sku, q) for sku, q in lines)) for code, lines in d.get("backorders", [])
+        ),
     )
 
 
