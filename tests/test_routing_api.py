@@ -4,11 +4,13 @@ stored decisions, channels, capacity, the cart move, and the per-location settin
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import insert
 
 from app.db.tables import channel_locations, channels
+from app.domain.routing import Candidate, GeoPoint, OrderLine, RoutingRequest, RoutingStrategy, route
 from app.services.context import utc_now
 from tests.conftest import Api
 from tests.helpers import UPSERT_LOCATIONS, catalogue, event, level, receive, record, reserve
@@ -318,6 +320,32 @@ async def test_route_and_reserve_holds_the_routed_stock_and_stores_the_decision(
     assert request["lines"] == [{"skuCode": "A", "quantity": 2}, {"skuCode": "B", "quantity": 1}]
     seen = {c["locationCode"]: c["available"] for c in request["candidates"]}
     assert seen == {"DEN": {"A": 5}, "CHI": {"B": 5}, "NYC": {}}
+    # the inputs are enough to replay the decision with the pure router
+    replayed = route(
+        RoutingRequest(
+            tuple(OrderLine(ln["skuCode"], ln["quantity"]) for ln in request["lines"]),
+            GeoPoint(**request["destination"]),
+            None if request["ranking"] is None else tuple(RoutingStrategy(r) for r in request["ranking"]),
+            request["allowSplit"],
+        ),
+        [
+            Candidate(
+                c["locationCode"],
+                c["active"],
+                c["linked"],
+                c["priority"],
+                c["latitude"],
+                c["longitude"],
+                None if c["shippingCost"] is None else Decimal(c["shippingCost"]),
+                c["dailyCapacity"],
+                c["ordersToday"],
+                c["available"],
+            )
+            for c in request["candidates"]
+        ],
+    )
+    assert replayed.reason == decision["reason"]
+    assert {s.location_code: dict(s.lines) for s in replayed.shipments} == _shipped(decision)
     rows = await api.sql("SELECT order_ref, reservation_id, request FROM routing_decisions")
     assert [(r.order_ref, r.reservation_id) for r in rows] == [("order-77", reservation["id"])]
     assert json.loads(rows[0].request)["orderRef"] == "order-77"
