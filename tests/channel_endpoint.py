@@ -76,7 +76,7 @@ class Endpoint:
         self.changed.set()
         return JSONResponse({"ok": status == 200}, status_code=status)
 
-    async def wait_until(self, condition: Any, what: str, within: float = 20.0) -> None:
+    async def wait_until(self, condition: Any, what: str, within: float = 30.0) -> None:
         try:
             async with asyncio.timeout(within):
                 while not condition():

@@ -36,7 +36,7 @@ async def _step(api: Api, endpoint: Endpoint, *events: dict[str, Any]) -> None:
     rows = (await api.ok(FIGURES, skus=["SKU-1"], channel="WEB"))["availability"]
     latest = {r["skuCode"]: (r["version"], r["available"]) for r in rows}
     await endpoint.wait_until(lambda: endpoint.shows == latest, f"the endpoint to show {latest}")
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(30):
         for _ in itertools.count():  # the acknowledgement is a row the worker writes: poll it
             if not (await api.ok(OUT_OF_SYNC))["channelPublications"]:
                 break

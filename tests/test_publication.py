@@ -38,7 +38,7 @@ async def _publications(api: Api, out_of_sync_only: bool = False) -> list[dict[s
 
 async def _until_in_sync(api: Api) -> list[dict[str, Any]]:
     # the endpoint answers before the worker records the acknowledgement: wait for the record too
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(30):
         for _ in itertools.count():
             if not await _publications(api, out_of_sync_only=True):
                 break
@@ -58,7 +58,7 @@ async def test_the_endpoint_ends_with_the_latest_values_after_failing_its_first_
         web = {"code": "WEB", "name": "Web", "locationCodes": ["WH-1"], "allocationCap": 15}
         data = await api.ok(UPSERT_CHANNELS, input=[{**web, "endpointUrl": endpoint.url, "endpointSecret": SECRET}])
         assert data["upsertChannels"]["userErrors"] == []
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(30):
             await endpoint.first_failure.wait()
         # the first push (SKU-1 15 by the cap, SKU-2 5) is being refused; stock moves meanwhile
         assert {i["sku"]: i["available"] for i in endpoint.received[0].body["items"]} == {"SKU-1": 15, "SKU-2": 5}
@@ -125,3 +125,24 @@ async def test_an_endpoint_needs_a_secret(api: Api) -> None:
     for item in ({**web, "endpointSecret": SECRET}, {**web, "name": "Web shop"}):
         assert (await api.ok(UPSERT_CHANNELS, input=[item]))["upsertChannels"]["userErrors"] == []
     assert [tuple(r) for r in await api.sql("SELECT name, endpoint_secret FROM channels")] == [("Web shop", SECRET)]
+
+
+async def test_a_new_endpoint_is_told_everything(api: Api) -> None:
+    await catalogue(api, skus=["SKU-1", "SKU-2"])
+    await receive(api, "SKU-1", "WH-1", 4)
+    await receive(api, "SKU-2", "WH-1", 6)
+    async with serve(Endpoint(SECRET)) as first, serve(Endpoint("second-secret")) as second:
+        web = {"code": "WEB", "name": "Web", "locationCodes": ["WH-1"], "endpointSecret": SECRET}
+        data = await api.ok(UPSERT_CHANNELS, input=[{**web, "endpointUrl": first.url}])
+        assert data["upsertChannels"]["userErrors"] == []
+        latest = await _figures(api)
+        await first.wait_until(lambda: first.shows == latest, "the first endpoint")
+        await _until_in_sync(api)
+        moved = {**web, "endpointUrl": second.url, "endpointSecret": "second-secret"}
+        assert (await api.ok(UPSERT_CHANNELS, input=[moved]))["upsertChannels"]["userErrors"] == []
+        # nothing changed in stock, yet the new endpoint gets every SKU (with the channel's new version)
+        latest = await _figures(api)
+        await second.wait_until(lambda: second.shows == latest, "the second endpoint")
+        assert {s: v[1] for s, v in second.shows.items()} == {"SKU-1": 4, "SKU-2": 6}
+        assert all(r.signature_ok for r in first.received + second.received)
+        await _until_in_sync(api)

@@ -182,6 +182,10 @@ class PublicationWorker:
     async def _publish_channel(self, client: httpx.AsyncClient, channel: Any) -> int:
         now = self.ctx.clock()
         async with self.ctx.db.read() as conn:
+            # the row again, in the read the figures come from: its endpoint and secret go with them
+            channel = (await conn.execute(select(channels).where(channels.c.id == channel.id))).first()
+            if channel is None or channel.endpoint_url is None:
+                return 0
             current = await _status(conn, channel, now)
             waiting = {
                 r.sku_id
@@ -220,17 +224,28 @@ class PublicationWorker:
                     error = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"
-            await self._record(channel.id, [(ids[s.sku_code], s) for s in batch], error)
+            await self._record(channel.id, channel.endpoint_url, [(ids[s.sku_code], s) for s in batch], error)
             if error is None:
                 acked += len(batch)
             else:
                 break  # the endpoint is failing: the rest waits for the backoff too
         return acked
 
-    async def _record(self, channel_id: int, batch: list[tuple[int, PublicationStatus]], error: str | None) -> None:
+    async def _record(
+        self, channel_id: int, url: str, batch: list[tuple[int, PublicationStatus]], error: str | None
+    ) -> None:
         now = self.ctx.clock()
 
         async def work(conn: AsyncConnection) -> None:
+            # An answer counts only if the channel still points where it came from. FOR SHARE queues
+            # behind an upsert that changes the endpoint (it updates this row, then forgets what the old
+            # endpoint was told): either that upsert comes first and this answer is dropped, or it
+            # comes after and forgets this record too. (SQLite has one writer: nothing interleaves.)
+            endpoint = select(channels.c.endpoint_url).where(channels.c.id == channel_id)
+            if conn.dialect.name == "postgresql":
+                endpoint = endpoint.with_for_update(read=True)
+            if await conn.scalar(endpoint) != url:
+                return
             rows = [{"channel_id": channel_id, "sku_id": sku_id, "attempts": 0} for sku_id, _ in batch]
             ins: Any = postgresql.insert(cp) if conn.dialect.name == "postgresql" else sqlite.insert(cp)
             await conn.execute(ins.on_conflict_do_nothing(), rows)

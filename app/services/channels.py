@@ -22,6 +22,7 @@ from app.db import stock
 from app.db.tables import (
     channel_holds,
     channel_locations,
+    channel_publications,
     channels,
     counters,
     inventory_events,
@@ -226,6 +227,10 @@ async def upsert_channels(ctx: Ctx, items: list[ChannelInput]) -> list[ChannelVi
                         .values(**changed, version=channels.c.version + 1, updated_at=now)
                     )
                     touched_locations |= old_links | new_links
+                if "endpoint_url" in changed:
+                    # what the old endpoint acknowledged says nothing about the new one: tell it everything
+                    told = channel_publications
+                    await conn.execute(delete(told).where(told.c.channel_id == channel_id))
             if new_links != old_links:
                 await conn.execute(
                     delete(channel_locations).where(
