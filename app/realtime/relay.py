@@ -24,13 +24,12 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db.tables import channels, locations, outbox, skus, stock_levels
+from app.db.tables import channels, outbox, skus
 from app.realtime import codec
 from app.realtime.hub import Change, Hub
 from app.services import channels as channel_service
 from app.services import queries
 from app.services.context import Ctx
-from app.services.views import AvailabilityView
 
 log = logging.getLogger("stockwire.realtime")
 
@@ -80,12 +79,7 @@ class OutboxRelay:
         """Publish one batch. Returns how many outbox rows it took (0: nothing to do)."""
 
         async def work(conn: AsyncConnection) -> int:
-            claim = (
-                select(outbox.c.id, outbox.c.sku_id, outbox.c.location_id).order_by(outbox.c.id).limit(self.batch_size)
-            )
-            if conn.dialect.name == "postgresql":
-                claim = claim.with_for_update(skip_locked=True)
-            rows = list(await conn.execute(claim))
+            rows = list(await conn.execute(_claim(conn.dialect.name, self.batch_size)))
             if not rows:
                 return 0
             changes = await _read_changes(
@@ -100,7 +94,6 @@ class OutboxRelay:
                 await self.hub.publish_many(fresh)
                 self._remember(fresh)
                 self.published_count += len(fresh)
-            await conn.execute(delete(outbox).where(outbox.c.id.in_([r.id for r in rows])))
             return len(rows)
 
         return await self.ctx.db.write(work, notify=False)
@@ -121,6 +114,19 @@ class OutboxRelay:
             self._published.popitem(last=False)
 
 
+def _claim(dialect: str, batch_size: int) -> Any:
+    """Take the oldest outbox rows in one statement: deleted now, restored by the rollback if publishing
+    fails. On Postgres, rows another relay is working on are skipped, not waited for."""
+    oldest = select(outbox.c.id).order_by(outbox.c.id).limit(batch_size)
+    if dialect == "postgresql":
+        oldest = oldest.with_for_update(skip_locked=True)
+    return (
+        delete(outbox)
+        .where(outbox.c.id.in_(oldest.scalar_subquery()))
+        .returning(outbox.c.id, outbox.c.sku_id, outbox.c.location_id)
+    )
+
+
 async def _read_changes(
     conn: AsyncConnection, sku_ids: set[int], pairs: set[tuple[int, int]], now: datetime
 ) -> list[Change]:
@@ -130,26 +136,16 @@ async def _read_changes(
     locations: a location just unlinked from a channel (or a ring-fence elsewhere) moves that
     channel's figure too. Unchanged figures cost a read here but are not published.
     """
-    codes = [
-        r.code for r in await conn.execute(select(skus.c.code).where(skus.c.id.in_(sku_ids)).order_by(skus.c.code))
-    ]
-    views: list[AvailabilityView] = list(await queries.availability_in(conn, codes))
+    views, levels = await queries.availability_and_levels(conn, skus.c.id.in_(sku_ids))
+    codes = [v.sku_code for v in views]
     for channel_code in await conn.scalars(select(channels.c.code).order_by(channels.c.code)):
         views += await channel_service.availability_in(conn, channel_code, codes, now)
     changes = [
         Change(codec.availability_kind(v.channel_code), v.sku_code, v.version, codec.availability_to_data(v))
         for v in views
     ]
-    if pairs:
-        for level in await _levels(conn, pairs):
-            key = codec.stock_level_key(level.sku_code, level.location_code)
-            changes.append(Change(codec.STOCK_LEVEL, key, level.version, codec.level_to_data(level)))
+    touched = sorted((levels[p] for p in pairs if p in levels), key=lambda lv: (lv.sku_code, lv.location_code))
+    for level in touched:
+        key = codec.stock_level_key(level.sku_code, level.location_code)
+        changes.append(Change(codec.STOCK_LEVEL, key, level.version, codec.level_to_data(level)))
     return changes
-
-
-async def _levels(conn: AsyncConnection, pairs: set[tuple[int, int]]) -> list[Any]:
-    sku_ids = {s for s, _ in pairs}
-    rows = await conn.execute(
-        queries.levels_query().where(stock_levels.c.sku_id.in_(sku_ids)).order_by(skus.c.code, locations.c.code)
-    )
-    return [queries.level_view(r) for r in rows if (r.sku_id, r.location_id) in pairs]

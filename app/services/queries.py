@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 
@@ -64,41 +64,51 @@ async def availability(ctx: Ctx, sku_codes: list[str]) -> list[AvailabilityView]
 
 
 async def availability_in(conn: AsyncConnection, sku_codes: list[str]) -> list[AvailabilityView]:
-    """Across all active locations: Σ max(0, available); one read, so figures and version agree."""
-    known = {r.code: r for r in await conn.execute(select(skus).where(skus.c.code.in_(sku_codes)))}
-    if not known:
-        return []
-    epoch = int(
-        await conn.scalar(select(func.coalesce(func.max(counters.c.value), 0)).where(counters.c.name == "locations"))
-        or 0
+    """Across all active locations: Σ max(0, available); in the order asked, unknown codes left out."""
+    views, _ = await availability_and_levels(conn, skus.c.code.in_(sku_codes))
+    by_code = {v.sku_code: v for v in views}
+    return [by_code[c] for c in dict.fromkeys(sku_codes) if c in by_code]
+
+
+async def availability_and_levels(
+    conn: AsyncConnection, which: ColumnElement[bool]
+) -> tuple[list[AvailabilityView], dict[tuple[int, int], StockLevelView]]:
+    """The availability of the SKUs matching `which` (by code) and every one of their positions by
+    (sku_id, location_id). Two reads, so figures and versions agree; the outbox relay runs this for
+    every batch of changes."""
+    # the location epoch rides along with the SKU rows: one round trip fewer on every relay batch
+    epoch = (
+        select(func.coalesce(func.max(counters.c.value), 0)).where(counters.c.name == "locations").scalar_subquery()
     )
+    known = {r.id: r for r in await conn.execute(select(skus, epoch.label("location_epoch")).where(which))}
+    if not known:
+        return [], {}
     levels: dict[str, list[StockLevelView]] = defaultdict(list)
     version_sum: dict[str, int] = defaultdict(int)
-    for r in await conn.execute(levels_query().where(skus.c.code.in_(list(known))).order_by(locations.c.code)):
+    every: dict[tuple[int, int], StockLevelView] = {}
+    for r in await conn.execute(levels_query().where(sl.c.sku_id.in_(list(known))).order_by(locations.c.code)):
         view = level_view(r)
+        every[(r.sku_id, r.location_id)] = view
         # every position counts toward the version, active or not, so switching a location off and
         # on again can never bring a version back
         version_sum[r.sku_code] += view.version
         if view.location_active and view.version > 0:
             levels[r.sku_code].append(view)
     result = []
-    for code in sku_codes:
-        sku = known.get(code)
-        if sku is None:
-            continue
-        here = levels[code] if sku.active else []
+    for sku in sorted(known.values(), key=lambda k: str(k.code)):
+        here = levels[sku.code] if sku.active else []
         positions = [lv.position for lv in here]
         result.append(
             AvailabilityView(
-                sku_code=code,
+                sku_code=sku.code,
                 channel_code=None,
                 available=sellable_across(positions),
                 oversold=sum(p.oversold for p in positions),
-                version=version_sum[code] + int(sku.version) + epoch,
-                locations=tuple(levels[code]),
+                version=version_sum[sku.code] + int(sku.version) + int(sku.location_epoch or 0),
+                locations=tuple(levels[sku.code]),
             )
         )
-    return result
+    return result, every
 
 
 async def ledger_page(
