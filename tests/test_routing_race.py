@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -141,4 +142,29 @@ async def test_many_concurrent_orders_never_oversell_any_location(api: Api) -> N
     for loc, held in by_location.items():
         row = await level(api, "HOT", loc)
         assert (row["reserved"], row["available"]) == (held, 0)
+    assert await integrity.check(api.ctx) == []
+
+
+async def test_under_a_channel_the_loser_is_routed_to_the_next_location(api: Api, both_read_first: list[str]) -> None:
+    """The channel's rules are enforced behind its (channel, SKU) lock: the loser waits there while the
+    winner commits, finds Denver's units gone, and routes again on a fresh read."""
+    await _setup(api, denver=2, chicago=5)
+    data = await api.ok(
+        """mutation($input: [ChannelInput!]!) { upsertChannels(input: $input) { userErrors { code } } }""",
+        input=[{"code": "WEB", "name": "Web", "locationCodes": ["DEN", "CHI"]}],
+    )
+    assert data["upsertChannels"]["userErrors"] == []
+    a, b = await asyncio.gather(
+        routing.route_and_reserve(api.ctx, replace(_order("o-a", 2), channel_code="WEB")),
+        routing.route_and_reserve(api.ctx, replace(_order("o-b", 2), channel_code="WEB")),
+    )
+    assert a.errors == () and b.errors == ()
+    assert a.reservation is not None and b.reservation is not None
+    placed = sorted((ln.location_code, ln.quantity) for r in (a.reservation, b.reservation) for ln in r.lines)
+    assert placed == [("CHI", 2), ("DEN", 2)]
+    den, chi = await level(api, "HOT", "DEN"), await level(api, "HOT", "CHI")
+    assert (den["reserved"], den["available"]) == (2, 0)
+    assert (chi["reserved"], chi["available"]) == (2, 3)
+    holds = await api.sql("SELECT reserved, backordered FROM channel_holds")
+    assert [(int(h.reserved), int(h.backordered)) for h in holds] == [(4, 0)]
     assert await integrity.check(api.ctx) == []

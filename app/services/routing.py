@@ -483,9 +483,9 @@ async def route_and_reserve(ctx: Ctx, req: RouteOrderRequest) -> RouteAndReserve
         earlier = await reservations.by_idempotency_key(conn, req.idempotency_scope, req.key)
         if earlier is not None:
             return await _repeat(conn, ctx, earlier, fingerprint)
-        return await _route_and_hold(conn, ctx, req, destination, ttl, fingerprint)
+        return await _route_and_hold(conn, ctx, req, destination, ttl, fingerprint, first_try=attempt == 1)
 
-    for attempt in range(1, _MAX_ROUTES + 1):
+    for attempt in range(1, _MAX_ROUTES + 1):  # `work` reads `attempt`
         try:
             decision, view = await ctx.db.write(work)
         except _Contended:
@@ -537,6 +537,7 @@ async def _route_and_hold(
     destination: GeoPoint | None,
     ttl: int,
     fingerprint: str,
+    first_try: bool = False,
 ) -> tuple[DecisionView, ReservationView]:
     now = ctx.clock()
     # the row first: a concurrent call with the same key fails here, before holding anything
@@ -581,6 +582,12 @@ async def _route_and_hold(
         try:
             held, versions, backordered = await _hold_under_channel(conn, now, req.channel_code, setting, decision)
         except Refused as refused:
+            if first_try:
+                # The channel's rules refuse both an order beyond its figure and a routed position
+                # whose units another order took since our read (it waited on the channel's lock
+                # while that order committed). Route once more on a fresh read: the second kind then
+                # goes to the next location; the first is refused again, for good.
+                raise _Contended from refused
             errors = list(refused.errors)
             reason = f"{decision.reason}; refused under channel {req.channel_code}'s rules"
             raise _RefusedAfterRouting(
