@@ -594,7 +594,8 @@ async def _route_and_hold(
                 errors, _view(req, routing, decision, OUTCOME_REFUSED, errors, now, reason)
             ) from refused
         decision = _as_held(decision, setting, held, backordered)
-    shipping = sorted({pair[1] for pair in held} | {pair[1] for pair in backordered})
+    # a location counts an order when it ships stock today; backordered units ship when they arrive
+    shipping = sorted({pair[1] for pair, q in held.items() if q})
     # after the holds: the per-location day row is a hot spot, so its lock is held for as short a time
     # as possible; stock rows then day rows, each in id order, so two orders cannot deadlock
     await _count_orders(conn, now, shipping, setting)
