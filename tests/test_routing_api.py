@@ -470,6 +470,10 @@ async def test_route_and_reserve_under_a_channel_holds_no_more_than_its_figure(a
     await _web(api, allocationCap=4)  # the web channel may sell 4 of A, whatever is on hand
     assert (await reserve(api, [{"skuCode": "A", "quantity": 1}], channelCode="WEB"))["userErrors"] == []
 
+    dry = await _route(api, [("A", 4)], channelCode="WEB", destination=BOULDER)  # the dry run agrees
+    assert [(e["code"], e["message"]) for e in dry["userErrors"]] == [
+        ("INSUFFICIENT_STOCK", "A: 4 requested, channel WEB may sell 3")
+    ]
     refused = await _route_and_reserve(api, [("A", 4)], orderRef="o-big", channelCode="WEB", destination=BOULDER)
     assert refused["reservation"] is None
     assert [e["code"] for e in refused["userErrors"]] == ["INSUFFICIENT_STOCK"]
@@ -500,6 +504,12 @@ async def test_route_and_reserve_backorders_what_stock_cannot_serve_when_the_cha
     result = await record(api, event("INCOMING", "A", "CHI", 10, expectedAt="2099-01-10T00:00:00+00:00"))
     assert result["userErrors"] == []
     await _web(api, backorderLimit=5)
+    dry = await _route(api, [("A", 5), ("B", 1)], channelCode="WEB", destination=BOULDER)
+    assert dry["userErrors"] == []
+    assert dry["reason"].endswith("; would be backordered under the channel's allowance: A (3)")
+    assert (await _route(api, [("A", 8)], channelCode="WEB"))["userErrors"][0]["message"] == (
+        "A: 8 requested, channel WEB may sell 7"
+    )
 
     routed = await _route_and_reserve(
         api, [("A", 5), ("B", 1)], orderRef="o-back", channelCode="WEB", destination=BOULDER

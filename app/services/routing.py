@@ -452,9 +452,46 @@ async def route_order(ctx: Ctx, req: RouteOrderRequest) -> DecisionView:
             # round trips (two of the four a routeOrder costs)
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
         setting = await _load(conn, req, now)
-    routing = _routing_request(req, setting, destination)
-    decision = route(routing, setting.candidates)
-    return _view(req, routing, decision, OUTCOME_DRY_RUN, _unserved_errors(req, decision), now)
+        routing = _routing_request(req, setting, destination)
+        decision = route(routing, setting.candidates)
+        if req.channel_code is None:
+            return _view(req, routing, decision, OUTCOME_DRY_RUN, _unserved_errors(req, decision), now)
+        # under a channel, answer as routeAndReserve would: its figure bounds each SKU, and what no
+        # location can serve is backordered when the channel's allowance covers it
+        figures = {
+            v.sku_code: v.available
+            for v in await channels_service.availability_in(
+                conn, req.channel_code, [ln.sku_code for ln in req.lines], now
+            )
+        }
+    errors, reason = _channel_dry_run(req, decision, figures, backorders=setting.channel_backorder_limit is not None)
+    return _view(req, routing, decision, OUTCOME_DRY_RUN, errors, now, reason)
+
+
+def _channel_dry_run(
+    req: RouteOrderRequest, decision: RoutingDecision, figures: dict[str, int], backorders: bool
+) -> tuple[list[UserError], str]:
+    missing = {u.sku_code: u.missing_quantity for u in decision.unserved}
+    errors: list[UserError] = []
+    backordered: list[str] = []
+    for i, ln in enumerate(req.lines):
+        may_sell = figures.get(ln.sku_code, 0)
+        if ln.quantity > may_sell:
+            errors.append(
+                UserError(
+                    ErrorCode.INSUFFICIENT_STOCK,
+                    f"{ln.sku_code}: {ln.quantity} requested, channel {req.channel_code} may sell {may_sell}",
+                    ("lines", str(i), "quantity"),
+                )
+            )
+        elif ln.sku_code in missing and backorders:
+            backordered.append(f"{ln.sku_code} ({missing[ln.sku_code]})")
+        elif ln.sku_code in missing:
+            errors += [e for e in _unserved_errors(req, decision) if e.field == ("lines", str(i), "quantity")]
+    reason = decision.reason
+    if backordered and not errors:
+        reason += "; would be backordered under the channel's allowance: " + ", ".join(backordered)
+    return errors, reason
 
 
 # --- routeAndReserve -----------------------------------------------------------------------------
