@@ -7,7 +7,10 @@ conditional UPDATE that cannot oversell, and counts the order against each shipp
 capacity with a conditional UPSERT. There is no Python check before a write: if a hold or a capacity
 slot is gone when the database applies it (another order took it since the read), the whole
 transaction rolls back and routing runs again on a fresh read, up to `_MAX_ROUTES` times; the loser of
-a race is thus routed to the next location or refused with INSUFFICIENT_STOCK.
+a race is thus routed to the next location or refused with INSUFFICIENT_STOCK. Under a channel the
+routed lines are held through `channels.hold_under_channel`, as `reserve` with a channelCode does: the
+channel's figure bounds each SKU, the hold counts in the channel's holds, and what no location can
+serve is backordered when the channel's allowance covers it.
 
 Decisions are stored in `routing_decisions` with their inputs (the candidates' stock as seen), for
 every routeAndReserve that got as far as routing: RESERVED with its reservation id, or REFUSED (stored
