@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.tables import inventory_events, outbox, stock_levels
+from app.db.types import UTCDateTime
 from app.domain.quantities import Delta, Position
 
 sl = stock_levels
@@ -46,13 +47,30 @@ def position_of(row: Any) -> Position:
     )
 
 
+# Statements on the checkout path are built once, with named parameters: building a SQLAlchemy
+# statement per call costs about as much CPU as executing it (measured: 588 vs 280 us per statement).
+_HOLD = (
+    update(sl)
+    .where(
+        sl.c.sku_id == bindparam("b_sku"),
+        sl.c.location_id == bindparam("b_location"),
+        available_sql() >= bindparam("b_quantity"),
+    )
+    .values(
+        reserved=sl.c.reserved + bindparam("b_quantity"),
+        version=sl.c.version + 1,
+        updated_at=bindparam("b_now", type_=UTCDateTime()),
+    )
+    .returning(sl.c.version)
+)
+_INSERT_LEDGER = insert(inventory_events)
+_INSERT_OUTBOX = insert(outbox)
+
+
 async def hold(conn: AsyncConnection, sku_id: int, location_id: int, quantity: int, now: datetime) -> int | None:
     """Reserve `quantity` at one position if, and only if, it is available there. Returns the new version."""
     result = await conn.execute(
-        update(sl)
-        .where(sl.c.sku_id == sku_id, sl.c.location_id == location_id, available_sql() >= quantity)
-        .values(reserved=sl.c.reserved + quantity, version=sl.c.version + 1, updated_at=now)
-        .returning(sl.c.version)
+        _HOLD, {"b_sku": sku_id, "b_location": location_id, "b_quantity": quantity, "b_now": now}
     )
     version = result.scalar_one_or_none()
     return None if version is None else int(version)
@@ -165,13 +183,20 @@ def ledger_row(
     }
 
 
+async def insert_rows(conn: AsyncConnection, stmt: Any, rows: list[dict[str, Any]]) -> None:
+    """One row as a plain execute (a list of one takes SQLAlchemy's costlier executemany path)."""
+    if len(rows) == 1:
+        await conn.execute(stmt, rows[0])
+    elif rows:
+        await conn.execute(stmt, rows)
+
+
 async def write_ledger(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        await conn.execute(insert(inventory_events), rows)
+    await insert_rows(conn, _INSERT_LEDGER, rows)
 
 
 async def enqueue_changes(conn: AsyncConnection, pairs: Iterable[Pair], now: datetime) -> None:
     """Outbox rows, in the change's own transaction: a crash after commit cannot lose the publication."""
-    rows = [{"sku_id": s, "location_id": loc, "created_at": now} for s, loc in sorted(set(pairs))]
-    if rows:
-        await conn.execute(insert(outbox), rows)
+    await insert_rows(
+        conn, _INSERT_OUTBOX, [{"sku_id": s, "location_id": loc, "created_at": now} for s, loc in sorted(set(pairs))]
+    )

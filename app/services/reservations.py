@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import insert, literal, select, union_all, update
+from sqlalchemy import bindparam, insert, literal, select, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -45,6 +45,30 @@ r_ = reservations
 rl = reservation_lines
 # a line without a location re-reads and re-plans when another checkout took its units meanwhile
 _MAX_REPLANS = 8
+
+
+# The checkout path's statements, built once (building one costs about as much CPU as running it).
+# Claiming an idempotency key: the reservation row, unless the key is taken (then no row comes back).
+_CLAIM_POSTGRES = (
+    postgresql.insert(r_)
+    .on_conflict_do_nothing(index_elements=[r_.c.idempotency_scope, r_.c.idempotency_key])
+    .returning(r_.c.id)
+)
+_CLAIM_SQLITE = (
+    sqlite.insert(r_)
+    .on_conflict_do_nothing(index_elements=[r_.c.idempotency_scope, r_.c.idempotency_key])
+    .returning(r_.c.id)
+)
+# SKUs and locations of a request in one round trip
+_RESOLVE = union_all(
+    select(literal("S").label("kind"), skus.c.id, skus.c.code, skus.c.active).where(
+        skus.c.code.in_(bindparam("sku_codes", expanding=True))
+    ),
+    select(literal("L").label("kind"), locations.c.id, locations.c.code, locations.c.active).where(
+        locations.c.code.in_(bindparam("location_codes", expanding=True))
+    ),
+)
+_INSERT_LINE = insert(rl)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,25 +144,20 @@ async def _claim_key(
 
     A refusal later in the transaction rolls the row back, so a refused attempt is not remembered."""
     rid = str(uuid.uuid4())
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = (
-        dialect_insert(r_)
-        .values(
-            id=rid,
-            status=ReservationStatus.ACTIVE.value,
-            idempotency_scope=req.idempotency_scope,
-            idempotency_key=req.idempotency_key,
-            fingerprint=fingerprint,
-            channel_code=req.channel_code,
-            cart_ref=req.cart_ref,
-            created_at=now,
-            updated_at=now,
-            expires_at=now + timedelta(seconds=ttl),
-        )
-        .on_conflict_do_nothing(index_elements=[r_.c.idempotency_scope, r_.c.idempotency_key])
-        .returning(r_.c.id)
-    )
-    return cast(str | None, (await conn.execute(stmt)).scalar_one_or_none())
+    row = {
+        "id": rid,
+        "status": ReservationStatus.ACTIVE.value,
+        "idempotency_scope": req.idempotency_scope,
+        "idempotency_key": req.idempotency_key,
+        "fingerprint": fingerprint,
+        "channel_code": req.channel_code,
+        "cart_ref": req.cart_ref,
+        "created_at": now,
+        "updated_at": now,
+        "expires_at": now + timedelta(seconds=ttl),
+    }
+    stmt = _CLAIM_POSTGRES if conn.dialect.name == "postgresql" else _CLAIM_SQLITE
+    return cast(str | None, (await conn.execute(stmt, row)).scalar_one_or_none())
 
 
 async def _hold_all(
@@ -229,8 +248,9 @@ async def _hold_named(
         wanted[pair] += line.quantity
         line_of[pair] = line
     pairs = sorted(wanted)  # primary-key order: checkouts wanting the same rows lock them in one order
-    await conn.execute(
-        insert(rl),
+    await stock.insert_rows(
+        conn,
+        _INSERT_LINE,
         [{"reservation_id": rid, "sku_id": p[0], "location_id": p[1], "quantity": wanted[p]} for p in pairs],
     )
     await stock.enqueue_changes(conn, pairs, now)
@@ -300,13 +320,7 @@ async def _resolve(conn: AsyncConnection, req: ReserveRequest) -> tuple[dict[str
     # SKUs and locations in one round trip: this runs on every checkout
     sku_rows: dict[str, Any] = {}
     loc_rows: dict[str, Any] = {}
-    both = union_all(
-        select(literal("S").label("kind"), skus.c.id, skus.c.code, skus.c.active).where(skus.c.code.in_(codes)),
-        select(literal("L").label("kind"), locations.c.id, locations.c.code, locations.c.active).where(
-            locations.c.code.in_(loc_codes)
-        ),
-    )
-    for r in await conn.execute(both):
+    for r in await conn.execute(_RESOLVE, {"sku_codes": list(codes), "location_codes": list(loc_codes)}):
         (sku_rows if r.kind == "S" else loc_rows)[r.code] = r
     errors: list[UserError] = []
     for i, ln in enumerate(req.lines):
