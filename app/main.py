@@ -124,8 +124,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         runtime.streams = Streams(ctx, hub, runtime.realtime)
         runtime.tasks = [asyncio.create_task(relay.run()), asyncio.create_task(_sweep_expired(ctx))]
         # pushes changed channel availability to channel endpoints (the channels issue)
-        runtime.publication = PublicationWorker(ctx)
-        db.on_commit(runtime.publication.poke)
+        runtime.publication = PublicationWorker(ctx, hub)  # follows the relay's channel changes
         runtime.tasks.append(asyncio.create_task(runtime.publication.run()))
         try:
             yield

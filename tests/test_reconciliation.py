@@ -187,3 +187,25 @@ async def test_orphaned_holds_are_reported_by_kind(api: Api) -> None:
     # a negative number of days is a clear error
     response = await api.raw(ORPHANS, days=-1)
     assert response.json()["errors"][0]["message"] == "committedOlderThanDays must be 0 or more"
+
+
+async def test_a_large_snapshot_is_compared_in_chunks_with_progress(api: Api, tmp_path: Path) -> None:
+    # 1,000 rows over 500 SKUs at two locations: two chunks, each reading 500 positions at once
+    skus = [f"S{i:03d}" for i in range(500)]
+    await catalogue(api, skus=skus, locations=[("WH-1", 10), ("WH-2", 20)])
+    history = [event("RECEIVED", s, loc, 5, -60) for s in skus for loc in ("WH-1", "WH-2")]
+    for start in range(0, len(history), 250):
+        assert (await record(api, *history[start : start + 250]))["userErrors"] == []
+    drifting = {("S007", "WH-2"): 9, ("S499", "WH-1"): 0}
+    lines = ["sku,location,on_hand"] + [
+        f"{s},{loc},{drifting.get((s, loc), 5)}" for s in skus for loc in ("WH-1", "WH-2")
+    ]
+    path = tmp_path / "large.csv"
+    path.write_text("\n".join(lines) + "\n")
+    seen: list[int] = []
+    report = await channel_reconciliation.import_csv(api.ctx, path, "netsuite", T0, progress=seen.append)
+    assert (report.rows, report.matched, seen, report.unknown) == (1000, 998, [500, 500], [])
+    assert [(d.sku_code, d.location_code, d.expected, d.reported) for d in report.drift] == [
+        ("S007", "WH-2", 5, 9),
+        ("S499", "WH-1", 5, 0),
+    ]

@@ -28,6 +28,9 @@ import hashlib
 import hmac
 import json
 import logging
+import math
+import time
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -40,6 +43,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.db.tables import channel_locations, channel_publications, channels, skus, stock_levels
 from app.domain.channel_rules import channel_alerts
 from app.domain.errors import ErrorCode, Refused, UserError
+from app.realtime import codec
+from app.realtime.hub import Hub, Mailbox, ResyncNeeded
 from app.services import channels as channel_service
 from app.services.context import Ctx
 
@@ -71,7 +76,9 @@ class PublicationStatus:
 
     @property
     def in_sync(self) -> bool:
-        return self.acked_version == self.current_version and self.acked_available == self.current_available
+        """The endpoint shows what it should. A version that moved without changing the figure is no news
+        (the relay does not publish it either), so it is not pushed on its own."""
+        return self.acked_version is not None and self.acked_available == self.current_available
 
 
 async def _sku_codes(conn: AsyncConnection, channel_id: int) -> list[str]:
@@ -96,18 +103,20 @@ async def status(ctx: Ctx, channel_code: str) -> list[PublicationStatus]:
         return await _status(conn, channel, ctx.clock())
 
 
-async def _status(conn: AsyncConnection, channel: Any, now: datetime) -> list[PublicationStatus]:
-    codes = await _sku_codes(conn, channel.id)
+async def _status(
+    conn: AsyncConnection, channel: Any, now: datetime, only: list[str] | None = None
+) -> list[PublicationStatus]:
+    """Per SKU (all the channel can show, or `only` these): what was acknowledged and what is true now."""
+    codes = await _sku_codes(conn, channel.id) if only is None else sorted(only)
     views: list[channel_service.ChannelAvailabilityView] = []
     # in pages: a statement's parameter count stays bounded however large the catalogue (Postgres: 32767)
     for start in range(0, len(codes), BATCH * 5):
         views += await channel_service.availability_in(conn, channel.code, codes[start : start + BATCH * 5], now)
-    acked = {
-        r.code: r
-        for r in await conn.execute(
-            select(cp, skus.c.code).join(skus, skus.c.id == cp.c.sku_id).where(cp.c.channel_id == channel.id)
-        )
-    }
+    told = select(cp, skus.c.code).join(skus, skus.c.id == cp.c.sku_id).where(cp.c.channel_id == channel.id)
+    acked: dict[str, Any] = {}
+    for start in range(0, len(codes), BATCH * 5):
+        page = codes[start : start + BATCH * 5]
+        acked |= {r.code: r for r in await conn.execute(told.where(skus.c.code.in_(page)))}
     out = []
     for v in views:
         a = acked.get(v.sku_code)
@@ -128,45 +137,89 @@ async def _status(conn: AsyncConnection, channel: Any, now: datetime) -> list[Pu
 
 
 class PublicationWorker:
-    """One per process; several processes may run it (the endpoint keeps the highest version)."""
+    """One per process; several processes may run it (the endpoint keeps the highest version).
+
+    What to push is found two ways. With a hub, the worker follows each endpoint channel's
+    availability changes (the relay publishes them for every process) and compares only the SKUs that
+    moved, plus those whose retry is due. And every `full_scan_seconds`, or after the hub may have lost
+    messages, it compares every SKU the channel can show: the safety net that makes a lost message
+    cost a delay, never a wrong figure left standing. Without a hub every pass is a full scan.
+    """
 
     def __init__(
         self,
         ctx: Ctx,
+        hub: Hub | None = None,
         interval: float = 0.5,
+        full_scan_seconds: float = 60.0,
         backoff_base: float = 0.2,
         backoff_max: float = 60.0,
         timeout: float = 5.0,
     ) -> None:
         self.ctx = ctx
+        self.hub = hub
         self.interval = interval
+        self.full_scan_seconds = full_scan_seconds
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.timeout = timeout
         self.last_error: str | None = None
         self._wake = asyncio.Event()
+        self._following: dict[str, tuple[Mailbox, asyncio.Task[None]]] = {}  # by channel code
+        self._moved: dict[str, set[str]] = defaultdict(set)  # SKU codes per channel code
+        self._rescan: set[str] = set()  # channel codes to compare in full at the next pass
+        self._scanned_at: dict[str, float] = {}
 
     def poke(self) -> None:
-        """Called after every commit in this process: look for changes now, not at the next poll."""
+        """Look for changes now, not at the next poll."""
         self._wake.set()
 
     async def run(self) -> None:
-        async with httpx.AsyncClient(timeout=self.timeout) as client:
-            while True:
-                self._wake.clear()
-                try:
-                    await self.publish_once(client)
-                    self.last_error = None
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # a bad channel must not stop the others' publication
-                    self.last_error = f"{type(exc).__name__}: {exc}"
-                    log.warning("publication failed: %s", self.last_error)
-                # at most one pass per interval (commits can be frequent); sooner than the poll when poked
-                await asyncio.sleep(min(self.interval, 0.1))
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.interval):
-                        await self._wake.wait()
+        try:
+            async with httpx.AsyncClient(timeout=self.timeout) as client:
+                while True:
+                    self._wake.clear()
+                    try:
+                        await self.publish_once(client)
+                        self.last_error = None
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # a bad channel must not stop the others' publication
+                        self.last_error = f"{type(exc).__name__}: {exc}"
+                        log.warning("publication failed: %s", self.last_error)
+                    # changes arrive in bursts: gather them a moment, then wait for more or for the poll
+                    await asyncio.sleep(min(self.interval, 0.05))
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.interval):
+                            await self._wake.wait()
+        finally:
+            for code in list(self._following):
+                self._unfollow(code)
+
+    def _follow(self, code: str) -> None:
+        if self.hub is None or code in self._following:
+            return
+        mailbox = self.hub.subscribe(codec.availability_kind(code), None)
+        self._following[code] = (mailbox, asyncio.create_task(self._collect(code, mailbox)))
+        self._rescan.add(code)  # what happened before we listened: compare everything once
+
+    def _unfollow(self, code: str) -> None:
+        mailbox, task = self._following.pop(code)
+        task.cancel()
+        if self.hub is not None:
+            self.hub.unsubscribe(mailbox)
+        self._moved.pop(code, None)
+
+    async def _collect(self, code: str, mailbox: Mailbox) -> None:
+        while True:
+            try:
+                async for sku_code, _, _ in mailbox:
+                    self._moved[code].add(sku_code)
+                    self._wake.set()
+                return  # the hub stopped
+            except ResyncNeeded:
+                self._rescan.add(code)  # messages may have been lost
+                self._wake.set()
 
     async def publish_once(self, client: httpx.AsyncClient) -> int:
         """One pass over every channel with an endpoint. Returns how many SKU values were acknowledged."""
@@ -174,27 +227,62 @@ class PublicationWorker:
             targets = list(
                 await conn.execute(select(channels).where(channels.c.endpoint_url.is_not(None)).order_by(channels.c.id))
             )
+        for code in set(self._following) - {t.code for t in targets}:
+            self._unfollow(code)
         acked = 0
         for channel in targets:
-            acked += await self._publish_channel(client, channel)
+            self._follow(channel.code)
+            clock = time.monotonic()
+            only: set[str] | None
+            if (
+                self.hub is None
+                or channel.code in self._rescan
+                or clock - self._scanned_at.get(channel.code, -math.inf) >= self.full_scan_seconds
+            ):
+                # taken before reading, so a change that lands meanwhile is looked at again next pass
+                self._rescan.discard(channel.code)
+                self._moved.pop(channel.code, None)
+                self._scanned_at[channel.code] = clock
+                only = None
+            else:
+                only = self._moved.pop(channel.code, set())
+            acked += await self._publish_channel(client, channel, only)
         return acked
 
-    async def _publish_channel(self, client: httpx.AsyncClient, channel: Any) -> int:
+    async def _publish_channel(self, client: httpx.AsyncClient, channel: Any, only: set[str] | None) -> int:
+        """Push what differs from what the endpoint acknowledged: every SKU, or `only` these and due retries."""
         now = self.ctx.clock()
         async with self.ctx.db.read() as conn:
             # the row again, in the read the figures come from: its endpoint and secret go with them
             channel = (await conn.execute(select(channels).where(channels.c.id == channel.id))).first()
             if channel is None or channel.endpoint_url is None:
                 return 0
-            current = await _status(conn, channel, now)
+            if only is not None:
+                retries = select(skus.c.code).join(cp, cp.c.sku_id == skus.c.id)
+                only |= set(
+                    await conn.scalars(retries.where(cp.c.channel_id == channel.id, cp.c.next_attempt_at <= now))
+                )
+                if not only:
+                    return 0
+            current = await _status(conn, channel, now, None if only is None else sorted(only))
             waiting = {
-                r.sku_id
+                r.code
                 for r in await conn.execute(
-                    select(cp.c.sku_id).where(cp.c.channel_id == channel.id, cp.c.next_attempt_at > now)
+                    select(skus.c.code)
+                    .join(cp, cp.c.sku_id == skus.c.id)
+                    .where(cp.c.channel_id == channel.id, cp.c.next_attempt_at > now)
                 )
             }
-            ids = {r.code: r.id for r in await conn.execute(select(skus.c.code, skus.c.id))} if current else {}
-        due = [s for s in current if not s.in_sync and ids[s.sku_code] not in waiting]
+            due = [s for s in current if not s.in_sync and s.sku_code not in waiting]
+            ids = {
+                r.code: r.id
+                for r in await conn.execute(
+                    select(skus.c.code, skus.c.id).where(skus.c.code.in_([s.sku_code for s in due[: BATCH * 5]]))
+                )
+            }
+        # beyond one read's worth, and behind a failing batch: looked at again at the next pass
+        later = {s.sku_code for s in due if s.sku_code not in ids}
+        due = [s for s in due if s.sku_code in ids]
         acked = 0
         for start in range(0, len(due), BATCH):
             batch = due[start : start + BATCH]
@@ -228,7 +316,11 @@ class PublicationWorker:
             if error is None:
                 acked += len(batch)
             else:
-                break  # the endpoint is failing: the rest waits for the backoff too
+                later |= {s.sku_code for s in due[start + BATCH :]}  # the failed batch is in backoff
+                break  # the endpoint is failing: no point sending it the rest now
+        if later:
+            self._moved[channel.code] |= later
+            self._wake.set()
         return acked
 
     async def _record(

@@ -164,8 +164,15 @@ async def _compare(conn: AsyncConnection, taken_at: datetime, rows: list[Snapsho
     pairs = [(sku_ids[r.sku_code], loc_ids[r.location_code]) for _, r in known]
     positions: dict[stock.Pair, Any] = {}
     if pairs:
-        clause = or_(*(and_(sl.c.sku_id == s, sl.c.location_id == loc) for s, loc in pairs))
-        positions = {(p.sku_id, p.location_id): p for p in await conn.execute(select(sl).where(clause))}
+        # two IN lists, the pairs picked here: an OR per pair nests a level deeper per pair, and SQLite stops
+        # at 1000 levels (a 1,000-pair OR fails there; CHUNK is 500, this keeps it safe at any size)
+        wanted = set(pairs)
+        clause = and_(sl.c.sku_id.in_({s for s, _ in pairs}), sl.c.location_id.in_({loc for _, loc in pairs}))
+        positions = {
+            (p.sku_id, p.location_id): p
+            for p in await conn.execute(select(sl).where(clause))
+            if (p.sku_id, p.location_id) in wanted
+        }
     for (_, r), pair in zip(known, pairs, strict=True):
         position = positions.get(pair)
         now_on_hand = int(position.on_hand) if position is not None else 0
