@@ -13,7 +13,7 @@ from app.security.scopes import Scope
 
 Info = strawberry.Info[Context, None]
 # registered under its GraphQL name; the Python type stays app.security.scopes.Scope
-strawberry.enum(Scope, name="ApiScope", description="What an API key may do (docs/security.md)")
+strawberry.enum(Scope, name="ApiScope", description="What an API key may do (the README's Security section)")
 
 
 @strawberry.type(description="An API key; its secret is shown once, when it is created, and never stored")
