@@ -1,0 +1,114 @@
+"""Websocket authentication against a live server: the key in connection_init or in the handshake's
+Authorization header, a socket closed soon after its key is revoked, and connection_init required
+within ws_init_timeout_seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from app.security import keys
+from tests.conftest import create_test_key
+from tests.live import Server, start_server, stop_server
+
+pytestmark = pytest.mark.slow  # one live server process for the module
+
+TRANSPORT_WS = "graphql-transport-ws"
+TIMEOUT = 15.0
+SUB = 'subscription { availabilityChanged(skuCodes: ["SKU-1"]) { skuCode available } }'
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[Server]:
+    path = tmp_path_factory.mktemp("ws-security") / "stockwire.db"
+    shutil.copy(sqlite_template, path)
+    url = f"sqlite+aiosqlite:///{path}"
+    key = asyncio.run(create_test_key(url))
+    live = start_server(url, key=key, auth_cache_seconds="1", ws_init_timeout_seconds="1")
+    try:
+        yield live
+    finally:
+        stop_server(live)
+
+
+async def _next(ws: ClientConnection) -> dict[str, Any]:
+    """The next message that is not a keepalive."""
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            message: dict[str, Any] = json.loads(await ws.recv())
+            if message["type"] not in ("ping", "pong", "ka"):
+                return message
+
+
+async def _closed_with(ws: ClientConnection) -> int:
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                await ws.recv()
+    except ConnectionClosed as closed:
+        assert closed.rcvd is not None
+        return closed.rcvd.code
+
+
+async def _new_key(server: Server, scopes: list[str]) -> tuple[str, str]:
+    query = 'mutation($s: [ApiScope!]!) { createApiKey(input: {name: "ws", scopes: $s}) { secret apiKey { id } } }'
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=TIMEOUT) as client:
+        made = (await client.post("/graphql", json={"query": query, "variables": {"s": scopes}})).json()
+    payload = made["data"]["createApiKey"]
+    return payload["secret"], payload["apiKey"]["id"]
+
+
+async def test_a_socket_is_closed_soon_after_its_key_is_revoked(server: Server) -> None:
+    secret, key_id = await _new_key(server, ["STOREFRONT"])
+    ws = await connect(server.ws_url, subprotocols=[TRANSPORT_WS], open_timeout=TIMEOUT)  # type: ignore[list-item]
+    try:
+        await ws.send(json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {secret}"}}))
+        assert (await _next(ws))["type"] == "connection_ack"
+        await ws.send(json.dumps({"type": "subscribe", "id": "1", "payload": {"query": SUB}}))
+        revoke = "mutation($id: ID!) { revokeApiKey(id: $id) { userErrors { code } } }"
+        async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=TIMEOUT) as client:
+            done = (await client.post("/graphql", json={"query": revoke, "variables": {"id": key_id}})).json()
+        assert done["data"]["revokeApiKey"]["userErrors"] == []
+        assert await _closed_with(ws) == 4403
+    finally:
+        await ws.close()
+
+
+async def test_the_handshake_authorization_header_also_authenticates(server: Server) -> None:
+    ws = await connect(
+        server.ws_url,
+        subprotocols=[TRANSPORT_WS],  # type: ignore[list-item]
+        additional_headers={"Authorization": f"Bearer {server.key}"},
+        open_timeout=TIMEOUT,
+    )
+    try:
+        await ws.send(json.dumps({"type": "connection_init"}))
+        assert (await _next(ws))["type"] == "connection_ack"
+        query = 'query { availability(skuCodes: ["SKU-1"]) { skuCode } }'  # a storefront read over the socket
+        await ws.send(json.dumps({"type": "subscribe", "id": "1", "payload": {"query": query}}))
+        assert await _next(ws) == {"id": "1", "type": "next", "payload": {"data": {"availability": []}}}
+    finally:
+        await ws.close()
+
+
+async def test_connection_init_must_come_within_the_timeout(server: Server) -> None:
+    ws = await connect(server.ws_url, subprotocols=[TRANSPORT_WS], open_timeout=TIMEOUT)  # type: ignore[list-item]
+    try:
+        assert await _closed_with(ws) == 4408  # "Connection initialisation timeout"
+    finally:
+        await ws.close()
+
+
+def test_a_malformed_token_never_reaches_the_database() -> None:
+    assert keys.prefix_of("sw_0123456789ab_" + "A" * 43) == "0123456789ab"
+    for token in ("", "sw_", "sw_XYZ_abc", "sw_0123456789ab_short", "' OR 1=1 --", "sw_0123456789ab_" + "A" * 44):
+        assert keys.prefix_of(token) is None, token
