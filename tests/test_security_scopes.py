@@ -209,6 +209,23 @@ async def test_holds_beyond_the_rate_limit_are_refused_with_rate_limited(limited
     assert released["releaseReservation"]["userErrors"] == []
 
 
+async def test_external_holds_share_the_hold_rate_limit(limited: Api) -> None:
+    await catalogue(limited)
+    await receive(limited, "SKU-1", "WH-1", 100)
+    query = """mutation($input: [ExternalHoldInput!]!) { recordExternalHolds(input: $input) {
+      results { index status } userErrors { code } } }"""
+
+    def place(n: int) -> dict[str, Any]:
+        hold = {"skuCode": "SKU-1", "locationCode": "WH-1", "quantity": 1}
+        return {"input": [{"source": "amazon", "externalId": f"h{n}", "action": "PLACE", **hold}]}
+
+    for n in range(3):
+        assert (await limited.ok(query, **place(n)))["recordExternalHolds"]["userErrors"] == []
+    refused = (await limited.ok(query, **place(3)))["recordExternalHolds"]
+    assert refused == {"results": [], "userErrors": [{"code": "RATE_LIMITED"}]}
+    assert (await level(limited, "SKU-1", "WH-1"))["reserved"] == 3
+
+
 async def test_a_key_without_the_scope_is_forbidden_before_it_spends_its_rate(limited: Api) -> None:
     await catalogue(limited)
     storefront = limited.as_key(await limited.new_key(Scope.STOREFRONT))

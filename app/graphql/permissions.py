@@ -18,7 +18,7 @@ from graphql import GraphQLError
 from strawberry.extensions.field_extension import AsyncExtensionResolver, FieldExtension
 from strawberry.permission import BasePermission, PermissionExtension
 from strawberry.types import Info
-from strawberry.types.base import StrawberryObjectDefinition, get_object_definition
+from strawberry.types.base import StrawberryList, StrawberryObjectDefinition, get_object_definition
 from strawberry.types.field import StrawberryField
 from strawberry.utils.str_converters import to_camel_case
 
@@ -68,7 +68,8 @@ REQUIRED: dict[str, frozenset[Scope]] = {
 }
 
 # the mutations that hold stock: rate-limited per key (Settings.hold_rate_limit)
-HOLDS: frozenset[str] = frozenset({"Mutation.reserve", "Mutation.routeAndReserve"})
+# (recordExternalHolds: a marketplace's holds, reported by its integration, take stock like a reserve does)
+HOLDS: frozenset[str] = frozenset({"Mutation.reserve", "Mutation.routeAndReserve", "Mutation.recordExternalHolds"})
 
 ROOT_TYPES = ("Query", "Mutation", "Subscription")
 
@@ -154,7 +155,12 @@ class HoldRateLimit(FieldExtension):
         if "user_errors" not in names:
             raise TypeError(f"{self.coordinate}: a rate-limited mutation needs a payload with userErrors")
         self.payload = payload
-        self.others = sorted(names - {"user_errors"})
+        # the payload's other fields when refused: an empty list for a list (they are non-null), else null
+        self.others: dict[str, list[Any] | None] = {
+            f.python_name: [] if isinstance(f.type, StrawberryList) else None
+            for f in definition.fields
+            if f.python_name != "user_errors"
+        }
 
     async def resolve_async(  # type: ignore[override]
         self, next_: AsyncExtensionResolver, source: Any, info: Info[Any, Any], /, **kwargs: Any
@@ -169,7 +175,9 @@ class HoldRateLimit(FieldExtension):
                 f"{security.settings.hold_rate_window_seconds:g} s; retry in {wait:.1f} s",
                 field=None,
             )
-            return self.payload(**{name: None for name in self.others}, user_errors=[error])
+            return self.payload(
+                **{name: empty if empty is None else [] for name, empty in self.others.items()}, user_errors=[error]
+            )
         return await next_(source, info, **kwargs)
 
 
