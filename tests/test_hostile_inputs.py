@@ -405,6 +405,9 @@ HTTP_CASES = [
     Http("NUL in a string", gql(RESERVE, input={"lines": [], "idempotencyKey": "a\x00b"}), 400, "BAD_REQUEST"),
     Http("a JSON array (batch)", [gql(AVAILABILITY_Q), gql(AVAILABILITY_Q)], 400, "BAD_REQUEST"),
     Http("query not a string", {"query": 42}, 400, "BAD_REQUEST"),
+    Http(
+        "an operationName the document lacks", {"query": AVAILABILITY_Q, "operationName": "Other"}, 400, "BAD_REQUEST"
+    ),
     Http("no query", {"variables": {}}, 400, "BAD_REQUEST"),
     Http(
         "text/plain body",
@@ -644,6 +647,16 @@ WS_CASES = [
             w, json.dumps({"type": "subscribe", "id": "1", "payload": {"query": AVAILABILITY_Q}}), init=False
         ),
         4401,
+    ),
+    Ws(
+        "ws: NUL in a variable",
+        lambda w: _raw_then_close(
+            w,
+            json.dumps(
+                {"type": "subscribe", "id": "1", "payload": {"query": AVAILABILITY_SUB, "variables": {"s": ["a\x00"]}}}
+            ),
+        ),
+        4400,
     ),
     Ws("ws: invalid JSON", lambda w: _raw_then_close(w, '{"type": "subscribe", '), 4400),
     Ws("ws: non-UTF-8 frame", lambda w: _raw_then_close(w, b'{"type": "\xff\xfe"}'), 4400),
