@@ -10,6 +10,14 @@ drop versions they have already passed).
 A change whose figures equal what this relay last published for the key (a version that did not
 move, or moved without changing anything a subscriber sees) is not published at all; streams apply
 the same rule per subscriber, which also covers what other processes' relays published.
+
+With several relays that skip is only safe if what subscribers last got carries the same figures.
+Relay A may publish v1 (20 units), relay B v2 (17), and A then skip v3 (20 again) before B's message
+has reached it: subscribers would stay at 17. So every relay also watches the channel (its hub hands
+it every message, from any process): it remembers the newest state it knows per key, published or
+skipped, and when a message arrives with an older version and other figures than a state it skipped,
+it publishes that state again. Every message reaches every hub, so the last word for a key is always
+its newest state.
 """
 
 from __future__ import annotations
@@ -21,10 +29,10 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db.tables import channels, outbox, skus
+from app.db.tables import channels, outbox
 from app.realtime import codec
 from app.realtime.hub import Change, Hub
 from app.services import channels as channel_service
@@ -34,7 +42,7 @@ from app.services.context import Ctx
 log = logging.getLogger("stockwire.realtime")
 
 # Keys whose last publication this relay remembers (least recently published forgotten first).
-_MEMORY = 100_000
+_MEMORY = 20_000  # each entry holds the last state (a few KB): forgetting one only costs a repeat
 
 
 class OutboxRelay:
@@ -44,10 +52,15 @@ class OutboxRelay:
         self.batch_size = batch_size
         self._wake = asyncio.Event()
         self._memory = memory
-        self._published: OrderedDict[tuple[str, str], tuple[int, codec.Content]] = OrderedDict()
+        # per (kind, key): the newest state this relay knows was published or decided not to publish
+        self._published: OrderedDict[tuple[str, str], tuple[int, codec.Content, Change]] = OrderedDict()
+        # skipped states that another relay's older message has since overtaken: publish them again
+        self._republish: dict[tuple[str, str], Change] = {}
         self.last_error: str | None = None
         self.published_count = 0  # changes handed to the broadcast (for tests and metrics)
         self.skipped_count = 0  # changes not published because nothing a subscriber sees moved
+        self.republished_count = 0  # skipped states published after all (see the module docstring)
+        hub.observe(self.observe)
 
     def poke(self) -> None:
         """Called after every commit in this process: publish now rather than at the next poll."""
@@ -60,6 +73,7 @@ class OutboxRelay:
                 # so stop here rather than pay one more empty transaction per wake-up
                 while await self.drain_once() >= self.batch_size:
                     pass
+                await self._publish_overtaken()
                 self.last_error = None
             except asyncio.CancelledError:
                 raise
@@ -79,7 +93,7 @@ class OutboxRelay:
         """Publish one batch. Returns how many outbox rows it took (0: nothing to do)."""
 
         async def work(conn: AsyncConnection) -> int:
-            rows = list(await conn.execute(_claim(conn.dialect.name, self.batch_size)))
+            rows = list(await conn.execute(_CLAIM[conn.dialect.name], {"batch_size": self.batch_size}))
             if not rows:
                 return 0
             changes = await _read_changes(
@@ -98,26 +112,65 @@ class OutboxRelay:
 
         return await self.ctx.db.write(work, notify=False)
 
+    def observe(self, changes: list[Change]) -> None:
+        """Every message on the channel, whoever published it (wired to the hub in __init__)."""
+        overtaken = False
+        for change in changes:
+            if not (codec.is_availability(change.kind) or change.kind == codec.STOCK_LEVEL):
+                continue  # not a relay's message
+            slot = (change.kind, change.key)
+            last = self._published.get(slot)
+            try:
+                content = codec.content(change.kind, change.data)
+            except (KeyError, TypeError, AttributeError):
+                log.warning("ignoring a malformed %s message for %r", change.kind, change.key)
+                continue
+            if last is None or change.version > last[0]:
+                self._store(slot, change, content)
+            elif change.version < last[0] and content != last[1]:
+                # an older state with other figures went out after we skipped a newer one: subscribers
+                # would keep those figures, so the newer state must go out after all
+                self._republish[slot] = last[2]
+                overtaken = True
+        if overtaken:
+            self.poke()
+
+    async def _publish_overtaken(self) -> None:
+        if not self._republish:
+            return
+        changes = list(self._republish.values())
+        await self.hub.publish_many(changes)  # on failure they stay queued: run() retries
+        for c in changes:
+            if self._republish.get((c.kind, c.key)) is c:
+                del self._republish[(c.kind, c.key)]
+        self.republished_count += len(changes)
+
     def _is_news(self, change: Change) -> bool:
-        last = self._published.get((change.kind, change.key))
-        if last is None:
+        """Whether to publish; a skipped change is still remembered as the newest known state."""
+        slot = (change.kind, change.key)
+        last = self._published.get(slot)
+        content = codec.content(change.kind, change.data)
+        if last is None or (change.version > last[0] and content != last[1]):
             return True
-        version, content = last
-        return change.version > version and codec.content(change.kind, change.data) != content
+        if change.version > last[0]:
+            self._store(slot, change, content)  # same figures, newer version: what a republish would send
+        return False
 
     def _remember(self, changes: list[Change]) -> None:
         for c in changes:
-            slot = (c.kind, c.key)
-            self._published[slot] = (c.version, codec.content(c.kind, c.data))
-            self._published.move_to_end(slot)
+            self._store((c.kind, c.key), c, codec.content(c.kind, c.data))
+
+    def _store(self, slot: tuple[str, str], change: Change, content: codec.Content) -> None:
+        self._published[slot] = (change.version, content, change)
+        self._published.move_to_end(slot)
         while len(self._published) > self._memory:
             self._published.popitem(last=False)
 
 
-def _claim(dialect: str, batch_size: int) -> Any:
+def _claim_statement(dialect: str) -> Any:
     """Take the oldest outbox rows in one statement: deleted now, restored by the rollback if publishing
     fails. On Postgres, rows another relay is working on are skipped, not waited for."""
-    oldest = select(outbox.c.id).order_by(outbox.c.id).limit(batch_size)
+    oldest = select(outbox.c.id).order_by(outbox.c.id).limit(bindparam("batch_size"))
     if dialect == "postgresql":
         oldest = oldest.with_for_update(skip_locked=True)
     return (
@@ -125,6 +178,11 @@ def _claim(dialect: str, batch_size: int) -> Any:
         .where(outbox.c.id.in_(oldest.scalar_subquery()))
         .returning(outbox.c.id, outbox.c.sku_id, outbox.c.location_id)
     )
+
+
+# built once: the relay runs these for every batch
+_CLAIM = {"postgresql": _claim_statement("postgresql"), "sqlite": _claim_statement("sqlite")}
+_CHANNEL_CODES = select(channels.c.code).order_by(channels.c.code)
 
 
 async def _read_changes(
@@ -136,9 +194,9 @@ async def _read_changes(
     locations: a location just unlinked from a channel (or a ring-fence elsewhere) moves that
     channel's figure too. Unchanged figures cost a read here but are not published.
     """
-    views, levels = await queries.availability_and_levels(conn, skus.c.id.in_(sku_ids))
+    views, levels = await queries.availability_and_levels(conn, sku_ids=sku_ids)
     codes = [v.sku_code for v in views]
-    for channel_code in await conn.scalars(select(channels.c.code).order_by(channels.c.code)):
+    for channel_code in await conn.scalars(_CHANNEL_CODES):
         views += await channel_service.availability_in(conn, channel_code, codes, now)
     changes = [
         Change(codec.availability_kind(v.channel_code), v.sku_code, v.version, codec.availability_to_data(v))

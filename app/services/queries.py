@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy import Select, and_, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 
@@ -63,30 +64,42 @@ async def availability(ctx: Ctx, sku_codes: list[str]) -> list[AvailabilityView]
         return await availability_in(conn, sku_codes)
 
 
+# built once: the outbox relay runs these for every batch of changes
+_LOCATION_EPOCH = (
+    select(func.coalesce(func.max(counters.c.value), 0)).where(counters.c.name == "locations").scalar_subquery()
+)
+# the location epoch rides along with the SKU rows: one round trip fewer
+_SKUS_BY_CODE = select(skus, _LOCATION_EPOCH.label("location_epoch")).where(
+    skus.c.code.in_(bindparam("codes", expanding=True))
+)
+_SKUS_BY_ID = select(skus, _LOCATION_EPOCH.label("location_epoch")).where(
+    skus.c.id.in_(bindparam("ids", expanding=True))
+)
+_LEVELS_OF_SKUS = levels_query().where(sl.c.sku_id.in_(bindparam("sku_ids", expanding=True))).order_by(locations.c.code)
+
+
 async def availability_in(conn: AsyncConnection, sku_codes: list[str]) -> list[AvailabilityView]:
     """Across all active locations: Σ max(0, available); in the order asked, unknown codes left out."""
-    views, _ = await availability_and_levels(conn, skus.c.code.in_(sku_codes))
+    views, _ = await availability_and_levels(conn, sku_codes=sku_codes)
     by_code = {v.sku_code: v for v in views}
     return [by_code[c] for c in dict.fromkeys(sku_codes) if c in by_code]
 
 
 async def availability_and_levels(
-    conn: AsyncConnection, which: ColumnElement[bool]
+    conn: AsyncConnection, *, sku_codes: Collection[str] = (), sku_ids: Collection[int] = ()
 ) -> tuple[list[AvailabilityView], dict[tuple[int, int], StockLevelView]]:
-    """The availability of the SKUs matching `which` (by code) and every one of their positions by
-    (sku_id, location_id). Two reads, so figures and versions agree; the outbox relay runs this for
-    every batch of changes."""
-    # the location epoch rides along with the SKU rows: one round trip fewer on every relay batch
-    epoch = (
-        select(func.coalesce(func.max(counters.c.value), 0)).where(counters.c.name == "locations").scalar_subquery()
-    )
-    known = {r.id: r for r in await conn.execute(select(skus, epoch.label("location_epoch")).where(which))}
+    """The availability of the SKUs named by code or id (by code order) and every one of their
+    positions by (sku_id, location_id). Two reads, so figures and versions agree."""
+    rows: list[Any] = list(await conn.execute(_SKUS_BY_ID, {"ids": list(sku_ids)})) if sku_ids else []
+    if sku_codes:
+        rows += await conn.execute(_SKUS_BY_CODE, {"codes": list(sku_codes)})
+    known = {r.id: r for r in rows}
     if not known:
         return [], {}
     levels: dict[str, list[StockLevelView]] = defaultdict(list)
     version_sum: dict[str, int] = defaultdict(int)
     every: dict[tuple[int, int], StockLevelView] = {}
-    for r in await conn.execute(levels_query().where(sl.c.sku_id.in_(list(known))).order_by(locations.c.code)):
+    for r in await conn.execute(_LEVELS_OF_SKUS, {"sku_ids": list(known)}):
         view = level_view(r)
         every[(r.sku_id, r.location_id)] = view
         # every position counts toward the version, active or not, so switching a location off and
