@@ -240,6 +240,9 @@ async def test_two_relays_share_the_outbox_and_publish_each_row_once(rig: Rig) -
         def __init__(self) -> None:
             self.keys: list[tuple[str, str]] = []
 
+        def observe(self, observer: Any) -> None:
+            """Nothing comes back: these relays only publish."""
+
         async def publish_many(self, changes: list[Change]) -> None:
             await asyncio.sleep(0.01)  # hold the claim a moment, so the other relay must skip it
             self.keys += [(c.kind, c.key) for c in changes]
@@ -268,3 +271,44 @@ async def test_two_relays_share_the_outbox_and_publish_each_row_once(rig: Rig) -
     published = captures[0].keys + captures[1].keys
     assert sorted(published) == sorted((codec.AVAILABILITY, c) for c in codes)  # each once, none lost
     assert captures[0].keys and captures[1].keys  # and both relays did part of the work
+
+
+def _availability(version: int, available: int) -> Change:
+    data = {"sku": SKU, "channel": None, "available": available, "oversold": 0, "version": version, "locations": []}
+    return Change(codec.AVAILABILITY, SKU, version, data)
+
+
+async def test_a_skipped_state_overtaken_by_another_relays_older_message_goes_out_again() -> None:
+    """Relay A published 20 units at v1, relay B 17 at v2, and A skipped v3 (20 again: "no news" to A)
+    before B's message reached it. Subscribers would stay at 17: A must publish v3 after all."""
+    from broadcaster import Broadcast
+
+    from app.realtime.hub import Hub
+    from app.realtime.redis_backend import InMemoryBackend
+
+    broadcast = Broadcast(backend=InMemoryBackend("memory://"))
+    await broadcast.connect()
+    hub = Hub(broadcast, channel="relay-aba")
+    await hub.start()
+    try:
+        ctx = Ctx(db=Database("sqlite+aiosqlite://"), settings=Settings())
+        relay_a = OutboxRelay(ctx, hub)
+        subscriber = hub.subscribe(codec.AVAILABILITY, {SKU})
+        relay_a._remember([_availability(1, 20)])  # A published v1
+        assert relay_a._is_news(_availability(3, 20)) is False  # same figures as A's last: skipped
+        await hub.publish_many([_availability(2, 17)])  # B's v2 arrives (through the hub) only now
+        got = [await asyncio.wait_for(subscriber.get(), TIMEOUT)]
+        assert got[0][1:] == (2, _availability(2, 17).data)
+        assert list(relay_a._republish) == [(codec.AVAILABILITY, SKU)]
+        await relay_a._publish_overtaken()
+        got.append(await asyncio.wait_for(subscriber.get(), TIMEOUT))
+        assert (got[1][1], got[1][2]["available"]) == (3, 20)  # subscribers end at the true figures
+        assert relay_a.republished_count == 1 and not relay_a._republish
+
+        # an older message with the same figures as the skipped state changes nothing
+        relay_a.observe([_availability(1, 20)])
+        assert not relay_a._republish
+        await ctx.db.dispose()
+    finally:
+        await hub.stop()
+        await broadcast.disconnect()

@@ -191,6 +191,7 @@ class Hub:
         self._task: asyncio.Task[None] | None = None
         self._subscribed = False
         self._backend = _monitored_backend(broadcast)
+        self._observers: list[Callable[[list[Change]], None]] = []
 
     @property
     def channel(self) -> str:
@@ -245,6 +246,10 @@ class Hub:
             body = chunk[0].as_json() if len(chunk) == 1 else {"changes": [c.as_json() for c in chunk]}
             await self._broadcast.publish(self._channel, _encode(body))
 
+    def observe(self, observer: Callable[[list[Change]], None]) -> None:
+        """Also hand every decoded message (from any process, this one's included) to `observer`."""
+        self._observers.append(observer)
+
     def subscribe(self, kind: str, keys: set[str] | None = None, match: KeyMatcher | None = None) -> Mailbox:
         """A mailbox for `kind`: only `keys`, or keys accepted by `match`, or (neither given) all keys."""
         if keys is not None and match is not None:
@@ -283,6 +288,11 @@ class Hub:
         except (ValueError, TypeError, RecursionError) as exc:
             logger.warning("dropping malformed change message (%s): %.200r", exc, message)
             return 0
+        for observer in self._observers:
+            try:
+                observer(changes)
+            except Exception:
+                logger.exception("change observer %r failed", observer)
         delivered = 0
         for change in changes:
             kind, key, version, data = change.kind, change.key, change.version, change.data

@@ -13,6 +13,7 @@ shared object on; what remains per subscriber is Strawberry's execution of the s
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any, Generic, TypeVar
@@ -59,6 +60,50 @@ class _SharedDecoder(Generic[V]):
         return view, content
 
 
+class _SnapshotBatcher(Generic[V]):
+    """Concurrent snapshot reads of one kind become one query per page of distinct codes.
+
+    Thousands of subscribers arriving together (a deploy, a reconnect storm, every stream resyncing
+    after a Redis outage) would otherwise each hold a pooled connection for the same few rows and
+    time out waiting for the pool. Requests that arrive while a read is running wait for the next
+    one, which serves all of them: no added delay when idle, one read per round under load.
+    """
+
+    def __init__(self, read: Callable[[list[str]], Awaitable[list[V]]], key_of: Callable[[V], str]) -> None:
+        self._read: Callable[[list[str]], Awaitable[list[V]]] = read
+        self._key_of: Callable[[V], str] = key_of
+        self._waiting: list[tuple[list[str], asyncio.Future[list[V]]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def read(self, codes: list[str]) -> list[V]:
+        """The current views of `codes`, in that order (codes that match nothing are left out)."""
+        future: asyncio.Future[list[V]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((codes, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._serve(), name="stockwire-snapshot-reads")
+        return await future
+
+    async def _serve(self) -> None:
+        while self._waiting:
+            await asyncio.sleep(0)  # let the requests of this loop iteration join the round
+            batch, self._waiting = self._waiting, []
+            batch = [(codes, f) for codes, f in batch if not f.done()]  # a cancelled subscriber
+            wanted = list(dict.fromkeys(code for codes, _ in batch for code in codes))
+            try:
+                found: dict[str, V] = {}
+                for start in range(0, len(wanted), queries.MAX_PAGE):
+                    for view in await self._read(wanted[start : start + queries.MAX_PAGE]):
+                        found[self._key_of(view)] = view
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for codes, future in batch:
+                if not future.done():
+                    future.set_result([found[c] for c in codes if c in found])
+
+
 class Streams:
     def __init__(self, ctx: Ctx, hub: Hub, settings: RealtimeSettings | None = None) -> None:
         self.ctx = ctx
@@ -66,6 +111,8 @@ class Streams:
         self.settings = settings or RealtimeSettings()
         self._availability: dict[str, _SharedDecoder[AvailabilityView]] = {}
         self._levels = _SharedDecoder(codec.STOCK_LEVEL, codec.level_from_data)
+        # per channel (None: all active locations): concurrent snapshot reads share queries
+        self._snapshots: dict[str | None, _SnapshotBatcher[AvailabilityView]] = {}
 
     def availability(
         self, sku_codes: list[str] | None, channel_code: str | None = None
@@ -81,17 +128,26 @@ class Streams:
 
         async def snapshot(seen: Iterable[str]) -> list[AvailabilityView]:
             wanted = codes if codes is not None else sorted(seen)
-            if channel_code is not None:
-                await self._check_channel(channel_code)  # even for no SKUs: an unknown channel is an error
-            views: list[AvailabilityView] = []
-            for start in range(0, len(wanted), queries.MAX_PAGE):
-                views += await self._read_availability(wanted[start : start + queries.MAX_PAGE], channel_code)
-            return views
+            if not wanted:
+                if channel_code is not None:
+                    await self._check_channel(channel_code)  # even for no SKUs: an unknown channel is an error
+                return []
+            return await self._snapshots_of(channel_code).read(wanted)
 
         def key_of(v: AvailabilityView) -> str:
             return v.sku_code
 
         return _stream(self.hub, mailbox, snapshot, decoder, key_of, codec.availability_to_data)
+
+    def _snapshots_of(self, channel_code: str | None) -> _SnapshotBatcher[AvailabilityView]:
+        batcher = self._snapshots.get(channel_code)
+        if batcher is None:
+
+            async def read(codes: list[str]) -> list[AvailabilityView]:
+                return await self._read_availability(codes, channel_code)
+
+            batcher = self._snapshots[channel_code] = _SnapshotBatcher(read, lambda v: v.sku_code)
+        return batcher
 
     async def _read_availability(self, codes: list[str], channel_code: str | None) -> list[AvailabilityView]:
         if channel_code is None:
