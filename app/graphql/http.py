@@ -10,7 +10,8 @@ Strawberry's ASGI view answers every request with `application/json` and status 
   Nothing acceptable: 406.
 * Malformed requests are 4xx whatever the media type: 400 bad JSON or non-UTF-8, 413 body over
   `max_body_bytes`, 415 a content type other than JSON, 405 (with `Allow: POST`) a mutation or
-  subscription sent with GET, 401 (with `WWW-Authenticate`) a missing, unknown or revoked key.
+  subscription sent with GET, 400 a subscription sent with POST (websockets only), 401 (with
+  `WWW-Authenticate`) a missing, unknown or revoked key.
   Their bodies are GraphQL responses too: `{"errors": [{"message", "extensions": {"code"}}]}`.
 * Every response carries `X-Request-Id`; masked faults carry it in `extensions.requestId`.
 
