@@ -206,20 +206,7 @@ async def _hold_all(
     )
     await stock.write_ledger(
         conn,
-        [
-            stock.ledger_row(
-                kind=LedgerKind.RESERVED.value,
-                status=EventStatus.APPLIED.value,
-                pair=p,
-                quantity=q,
-                delta=Delta(reserved=q),
-                version=versions[p],
-                now=now,
-                reservation_id=rid,
-                reference=req.cart_ref,
-            )
-            for p, q in sorted(held.items())
-        ],
+        [_reserved_row(p, q, versions[p], now, rid, req.cart_ref) for p, q in sorted(held.items())],
     )
     await stock.enqueue_changes(conn, set(held) | set(backordered), now)
     view = _view_of_new(req, now, expires_at, rid, sku_rows, loc_rows, held, backordered)
@@ -259,23 +246,28 @@ async def _hold_named(
         version = await _hold_or_expire(conn, now, pair, wanted[pair])
         if version is None:
             raise Refused([await _insufficient(conn, line_of[pair], [pair[1]])])
-        ledger.append(
-            stock.ledger_row(
-                kind=LedgerKind.RESERVED.value,
-                status=EventStatus.APPLIED.value,
-                pair=pair,
-                quantity=wanted[pair],
-                delta=Delta(reserved=wanted[pair]),
-                version=version,
-                now=now,
-                reservation_id=rid,
-                reference=req.cart_ref,
-            )
-        )
+        ledger.append(_reserved_row(pair, wanted[pair], version, now, rid, req.cart_ref))
     await stock.write_ledger(conn, ledger)
     view = _view_of_new(req, now, expires_at, rid, sku_rows, loc_rows, wanted, {})
     assert view is not None  # every location was named
     return view
+
+
+def _reserved_row(
+    pair: stock.Pair, quantity: int, version: int, now: datetime, reservation_id: str, reference: str | None
+) -> dict[str, Any]:
+    """The ledger row of units held for a reservation (the fold of the ledger must equal the position)."""
+    return stock.ledger_row(
+        kind=LedgerKind.RESERVED.value,
+        status=EventStatus.APPLIED.value,
+        pair=pair,
+        quantity=quantity,
+        delta=Delta(reserved=quantity),
+        version=version,
+        now=now,
+        reservation_id=reservation_id,
+        reference=reference,
+    )
 
 
 def _view_of_new(
@@ -685,20 +677,7 @@ async def record_holds(
     )
     await stock.write_ledger(
         conn,
-        [
-            stock.ledger_row(
-                kind=LedgerKind.RESERVED.value,
-                status=EventStatus.APPLIED.value,
-                pair=p,
-                quantity=q,
-                delta=Delta(reserved=q),
-                version=versions[p],
-                now=now,
-                reservation_id=reservation_id,
-                reference=reference,
-            )
-            for p, q in pairs
-        ],
+        [_reserved_row(p, q, versions[p], now, reservation_id, reference) for p, q in pairs],
     )
     await stock.enqueue_changes(conn, {p for p, _ in pairs} | set(backordered), now)
 
