@@ -318,6 +318,9 @@ async def _candidate_rows_pg(
     if channel_id is not None:
         params["channel"] = channel_id
         statement = _CANDIDATES_CHANNEL_PG
+    code_of = code_of_sku.__getitem__
+    # map/zip/dict run in C: this is built for every location on every order (asyncpg already gives
+    # the bigint array as Python ints)
     return [
         (
             loc_id,
@@ -329,7 +332,7 @@ async def _candidate_rows_pg(
             cost,
             capacity,
             orders,
-            {} if sku_ids is None else {code_of_sku[i]: int(q) for i, q in zip(sku_ids, units, strict=True)},
+            {} if sku_ids is None else dict(zip(map(code_of, sku_ids), units, strict=True)),
             linked,
         )
         for loc_id, code, active, priority, lat, lon, cost, capacity, orders, sku_ids, units, linked in (
