@@ -222,3 +222,15 @@ def test_the_defaults_suit_a_public_storefront() -> None:
     assert (s.max_query_depth, s.max_aliases, s.max_query_tokens) == (10, 20, 2000)
     assert s.max_body_bytes == 1_048_576 and s.max_input_items == 10_000 and s.max_batch_size == 1000
     assert s.allowed_origins == []  # same-origin pages and non-browser clients only, until listed
+
+
+def test_input_items_count_every_list_at_any_depth() -> None:
+    import app.graphql.schema  # noqa: F401  (builds the schema, so input types are resolved)
+    from app.graphql.inputs import ReserveInput, ReserveLineInput
+    from app.graphql.permissions import count_items
+
+    lines = [ReserveLineInput(sku_code=f"S{i}", quantity=1, location_code=None) for i in range(3)]
+    assert count_items(ReserveInput(lines=lines, idempotency_key="k")) == 3
+    assert count_items([ReserveInput(lines=lines, idempotency_key="k")] * 2) == 2 + 6
+    assert count_items([["a", "b"], ["c"], []]) == 3 + 3
+    assert count_items("a string") == 0 and count_items(None) == 0

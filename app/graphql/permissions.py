@@ -12,13 +12,19 @@ a RATE_LIMITED userError, as the contract wants expected refusals reported.
 from __future__ import annotations
 
 import inspect
+from functools import cache
 from typing import Any
 
 from graphql import GraphQLError
 from strawberry.extensions.field_extension import AsyncExtensionResolver, FieldExtension
 from strawberry.permission import BasePermission, PermissionExtension
 from strawberry.types import Info
-from strawberry.types.base import StrawberryList, StrawberryObjectDefinition, get_object_definition
+from strawberry.types.base import (
+    StrawberryList,
+    StrawberryObjectDefinition,
+    StrawberryOptional,
+    get_object_definition,
+)
 from strawberry.types.field import StrawberryField
 from strawberry.utils.str_converters import to_camel_case
 
@@ -115,13 +121,38 @@ class ScopeCheck(PermissionExtension):
         return result if inspect.isasyncgen(result) else await result
 
 
+@cache
+def _nested_fields(cls: type) -> tuple[str, ...]:
+    """The fields of an input type that may hold lists (or input objects that may): the only ones
+    worth visiting. Cached per class, so a batch of 1,000 flat events costs one lookup each."""
+    definition = get_object_definition(cls)
+    if definition is None:
+        return tuple(getattr(cls, "__dataclass_fields__", ()))
+    nested: list[str] = []
+    for f in definition.fields:
+        t: Any = f.type
+        while isinstance(t, StrawberryOptional):
+            t = t.of_type
+        if isinstance(t, StrawberryList) or get_object_definition(t) is not None:
+            nested.append(f.python_name)
+    return tuple(nested)
+
+
 def count_items(value: Any) -> int:
     """List items in an argument value, nested lists and input objects included."""
     if isinstance(value, list):
-        return len(value) + sum(count_items(v) for v in value if not isinstance(v, str | int | float | bool))
-    fields = getattr(value, "__dataclass_fields__", None)  # a Strawberry input object
-    if fields is not None:
-        return sum(count_items(getattr(value, name, None)) for name in fields)
+        total = len(value)
+        for v in value:
+            item: type = type(v)
+            if item is list:
+                total += count_items(v)
+            elif hasattr(item, "__strawberry_definition__"):
+                for name in _nested_fields(item):  # nothing to visit for a flat input (an event)
+                    total += count_items(getattr(v, name))
+        return total
+    cls: type = type(value)
+    if hasattr(cls, "__strawberry_definition__"):  # an input object
+        return sum(count_items(getattr(value, name)) for name in _nested_fields(cls))
     return 0
 
 
