@@ -549,3 +549,38 @@ async def test_without_a_backorder_allowance_an_unservable_line_is_a_user_error(
     ]
     assert refused["decision"]["lines"][0]["unservedQuantity"] == 3
     assert await _reserved(api) == {}
+
+
+SET_RING_FENCES = """mutation($channel: String!, $input: [RingFenceInput!]!) {
+  setRingFences(channelCode: $channel, input: $input) { count userErrors { code message } } }"""
+
+
+async def test_units_ring_fenced_for_another_channel_are_not_routed(api: Api) -> None:
+    await _places(api)
+    await receive(api, "A", "DEN", 5)
+    await receive(api, "A", "CHI", 5)
+    data = await api.ok(
+        UPSERT_CHANNELS,
+        input=[
+            {"code": "WEB", "name": "Web", "locationCodes": ["DEN", "CHI"]},
+            {"code": "POS", "name": "Stores", "locationCodes": ["DEN"]},
+        ],
+    )
+    assert data["upsertChannels"]["userErrors"] == []
+    data = await api.ok(SET_RING_FENCES, channel="POS", input=[{"skuCode": "A", "locationCode": "DEN", "units": 4}])
+    assert data["setRingFences"] == {"count": 1, "userErrors": []}
+
+    # Denver is closest, but only 1 of its 5 units is not kept for the stores: 2 go from Chicago
+    dry = await _route(api, [("A", 2)], channelCode="WEB", destination=BOULDER)
+    assert dry["userErrors"] == []
+    assert _shipped(dry) == {"CHI": {"A": 2}}
+    seen = {c["locationCode"]: c["coversUnits"] for c in dry["candidates"] if c["excluded"] is None}
+    assert seen == {"DEN": 1, "CHI": 2}
+    routed = await _route_and_reserve(api, [("A", 2)], orderRef="o-fenced", channelCode="WEB", destination=BOULDER)
+    assert routed["userErrors"] == []
+    assert _shipped(routed["decision"]) == {"CHI": {"A": 2}}
+    assert await _reserved(api) == {("A", "CHI"): 2}
+    # the stores' own orders may use their fence
+    routed = await _route_and_reserve(api, [("A", 4)], orderRef="o-store", channelCode="POS", destination=BOULDER)
+    assert routed["userErrors"] == []
+    assert _shipped(routed["decision"]) == {"DEN": {"A": 4}}

@@ -43,13 +43,22 @@ from app.db.tables import (
     location_daily_orders,
     location_routing,
     locations,
+    reservation_lines,
+    ring_fences,
     routing_decisions,
     skus,
     stock_levels,
 )
+from app.db.tables import reservations as reservations_table
 from app.db.types import UTCDateTime
 from app.domain.errors import ErrorCode, Refused, UserError
-from app.domain.reservations import RequestedLine, lines_fingerprint, validate_lines, validate_ttl
+from app.domain.reservations import (
+    RequestedLine,
+    ReservationStatus,
+    lines_fingerprint,
+    validate_lines,
+    validate_ttl,
+)
 from app.domain.routing import (
     Candidate,
     CandidateScore,
@@ -253,11 +262,19 @@ async def _load(conn: AsyncConnection, req: RouteOrderRequest, now: datetime) ->
         if conn.dialect.name == "postgresql"
         else await _candidate_rows(conn, code_of_sku, _day(now), channel.id if channel is not None else None)
     )
+    fenced: dict[tuple[str, int], int] = {}
+    if channel is not None:
+        fenced = await _fenced_for_others(conn, channel.id, code_of_sku)
     location_ids: dict[str, int] = {}
     candidates: list[Candidate] = []
     # positional unpacking and no per-field keywords: this loop runs for every location on every order
     for loc_id, code, active, priority, lat, lon, cost, capacity, orders, stocked, linked in rows:
         location_ids[code] = loc_id
+        if fenced and stocked:
+            # units kept at this location for other channels are not this channel's to route
+            stocked = {
+                sku: left for sku, units in stocked.items() if (left := units - fenced.get((sku, loc_id), 0)) > 0
+            }
         candidates.append(
             Candidate(
                 code,
@@ -279,6 +296,44 @@ async def _load(conn: AsyncConnection, req: RouteOrderRequest, now: datetime) ->
         ranking=_parse_ranking(channel.routing_ranking) if channel is not None else None,
         channel_backorder_limit=channel.backorder_limit if channel is not None else None,
     )
+
+
+async def _fenced_for_others(
+    conn: AsyncConnection, channel_id: int, code_of_sku: dict[int, str]
+) -> dict[tuple[str, int], int]:
+    """(sku code, location id) -> units ring-fenced there for other channels, less what those channels
+    already hold there in active reservations: the same rule as a channel's figure
+    (`app.services.channels`), so routing never plans a hold the channel's rules would refuse."""
+    rf = ring_fences
+    fences = list(
+        await conn.execute(
+            select(rf.c.sku_id, rf.c.location_id, rf.c.units, channels.c.code)
+            .join(channels, channels.c.id == rf.c.channel_id)
+            .where(rf.c.sku_id.in_(list(code_of_sku)), rf.c.channel_id != channel_id, rf.c.units > 0)
+        )
+    )
+    if not fences:
+        return {}
+    r_, rl = reservations_table, reservation_lines
+    held = {
+        (r.channel_code, r.sku_id, r.location_id): int(r.units)
+        for r in await conn.execute(
+            select(r_.c.channel_code, rl.c.sku_id, rl.c.location_id, func.sum(rl.c.quantity).label("units"))
+            .join(r_, r_.c.id == rl.c.reservation_id)
+            .where(
+                r_.c.status == ReservationStatus.ACTIVE.value,
+                r_.c.channel_code.in_({f.code for f in fences}),
+                rl.c.sku_id.in_(list(code_of_sku)),
+            )
+            .group_by(r_.c.channel_code, rl.c.sku_id, rl.c.location_id)
+        )
+    }
+    out: dict[tuple[str, int], int] = {}
+    for f in fences:
+        left = max(0, int(f.units) - held.get((f.code, f.sku_id, f.location_id), 0))
+        key = (code_of_sku[f.sku_id], f.location_id)
+        out[key] = out.get(key, 0) + left
+    return out
 
 
 # "what a location can sell now", as PostgreSQL spells it
