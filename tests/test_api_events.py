@@ -177,3 +177,16 @@ async def test_future_and_naive_times_are_refused(api: Api) -> None:
     assert [e["code"] for e in result["userErrors"]] == ["INVALID_INPUT"]
     naive = await api.ok(RECORD, input=[{**event("RECEIVED", "SKU-1", "WH-1", 1), "occurredAt": "2026-01-01T00:00:00"}])
     assert [e["code"] for e in naive["recordInventoryEvents"]["userErrors"]] == ["INVALID_INPUT"]
+
+
+async def test_a_full_batch_at_a_thousand_positions_applies(api: Api) -> None:
+    """The largest legal batch (max_batch_size 1,000) at 1,000 distinct positions: SQLite refuses
+    expression trees deeper than 1,000, so the positions must not be locked with one OR per pair."""
+    skus = [f"SKU-{i:03}" for i in range(500)]
+    await catalogue(api, skus=skus, locations=[("WH-1", 10), ("WH-2", 20)])
+    events = [event("RECEIVED", s, loc, 1 + i % 7) for i, s in enumerate(skus) for loc in ("WH-1", "WH-2")]
+    result = await record(api, *events)
+    assert result["userErrors"] == []
+    assert len(result["results"]) == 1000 and {r["status"] for r in result["results"]} == {"APPLIED"}
+    rows = await api.sql("SELECT count(*), sum(on_hand) FROM stock_levels WHERE version = 1")
+    assert tuple(rows[0]) == (1000, 2 * sum(1 + i % 7 for i in range(500)))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, bindparam, func, insert, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -77,7 +77,9 @@ async def hold(conn: AsyncConnection, sku_id: int, location_id: int, quantity: i
 
 
 def _pairs_clause(pairs: Sequence[Pair]) -> ColumnElement[bool]:
-    return or_(*(and_(sl.c.sku_id == s, sl.c.location_id == loc) for s, loc in pairs))
+    # a row-value IN, not one OR per pair: SQLite refuses expression trees deeper than 1,000, which a
+    # legal batch of 1,000 events at distinct positions would reach
+    return tuple_(sl.c.sku_id, sl.c.location_id).in_(list(pairs))
 
 
 async def ensure_positions(conn: AsyncConnection, pairs: Iterable[Pair], now: datetime) -> None:
