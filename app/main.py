@@ -11,6 +11,8 @@ from typing import Any
 
 from broadcaster import Broadcast
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -171,6 +173,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
             WebSocketRoute("/graphql", graphql_app),
         ],
         lifespan=lifespan,
+        # browser storefronts on the listed origins may call the API over HTTP too (the same list
+        # admits their websockets); with no list, only same-origin pages and non-browser clients
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=runtime.settings.allowed_origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-Id"],
+                expose_headers=["X-Request-Id"],
+                max_age=600,
+            )
+        ]
+        if runtime.settings.allowed_origins
+        else [],
     )
     app.state.runtime = runtime
     return app

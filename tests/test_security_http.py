@@ -234,3 +234,40 @@ def test_input_items_count_every_list_at_any_depth() -> None:
     assert count_items([ReserveInput(lines=lines, idempotency_key="k")] * 2) == 2 + 6
     assert count_items([["a", "b"], ["c"], []]) == 3 + 3
     assert count_items("a string") == 0 and count_items(None) == 0
+
+
+# -- browsers on other origins ------------------------------------------------------------------------
+
+
+async def test_only_listed_origins_get_cors_answers(tmp_path: Path, sqlite_template: Path, api: Api) -> None:
+    shop = "https://shop.example.com"
+    preflight = {
+        "Origin": shop,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    # the default lists no origin: a browser on another origin gets no CORS grant (same-origin only)
+    unlisted = await api.client.options("/graphql", headers=preflight)
+    assert "access-control-allow-origin" not in unlisted.headers
+    path = tmp_path / "stockwire.db"
+    shutil.copy(sqlite_template, path)
+    url = f"sqlite+aiosqlite:///{path}"
+    key = await create_test_key(url)
+    app = create_app(Settings(database_url=url, allowed_origins=[shop]))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            granted = await client.options("/graphql", headers=preflight)
+            assert granted.status_code == 200
+            assert granted.headers["access-control-allow-origin"] == shop
+            assert "authorization" in granted.headers["access-control-allow-headers"].lower()
+            other = await client.options("/graphql", headers={**preflight, "Origin": "https://evil.example"})
+            assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+            answer = await client.post(
+                "/graphql",
+                json={"query": QUERY},
+                headers={"Origin": shop, "Authorization": f"Bearer {key}", "Accept": GRAPHQL_RESPONSE},
+            )
+            assert answer.status_code == 200 and answer.json()["data"] == {"availability": []}
+            assert answer.headers["access-control-allow-origin"] == shop
+            assert "x-request-id" in answer.headers["access-control-expose-headers"].lower()
