@@ -56,11 +56,14 @@ async def _reserve(client: httpx.AsyncClient, url: str, i: int) -> tuple[int, st
 async def test_concurrent_reserves_across_two_processes_never_oversell(postgres_url: str) -> None:
     await _truncate(postgres_url)
     with servers(2, postgres_url, db_pool_size="20") as (a, b):
+        async with httpx.AsyncClient(timeout=60, headers=a.headers) as setup:
+            for query in (SETUP, STOCK):
+                r = await setup.post(f"{a.url}/graphql", json={"query": query})
+                assert "errors" not in r.json(), r.json()
+        # a fresh client for the race: a keep-alive connection left idle by the set-up could be closed
+        # by the server (uvicorn's 5 s keep-alive) just as the race reuses it, on a slow machine
         limits = httpx.Limits(max_connections=300)
         async with httpx.AsyncClient(timeout=60, limits=limits, headers=a.headers) as client:
-            for query in (SETUP, STOCK):
-                r = await client.post(f"{a.url}/graphql", json={"query": query})
-                assert "errors" not in r.json(), r.json()
             results = await asyncio.gather(*(_reserve(client, (a, b)[i % 2].url, i) for i in range(240)))
 
     refusals = Counter(code for _, code in results if code is not None)
