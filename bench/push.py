@@ -61,6 +61,7 @@ from _common import (
     drop_database,
     graphql,
     migrate,
+    pg_dsn,
     recreate_database,
     say,
     set_api_key,
@@ -461,18 +462,46 @@ async def memory_phase(a: Server, key: str | None, skus: list[str], idle: int) -
 
 
 async def latency_phase(
-    a: Server, b: Server, key: str | None, skus: list[str], per_sku: int, rate: float, seconds: float
+    a: Server,
+    b: Server,
+    key: str | None,
+    skus: list[str],
+    per_sku: int,
+    rate: float,
+    seconds: float,
+    channel: str,
+    db: str,
 ) -> dict[str, Any]:
     sink = Receipts()
     n_subs = len(skus) * per_sku
     conns = await open_connections(a.port, key, -(-n_subs // PER_CONNECTION), sink)
     ops = subscribe_spread(conns, skus, per_sku)
+    op_conn = {op: i // PER_CONNECTION for i, op in enumerate(ops)}
     await wait_for_messages(sink, n_subs, "the initial states")
     say(f"latency: {n_subs} subscriptions on A over {len(conns)} connections have their initial state")
     initial = {op: p for _, op, p in sink.parsed()}
     base = {sku: p["available"] for sku, p in ((ops[op], p) for op, p in initial.items())}
     sink.raw.clear()
 
+    # what went through Redis: tells a publication problem from a delivery problem
+    from redis.asyncio import Redis
+
+    published: dict[str, int] = {}
+    listener = Redis.from_url(REDIS_URL)
+    pubsub = listener.pubsub()
+    await pubsub.subscribe(channel)
+
+    async def listen() -> None:
+        while True:
+            m = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if m is None:
+                continue
+            body = json.loads(m["data"])
+            for c in body.get("changes", [body]):
+                if c["kind"] == "availability":
+                    published[c["key"]] = max(published.get(c["key"], 0), c["version"])
+
+    listening = asyncio.create_task(listen())
     servers = a.pids() + b.pids()
     cpu0 = cpu_snapshot(servers, None)
     async with Writer(b.port) as writer:
@@ -497,6 +526,19 @@ async def latency_phase(
     while not converged() and time.monotonic() < deadline:  # noqa: ASYNC110 (polls what callbacks collect)
         await asyncio.sleep(0.5)
     close_all(conns)
+    listening.cancel()
+    await pubsub.aclose()
+    await listener.aclose()
+    stale = sorted(s for s in skus if published.get(s, 0) < final[s]["version"])
+    if stale:
+        import asyncpg
+
+        pg = await asyncpg.connect(pg_dsn(db))
+        try:
+            left = await pg.fetchval("SELECT count(*) FROM outbox")
+        finally:
+            await pg.close()
+        say(f"  SKUs whose latest version never went through Redis: {len(stale)} {stale[:5]}; outbox rows: {left}")
 
     # the k-th change of a SKU made it base + k: that is how a receipt finds its change
     by_figure: dict[tuple[str, int], Change] = {}
@@ -525,6 +567,11 @@ async def latency_phase(
         from_stamp.append(at - stamp)
     behind = [op for op, want in expected.items() if last_seen.get(op, initial[op]["available"]) != want]
     final_ok = len(expected) - len(behind)
+    if behind:
+        per_conn: dict[int, int] = defaultdict(int)
+        for op in behind:
+            per_conn[op_conn[op]] += 1
+        say(f"  behind per connection: {dict(sorted(per_conn.items()))}; closed: {[c.closed for c in conns]}")
     for op in behind[:5]:  # what a subscriber that did not end at the truth saw
         got = [(p["available"], p["version"]) for _, o, p in sink.parsed() if o == op]
         say(
@@ -614,7 +661,7 @@ async def amain(a: argparse.Namespace) -> int:
         mem = None
         if not a.skip_memory:
             mem = await memory_phase(srv_a, key, skus, a.idle)
-        lat = await latency_phase(srv_a, srv_b, key, skus, a.per_sku, a.rate, a.seconds)
+        lat = await latency_phase(srv_a, srv_b, key, skus, a.per_sku, a.rate, a.seconds, channel, a.db)
         fan = await fanout_phase(srv_a, srv_b, key, fan_sku, a.fanout)
 
         print()
