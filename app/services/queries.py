@@ -82,7 +82,7 @@ async def availability_in(conn: AsyncConnection, sku_codes: list[str]) -> list[A
     """Across all active locations: Σ max(0, available); in the order asked, unknown codes left out."""
     views, _ = await availability_and_levels(conn, sku_codes=sku_codes)
     by_code = {v.sku_code: v for v in views}
-    return [by_code[c] for c in dict.fromkeys(sku_codes) if c in by_code]
+    return [by_code[c] for c in sku_codes if c in by_code]
 
 
 async def availability_and_levels(

@@ -143,19 +143,7 @@ async def _claim_key(
     """Insert the ACTIVE reservation row unless its idempotency key is taken; its id, or None if taken.
 
     A refusal later in the transaction rolls the row back, so a refused attempt is not remembered."""
-    rid = str(uuid.uuid4())
-    row = {
-        "id": rid,
-        "status": ReservationStatus.ACTIVE.value,
-        "idempotency_scope": req.idempotency_scope,
-        "idempotency_key": req.idempotency_key,
-        "fingerprint": fingerprint,
-        "channel_code": req.channel_code,
-        "cart_ref": req.cart_ref,
-        "created_at": now,
-        "updated_at": now,
-        "expires_at": now + timedelta(seconds=ttl),
-    }
+    row = _active_row(now, ttl, req.idempotency_scope, req.idempotency_key, fingerprint, req.channel_code, req.cart_ref)
     stmt = _CLAIM_POSTGRES if conn.dialect.name == "postgresql" else _CLAIM_SQLITE
     return cast(str | None, (await conn.execute(stmt, row)).scalar_one_or_none())
 
@@ -191,24 +179,7 @@ async def _hold_all(
             for pair, q, version in await _hold_anywhere(conn, now, sku_id, line):
                 held[pair] += q
                 versions[pair] = version
-    await conn.execute(
-        insert(rl),
-        [
-            {
-                "reservation_id": rid,
-                "sku_id": p[0],
-                "location_id": p[1],
-                "quantity": held.get(p, 0),
-                "backordered": backordered.get(p, 0),
-            }
-            for p in sorted(set(held) | set(backordered))
-        ],
-    )
-    await stock.write_ledger(
-        conn,
-        [_reserved_row(p, q, versions[p], now, rid, req.cart_ref) for p, q in sorted(held.items())],
-    )
-    await stock.enqueue_changes(conn, set(held) | set(backordered), now)
+    await record_holds(conn, now, rid, held, versions, req.cart_ref, backordered)
     view = _view_of_new(req, now, expires_at, rid, sku_rows, loc_rows, held, backordered)
     return view if view is not None else (await load_views(conn, now, [rid]))[0]
 
@@ -630,23 +601,33 @@ async def open_reservation(
 ) -> str:
     """Insert an ACTIVE reservation row with no lines yet; returns its id. Insert it before holding:
     a concurrent call with the same key then fails on the unique key, before it holds anything."""
-    rid = str(uuid.uuid4())
-    await conn.execute(
-        insert(r_).values(
-            id=rid,
-            status=ReservationStatus.ACTIVE.value,
-            idempotency_scope=idempotency_scope,
-            idempotency_key=idempotency_key,
-            fingerprint=fingerprint,
-            channel_code=channel_code,
-            cart_ref=cart_ref,
-            order_ref=order_ref,
-            created_at=now,
-            updated_at=now,
-            expires_at=now + timedelta(seconds=ttl_seconds),
-        )
-    )
-    return rid
+    row = _active_row(now, ttl_seconds, idempotency_scope, idempotency_key, fingerprint, channel_code, cart_ref)
+    await conn.execute(insert(r_), {**row, "order_ref": order_ref})
+    return str(row["id"])
+
+
+def _active_row(
+    now: datetime,
+    ttl_seconds: int,
+    idempotency_scope: str,
+    idempotency_key: str,
+    fingerprint: str,
+    channel_code: str | None,
+    cart_ref: str | None,
+) -> dict[str, Any]:
+    """A new ACTIVE reservation row (reserve and routeAndReserve both open one before holding)."""
+    return {
+        "id": str(uuid.uuid4()),
+        "status": ReservationStatus.ACTIVE.value,
+        "idempotency_scope": idempotency_scope,
+        "idempotency_key": idempotency_key,
+        "fingerprint": fingerprint,
+        "channel_code": channel_code,
+        "cart_ref": cart_ref,
+        "created_at": now,
+        "updated_at": now,
+        "expires_at": now + timedelta(seconds=ttl_seconds),
+    }
 
 
 async def record_holds(
@@ -662,8 +643,9 @@ async def record_holds(
     channel's backorder allowance, units `backordered` against incoming stock: a line, no ledger row)."""
     backordered = backordered or {}
     pairs = sorted((p, q) for p, q in held.items() if q)
-    await conn.execute(
-        insert(rl),
+    await stock.insert_rows(
+        conn,
+        _INSERT_LINE,
         [
             {
                 "reservation_id": reservation_id,
