@@ -456,3 +456,25 @@ class Result:
             f"bench client {c.client_s / n * 1e6:5.0f} us; machine busy {c.machine_busy_pct:3.0f}%, "
             f"other processes {c.others_cores:.2f} cores" + noisy
         )
+
+
+def print_profile(mode: str, prefix: str, labels: list[str], top: int = 30) -> None:
+    for n, label in enumerate(labels, start=1):
+        path = Path(f"{prefix}.{n}.{'txt' if mode == 'sample' else 'prof'}")
+        for _ in range(50):  # the server writes it on SIGUSR2
+            if path.exists():
+                break
+            time.sleep(0.1)
+        print(f"== server profile, {label} ({path}) ==")
+        if not path.exists():
+            print("  (no profile written)")
+            continue
+        if mode == "sample":
+            print(path.read_text())
+        else:
+            import pstats
+
+            st = pstats.Stats(str(path))
+            st.sort_stats("tottime").print_stats(top)
+            st.sort_stats("cumulative").print_stats(r"app/", top)
+        print()

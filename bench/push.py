@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/push.py [--seconds 15] [--rate 200] [--skus 200] [--per-sku 5]
                                    [--fanout 1000] [--idle 5000] [--skip-memory] [--keep-db]
+                                   [--profile sample|cprofile]
 
 On demand only (not part of the test suite). One run:
  1. re-creates the database `stockwire_bench_push`, migrates it, creates an API key; starts two servers,
@@ -19,7 +20,8 @@ On demand only (not part of the test suite). One run:
     saw strictly increasing versions and ends at the true state;
  5. FAN-OUT: `--fanout` subscriptions of one SKU on A (100 per connection); one change through B, five
     times: the time until the first and the last subscriber has it.
-The servers are killed and the database dropped in `finally`.
+The servers are killed and the database dropped in `finally`. With `--profile`, A and B run under
+bench/_profiled_server.py and the report of each for the latency phase is printed at the end.
 
 When did the change commit? The writer cannot see the commit itself, so latencies are given three ways:
 "after the response" (receipt - the writer got B's response: commit is before it; a lower bound),
@@ -40,6 +42,7 @@ import base64
 import contextlib
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -53,6 +56,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    PYTHON,
     RawHttp,
     Server,
     cpu_delta,
@@ -62,6 +66,7 @@ from _common import (
     graphql,
     migrate,
     pg_dsn,
+    print_profile,
     recreate_database,
     say,
     set_api_key,
@@ -471,6 +476,7 @@ async def latency_phase(
     seconds: float,
     channel: str,
     db: str,
+    profiled: bool = False,
 ) -> dict[str, Any]:
     sink = Receipts()
     n_subs = len(skus) * per_sku
@@ -504,9 +510,13 @@ async def latency_phase(
     listening = asyncio.create_task(listen())
     servers = a.pids() + b.pids()
     cpu0 = cpu_snapshot(servers, None)
+    for server in (a, b) if profiled else ():
+        os.kill(server.proc.pid, signal.SIGUSR1)  # _profiled_server.py: start measuring
     async with Writer(b.port) as writer:
         await writer.run(skus, rate, seconds)
     cpu1 = cpu_snapshot(servers, None)
+    for server in (a, b) if profiled else ():
+        os.kill(server.proc.pid, signal.SIGUSR2)  # stop measuring, write the report
     say(f"  {len(writer.changes)} changes committed through B ({writer.late} waited for a free connection)")
     final = await truth(b.port, skus)
     expected = {op: final[sku]["available"] for op, sku in ops.items()}
@@ -647,7 +657,11 @@ async def amain(a: argparse.Namespace) -> int:
         key = create_api_key(a.db, "admin,integration,storefront")
         set_api_key(key)
         for name in ("A", "B"):
-            server = start_server(a.db, extra_env=env)
+            argv = None
+            if a.profile:
+                out = f"/tmp/stockwire-push-prof-{name}"
+                argv = [PYTHON, "bench/_profiled_server.py", "--port", "{port}", "--out", out, "--mode", a.profile]
+            server = start_server(a.db, extra_env=env, argv=argv)
             started.append(server)
             await wait_ready(server)
             say(f"server {name} ready on port {server.port} (pid {server.proc.pid}), channel {channel}")
@@ -661,7 +675,9 @@ async def amain(a: argparse.Namespace) -> int:
         mem = None
         if not a.skip_memory:
             mem = await memory_phase(srv_a, key, skus, a.idle)
-        lat = await latency_phase(srv_a, srv_b, key, skus, a.per_sku, a.rate, a.seconds, channel, a.db)
+        lat = await latency_phase(
+            srv_a, srv_b, key, skus, a.per_sku, a.rate, a.seconds, channel, a.db, profiled=bool(a.profile)
+        )
         fan = await fanout_phase(srv_a, srv_b, key, fan_sku, a.fanout)
 
         print()
@@ -725,6 +741,8 @@ async def amain(a: argparse.Namespace) -> int:
                 f"{mem['per_sub_kb']:.1f} KB per subscriber (target <= 50 KB: "
                 f"{'MET' if mem['per_sub_kb'] <= 50 else 'MISSED'}; a bare Strawberry server: about 97 KB)"
             )
+        for name in ("A", "B") if a.profile else ():
+            print_profile(a.profile, f"/tmp/stockwire-push-prof-{name}", [f"server {name}, latency phase"])
         failed = bool(lat["regressions"] or lat["final_ok"] != lat["subs"] or lat["errors"])
         if failed:
             print("SANITY FAILED: see the receipts line above")
@@ -755,6 +773,7 @@ def main() -> None:
         "--db", default="stockwire_bench_push", help="database to (re-)create (default stockwire_bench_push)"
     )
     p.add_argument("--keep-db", action="store_true", help="keep the database afterwards")
+    p.add_argument("--profile", choices=("sample", "cprofile"), help="profile both servers in the latency phase")
     a = p.parse_args()
     try:
         import uvloop

@@ -55,6 +55,7 @@ from _common import (
     drop_database,
     migrate,
     pg_dsn,
+    print_profile,
     recreate_database,
     say,
     set_api_key,
@@ -466,28 +467,6 @@ def print_table(baseline: dict[str, Result], service: list[Result]) -> None:
         for s in r.tally.failure_samples:
             print(f"  failure ({r.label} {r.scenario}): {s}")
     print()
-
-
-def print_profile(mode: str, prefix: str, labels: list[str], top: int = 30) -> None:
-    for n, label in enumerate(labels, start=1):
-        path = Path(f"{prefix}.{n}.{'txt' if mode == 'sample' else 'prof'}")
-        for _ in range(50):  # the server writes it on SIGUSR2
-            if path.exists():
-                break
-            time.sleep(0.1)
-        print(f"== server profile, {label} ({path}) ==")
-        if not path.exists():
-            print("  (no profile written)")
-            continue
-        if mode == "sample":
-            print(path.read_text())
-        else:
-            import pstats
-
-            st = pstats.Stats(str(path))
-            st.sort_stats("tottime").print_stats(top)
-            st.sort_stats("cumulative").print_stats(r"app/", top)
-        print()
 
 
 # --- main ---------------------------------------------------------------------------------------------------

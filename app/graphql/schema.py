@@ -19,6 +19,7 @@ from strawberry.tools import merge_types
 
 from app.graphql.channels import ChannelMutation, ChannelQuery, ChannelSubscription
 from app.graphql.errors import ClientErrors, ErrorPolicy, StockwireSchema
+from app.graphql.fanout import SharedEventExecutor
 from app.graphql.keys import KeyMutation, KeyQuery
 from app.graphql.mutations import Mutation
 from app.graphql.permissions import secure
@@ -59,6 +60,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
         query=query,
         mutation=mutation,
         subscription=subscription,
+        execution_context_class=SharedEventExecutor,  # one rendering per subscription event (fanout.py)
         extensions=[
             # without these Strawberry parses and validates every request again (pitfalls.md #6)
             # factories: a fresh extension per request; the caches themselves are module-level and shared

@@ -8,6 +8,7 @@ from contextlib import aclosing
 import strawberry
 
 from app.graphql.context import Context
+from app.graphql.fanout import shared_root
 from app.graphql.types import Availability, StockLevel
 
 Info = strawberry.Info[Context, None]
@@ -24,7 +25,7 @@ class Subscription:
         # aclosing: when the client completes, the stream unsubscribes now, not when collected
         async with aclosing(info.context.realtime.availability(sku_codes, channel_code)) as views:
             async for view in views:
-                yield Availability.of(view)
+                yield shared_root(view, Availability.of)  # one object per view: see fanout.py
 
     @strawberry.subscription(
         description="Per-location stock of these SKUs and/or locations (both omitted: changes only)"
@@ -34,4 +35,4 @@ class Subscription:
     ) -> AsyncGenerator[StockLevel, None]:
         async with aclosing(info.context.realtime.stock_levels(sku_codes, location_codes)) as levels:
             async for level in levels:
-                yield StockLevel.of(level)
+                yield shared_root(level, StockLevel.of)

@@ -6,6 +6,9 @@ answers a client's ping. `PingingTransportWSHandler` also pings the client every
 clients answer with pong), so idle subscriptions keep proxies and load balancers from timing out
 and a client can tell a silent server from a dead one. Dead TCP peers are closed by uvicorn's
 websocket-level ping/pong (`--ws-ping-interval`/`--ws-ping-timeout`) on both protocols.
+
+It also sends `next` messages through `rendered_next`: a payload shared by many subscribers (see
+app/graphql/fanout.py) is JSON-encoded once, not once per subscriber.
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ import contextlib
 import logging
 from typing import Any
 
+from starlette.websockets import WebSocketDisconnect
+from strawberry.http.exceptions import WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
-from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage, Message
+
+from app.graphql.fanout import rendered_next
 
 log = logging.getLogger("stockwire.realtime")
 
@@ -28,6 +35,17 @@ class PingingTransportWSHandler(BaseGraphQLTransportWSHandler[Any, None]):
         await super().handle_connection_init(message)
         if self.connection_acknowledged and self._keepalive is None:
             self._keepalive = asyncio.create_task(self._ping_forever(), name="stockwire-ws-ping")
+
+    async def send_message(self, message: Message) -> None:
+        socket = getattr(self.websocket, "ws", None)  # Strawberry's Starlette adapter wraps the socket
+        text = rendered_next(dict(message), self.view.encode_json) if socket is not None else None
+        if socket is None or text is None:
+            await super().send_message(message)
+            return
+        try:
+            await socket.send_text(text)
+        except WebSocketDisconnect as exc:  # what the adapter's send_json raises, for the handler's loop
+            raise WebSocketDisconnected from exc
 
     async def shutdown(self) -> None:
         task, self._keepalive = self._keepalive, None

@@ -1,0 +1,139 @@
+"""Render a subscription event once per process, however many subscribers receive it.
+
+graphql-core executes a subscription's selection set again for every event of every subscriber,
+and the websocket handler JSON-encodes every result again. With 1,000 subscribers of one SKU, one
+change was executed and encoded 1,000 times (about 0.45 ms each on our machines). Both results
+depend only on what is shared:
+
+* the event object: streams hand every subscriber the same decoded view, and `shared_root` turns
+  it into the same GraphQL object (so object identity can key the cache);
+* the operation: Strawberry's ParserCache returns the same document for the same query text;
+* variables, but only where the selection set below the subscription field uses them (the root
+  field's own arguments, like skuCodes, were consumed when the stream was created);
+
+and not on the subscriber's context: no field under Availability or StockLevel reads `info.context`
+(permissions are checked when the subscription starts). `SharedEventExecutor` keeps the last
+results by those keys; `rendered_next` keeps the JSON of the last results. Results with errors are
+never shared. Both caches are bounded and keyed by identity, holding the keyed objects alive so an
+id cannot be reused while its entry exists.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from graphql import ExecutionResult, FieldNode, OperationDefinitionNode, OperationType, print_ast
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+_RESULTS = 4096  # executed events kept (per process)
+_TEXTS = 4096  # encoded `next` payloads kept
+_ROOTS = 16_384  # GraphQL objects made from shared views
+
+
+class _Lru(Generic[K, V]):
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        return self._items.get(key)  # no move_to_end: entries die young anyway (the next change replaces them)
+
+    def put(self, key: K, value: V) -> None:
+        self._items[key] = value
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+# --- the event object -----------------------------------------------------------------------------
+
+_roots: _Lru[int, tuple[object, object]] = _Lru(_ROOTS)
+
+
+def shared_root(view: V, make: Callable[[V], K]) -> K:
+    """`make(view)`, made once per view object (streams share one view among their subscribers).
+
+    One `make` per view type (Availability.of, StockLevel.of), so the view alone is the key."""
+    hit = _roots.get(id(view))
+    if hit is not None and hit[0] is view:
+        return hit[1]  # type: ignore[return-value]
+    made = make(view)
+    _roots.put(id(view), (view, made))
+    return made
+
+
+# --- execution ------------------------------------------------------------------------------------
+
+_results: _Lru[tuple[int, ...] | tuple[Any, ...], tuple[object, object, ExecutionResult]] = _Lru(_RESULTS)
+_variable_use: _Lru[int, tuple[OperationDefinitionNode, bool]] = _Lru(1024)
+
+
+def _uses_variables_below_root(operation: OperationDefinitionNode, fragments: dict[str, Any]) -> bool:
+    """Whether an event's result can depend on variables (conservative: any `$` in the printed parts)."""
+    hit = _variable_use.get(id(operation))
+    if hit is not None and hit[0] is operation:
+        return hit[1]
+    parts = []
+    for selection in operation.selection_set.selections:
+        below = getattr(selection, "selection_set", None)
+        parts.append(print_ast(below) if below is not None else "")
+        parts += [print_ast(d) for d in getattr(selection, "directives", None) or ()]
+        if not isinstance(selection, FieldNode):  # a fragment at the root: look at all of it
+            parts.append(print_ast(selection))
+    parts += [print_ast(f) for f in fragments.values()]
+    uses = any("$" in p for p in parts)
+    _variable_use.put(id(operation), (operation, uses))
+    return uses
+
+
+class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
+    """Strawberry's executor, with each subscription event's result shared by equal subscriptions."""
+
+    def execute_operation(self, serially: bool | None = None) -> Any:
+        # graphql-core runs each subscription event with serially=False on a per-event copy
+        if serially is not False or self.operation.operation is not OperationType.SUBSCRIPTION:
+            return super().execute_operation(serially)
+        key = self._event_key()
+        hit = _results.get(key)
+        if hit is not None and hit[0] is self.operation and hit[1] is self.root_value:
+            return hit[2]
+        result = super().execute_operation(serially)
+        if isinstance(result, ExecutionResult) and not result.errors:
+            _results.put(key, (self.operation, self.root_value, result))
+        return result
+
+    def _event_key(self) -> tuple[Any, ...]:
+        operation = self.operation
+        variables: object = None
+        if _uses_variables_below_root(operation, self.fragment_definitions):
+            variables = repr(sorted(self.variable_values.coerced.items()))
+        return (id(self.schema), id(operation), id(self.root_value), variables)
+
+
+# --- encoding -------------------------------------------------------------------------------------
+
+_texts: _Lru[int, tuple[object, str]] = _Lru(_TEXTS)
+
+
+def rendered_next(message: dict[str, Any], encode: Callable[[object], str | bytes]) -> str | None:
+    """The `next` message as JSON text, its payload encoded once per result; None if not shareable."""
+    payload = message.get("payload")
+    if message.get("type") != "next" or not isinstance(payload, dict) or payload.keys() != {"data"}:
+        return None
+    data = payload["data"]
+    hit = _texts.get(id(data))
+    if hit is not None and hit[0] is data:
+        body = hit[1]
+    else:
+        encoded = encode(data)
+        body = encoded.decode() if isinstance(encoded, bytes) else encoded
+        _texts.put(id(data), (data, body))
+    return f'{{"id":{json.dumps(message["id"])},"type":"next","payload":{{"data":{body}}}}}'
