@@ -8,7 +8,7 @@ way, two buyers can never both take the last unit.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -76,22 +76,20 @@ async def hold(conn: AsyncConnection, sku_id: int, location_id: int, quantity: i
     return None if version is None else int(version)
 
 
-def _pairs_clause(pairs: Sequence[Pair]) -> ColumnElement[bool]:
-    # a row-value IN, not one OR per pair: SQLite refuses expression trees deeper than 1,000, which a
-    # legal batch of 1,000 events at distinct positions would reach
-    return tuple_(sl.c.sku_id, sl.c.location_id).in_(list(pairs))
+# a row-value IN with an expanding parameter, not one OR per pair: SQLite refuses expression trees deeper
+# than 1,000, which a legal batch of 1,000 events at distinct positions would reach
+_PAIRS = tuple_(sl.c.sku_id, sl.c.location_id).in_(bindparam("pairs", expanding=True))
+_LOCK = select(sl).where(_PAIRS).order_by(sl.c.sku_id, sl.c.location_id).with_for_update()
+_CREATE = {
+    "postgresql": postgresql.insert(sl).on_conflict_do_nothing(),
+    "sqlite": sqlite.insert(sl).on_conflict_do_nothing(),
+}
 
 
 async def ensure_positions(conn: AsyncConnection, pairs: Iterable[Pair], now: datetime) -> None:
     """Create empty positions that do not exist yet (version 0: the first change makes it 1)."""
     rows = [{"sku_id": s, "location_id": loc, "updated_at": now} for s, loc in sorted(set(pairs))]
-    if not rows:
-        return
-    if conn.dialect.name == "postgresql":
-        stmt: Any = postgresql.insert(sl).on_conflict_do_nothing()
-    else:
-        stmt = sqlite.insert(sl).on_conflict_do_nothing()
-    await conn.execute(stmt, rows)
+    await insert_rows(conn, _CREATE[conn.dialect.name], rows)
 
 
 async def lock_positions(conn: AsyncConnection, pairs: Iterable[Pair]) -> dict[Pair, LockedPosition]:
@@ -99,10 +97,48 @@ async def lock_positions(conn: AsyncConnection, pairs: Iterable[Pair]) -> dict[P
     wanted = sorted(set(pairs))
     if not wanted:
         return {}
-    rows = await conn.execute(
-        select(sl).where(_pairs_clause(wanted)).order_by(sl.c.sku_id, sl.c.location_id).with_for_update()
-    )
+    rows = await conn.execute(_LOCK, {"pairs": wanted})
     return {(r.sku_id, r.location_id): LockedPosition(position_of(r), r.version, r.counted_at) for r in rows}
+
+
+async def lock_or_create_positions(
+    conn: AsyncConnection, pairs: Iterable[Pair], now: datetime
+) -> dict[Pair, LockedPosition]:
+    """`lock_positions`, creating the positions that do not exist yet (one statement when all do).
+
+    Positions created here are locked after the existing ones, out of key order: two batches that
+    both create positions can then deadlock, which Postgres breaks and `Database.write` retries. That
+    happens once per new position; every later change takes the one-statement path.
+    """
+    wanted = set(pairs)
+    locked = await lock_positions(conn, wanted)
+    missing = wanted - locked.keys()
+    if missing:
+        await ensure_positions(conn, missing, now)
+        locked |= await lock_positions(conn, missing)
+    return locked
+
+
+def _apply_statement(with_delta: bool, with_count: bool) -> Any:
+    values: dict[str, Any] = {"updated_at": bindparam("a_now", type_=UTCDateTime())}
+    if with_count:
+        values["counted_at"] = bindparam("a_counted", type_=UTCDateTime())
+    if with_delta:
+        values.update(
+            on_hand=sl.c.on_hand + bindparam("a_on_hand"),
+            committed=sl.c.committed + bindparam("a_committed"),
+            reserved=sl.c.reserved + bindparam("a_reserved"),
+            unavailable=sl.c.unavailable + bindparam("a_unavailable"),
+            safety_stock=sl.c.safety_stock + bindparam("a_safety_stock"),
+            incoming=sl.c.incoming + bindparam("a_incoming"),
+            version=sl.c.version + 1,
+        )
+    where = (sl.c.sku_id == bindparam("a_sku"), sl.c.location_id == bindparam("a_location"))
+    return update(sl).where(*where).values(**values).returning(sl.c.version)
+
+
+# (delta not zero, counted_at given) -> statement, built once (see _HOLD)
+_APPLY = {(d, c): _apply_statement(d, c) for d in (True, False) for c in (True, False)}
 
 
 async def apply_delta(
@@ -113,22 +149,19 @@ async def apply_delta(
     counted_at: datetime | None = None,
 ) -> int:
     """Add `delta` to a position (relative, so it composes with concurrent holds). Returns the version."""
-    values: dict[str, Any] = {"updated_at": now}
+    params: dict[str, Any] = {"a_sku": pair[0], "a_location": pair[1], "a_now": now}
     if counted_at is not None:
-        values["counted_at"] = counted_at
+        params["a_counted"] = counted_at
     if not delta.is_zero:
-        values.update(
-            on_hand=sl.c.on_hand + delta.on_hand,
-            committed=sl.c.committed + delta.committed,
-            reserved=sl.c.reserved + delta.reserved,
-            unavailable=sl.c.unavailable + delta.unavailable,
-            safety_stock=sl.c.safety_stock + delta.safety_stock,
-            incoming=sl.c.incoming + delta.incoming,
-            version=sl.c.version + 1,
+        params.update(
+            a_on_hand=delta.on_hand,
+            a_committed=delta.committed,
+            a_reserved=delta.reserved,
+            a_unavailable=delta.unavailable,
+            a_safety_stock=delta.safety_stock,
+            a_incoming=delta.incoming,
         )
-    result = await conn.execute(
-        update(sl).where(sl.c.sku_id == pair[0], sl.c.location_id == pair[1]).values(**values).returning(sl.c.version)
-    )
+    result = await conn.execute(_APPLY[(not delta.is_zero, counted_at is not None)], params)
     return int(result.scalar_one())
 
 

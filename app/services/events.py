@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import bindparam, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -24,6 +24,17 @@ class EventResult:
     status: EventStatus
     version: int | None
     drift: int = 0
+
+
+# built once, with expanding parameters: building a statement per call costs about as much as running it
+_SKU_IDS = select(skus.c.code, skus.c.id).where(skus.c.code.in_(bindparam("codes", expanding=True)))
+_LOCATIONS = select(locations).where(locations.c.code.in_(bindparam("codes", expanding=True)))
+_RECORDED = select(
+    inventory_events.c.source,
+    inventory_events.c.external_id,
+    inventory_events.c.fingerprint,
+    inventory_events.c.version,
+).where(tuple_(inventory_events.c.source, inventory_events.c.external_id).in_(bindparam("pairs", expanding=True)))
 
 
 def _at(i: int, e: UserError) -> UserError:
@@ -67,10 +78,8 @@ async def _apply_batch(
     bad = {int(e.field[1]) for e in errors if e.field}
     sku_codes = {e.sku_code for e in events}
     loc_codes = {e.location_code for e in events} | {e.to_location_code for e in events if e.to_location_code}
-    sku_ids = {
-        r.code: r.id for r in await conn.execute(select(skus.c.code, skus.c.id).where(skus.c.code.in_(sku_codes)))
-    }
-    locs = {r.code: r for r in await conn.execute(select(locations).where(locations.c.code.in_(loc_codes)))}
+    sku_ids = {r.code: r.id for r in await conn.execute(_SKU_IDS, {"codes": list(sku_codes)})}
+    locs = {r.code: r for r in await conn.execute(_LOCATIONS, {"codes": list(loc_codes)})}
     for i, e in enumerate(events):
         if e.sku_code not in sku_ids:
             errors.append(UserError(ErrorCode.UNKNOWN_SKU, f"no SKU {e.sku_code!r}", ("input", str(i), "skuCode")))
@@ -91,15 +100,7 @@ async def _apply_batch(
 
     # (source, externalId) identifies an event: a repeat is a DUPLICATE, a repeat with other content a conflict
     pairs = list({(e.source, e.external_id) for e in events})
-    ie = inventory_events
-    recorded = {
-        (r.source, r.external_id): r
-        for r in await conn.execute(
-            select(ie.c.source, ie.c.external_id, ie.c.fingerprint, ie.c.version).where(
-                tuple_(ie.c.source, ie.c.external_id).in_(pairs)
-            )
-        )
-    }
+    recorded = {(r.source, r.external_id): r for r in await conn.execute(_RECORDED, {"pairs": pairs})}
     results: dict[int, EventResult] = {}
     first_in_batch: dict[tuple[str, str], tuple[int, str]] = {}
     for i, e in enumerate(events):
@@ -133,8 +134,7 @@ async def _apply_batch(
         pairs_touched.add((sku_ids[e.sku_code], locs[e.location_code].id))
         if e.to_location_code:
             pairs_touched.add((sku_ids[e.sku_code], locs[e.to_location_code].id))
-    await stock.ensure_positions(conn, pairs_touched, now)
-    locked = await stock.lock_positions(conn, pairs_touched)
+    locked = await stock.lock_or_create_positions(conn, pairs_touched, now)
     positions = {p: lp.position for p, lp in locked.items()}
     counted = {p: lp.counted_at for p, lp in locked.items()}
     versions = {p: lp.version for p, lp in locked.items()}
