@@ -460,7 +460,7 @@ class Result:
 
 def print_profile(mode: str, prefix: str, labels: list[str], top: int = 30) -> None:
     for n, label in enumerate(labels, start=1):
-        path = Path(f"{prefix}.{n}.{'txt' if mode == 'sample' else 'prof'}")
+        path = Path(f"{prefix}.{n}.{'prof' if mode == 'cprofile' else 'txt'}")
         for _ in range(50):  # the server writes it on SIGUSR2
             if path.exists():
                 break
@@ -469,7 +469,7 @@ def print_profile(mode: str, prefix: str, labels: list[str], top: int = 30) -> N
         if not path.exists():
             print("  (no profile written)")
             continue
-        if mode == "sample":
+        if mode != "cprofile":
             print(path.read_text())
         else:
             import pstats

@@ -3,8 +3,9 @@
     python bench/_profiled_server.py --port 8123 --out /tmp/reserve-prof --mode sample|cprofile
 
 SIGUSR1 starts a measurement, SIGUSR2 ends it and writes `<out>.<n>.txt` (mode sample: a stack-sampling
-report, see _sampler.py) or `<out>.<n>.prof` (mode cprofile: pstats), n = 1, 2, ... Started by
-`bench/reserve.py --profile`; stops on SIGTERM/SIGINT like uvicorn.
+report, see _sampler.py; mode tracemalloc: the memory allocated between the two signals and still held,
+by line) or `<out>.<n>.prof` (mode cprofile: pstats), n = 1, 2, ... Started by `bench/reserve.py
+--profile` and `bench/push.py --profile`; stops on SIGTERM/SIGINT like uvicorn.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--mode", choices=("sample", "cprofile"), default="sample")
+    p.add_argument("--mode", choices=("sample", "cprofile", "tracemalloc"), default="sample")
     a = p.parse_args()
 
     import uvicorn
@@ -34,9 +35,16 @@ def main() -> None:
     sampler = Sampler() if a.mode == "sample" else None
     prof: cProfile.Profile | None = None
 
+    memory: list[Any] = []
+
     def begin(*_: Any) -> None:
         nonlocal prof
-        if sampler is not None:
+        if a.mode == "tracemalloc":
+            import tracemalloc
+
+            tracemalloc.start(8)
+            memory[:] = [tracemalloc.take_snapshot()]
+        elif sampler is not None:
             sampler.reset()
             sampler.enabled.set()
         else:
@@ -46,7 +54,15 @@ def main() -> None:
     def end(*_: Any) -> None:
         nonlocal seq
         seq += 1
-        if sampler is not None:
+        if a.mode == "tracemalloc":
+            import tracemalloc
+
+            after = tracemalloc.take_snapshot()
+            tracemalloc.stop()
+            lines = [f"{s}" for s in after.compare_to(memory[0], "lineno")[:40]]
+            grouped = after.compare_to(memory[0], "filename")[:15]
+            Path(f"{a.out}.{seq}.txt").write_text("\n".join(lines + ["", "by file:"] + [str(g) for g in grouped]))
+        elif sampler is not None:
             sampler.enabled.clear()
             Path(f"{a.out}.{seq}.txt").write_text(sampler.report())
         elif prof is not None:

@@ -439,7 +439,9 @@ def subscribe_spread(conns: list[WsConnection], skus: list[str], per_sku: int) -
 # --- phases -----------------------------------------------------------------------------------------
 
 
-async def memory_phase(a: Server, key: str | None, skus: list[str], idle: int) -> dict[str, float]:
+async def memory_phase(
+    a: Server, key: str | None, skus: list[str], idle: int, profiled: bool = False
+) -> dict[str, float]:
     pids = a.pids()
     warm = Receipts()
     conns = await open_connections(a.port, key, 20, warm)  # first-use costs (imports, caches) out of the way
@@ -449,6 +451,8 @@ async def memory_phase(a: Server, key: str | None, skus: list[str], idle: int) -
     close_all(conns)
     await asyncio.sleep(1.0)
     before = rss_kb(pids)
+    if profiled:
+        os.kill(a.proc.pid, signal.SIGUSR1)
     sink = Receipts()
     say(f"memory: RSS of server A {before / 1024:.1f} MB; opening {idle} connections, one subscription each")
     t0 = time.monotonic()
@@ -460,6 +464,8 @@ async def memory_phase(a: Server, key: str | None, skus: list[str], idle: int) -
     say(f"  {idle} subscriptions have their initial state after {time.monotonic() - t0:.1f}s; idling 3 s")
     await asyncio.sleep(3.0)
     after = rss_kb(pids)
+    if profiled:
+        os.kill(a.proc.pid, signal.SIGUSR2)
     alive = sum(not c.closed for c in conns)
     close_all(conns)
     await asyncio.sleep(1.0)
@@ -674,9 +680,25 @@ async def amain(a: argparse.Namespace) -> int:
 
         mem = None
         if not a.skip_memory:
-            mem = await memory_phase(srv_a, key, skus, a.idle)
+            mem = await memory_phase(srv_a, key, skus, a.idle, profiled=a.profile == "tracemalloc")
+        if a.memory_only:
+            assert mem is not None
+            print(f"memory: {mem['per_sub_kb']:.1f} KB per idle subscriber ({mem['subscribers']} connected)")
+            if a.profile == "tracemalloc":
+                print_profile(a.profile, "/tmp/stockwire-push-prof-A", ["server A, memory phase"])
+            failed = False
+            return 0
         lat = await latency_phase(
-            srv_a, srv_b, key, skus, a.per_sku, a.rate, a.seconds, channel, a.db, profiled=bool(a.profile)
+            srv_a,
+            srv_b,
+            key,
+            skus,
+            a.per_sku,
+            a.rate,
+            a.seconds,
+            channel,
+            a.db,
+            profiled=a.profile in ("sample", "cprofile"),
         )
         fan = await fanout_phase(srv_a, srv_b, key, fan_sku, a.fanout)
 
@@ -741,7 +763,7 @@ async def amain(a: argparse.Namespace) -> int:
                 f"{mem['per_sub_kb']:.1f} KB per subscriber (target <= 50 KB: "
                 f"{'MET' if mem['per_sub_kb'] <= 50 else 'MISSED'}; a bare Strawberry server: about 97 KB)"
             )
-        for name in ("A", "B") if a.profile else ():
+        for name in ("A", "B") if a.profile in ("sample", "cprofile") else ():
             print_profile(a.profile, f"/tmp/stockwire-push-prof-{name}", [f"server {name}, latency phase"])
         failed = bool(lat["regressions"] or lat["final_ok"] != lat["subs"] or lat["errors"])
         if failed:
@@ -769,11 +791,16 @@ def main() -> None:
     p.add_argument("--fanout", type=int, default=1000, help="subscribers of the one SKU in the fan-out phase")
     p.add_argument("--idle", type=int, default=5000, help="idle subscribers (connections) for memory")
     p.add_argument("--skip-memory", action="store_true", help="skip the memory phase")
+    p.add_argument("--memory-only", action="store_true", help="only the memory phase")
     p.add_argument(
         "--db", default="stockwire_bench_push", help="database to (re-)create (default stockwire_bench_push)"
     )
     p.add_argument("--keep-db", action="store_true", help="keep the database afterwards")
-    p.add_argument("--profile", choices=("sample", "cprofile"), help="profile both servers in the latency phase")
+    p.add_argument(
+        "--profile",
+        choices=("sample", "cprofile", "tracemalloc"),
+        help="profile both servers in the latency phase (tracemalloc: server A in the memory phase)",
+    )
     a = p.parse_args()
     try:
         import uvloop

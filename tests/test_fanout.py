@@ -47,7 +47,10 @@ class Subscription:
 
 # ParserCache, as in the app's schema: equal query texts give the same document, which keys the cache
 schema = strawberry.Schema(
-    query=Query, subscription=Subscription, execution_context_class=SharedEventExecutor, extensions=[lambda: ParserCache()]
+    query=Query,
+    subscription=Subscription,
+    execution_context_class=SharedEventExecutor,
+    extensions=[lambda: ParserCache()],
 )
 
 

@@ -84,6 +84,13 @@ class ClientErrors(MaskErrors):
             self.error_message, error.nodes, error.source, error.positions, error.path, extensions=extensions
         )
 
+    def _process_result(self, result: object) -> None:
+        # MaskErrors checks `isinstance(result, <runtime Protocol>)`, which costs more than the rest of
+        # its work for every subscription message; the attribute itself is all that check looks at
+        errors = getattr(result, "errors", None)
+        if errors:
+            result.errors = self._process_errors(errors)  # type: ignore[attr-defined]
+
     def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
         processed = super()._process_errors(errors)
         return [e if (e.extensions or {}).get("code") else self._with_code(e) for e in processed]

@@ -97,8 +97,10 @@ class Mailbox:
         self._pending: dict[str, tuple[int, JSONObject]] = {}
         # Highest version pending or delivered per key: bounded by the number of keys, not messages.
         self._seen: dict[str, int] = {}
-        self._wakeup = asyncio.Event()
-        self._resync = asyncio.Event()
+        # No asyncio.Event: two per mailbox cost about 1 KB (each allocates its waiter deque) for
+        # thousands of mostly idle subscribers; a future exists only while the consumer waits.
+        self._waiter: asyncio.Future[None] | None = None
+        self._resync = False
         self._closed = False
 
     def __len__(self) -> int:
@@ -110,16 +112,21 @@ class Mailbox:
         return self._closed
 
     @property
-    def resync_requested(self) -> asyncio.Event:
-        """Set when messages may have been lost; cleared when `get()` raises `ResyncNeeded`.
+    def resync_requested(self) -> bool:
+        """True when messages may have been lost; cleared when `get()` raises `ResyncNeeded`.
 
         Set it through `request_resync()`, which also wakes a waiting `get()`.
         """
         return self._resync
 
     def request_resync(self) -> None:
-        self._resync.set()
-        self._wakeup.set()
+        self._resync = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def wants(self, key: str) -> bool:
         """Whether a message for `key` (of this mailbox's kind) belongs here."""
@@ -133,7 +140,7 @@ class Mailbox:
             return False
         self._seen[key] = version
         self._pending[key] = (version, data)
-        self._wakeup.set()
+        self._wake()
         return True
 
     def mark_delivered(self, key: str, version: int) -> None:
@@ -147,22 +154,22 @@ class Mailbox:
     def close(self) -> None:
         self._closed = True
         self._pending.clear()
-        self._wakeup.set()
+        self._wake()
 
     async def get(self) -> tuple[str, int, JSONObject]:
         """Wait for the next (key, version, data); raises `ResyncNeeded` or `MailboxClosed`."""
         while True:
             if self._closed:
                 raise MailboxClosed
-            if self._resync.is_set():
-                self._resync.clear()
+            if self._resync:
+                self._resync = False
                 raise ResyncNeeded
             if self._pending:
                 key = next(iter(self._pending))
                 version, data = self._pending.pop(key)
                 return key, version, data
-            self._wakeup.clear()
-            await self._wakeup.wait()
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
 
     def __aiter__(self) -> Mailbox:
         return self

@@ -29,12 +29,20 @@ log = logging.getLogger("stockwire.realtime")
 
 
 class PingingTransportWSHandler(BaseGraphQLTransportWSHandler[Any, None]):
-    _keepalive: asyncio.Task[None] | None = None
+    # A timer, not a task per connection: thousands of idle subscribers each holding a sleeping task
+    # (and its coroutine frame) cost memory for nothing; a task exists only while a ping is sent.
+    _ping_timer: asyncio.TimerHandle | None = None
+    _ping_task: asyncio.Task[None] | None = None
+    _stopped = False
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         await super().handle_connection_init(message)
-        if self.connection_acknowledged and self._keepalive is None:
-            self._keepalive = asyncio.create_task(self._ping_forever(), name="stockwire-ws-ping")
+        if self.connection_acknowledged and self._ping_timer is None:
+            self._schedule_ping()
+        if self.connection_acknowledged:
+            # Strawberry has cancelled its init-timeout task above (its done-callback collects it) but
+            # would keep the Task object for the life of the connection
+            self.connection_init_timeout_task = None
 
     async def send_message(self, message: Message) -> None:
         socket = getattr(self.websocket, "ws", None)  # Strawberry's Starlette adapter wraps the socket
@@ -48,20 +56,36 @@ class PingingTransportWSHandler(BaseGraphQLTransportWSHandler[Any, None]):
             raise WebSocketDisconnected from exc
 
     async def shutdown(self) -> None:
-        task, self._keepalive = self._keepalive, None
+        self._stopped = True
+        timer, self._ping_timer = self._ping_timer, None
+        if timer is not None:
+            timer.cancel()
+        task, self._ping_task = self._ping_task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await super().shutdown()
 
-    async def _ping_forever(self) -> None:
+    def _schedule_ping(self) -> None:
+        if self._stopped:
+            return
         interval = float(getattr(self.view, "keep_alive_interval", None) or 15.0)
+        self._ping_timer = asyncio.get_running_loop().call_later(interval, self._ping_due)
+
+    def _ping_due(self) -> None:
+        self._ping_timer = None
+        if not self._stopped:
+            self._ping_task = asyncio.get_running_loop().create_task(self._ping(), name="stockwire-ws-ping")
+
+    async def _ping(self) -> None:
         try:
-            while True:
-                await asyncio.sleep(interval)
-                await self.send_message({"type": "ping"})
+            await self.send_message({"type": "ping"})
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the socket went away; the handler's own loop notices and shuts down
             log.debug("keepalive ping stopped: %s", exc)
+            return
+        finally:
+            self._ping_task = None
+        self._schedule_ping()
