@@ -61,6 +61,8 @@ def main() -> None:
             tracemalloc.stop()
             lines = [f"{s}" for s in after.compare_to(memory[0], "lineno")[:40]]
             grouped = after.compare_to(memory[0], "filename")[:15]
+            for stat in after.compare_to(memory[0], "traceback")[:12]:
+                lines += ["", f"{stat.size_diff / 1024:.0f} KiB in {stat.count_diff} blocks:", *stat.traceback.format()]
             Path(f"{a.out}.{seq}.txt").write_text("\n".join(lines + ["", "by file:"] + [str(g) for g in grouped]))
         elif sampler is not None:
             sampler.enabled.clear()

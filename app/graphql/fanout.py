@@ -31,9 +31,11 @@ from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 K = TypeVar("K")
 V = TypeVar("V")
 
-_RESULTS = 4096  # executed events kept (per process)
-_TEXTS = 4096  # encoded `next` payloads kept
-_ROOTS = 16_384  # GraphQL objects made from shared views
+# Entries are useful only while one change is being handed to its subscribers (milliseconds), and
+# each holds its objects alive: small caches, or idle subscribers' initial states would stay cached.
+_RESULTS = 1024  # executed events kept (per process)
+_TEXTS = 1024  # encoded `next` payloads kept
+_ROOTS = 1024  # GraphQL objects made from shared views
 
 
 class _Lru(Generic[K, V]):
