@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, bindparam, func, insert, select, tuple_, u
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.db import pg
 from app.db.tables import inventory_events, outbox, stock_levels
 from app.db.types import UTCDateTime
 from app.domain.quantities import Delta, Position
@@ -97,6 +98,18 @@ async def lock_positions(conn: AsyncConnection, pairs: Iterable[Pair]) -> dict[P
     wanted = sorted(set(pairs))
     if not wanted:
         return {}
+    if conn.dialect.name == "postgresql":
+        locked = await pg.lock_positions(await pg.driver(conn), wanted)
+        return {
+            (r["sku_id"], r["location_id"]): LockedPosition(
+                Position(
+                    r["on_hand"], r["committed"], r["reserved"], r["unavailable"], r["safety_stock"], r["incoming"]
+                ),
+                r["version"],
+                pg.counted_at(r),
+            )
+            for r in locked
+        }
     rows = await conn.execute(_LOCK, {"pairs": wanted})
     return {(r.sku_id, r.location_id): LockedPosition(position_of(r), r.version, r.counted_at) for r in rows}
 
@@ -149,6 +162,10 @@ async def apply_delta(
     counted_at: datetime | None = None,
 ) -> int:
     """Add `delta` to a position (relative, so it composes with concurrent holds). Returns the version."""
+    if conn.dialect.name == "postgresql":
+        d = delta
+        parts = None if d.is_zero else (d.on_hand, d.committed, d.reserved, d.unavailable, d.safety_stock, d.incoming)
+        return await pg.apply_delta(await pg.driver(conn), pair, parts, now, counted_at)
     params: dict[str, Any] = {"a_sku": pair[0], "a_location": pair[1], "a_now": now}
     if counted_at is not None:
         params["a_counted"] = counted_at
@@ -227,11 +244,19 @@ async def insert_rows(conn: AsyncConnection, stmt: Any, rows: list[dict[str, Any
 
 
 async def write_ledger(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    if conn.dialect.name == "postgresql" and rows:
+        await pg.write_ledger(await pg.driver(conn), rows)
+        return
     await insert_rows(conn, _INSERT_LEDGER, rows)
 
 
 async def enqueue_changes(conn: AsyncConnection, pairs: Iterable[Pair], now: datetime) -> None:
     """Outbox rows, in the change's own transaction: a crash after commit cannot lose the publication."""
+    if conn.dialect.name == "postgresql":
+        wanted = sorted(set(pairs))
+        if wanted:
+            await pg.enqueue_changes(await pg.driver(conn), wanted, now)
+        return
     await insert_rows(
         conn, _INSERT_OUTBOX, [{"sku_id": s, "location_id": loc, "created_at": now} for s, loc in sorted(set(pairs))]
     )

@@ -96,28 +96,43 @@ def _uses_variables_below_root(operation: OperationDefinitionNode, fragments: di
     return uses
 
 
+class _Rendered:
+    """Stands in for a per-event executor whose result is already known (no copy of the executor)."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result: ExecutionResult) -> None:
+        self.result = result
+
+    def execute_operation(self, serially: bool | None = None) -> ExecutionResult:
+        return self.result
+
+
 class SharedEventExecutor(StrawberryGraphQLCoreExecutionContext):
     """Strawberry's executor, with each subscription event's result shared by equal subscriptions."""
 
+    def build_per_event_executor(self, payload: Any) -> Any:
+        # graphql-core copies the executor for every event of every subscriber, then runs it with
+        # execute_operation(False) (execute_subscription_event); a known result needs neither
+        hit = _results.get(self._event_key(payload))
+        if hit is not None and hit[0] is self.operation and hit[1] is payload:
+            return _Rendered(hit[2])
+        return super().build_per_event_executor(payload)
+
     def execute_operation(self, serially: bool | None = None) -> Any:
-        # graphql-core runs each subscription event with serially=False on a per-event copy
         if serially is not False or self.operation.operation is not OperationType.SUBSCRIPTION:
             return super().execute_operation(serially)
-        key = self._event_key()
-        hit = _results.get(key)
-        if hit is not None and hit[0] is self.operation and hit[1] is self.root_value:
-            return hit[2]
         result = super().execute_operation(serially)
         if isinstance(result, ExecutionResult) and not result.errors:
-            _results.put(key, (self.operation, self.root_value, result))
+            _results.put(self._event_key(self.root_value), (self.operation, self.root_value, result))
         return result
 
-    def _event_key(self) -> tuple[Any, ...]:
+    def _event_key(self, root: object) -> tuple[Any, ...]:
         operation = self.operation
         variables: object = None
         if _uses_variables_below_root(operation, self.fragment_definitions):
             variables = repr(sorted(self.variable_values.coerced.items()))
-        return (id(self.schema), id(operation), id(self.root_value), variables)
+        return (id(self.schema), id(operation), id(root), variables)
 
 
 # --- encoding -------------------------------------------------------------------------------------

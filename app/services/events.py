@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import stock
+from app.db import pg, stock
 from app.db.engine import is_unique_violation
 from app.db.tables import inventory_events, locations, skus
 from app.domain.errors import ErrorCode, Refused, UserError
@@ -35,6 +35,40 @@ _RECORDED = select(
     inventory_events.c.fingerprint,
     inventory_events.c.version,
 ).where(tuple_(inventory_events.c.source, inventory_events.c.external_id).in_(bindparam("pairs", expanding=True)))
+
+
+class _Location(NamedTuple):
+    id: int
+    count_authority: str | None
+
+
+class _Recorded(NamedTuple):
+    fingerprint: str | None
+    version: int
+
+
+async def _look_up(
+    conn: AsyncConnection, sku_codes: set[str], loc_codes: set[str], keys: list[tuple[str, str]]
+) -> tuple[dict[str, int], dict[str, _Location], dict[tuple[str, str], _Recorded]]:
+    """SKU ids, locations and the events already recorded under these (source, externalId) keys."""
+    if conn.dialect.name == "postgresql":  # asyncpg directly: see app/db/pg.py
+        db = await pg.driver(conn)
+        locations_found = await pg.locations(db, sorted(loc_codes))
+        seen = await pg.recorded(db, keys)
+        return (
+            await pg.sku_ids(db, sorted(sku_codes)),
+            {code: _Location(*loc) for code, loc in locations_found.items()},
+            {key: _Recorded(*r) for key, r in seen.items()},
+        )
+    ids = {r.code: r.id for r in await conn.execute(_SKU_IDS, {"codes": list(sku_codes)})}
+    locs = {
+        r.code: _Location(r.id, r.count_authority) for r in await conn.execute(_LOCATIONS, {"codes": list(loc_codes)})
+    }
+    recorded = {
+        (r.source, r.external_id): _Recorded(r.fingerprint, r.version)
+        for r in await conn.execute(_RECORDED, {"pairs": keys})
+    }
+    return ids, locs, recorded
 
 
 def _at(i: int, e: UserError) -> UserError:
@@ -78,8 +112,9 @@ async def _apply_batch(
     bad = {int(e.field[1]) for e in errors if e.field}
     sku_codes = {e.sku_code for e in events}
     loc_codes = {e.location_code for e in events} | {e.to_location_code for e in events if e.to_location_code}
-    sku_ids = {r.code: r.id for r in await conn.execute(_SKU_IDS, {"codes": list(sku_codes)})}
-    locs = {r.code: r for r in await conn.execute(_LOCATIONS, {"codes": list(loc_codes)})}
+    # (source, externalId) identifies an event: a repeat is a DUPLICATE, a repeat with other content a conflict
+    pairs = list({(e.source, e.external_id) for e in events})
+    sku_ids, locs, recorded = await _look_up(conn, sku_codes, loc_codes, pairs)
     for i, e in enumerate(events):
         if e.sku_code not in sku_ids:
             errors.append(UserError(ErrorCode.UNKNOWN_SKU, f"no SKU {e.sku_code!r}", ("input", str(i), "skuCode")))
@@ -98,9 +133,6 @@ async def _apply_batch(
                 )
             )
 
-    # (source, externalId) identifies an event: a repeat is a DUPLICATE, a repeat with other content a conflict
-    pairs = list({(e.source, e.external_id) for e in events})
-    recorded = {(r.source, r.external_id): r for r in await conn.execute(_RECORDED, {"pairs": pairs})}
     results: dict[int, EventResult] = {}
     first_in_batch: dict[tuple[str, str], tuple[int, str]] = {}
     for i, e in enumerate(events):

@@ -1,0 +1,130 @@
+"""The asyncpg statements of app/db/pg.py run inside the service's transaction and fail like SQLAlchemy's."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db import pg, stock
+from app.db.engine import Database, _sqlstate, is_unique_violation
+from app.domain.events import EventType, InventoryEvent
+from app.domain.quantities import Delta
+from app.services import catalog, events
+from app.services.context import Ctx
+from app.settings import Settings
+
+pytestmark = pytest.mark.postgres
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.fixture
+async def db(postgres_url: str) -> AsyncIterator[Database]:
+    from tests.conftest import _truncate
+
+    await _truncate(postgres_url)
+    database = Database(postgres_url)
+    ctx = Ctx(db=database, settings=Settings(database_url=postgres_url))
+    await catalog.upsert_locations(ctx, [catalog.LocationInput("L", "L", catalog.LocationKind("WAREHOUSE"))])
+    await catalog.upsert_skus(ctx, [catalog.SkuInput(code="S", name="S")])
+    received = InventoryEvent("erp", "r0", EventType.RECEIVED, "S", "L", 10, NOW)
+    assert (await events.record_events(ctx, [received]))[0][0].version == 1
+    yield database
+    await database.dispose()
+
+
+async def _position(db: Database) -> tuple[int, int]:
+    async with db.read() as conn:
+        row = (await conn.execute(text("SELECT on_hand, version FROM stock_levels"))).one()
+    return int(row.on_hand), int(row.version)
+
+
+async def _counts(db: Database) -> tuple[int, int]:
+    async with db.read() as conn:
+        ledger = await conn.scalar(text("SELECT count(*) FROM inventory_events"))
+        outbox = await conn.scalar(text("SELECT count(*) FROM outbox"))
+    return int(ledger or 0), int(outbox or 0)
+
+
+def _ledger_row(version: int, external_id: str = "e1") -> dict[str, object]:
+    return stock.ledger_row(
+        kind="RECEIVED",
+        status="APPLIED",
+        pair=(1, 1),
+        quantity=5,
+        delta=Delta(on_hand=5),
+        version=version,
+        now=NOW,
+        source="erp",
+        external_id=external_id,
+    )
+
+
+async def test_statements_sent_before_any_sqlalchemy_one_are_rolled_back_with_the_transaction(db: Database) -> None:
+    async def work(conn: AsyncConnection) -> None:
+        # the first statement of the transaction goes through asyncpg directly
+        version = await stock.apply_delta(conn, (1, 1), Delta(on_hand=5), NOW)
+        assert version == 2
+        await stock.write_ledger(conn, [_ledger_row(version)])
+        await stock.enqueue_changes(conn, [(1, 1)], NOW)
+        assert await stock.lock_positions(conn, [(1, 1)]) == {
+            (1, 1): stock.LockedPosition(stock.Position(15, 0, 0, 0, 0, 0), 2, None)
+        }
+        raise Boom
+
+    with pytest.raises(Boom):
+        await db.write(work)
+    assert await _position(db) == (10, 1)
+    assert await _counts(db) == (1, 1)  # the set-up's receipt only
+
+    async def commit(conn: AsyncConnection) -> int:
+        return await stock.apply_delta(conn, (1, 1), Delta(on_hand=5), NOW, counted_at=NOW)
+
+    assert await db.write(commit) == 2
+    assert await _position(db) == (15, 2)
+    async with db.read() as conn:
+        locked = await stock.lock_positions(conn, [(1, 1)])
+    assert locked[(1, 1)].counted_at == NOW  # stored naive UTC, read back aware
+
+
+async def test_a_constraint_violation_is_sqlalchemys_integrity_error(db: Database) -> None:
+    async def twice(conn: AsyncConnection) -> None:
+        await stock.write_ledger(conn, [_ledger_row(2), _ledger_row(3)])  # same (source, externalId)
+
+    with pytest.raises(IntegrityError) as caught:
+        await db.write(twice)
+    assert is_unique_violation(caught.value)
+    assert await _counts(db) == (1, 1)  # the set-up's receipt only
+
+
+async def test_other_database_errors_are_sqlalchemys_dbapi_error(db: Database) -> None:
+    async def missing(conn: AsyncConnection) -> int:
+        return await stock.apply_delta(conn, (1, 999), Delta(on_hand=1), NOW)  # no such position
+
+    with pytest.raises(LookupError):
+        await db.write(missing)
+
+    async def negative(conn: AsyncConnection) -> int:
+        # the position's CHECK constraint refuses it (23514): an IntegrityError, as SQLAlchemy would raise
+        return await stock.apply_delta(conn, (1, 1), Delta(reserved=-1000), NOW)
+
+    with pytest.raises(IntegrityError):
+        await db.write(negative)
+    assert await _position(db) == (10, 1)
+
+    async def bad_sql(conn: AsyncConnection) -> object:
+        return await pg._run((await pg.driver(conn)).fetch, "SELEC 1")
+
+    with pytest.raises(DBAPIError) as caught:
+        await db.write(bad_sql)
+    assert not isinstance(caught.value, IntegrityError)
+    assert _sqlstate(caught.value) == "42601"  # what Database.write reads to retry deadlocks (40P01)
