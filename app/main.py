@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -100,6 +101,22 @@ async def _sweep_expired(ctx: Ctx) -> None:
         await asyncio.sleep(ctx.settings.expiry_sweep_seconds)
 
 
+def _tune_gc(threshold: int) -> None:
+    """Keep the cyclic garbage collector from pausing pushes for tens to hundreds of milliseconds.
+
+    Measured under the push benchmark (200 changes/s, 1,000 subscribers): full (generation 2)
+    collections of 70-280 ms, which were the push latency's p99. Everything alive once the service
+    has started (modules, the schema, caches) is frozen out of future collections, and the youngest
+    generation is collected less often; memory is freed by reference counting as before, only
+    reference cycles wait longer.
+    """
+    if threshold <= 0:
+        return  # STOCKWIRE_GC_THRESHOLD=0: Python's defaults
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(threshold, 50, 100)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     runtime = Runtime(settings or Settings())
 
@@ -128,6 +145,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # pushes changed channel availability to channel endpoints (the channels issue)
         runtime.publication = PublicationWorker(ctx, hub)  # follows the relay's channel changes
         runtime.tasks.append(asyncio.create_task(runtime.publication.run()))
+        _tune_gc(s.gc_threshold)
         try:
             yield
         finally:

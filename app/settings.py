@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     expiry_sweep_seconds: float = Field(0.25, gt=0)
     # how often the outbox relay looks for changes left by other (or crashed) processes
     relay_poll_seconds: float = Field(0.5, gt=0)
+    # objects allocated between collections of the youngest GC generation (app/main.py _tune_gc);
+    # 0 keeps Python's defaults (700) and does not freeze the start-up heap
+    gc_threshold: int = Field(10_000, ge=0)
     db_pool_size: int = Field(10, ge=1)
     db_max_overflow: int = Field(10, ge=0)
     # security: API keys, request limits, rate limits (README.md, section Security, has the reasoning for each default)

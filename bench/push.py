@@ -1,7 +1,7 @@
 """Push latency, fan-out and memory per idle subscriber, across two server processes through Redis.
 
     .venv/bin/python bench/push.py [--seconds 15] [--rate 200] [--skus 200] [--per-sku 5]
-                                   [--fanout 1000] [--idle 5000] [--skip-memory] [--keep-db]
+                                   [--warmup 3] [--fanout 1000] [--idle 5000] [--skip-memory] [--keep-db]
                                    [--profile sample|cprofile]
 
 On demand only (not part of the test suite). One run:
@@ -13,9 +13,10 @@ On demand only (not part of the test suite). One run:
  3. MEMORY: RSS of server A, then `--idle` websocket connections to A each holding one subscription
     (availabilityChanged of one SKU) and idle; RSS again; (delta / subscribers) is the memory per idle
     subscriber;
- 4. LATENCY: `--skus` x `--per-sku` subscriptions on A, multiplexed 100 per graphql-transport-ws connection;
-    `--rate` changes/s through B (a RECEIVED 1 event each; SKUs round-robin, so each SKU changes once a
-    second), open loop, for `--seconds`. Each receipt is matched to its change by (SKU, available);
+ 4. LATENCY: after `--warmup` seconds of the same load (not measured), `--skus` x `--per-sku`
+    subscriptions on A, multiplexed 100 per graphql-transport-ws connection; `--rate` changes/s
+    through B (a RECEIVED 1 event each; SKUs round-robin, so each SKU changes once a second), open loop,
+    for `--seconds`. Each receipt is matched to its change by (SKU, available);
     prints p50 / p99 / max of commit -> receipt (three clocks, below), and checks that every subscriber
     saw strictly increasing versions and ends at the true state;
  5. FAN-OUT: `--fanout` subscriptions of one SKU on A (100 per connection); one change through B, five
@@ -483,7 +484,15 @@ async def latency_phase(
     channel: str,
     db: str,
     profiled: bool = False,
+    warmup: float = 0.0,
 ) -> dict[str, Any]:
+    if warmup > 0:
+        # the same load for a while first, unmeasured: B's connection pool grows to what the rate needs
+        # (each new database connection costs tens of ms once), statements get prepared
+        say(f"latency: warming up, {rate:.0f} changes/s through B for {warmup:g} s (not measured)")
+        async with Writer(b.port) as writer:
+            await writer.run(skus, rate, warmup)
+        await asyncio.sleep(1.0)
     sink = Receipts()
     n_subs = len(skus) * per_sku
     conns = await open_connections(a.port, key, -(-n_subs // PER_CONNECTION), sink)
@@ -786,6 +795,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=15.0, help="measured seconds of the latency phase (default 15)")
     p.add_argument("--rate", type=float, default=200.0, help="changes per second (default 200)")
+    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds of the same load first (default 3)")
     p.add_argument("--skus", type=int, default=200, help="SKUs the changes spread over (default 200)")
     p.add_argument("--per-sku", type=int, default=5, help="subscribers per SKU in the latency phase (default 5)")
     p.add_argument("--fanout", type=int, default=1000, help="subscribers of the one SKU in the fan-out phase")

@@ -25,6 +25,11 @@ from app.services.context import Ctx
 from app.settings import Settings
 from tests.services import POSTGRES_ADMIN_URL, require_postgres
 
+# Many apps start and stop in one test process: freezing each one's heap out of garbage collection
+# (what a server does once at start, app/main.py _tune_gc) would keep every earlier test's cycles.
+# Servers the tests start inherit this too; tests/test_gc_tuning.py covers the tuning itself.
+os.environ.setdefault("STOCKWIRE_GC_THRESHOLD", "0")
+
 # every table the migrations make (each issue adds its own), emptied between Postgres tests
 TABLES = ", ".join(t.name for t in metadata.sorted_tables)
 

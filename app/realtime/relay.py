@@ -29,7 +29,7 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import bindparam, delete, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.tables import channels, outbox
@@ -93,6 +93,11 @@ class OutboxRelay:
         """Publish one batch. Returns how many outbox rows it took (0: nothing to do)."""
 
         async def work(conn: AsyncConnection) -> int:
+            if conn.dialect.name == "postgresql":
+                # The claim's commit need not wait for the disk: lost in a crash, it only means the rows
+                # are published again. Halves the WAL flushes of a busy service (one per change and one
+                # per relay batch otherwise), which showed in the push latency's tail.
+                await conn.execute(_ASYNC_COMMIT)
             rows = list(await conn.execute(_CLAIM[conn.dialect.name], {"batch_size": self.batch_size}))
             if not rows:
                 return 0
@@ -183,6 +188,7 @@ def _claim_statement(dialect: str) -> Any:
 # built once: the relay runs these for every batch
 _CLAIM = {"postgresql": _claim_statement("postgresql"), "sqlite": _claim_statement("sqlite")}
 _CHANNEL_CODES = select(channels.c.code).order_by(channels.c.code)
+_ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO off")
 
 
 async def _read_changes(
