@@ -137,6 +137,22 @@ class Server:
             self.log_path.unlink()
 
 
+def stop_on_sigterm() -> None:
+    """Call first thing in the benchmark's main coroutine: SIGTERM (`timeout`, a cancelled job) then
+    cancels it like Ctrl-C does, so its `finally` stops the servers it started. A server left running
+    keeps its outbox relay polling a database of the same name: it took the next run's changes and
+    published them on its own channel, which looked like lost updates (an earlier session's push bench
+    failures; reproduced by starting a stray server on the bench's database)."""
+    task = asyncio.current_task()
+    if task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+
+
+def run_database(kind: str) -> str:
+    """A database name of this run's own, so a server left behind by another run cannot touch it."""
+    return f"stockwire_bench_{kind}_{os.getpid()}"
+
+
 def start_server(
     db: str,
     workers: int = 1,

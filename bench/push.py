@@ -5,8 +5,8 @@
                                    [--profile sample|cprofile]
 
 On demand only (not part of the test suite). One run:
- 1. re-creates the database `stockwire_bench_push`, migrates it, creates an API key; starts two servers,
-    A and B (`uvicorn app.main:create_app --factory`), on that database and the Redis at
+ 1. re-creates a database of its own (`stockwire_bench_push_<pid>`), migrates it, creates an API key;
+    starts two servers, A and B (`uvicorn app.main:create_app --factory`), on that database and the Redis at
     127.0.0.1:6379 with a channel of their own (STOCKWIRE_BROADCAST_CHANNEL=stockwire.bench.push.<random>),
     and loads `--skus` SKUs at one location through B's GraphQL API;
  2. RAW BASELINE: Redis PUBLISH -> pub/sub receipt, at `--rate` messages/s (redis-py, no server involved);
@@ -69,9 +69,11 @@ from _common import (
     pg_dsn,
     print_profile,
     recreate_database,
+    run_database,
     say,
     set_api_key,
     start_server,
+    stop_on_sigterm,
     wait_ready,
 )
 
@@ -663,6 +665,7 @@ async def amain(a: argparse.Namespace) -> int:
     fan_sku = skus[0]
     channel = f"stockwire.bench.push.{uuid.uuid4().hex[:12]}"
     env = {"STOCKWIRE_BROADCAST_URL": REDIS_URL, "STOCKWIRE_BROADCAST_CHANNEL": channel}
+    stop_on_sigterm()
     started: list[Server] = []
     failed = True  # until the run gets to its sanity check: keep the server logs of a crashed run
     try:
@@ -803,7 +806,7 @@ def main() -> None:
     p.add_argument("--skip-memory", action="store_true", help="skip the memory phase")
     p.add_argument("--memory-only", action="store_true", help="only the memory phase")
     p.add_argument(
-        "--db", default="stockwire_bench_push", help="database to (re-)create (default stockwire_bench_push)"
+        "--db", default=run_database("push"), help="database to (re-)create (default: one per run, dropped after)"
     )
     p.add_argument("--keep-db", action="store_true", help="keep the database afterwards")
     p.add_argument(
@@ -819,7 +822,11 @@ def main() -> None:
     except ImportError:
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        sys.exit(runner.run(amain(a)))
+        try:
+            sys.exit(runner.run(amain(a)))
+        except asyncio.CancelledError:  # SIGTERM (stop_on_sigterm): the servers were stopped on the way out
+            say("stopped by SIGTERM")
+            sys.exit(143)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
                                       [--profile sample|cprofile] [--server-cmd CMD] [--keep-db]
 
 On demand only (not part of the test suite). One run:
- 1. re-creates the database `stockwire_bench`, migrates it (`stockwire migrate`), loads one location and
-    10,000 SKUs, each with 1e9 units on hand (a RECEIVED ledger row per SKU, so the integrity check holds);
+ 1. re-creates a database of its own (`stockwire_bench_reserve_<pid>`), migrates it (`stockwire migrate`),
+    loads one location and 10,000 SKUs, each with 1e9 units on hand (a RECEIVED ledger row per SKU, so
+    the integrity check holds);
  2. RAW BASELINE: `--clients` asyncpg connections, each call one transaction with the same statements as
     the service (prepared): select by idempotency key, SKU lookup, location lookup, insert reservation,
     conditional hold UPDATE ... RETURNING version, insert line, insert ledger row, insert outbox row, read
@@ -57,9 +58,11 @@ from _common import (
     pg_dsn,
     print_profile,
     recreate_database,
+    run_database,
     say,
     set_api_key,
     start_server,
+    stop_on_sigterm,
     wait_ready,
 )
 
@@ -475,6 +478,7 @@ def print_table(baseline: dict[str, Result], service: list[Result]) -> None:
 async def amain(a: argparse.Namespace) -> int:
     import asyncpg
 
+    stop_on_sigterm()
     expected: Counter[str] = Counter()
     unknown = 0
     server: Server | None = None
@@ -588,7 +592,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=16, help="concurrent clients / connections (default 16)")
     p.add_argument("--workers", default="1,2", help="uvicorn worker counts to measure, comma-separated (default 1,2)")
     p.add_argument("--client", choices=("raw", "httpx"), default="raw", help="HTTP load generator (default raw)")
-    p.add_argument("--db", default="stockwire_bench", help="database to (re-)create (default stockwire_bench)")
+    p.add_argument("--db", default=run_database("reserve"), help="database to (re-)create (default: one per run)")
     p.add_argument("--no-auth", action="store_true", help="do not create an API key (when keys exist)")
     p.add_argument("--keep-db", action="store_true", help="keep the database afterwards")
     p.add_argument(
@@ -610,7 +614,11 @@ def main() -> None:
     except ImportError:
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        sys.exit(runner.run(amain(a)))
+        try:
+            sys.exit(runner.run(amain(a)))
+        except asyncio.CancelledError:  # SIGTERM (stop_on_sigterm): the servers were stopped on the way out
+            say("stopped by SIGTERM")
+            sys.exit(143)
 
 
 if __name__ == "__main__":

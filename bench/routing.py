@@ -3,7 +3,7 @@
     .venv/bin/python bench/routing.py [--orders 300] [--locations 200] [--skus 100] [--lines 20] [--keep-db]
 
 On demand only (not part of the test suite). One run:
- 1. re-creates the database `stockwire_bench_routing`, migrates it (`stockwire migrate`) and starts
+ 1. re-creates a database of its own (`stockwire_bench_routing_<pid>`), migrates it (`stockwire migrate`) and starts
     `uvicorn app.main:create_app --factory` on a free port (STOCKWIRE_BROADCAST_URL=memory://);
  2. loads, through the API, `--locations` locations scattered over the continental US (priorities and
     shipping costs vary) and `--skus` SKUs; each location stocks ~60 % of the SKUs (RECEIVED events);
@@ -51,14 +51,16 @@ from _common import (
     migrate,
     pg_dsn,
     recreate_database,
+    run_database,
     sa_url,
     say,
     set_api_key,
     start_server,
+    stop_on_sigterm,
     wait_ready,
 )
 
-DB = "stockwire_bench_routing"
+DB = run_database("routing")
 TARGET_P99_MS = 20.0
 # the continental US, roughly
 LAT, LON = (25.0, 49.0), (-124.0, -67.0)
@@ -389,6 +391,7 @@ async def _key_in_process() -> str | None:
 
 
 async def run(a: argparse.Namespace) -> None:
+    stop_on_sigterm()
     rnd = random.Random(a.seed)
     say(f"re-creating database {DB}")
     await recreate_database(DB)
@@ -491,7 +494,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--pace", type=float, default=300.0, help="ms between paced routeAndReserve calls")
     p.add_argument("--keep-db", action="store_true")
-    asyncio.run(run(p.parse_args()))
+    try:
+        asyncio.run(run(p.parse_args()))
+    except asyncio.CancelledError:  # SIGTERM (stop_on_sigterm): the server was stopped on the way out
+        say("stopped by SIGTERM")
+        sys.exit(143)
 
 
 if __name__ == "__main__":
