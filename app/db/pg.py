@@ -194,3 +194,49 @@ async def enqueue_changes(db: asyncpg.Connection, pairs: Sequence[Pair], now: da
         await _run(db.execute, _INSERT_OUTBOX, *values[0])
     elif values:
         await _run(db.executemany, _INSERT_OUTBOX, values)
+
+
+# --- reads of the outbox relay and of availability ------------------------------------------------
+
+# Every SKU asked for (by id or code) with each of its positions, and the location epoch, in ONE
+# statement: one snapshot, so figures and versions agree (a SKU with no position yet gives one row
+# of NULL position columns).
+_AVAILABILITY = (
+    "SELECT s.id AS sku_id, s.code AS sku_code, s.active AS sku_active, s.version AS sku_version, "
+    "(SELECT coalesce(max(c.value), 0) FROM counters c WHERE c.name = 'locations') AS location_epoch, "
+    "p.location_id, p.on_hand, p.committed, p.reserved, p.unavailable, p.safety_stock, p.incoming, "
+    "p.version, p.updated_at, l.code AS location_code, l.active AS location_active "
+    "FROM skus s LEFT JOIN stock_levels p ON p.sku_id = s.id LEFT JOIN locations l ON l.id = p.location_id "
+    "WHERE s.id = ANY($1::int[]) OR s.code = ANY($2::varchar[]) ORDER BY l.code"
+)
+
+
+async def availability_rows(
+    db: asyncpg.Connection, sku_ids: Sequence[int], sku_codes: Sequence[str]
+) -> list[asyncpg.Record]:
+    """Rows of `_AVAILABILITY`; updated_at still naive (see `aware`)."""
+    return list(await _run(db.fetch, _AVAILABILITY, list(sku_ids), list(sku_codes)))
+
+
+def aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC)
+
+
+_CLAIM = (
+    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) "
+    "RETURNING id, sku_id, location_id"
+)
+
+
+async def claim_outbox(db: asyncpg.Connection, batch_size: int) -> list[asyncpg.Record]:
+    """The oldest outbox rows, deleted now (restored by a rollback), skipping rows another relay holds.
+
+    The claim's commit does not wait for the WAL flush: lost in a crash, it only means the rows are
+    published again. That halves the flushes of a busy service (one per change, one per relay batch).
+    """
+    await _run(db.execute, "SET LOCAL synchronous_commit TO off")
+    return list(await _run(db.fetch, _CLAIM, batch_size))
+
+
+async def channel_codes(db: asyncpg.Connection) -> list[str]:
+    return [r["code"] for r in await _run(db.fetch, "SELECT code FROM channels ORDER BY code")]

@@ -29,9 +29,10 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, text
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.db import pg
 from app.db.tables import channels, outbox
 from app.realtime import codec
 from app.realtime.hub import Change, Hub
@@ -93,18 +94,17 @@ class OutboxRelay:
         """Publish one batch. Returns how many outbox rows it took (0: nothing to do)."""
 
         async def work(conn: AsyncConnection) -> int:
-            if conn.dialect.name == "postgresql":
-                # The claim's commit need not wait for the disk: lost in a crash, it only means the rows
-                # are published again. Halves the WAL flushes of a busy service (one per change and one
-                # per relay batch otherwise), which showed in the push latency's tail.
-                await conn.execute(_ASYNC_COMMIT)
-            rows = list(await conn.execute(_CLAIM[conn.dialect.name], {"batch_size": self.batch_size}))
+            if conn.dialect.name == "postgresql":  # asyncpg directly (app/db/pg.py): runs once per change
+                rows: list[Any] = await pg.claim_outbox(await pg.driver(conn), self.batch_size)
+            else:
+                rows = list(await conn.execute(_CLAIM_SQLITE, {"batch_size": self.batch_size}))
+            # rows are (id, sku_id, location_id), asyncpg records or SQLAlchemy rows: read by position
             if not rows:
                 return 0
             changes = await _read_changes(
                 conn,
-                {r.sku_id for r in rows},
-                {(r.sku_id, r.location_id) for r in rows if r.location_id},
+                {r[1] for r in rows},
+                {(r[1], r[2]) for r in rows if r[2]},
                 self.ctx.clock(),
             )
             fresh = [c for c in changes if self._is_news(c)]
@@ -172,12 +172,10 @@ class OutboxRelay:
             self._published.popitem(last=False)
 
 
-def _claim_statement(dialect: str) -> Any:
+def _claim_statement() -> Any:
     """Take the oldest outbox rows in one statement: deleted now, restored by the rollback if publishing
-    fails. On Postgres, rows another relay is working on are skipped, not waited for."""
+    fails. (On Postgres, app/db/pg.py claim_outbox, which skips rows another relay is working on.)"""
     oldest = select(outbox.c.id).order_by(outbox.c.id).limit(bindparam("batch_size"))
-    if dialect == "postgresql":
-        oldest = oldest.with_for_update(skip_locked=True)
     return (
         delete(outbox)
         .where(outbox.c.id.in_(oldest.scalar_subquery()))
@@ -186,9 +184,8 @@ def _claim_statement(dialect: str) -> Any:
 
 
 # built once: the relay runs these for every batch
-_CLAIM = {"postgresql": _claim_statement("postgresql"), "sqlite": _claim_statement("sqlite")}
+_CLAIM_SQLITE = _claim_statement()
 _CHANNEL_CODES = select(channels.c.code).order_by(channels.c.code)
-_ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO off")
 
 
 async def _read_changes(
@@ -202,7 +199,11 @@ async def _read_changes(
     """
     views, levels = await queries.availability_and_levels(conn, sku_ids=sku_ids)
     codes = [v.sku_code for v in views]
-    for channel_code in await conn.scalars(_CHANNEL_CODES):
+    if conn.dialect.name == "postgresql":
+        channel_codes = await pg.channel_codes(await pg.driver(conn))
+    else:
+        channel_codes = list(await conn.scalars(_CHANNEL_CODES))
+    for channel_code in channel_codes:
         views += await channel_service.availability_in(conn, channel_code, codes, now)
     changes = [
         Change(codec.availability_kind(v.channel_code), v.sku_code, v.version, codec.availability_to_data(v))

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Select, and_, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 
+from app.db import pg
 from app.db.stock import position_of
 from app.db.tables import counters, inventory_events, locations, skus, stock_levels
-from app.domain.quantities import sellable_across
+from app.domain.quantities import Position, sellable_across
 from app.services.context import Ctx
 from app.services.views import AvailabilityView, LedgerEntryView, StockLevelView
 
@@ -89,27 +90,68 @@ async def availability_and_levels(
     conn: AsyncConnection, *, sku_codes: Collection[str] = (), sku_ids: Collection[int] = ()
 ) -> tuple[list[AvailabilityView], dict[tuple[int, int], StockLevelView]]:
     """The availability of the SKUs named by code or id (by code order) and every one of their
-    positions by (sku_id, location_id). Two reads, so figures and versions agree."""
+    positions by (sku_id, location_id)."""
+    if not sku_codes and not sku_ids:
+        return [], {}
+    if conn.dialect.name == "postgresql":
+        return _assemble(*_from_pg(await pg.availability_rows(await pg.driver(conn), list(sku_ids), list(sku_codes))))
+    # SQLite: two reads, one transaction (SQLite serialises writers, so they see one state)
     rows: list[Any] = list(await conn.execute(_SKUS_BY_ID, {"ids": list(sku_ids)})) if sku_ids else []
     if sku_codes:
         rows += await conn.execute(_SKUS_BY_CODE, {"codes": list(sku_codes)})
-    known = {r.id: r for r in rows}
+    known = {r.id: _Sku(r.id, r.code, bool(r.active), int(r.version) + int(r.location_epoch or 0)) for r in rows}
     if not known:
         return [], {}
-    levels: dict[str, list[StockLevelView]] = defaultdict(list)
+    levels = [
+        ((r.sku_id, r.location_id), level_view(r))
+        for r in await conn.execute(_LEVELS_OF_SKUS, {"sku_ids": list(known)})
+    ]
+    return _assemble(known, levels)
+
+
+class _Sku(NamedTuple):
+    id: int
+    code: str
+    active: bool
+    version: int  # the SKU's own version plus the location epoch
+
+
+def _from_pg(rows: list[Any]) -> tuple[dict[int, _Sku], list[tuple[tuple[int, int], StockLevelView]]]:
+    known: dict[int, _Sku] = {}
+    levels = []
+    for r in rows:
+        sku_id = r["sku_id"]
+        if sku_id not in known:
+            known[sku_id] = _Sku(sku_id, r["sku_code"], r["sku_active"], r["sku_version"] + r["location_epoch"])
+        if r["location_id"] is None:
+            continue  # a SKU without positions
+        position = Position(
+            r["on_hand"], r["committed"], r["reserved"], r["unavailable"], r["safety_stock"], r["incoming"]
+        )
+        view = StockLevelView(
+            r["sku_code"], r["location_code"], position, r["version"], pg.aware(r["updated_at"]), r["location_active"]
+        )
+        levels.append(((sku_id, r["location_id"]), view))
+    return known, levels
+
+
+def _assemble(
+    known: dict[int, _Sku], levels: list[tuple[tuple[int, int], StockLevelView]]
+) -> tuple[list[AvailabilityView], dict[tuple[int, int], StockLevelView]]:
+    """Views from the SKUs and their positions (in location-code order)."""
+    shown: dict[str, list[StockLevelView]] = defaultdict(list)
     version_sum: dict[str, int] = defaultdict(int)
     every: dict[tuple[int, int], StockLevelView] = {}
-    for r in await conn.execute(_LEVELS_OF_SKUS, {"sku_ids": list(known)}):
-        view = level_view(r)
-        every[(r.sku_id, r.location_id)] = view
+    for pair, view in levels:
+        every[pair] = view
         # every position counts toward the version, active or not, so switching a location off and
         # on again can never bring a version back
-        version_sum[r.sku_code] += view.version
+        version_sum[view.sku_code] += view.version
         if view.location_active and view.version > 0:
-            levels[r.sku_code].append(view)
+            shown[view.sku_code].append(view)
     result = []
-    for sku in sorted(known.values(), key=lambda k: str(k.code)):
-        here = levels[sku.code] if sku.active else []
+    for sku in sorted(known.values(), key=lambda k: k.code):
+        here = shown[sku.code] if sku.active else []
         positions = [lv.position for lv in here]
         result.append(
             AvailabilityView(
@@ -117,8 +159,8 @@ async def availability_and_levels(
                 channel_code=None,
                 available=sellable_across(positions),
                 oversold=sum(p.oversold for p in positions),
-                version=version_sum[sku.code] + int(sku.version) + int(sku.location_epoch or 0),
-                locations=tuple(levels[sku.code]),
+                version=version_sum[sku.code] + sku.version,
+                locations=tuple(shown[sku.code]),
             )
         )
     return result, every
