@@ -313,3 +313,20 @@ async def test_health_and_readiness(server: Live) -> None:
         ready = await client.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"]["broadcast"] == "ok"
+
+
+@pytest.mark.parametrize("protocol", [TRANSPORT_WS, LEGACY_WS])
+async def test_an_error_in_a_subscription_reaches_the_client_with_its_code(server: Live, protocol: str) -> None:
+    # errors of streamed results get their code from StockwireSchema._guarded (not a per-message hook)
+    query = 'subscription($c: String) { availabilityChanged(skuCodes: ["X"], channelCode: $c) { skuCode } }'
+    kind, data_type = ("subscribe", "next") if protocol == TRANSPORT_WS else ("start", "data")
+    ws = await _open(server, protocol)
+    try:
+        payload = {"query": query, "variables": {"c": "NO-SUCH-CHANNEL"}}
+        await ws.send(json.dumps({"type": kind, "id": "1", "payload": payload}))
+        message = await _next(ws, {data_type, "error"})
+        errors = message["payload"]["errors"] if message["type"] == data_type else message["payload"]
+        assert [e["extensions"]["code"] for e in errors] == ["BAD_USER_INPUT"]
+        assert "NO-SUCH-CHANNEL" in errors[0]["message"]
+    finally:
+        await ws.close()
