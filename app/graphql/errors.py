@@ -15,7 +15,7 @@ from contextlib import aclosing
 from functools import cached_property
 from typing import Any
 
-from graphql import GraphQLError, GraphQLSyntaxError
+from graphql import ASTValidationRule, GraphQLError, GraphQLSyntaxError
 from strawberry import Schema
 from strawberry.extensions import MaskErrors, SchemaExtension
 from strawberry.extensions.context import StreamResultContextManager
@@ -157,6 +157,16 @@ class StockwireSchema(Schema):
     """
 
     error_policy: ErrorPolicy
+    max_query_tokens: int | None = None
+    extra_validation_rules: tuple[type[ASTValidationRule], ...] = ()
+
+    def _create_execution_context(self, *args: Any, **kwargs: Any) -> ExecutionContext:
+        # what MaxTokensLimiter and AddValidationRules would do in their on_operation hooks
+        context = super()._create_execution_context(*args, **kwargs)
+        if self.max_query_tokens is not None:
+            context.parse_options["max_tokens"] = self.max_query_tokens
+        context.validation_rules = context.validation_rules + self.extra_validation_rules
+        return context
 
     def create_extensions_runner(
         self, execution_context: ExecutionContext, extensions: list[SchemaExtension]

@@ -7,14 +7,7 @@ from functools import cache
 from graphql import ASTValidationRule, GraphQLError
 from graphql.validation.rules.max_introspection_depth_rule import MaxIntrospectionDepthRule
 from strawberry import Schema
-from strawberry.extensions import (
-    AddValidationRules,
-    MaxTokensLimiter,
-    ParserCache,
-    ValidationCache,
-    max_aliases,
-    query_depth_limiter,
-)
+from strawberry.extensions import ParserCache, ValidationCache, max_aliases, query_depth_limiter
 from strawberry.tools import merge_types
 
 from app.graphql.channels import ChannelMutation, ChannelQuery, ChannelSubscription
@@ -64,14 +57,16 @@ def build_schema(settings: Settings | None = None) -> Schema:
         extensions=[
             # without these Strawberry parses and validates every request again (pitfalls.md #6)
             # factories: a fresh extension per request; the caches themselves are module-level and shared
-            lambda: MaxTokensLimiter(max_token_count=s.max_query_tokens),
-            lambda: AddValidationRules(rules),
             lambda: ParserCache(maxsize=1024),
             lambda: ValidationCache(maxsize=1024),
             lambda: ClientErrors(ERROR_POLICY),
         ],
     )
     built.error_policy = ERROR_POLICY
+    # the token limit and the limit rules, set on each operation by StockwireSchema itself rather than
+    # by MaxTokensLimiter and AddValidationRules, whose hooks stay open for a subscription's lifetime
+    built.max_query_tokens = s.max_query_tokens
+    built.extra_validation_rules = tuple(rules)
     return built
 
 
