@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from sqlalchemy import event
@@ -18,6 +19,23 @@ T = TypeVar("T")
 # Postgres aborts one side of a deadlock or serialisation conflict; the whole transaction is retried.
 _RETRYABLE_SQLSTATES = {"40P01", "40001"}
 _MAX_ATTEMPTS = 5
+
+
+Pair = tuple[int, int]  # (sku_id, location_id)
+CommitListener = Callable[[frozenset[Pair]], None]
+
+# The positions the running write transaction changed, collected for its commit listeners.
+_changed: ContextVar[set[Pair] | None] = ContextVar("stockwire_changed_positions", default=None)
+
+
+def note_changed(pairs: Iterable[Pair]) -> None:
+    """Tell the commit listeners which positions this transaction changed (stock.enqueue_changes does).
+
+    Only a hint, for speed: the outbox rows written in the same transaction remain the guarantee.
+    """
+    collected = _changed.get()
+    if collected is not None:
+        collected.update(pairs)
 
 
 def _sqlstate(exc: DBAPIError) -> str | None:
@@ -46,10 +64,11 @@ class Database:
         # SQLite allows one writer: writers in this process queue here instead of failing with
         # "database is locked". Postgres needs no such thing: its row locks and conditional updates do it.
         self._sqlite_writer = asyncio.Lock()
-        self._commit_listeners: list[Callable[[], None]] = []
+        self._commit_listeners: list[CommitListener] = []
 
-    def on_commit(self, listener: Callable[[], None]) -> None:
-        """Called after every committed write transaction (the outbox relay wakes on it)."""
+    def on_commit(self, listener: CommitListener) -> None:
+        """Called after every committed write transaction with the positions it changed, as far as
+        `note_changed` heard of them (the outbox relay wakes on it)."""
         self._commit_listeners.append(listener)
 
     @asynccontextmanager
@@ -64,6 +83,8 @@ class Database:
     async def write(self, work: Callable[[AsyncConnection], Awaitable[T]], notify: bool = True) -> T:
         """Run `work` in one transaction, retried from the start if Postgres picks it as a deadlock victim."""
         for attempt in range(1, _MAX_ATTEMPTS + 1):
+            changed: set[Pair] = set()
+            token = _changed.set(changed)
             try:
                 async with self._begin() as conn:
                     result = await work(conn)
@@ -73,9 +94,11 @@ class Database:
                     await asyncio.sleep(0.005 * attempt)
                     continue
                 raise
+            finally:
+                _changed.reset(token)
             if notify:
                 for listener in self._commit_listeners:
-                    listener()
+                    listener(frozenset(changed))
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 

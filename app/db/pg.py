@@ -6,9 +6,9 @@ stock change runs about eight statements, so on a two-core host at a few hundred
 that overhead alone decides how fast changes are published. These statements are the same SQL the
 SQLAlchemy versions in stock.py produce; SQLite keeps using those.
 
-Only on PostgreSQL, and always within the transaction `Database.write` opened: `driver()` begins it
-on the asyncpg connection if SQLAlchemy has not sent a statement yet (it begins lazily), so a rollback
-undoes these statements like any other. asyncpg prepares each text once per connection.
+Only on PostgreSQL, and within the transaction `Database.write` opened: `driver()` begins it on the
+asyncpg connection if SQLAlchemy has not sent a statement yet (it begins lazily), so a rollback undoes
+these statements like any other. asyncpg prepares each text once per connection.
 
 Timestamps: every column is naive UTC (see types.UTCDateTime); `_naive` and `_aware` convert.
 Errors: asyncpg's are raised as SQLAlchemy's (IntegrityError for constraint violations, DBAPIError
@@ -32,16 +32,21 @@ Pair = tuple[int, int]
 
 
 async def driver(conn: AsyncConnection) -> asyncpg.Connection:
-    """The asyncpg connection under `conn`, in `conn`'s transaction."""
+    """The asyncpg connection under `conn`, in `conn`'s transaction if it has one.
+
+    A connection SQLAlchemy has not begun (a `Database.read()` that ran nothing yet) gets none: its
+    statements run on their own, each with its own snapshot, like single reads do anyway.
+    """
     raw = await conn.get_raw_connection()
     adapted: Any = raw.dbapi_connection
-    # SQLAlchemy's asyncpg adapter sends BEGIN with its first statement; without this, statements sent
-    # here first would run outside the transaction (each committed on its own)
-    if adapted._transaction is None:
-        await adapted._start_transaction()
     connection: asyncpg.Connection = adapted._connection
-    if not connection.is_in_transaction():
-        raise RuntimeError("pg.driver() needs a connection inside a transaction")
+    if conn.in_transaction():
+        # SQLAlchemy's asyncpg adapter sends BEGIN with its first statement; without this, statements
+        # sent here first would run outside the transaction (each committed on its own)
+        if adapted._transaction is None:
+            await adapted._start_transaction()
+        if not connection.is_in_transaction():
+            raise RuntimeError("pg.driver(): the asyncpg connection is not in the transaction")
     return connection
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg
+from app.db.engine import note_changed
 from app.db.tables import inventory_events, outbox, stock_levels
 from app.db.types import UTCDateTime
 from app.domain.quantities import Delta, Position
@@ -252,6 +253,8 @@ async def write_ledger(conn: AsyncConnection, rows: list[dict[str, Any]]) -> Non
 
 async def enqueue_changes(conn: AsyncConnection, pairs: Iterable[Pair], now: datetime) -> None:
     """Outbox rows, in the change's own transaction: a crash after commit cannot lose the publication."""
+    pairs = list(pairs)
+    note_changed(pairs)  # and a hint for the relay, which can then publish without claiming first
     if conn.dialect.name == "postgresql":
         wanted = sorted(set(pairs))
         if wanted:

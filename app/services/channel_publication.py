@@ -169,6 +169,7 @@ class PublicationWorker:
         self._moved: dict[str, set[str]] = defaultdict(set)  # SKU codes per channel code
         self._rescan: set[str] = set()  # channel codes to compare in full at the next pass
         self._scanned_at: dict[str, float] = {}
+        self._endpoint_of: dict[str, str] = {}  # the endpoint each channel was last published to
 
     def poke(self) -> None:
         """Look for changes now, not at the next poll."""
@@ -232,6 +233,10 @@ class PublicationWorker:
         acked = 0
         for channel in targets:
             self._follow(channel.code)
+            if self._endpoint_of.get(channel.code) != channel.endpoint_url:
+                # a new endpoint is told everything, not only what moves from now on
+                self._endpoint_of[channel.code] = channel.endpoint_url
+                self._rescan.add(channel.code)
             clock = time.monotonic()
             only: set[str] | None
             if (
@@ -254,9 +259,13 @@ class PublicationWorker:
         now = self.ctx.clock()
         async with self.ctx.db.read() as conn:
             # the row again, in the read the figures come from: its endpoint and secret go with them
+            seen_endpoint = channel.endpoint_url
             channel = (await conn.execute(select(channels).where(channels.c.id == channel.id))).first()
             if channel is None or channel.endpoint_url is None:
                 return 0
+            if channel.endpoint_url != seen_endpoint:
+                only = None  # the endpoint changed since the pass began: it gets everything
+                self._endpoint_of[channel.code] = channel.endpoint_url
             if only is not None:
                 retries = select(skus.c.code).join(cp, cp.c.sku_id == skus.c.id)
                 only |= set(
