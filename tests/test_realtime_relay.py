@@ -312,3 +312,23 @@ async def test_a_skipped_state_overtaken_by_another_relays_older_message_goes_ou
     finally:
         await hub.stop()
         await broadcast.disconnect()
+
+
+async def test_a_commit_is_published_from_its_hint_before_its_outbox_row_is_claimed(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.realtime.relay as relay_module
+
+    monkeypatch.setattr(relay_module, "_DRAIN_EVERY", 5.0)  # the rows then wait for the next poll (0.5 s)
+    api = rig.api
+    await catalogue(api, [SKU], [(WH1, 10)])
+    await rig.settle()
+    await record(api, event("RECEIVED", SKU, WH1, 3))
+    async with asyncio.timeout(TIMEOUT):
+        while not any(c.kind == codec.AVAILABILITY for c in rig.recorder.changes):  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+    # published after one read: its outbox row is still there, for the drain to claim
+    assert len(await api.sql("SELECT id FROM outbox")) == 1
+    published = await rig.settle()  # the poll drains it: no news, nothing published twice
+    assert _only(published, AVAIL)["available"] == 3
+    assert await api.sql("SELECT id FROM outbox") == []
