@@ -134,12 +134,7 @@ class OutboxRelay:
         their outbox rows: one read, outside any transaction (the rows follow in the next drain)."""
         async with self.ctx.db.read() as conn:
             changes = await _read_changes(conn, {s for s, _ in pairs}, pairs, self.ctx.clock())
-        fresh = [c for c in changes if self._is_news(c)]
-        self.skipped_count += len(changes) - len(fresh)
-        if fresh:
-            await self.hub.publish_many(fresh)
-            self._remember(fresh)
-            self.published_count += len(fresh)
+        await self._publish_news(changes)
 
     async def drain_once(self) -> int:
         """Publish one batch. Returns how many outbox rows it took (0: nothing to do)."""
@@ -158,15 +153,19 @@ class OutboxRelay:
                 {(r[1], r[2]) for r in rows if r[2]},
                 self.ctx.clock(),
             )
-            fresh = [c for c in changes if self._is_news(c)]
-            self.skipped_count += len(changes) - len(fresh)
-            if fresh:
-                await self.hub.publish_many(fresh)
-                self._remember(fresh)
-                self.published_count += len(fresh)
+            await self._publish_news(changes)
             return len(rows)
 
         return await self.ctx.db.write(work, notify=False)
+
+    async def _publish_news(self, changes: list[Change]) -> None:
+        """Publish what subscribers have not seen (raises like Hub.publish_many: the caller retries)."""
+        fresh = [c for c in changes if self._is_news(c)]
+        self.skipped_count += len(changes) - len(fresh)
+        if fresh:
+            await self.hub.publish_many(fresh)
+            self._remember(fresh)
+            self.published_count += len(fresh)
 
     def observe(self, changes: list[Change]) -> None:
         """Every message on the channel, whoever published it (wired to the hub in __init__)."""
