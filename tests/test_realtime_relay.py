@@ -106,8 +106,22 @@ class Rig:
 
 @pytest.fixture
 async def rig(database_url: str) -> AsyncIterator[Rig]:
+    async with _rig(Settings(database_url=database_url, broadcast_url="memory://")) as made:
+        yield made
+
+
+@pytest.fixture
+async def rig_without_polling(database_url: str) -> AsyncIterator[Rig]:
+    """A relay that drains only when a commit asks for it (no periodic poll racing with the test)."""
+    async with _rig(Settings(database_url=database_url, broadcast_url="memory://", relay_poll_seconds=600)) as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def _rig(settings: Settings) -> AsyncIterator[Rig]:
+    database_url = settings.database_url
     key = await create_test_key(database_url)  # before the lifespan: Postgres refuses to start without one
-    app = create_app(Settings(database_url=database_url, broadcast_url="memory://"))
+    app = create_app(settings)
     async with app.router.lifespan_context(app):
         runtime: Runtime = app.state.runtime
         assert runtime.ctx is not None
@@ -315,20 +329,54 @@ async def test_a_skipped_state_overtaken_by_another_relays_older_message_goes_ou
 
 
 async def test_a_commit_is_published_from_its_hint_before_its_outbox_row_is_claimed(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
+    rig_without_polling: Rig,
 ) -> None:
-    import app.realtime.relay as relay_module
-
-    monkeypatch.setattr(relay_module, "_DRAIN_EVERY", 5.0)  # the rows then wait for the next poll (0.5 s)
+    rig = rig_without_polling
+    relay = rig.runtime.relay
+    assert relay is not None
     api = rig.api
     await catalogue(api, [SKU], [(WH1, 10)])
     await rig.settle()
+    await asyncio.sleep(0.2)  # past any drain the set-up's commits scheduled
+    claims: list[tuple[int, int, int]] = []  # (rows claimed, published before, published after)
+    drain = relay.drain_once
+
+    async def watched_drain() -> int:
+        before = relay.published_count
+        claimed = await drain()
+        if claimed:
+            claims.append((claimed, before, relay.published_count))
+        return claimed
+
+    relay.drain_once = watched_drain  # type: ignore[method-assign]
+    published_before = relay.published_count
     await record(api, event("RECEIVED", SKU, WH1, 3))
-    async with asyncio.timeout(TIMEOUT):
-        while not any(c.kind == codec.AVAILABILITY for c in rig.recorder.changes):  # noqa: ASYNC110
-            await asyncio.sleep(0.001)
-    # published after one read: its outbox row is still there, for the drain to claim
-    assert len(await api.sql("SELECT id FROM outbox")) == 1
-    published = await rig.settle()  # the poll drains it: no news, nothing published twice
+    published = await rig.settle()
     assert _only(published, AVAIL)["available"] == 3
+    # the row was claimed after the availability and the level went out, and its claim was no news
+    assert claims == [(1, published_before + 2, published_before + 2)]
     assert await api.sql("SELECT id FROM outbox") == []
+
+
+async def test_commits_that_queue_nothing_do_not_wake_the_relay(rig_without_polling: Rig) -> None:
+    rig = rig_without_polling
+    relay = rig.runtime.relay
+    assert relay is not None
+    await catalogue(rig.api, [SKU], [(WH1, 10)])
+    await record(rig.api, event("RECEIVED", SKU, WH1, 5))
+    await rig.settle()
+    await asyncio.sleep(0.2)  # past the drain the receipt scheduled
+    drains = 0
+    drain = relay.drain_once
+
+    async def counted() -> int:
+        nonlocal drains
+        drains += 1
+        return await drain()
+
+    relay.drain_once = counted  # type: ignore[method-assign]
+    await asyncio.sleep(1.0)  # the expiry sweeper commits every 0.25 s, with nothing to expire
+    assert drains == 0
+    await rig.api.ok(UPSERT_SKUS, input=[{"code": SKU, "name": SKU, "active": False}])  # bulk outbox rows
+    assert _only(await rig.settle(), AVAIL)["available"] == 0
+    assert drains >= 1  # claimed at once, not at a poll (none comes in this test)

@@ -22,10 +22,21 @@ _MAX_ATTEMPTS = 5
 
 
 Pair = tuple[int, int]  # (sku_id, location_id)
-CommitListener = Callable[[frozenset[Pair]], None]
+# after a commit: the positions it changed, and whether it wrote outbox rows of other kinds
+CommitListener = Callable[[frozenset[Pair], bool], None]
 
-# The positions the running write transaction changed, collected for its commit listeners.
-_changed: ContextVar[set[Pair] | None] = ContextVar("stockwire_changed_positions", default=None)
+
+class _Written:
+    """What the running write transaction queued for publication, for its commit listeners."""
+
+    __slots__ = ("other_rows", "pairs")
+
+    def __init__(self) -> None:
+        self.pairs: set[Pair] = set()
+        self.other_rows = False
+
+
+_written: ContextVar[_Written | None] = ContextVar("stockwire_written", default=None)
 
 
 def note_changed(pairs: Iterable[Pair]) -> None:
@@ -33,9 +44,18 @@ def note_changed(pairs: Iterable[Pair]) -> None:
 
     Only a hint, for speed: the outbox rows written in the same transaction remain the guarantee.
     """
-    collected = _changed.get()
-    if collected is not None:
-        collected.update(pairs)
+    written = _written.get()
+    if written is not None:
+        written.pairs.update(pairs)
+
+
+def note_outbox_rows() -> None:
+    """Tell the commit listeners this transaction wrote outbox rows not named by `note_changed`
+    (bulk inserts: a location switched off, a channel's rules); the relay then claims them at once.
+    Forgetting it delays their publication to the relay's next poll, it does not lose them."""
+    written = _written.get()
+    if written is not None:
+        written.other_rows = True
 
 
 def _sqlstate(exc: DBAPIError) -> str | None:
@@ -67,8 +87,8 @@ class Database:
         self._commit_listeners: list[CommitListener] = []
 
     def on_commit(self, listener: CommitListener) -> None:
-        """Called after every committed write transaction with the positions it changed, as far as
-        `note_changed` heard of them (the outbox relay wakes on it)."""
+        """Called after every committed write transaction that queued something for publication
+        (`note_changed`, `note_outbox_rows`): the outbox relay wakes on it."""
         self._commit_listeners.append(listener)
 
     @asynccontextmanager
@@ -83,8 +103,8 @@ class Database:
     async def write(self, work: Callable[[AsyncConnection], Awaitable[T]], notify: bool = True) -> T:
         """Run `work` in one transaction, retried from the start if Postgres picks it as a deadlock victim."""
         for attempt in range(1, _MAX_ATTEMPTS + 1):
-            changed: set[Pair] = set()
-            token = _changed.set(changed)
+            written = _Written()
+            token = _written.set(written)
             try:
                 async with self._begin() as conn:
                     result = await work(conn)
@@ -95,10 +115,10 @@ class Database:
                     continue
                 raise
             finally:
-                _changed.reset(token)
-            if notify:
+                _written.reset(token)
+            if notify and (written.pairs or written.other_rows):
                 for listener in self._commit_listeners:
-                    listener(frozenset(changed))
+                    listener(frozenset(written.pairs), written.other_rows)
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -78,13 +78,12 @@ class OutboxRelay:
         self.republished_count = 0  # skipped states published after all (see the module docstring)
         hub.observe(self.observe)
 
-    def poke(self, changed: frozenset[tuple[int, int]] = frozenset()) -> None:
-        """Called after every commit in this process with the positions it changed (as far as known):
-        publish now rather than at the next poll."""
-        if changed:
-            self._hinted |= changed
-        else:
-            self._drain_now = True  # outbox rows of unknown positions: claim them at once
+    def poke(self, changed: frozenset[tuple[int, int]] = frozenset(), other_rows: bool = True) -> None:
+        """Called after a commit in this process that queued changes (Database.on_commit): publish now
+        rather than at the next poll, from the positions it names, and claim other rows at once."""
+        self._hinted |= changed
+        if other_rows:
+            self._drain_now = True
         self._wake.set()
 
     async def run(self) -> None:
@@ -188,7 +187,7 @@ class OutboxRelay:
                 self._republish[slot] = last[2]
                 overtaken = True
         if overtaken:
-            self.poke()
+            self._wake.set()  # _publish_overtaken runs on every pass
 
     async def _publish_overtaken(self) -> None:
         if not self._republish:

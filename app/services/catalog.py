@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.db.engine import note_outbox_rows
 from app.db.tables import counters, locations, outbox, skus, stock_levels
 from app.domain.errors import ErrorCode, Refused, UserError
 from app.services.context import Ctx
@@ -116,6 +117,7 @@ async def upsert_skus(ctx: Ctx, items: list[SkuInput]) -> list[SkuView]:
                 )
             if "active" in changes:
                 # switching a SKU on or off changes its availability everywhere: publish it
+                note_outbox_rows()  # claimed at once by the relay
                 await conn.execute(
                     insert(outbox).from_select(
                         ["sku_id", "location_id", "created_at"],
@@ -221,6 +223,7 @@ async def _bump_location_epoch(conn: AsyncConnection, now: datetime, location_id
     )
     if moved.rowcount == 0:
         await conn.execute(insert(counters).values(name="locations", value=1))
+    note_outbox_rows()  # claimed at once by the relay
     await conn.execute(
         insert(outbox).from_select(
             ["sku_id", "location_id", "created_at"],

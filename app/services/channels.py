@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import stock
+from app.db.engine import note_outbox_rows
 from app.db.tables import (
     channel_holds,
     channel_locations,
@@ -259,6 +260,7 @@ async def _publish_locations(conn: AsyncConnection, location_ids: set[int], now:
     """Queue every SKU stocked at these locations: its channel figures may have moved."""
     if not location_ids:
         return
+    note_outbox_rows()  # claimed at once by the relay
     await conn.execute(
         insert(outbox).from_select(
             ["sku_id", "location_id", "created_at"],
@@ -368,6 +370,7 @@ async def set_ring_fences(ctx: Ctx, channel_code: str, fences: list[RingFenceInp
                 )
         await conn.execute(update(channels).values(version=channels.c.version + 1, updated_at=now))
         if fences:
+            note_outbox_rows()  # claimed at once by the relay
             await conn.execute(
                 insert(outbox),
                 [
