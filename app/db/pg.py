@@ -73,28 +73,38 @@ def _aware(value: datetime | None) -> datetime | None:
 
 # --- look-ups -------------------------------------------------------------------------------------
 
-_SKU_IDS = "SELECT code, id FROM skus WHERE code = ANY($1::varchar[])"
-_LOCATIONS = "SELECT code, id, count_authority FROM locations WHERE code = ANY($1::varchar[])"
-_RECORDED = (
-    "SELECT e.source, e.external_id, e.fingerprint, e.version FROM inventory_events e "
-    "JOIN unnest($1::varchar[], $2::varchar[]) AS k(source, external_id) "
+# SKUs, locations and already recorded events of a batch in one round trip: kind, two texts, a number,
+# a text (SKU: code, -, id, -; location: code, count authority, id, -; event: source, external id,
+# version, fingerprint)
+_LOOK_UP = (
+    "SELECT 'S' AS kind, code AS a, NULL::varchar AS b, id::bigint AS n, NULL::varchar AS c "
+    "FROM skus WHERE code = ANY($1::varchar[]) "
+    "UNION ALL SELECT 'L', code, count_authority, id, NULL FROM locations WHERE code = ANY($2::varchar[]) "
+    "UNION ALL SELECT 'E', e.source, e.external_id, e.version, e.fingerprint FROM inventory_events e "
+    "JOIN unnest($3::varchar[], $4::varchar[]) AS k(source, external_id) "
     "ON e.source = k.source AND e.external_id = k.external_id"
 )
 
 
-async def sku_ids(db: asyncpg.Connection, codes: Sequence[str]) -> dict[str, int]:
-    return {r["code"]: r["id"] for r in await _run(db.fetch, _SKU_IDS, list(codes))}
-
-
-async def locations(db: asyncpg.Connection, codes: Sequence[str]) -> dict[str, tuple[int, str | None]]:
-    """code -> (id, count_authority)"""
-    return {r["code"]: (r["id"], r["count_authority"]) for r in await _run(db.fetch, _LOCATIONS, list(codes))}
-
-
-async def recorded(db: asyncpg.Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, int]]:
-    """(source, external id) -> (fingerprint, version) of the events already recorded."""
-    rows = await _run(db.fetch, _RECORDED, [k[0] for k in keys], [k[1] for k in keys])
-    return {(r["source"], r["external_id"]): (r["fingerprint"], r["version"]) for r in rows}
+async def look_up(
+    db: asyncpg.Connection, sku_codes: Sequence[str], location_codes: Sequence[str], keys: Sequence[tuple[str, str]]
+) -> tuple[dict[str, int], dict[str, tuple[int, str | None]], dict[tuple[str, str], tuple[str | None, int]]]:
+    """SKU code -> id; location code -> (id, count_authority); (source, external id) -> (fingerprint,
+    version) of the events already recorded."""
+    rows = await _run(
+        db.fetch, _LOOK_UP, list(sku_codes), list(location_codes), [k[0] for k in keys], [k[1] for k in keys]
+    )
+    skus: dict[str, int] = {}
+    locations: dict[str, tuple[int, str | None]] = {}
+    recorded: dict[tuple[str, str], tuple[str | None, int]] = {}
+    for kind, a, b, n, c in rows:
+        if kind == "S":
+            skus[a] = n
+        elif kind == "L":
+            locations[a] = (n, b)
+        else:
+            recorded[(a, b)] = (c, n)
+    return skus, locations, recorded
 
 
 # --- positions ------------------------------------------------------------------------------------

@@ -51,13 +51,11 @@ async def _look_up(
     conn: AsyncConnection, sku_codes: set[str], loc_codes: set[str], keys: list[tuple[str, str]]
 ) -> tuple[dict[str, int], dict[str, _Location], dict[tuple[str, str], _Recorded]]:
     """SKU ids, locations and the events already recorded under these (source, externalId) keys."""
-    if conn.dialect.name == "postgresql":  # asyncpg directly: see app/db/pg.py
-        db = await pg.driver(conn)
-        locations_found = await pg.locations(db, sorted(loc_codes))
-        seen = await pg.recorded(db, keys)
+    if conn.dialect.name == "postgresql":  # asyncpg directly, one round trip: see app/db/pg.py
+        ids, found, seen = await pg.look_up(await pg.driver(conn), sorted(sku_codes), sorted(loc_codes), keys)
         return (
-            await pg.sku_ids(db, sorted(sku_codes)),
-            {code: _Location(*loc) for code, loc in locations_found.items()},
+            ids,
+            {code: _Location(*loc) for code, loc in found.items()},
             {key: _Recorded(*r) for key, r in seen.items()},
         )
     ids = {r.code: r.id for r in await conn.execute(_SKU_IDS, {"codes": list(sku_codes)})}
