@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,23 @@ def stop_on_sigterm() -> None:
     task = asyncio.current_task()
     if task is not None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+
+
+def run_bench(main: Coroutine[Any, Any, int | None], fast_loop: bool = True) -> None:
+    """Run a benchmark's main coroutine (on uvloop when installed and `fast_loop`) and exit with its
+    code; 143 when SIGTERM stopped it (see stop_on_sigterm: its servers were stopped on the way out)."""
+    loop_factory: Any = None
+    if fast_loop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        try:
+            sys.exit(runner.run(main))
+        except asyncio.CancelledError:
+            say("stopped by SIGTERM")
+            sys.exit(143)
 
 
 def run_database(kind: str) -> str:

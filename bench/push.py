@@ -69,6 +69,7 @@ from _common import (
     pg_dsn,
     print_profile,
     recreate_database,
+    run_bench,
     run_database,
     say,
     set_api_key,
@@ -814,19 +815,7 @@ def main() -> None:
         choices=("sample", "cprofile", "tracemalloc"),
         help="profile both servers in the latency phase (tracemalloc: server A in the memory phase)",
     )
-    a = p.parse_args()
-    try:
-        import uvloop
-
-        loop_factory: Any = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        try:
-            sys.exit(runner.run(amain(a)))
-        except asyncio.CancelledError:  # SIGTERM (stop_on_sigterm): the servers were stopped on the way out
-            say("stopped by SIGTERM")
-            sys.exit(143)
+    run_bench(amain(p.parse_args()))
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ from _common import (
     pg_dsn,
     print_profile,
     recreate_database,
+    run_bench,
     run_database,
     say,
     set_api_key,
@@ -606,19 +607,7 @@ def main() -> None:
         "STOCKWIRE_DATABASE_URL and STOCKWIRE_BROADCAST_URL are set",
     )
     p.add_argument("--profile-out", default="/tmp/stockwire-reserve-profile", help="profile file prefix")
-    a = p.parse_args()
-    try:
-        import uvloop
-
-        loop_factory: Any = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        try:
-            sys.exit(runner.run(amain(a)))
-        except asyncio.CancelledError:  # SIGTERM (stop_on_sigterm): the servers were stopped on the way out
-            say("stopped by SIGTERM")
-            sys.exit(143)
+    run_bench(amain(p.parse_args()))
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from _common import (
     migrate,
     pg_dsn,
     recreate_database,
+    run_bench,
     run_database,
     sa_url,
     say,
@@ -494,11 +495,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--pace", type=float, default=300.0, help="ms between paced routeAndReserve calls")
     p.add_argument("--keep-db", action="store_true")
-    try:
-        asyncio.run(run(p.parse_args()))
-    except asyncio.CancelledError:  # SIGTERM (stop_on_sigterm): the server was stopped on the way out
-        say("stopped by SIGTERM")
-        sys.exit(143)
+    run_bench(run(p.parse_args()), fast_loop=False)
 
 
 if __name__ == "__main__":

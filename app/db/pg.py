@@ -26,9 +26,10 @@ import asyncpg
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-T = TypeVar("T")
+from app.db.engine import Pair
+from app.domain.quantities import Position
 
-Pair = tuple[int, int]
+T = TypeVar("T")
 
 
 async def driver(conn: AsyncConnection) -> asyncpg.Connection:
@@ -121,6 +122,13 @@ _LOCK = (
 async def lock_positions(db: asyncpg.Connection, pairs: Sequence[Pair]) -> list[asyncpg.Record]:
     """Rows locked in key order (see stock.lock_positions); counted_at still naive."""
     return list(await _run(db.fetch, _LOCK, [p[0] for p in pairs], [p[1] for p in pairs]))
+
+
+def position(row: asyncpg.Record) -> Position:
+    """The quantities of a stock_levels row read here (stock.position_of reads SQLAlchemy rows)."""
+    return Position(
+        row["on_hand"], row["committed"], row["reserved"], row["unavailable"], row["safety_stock"], row["incoming"]
+    )
 
 
 def counted_at(row: asyncpg.Record) -> datetime | None:

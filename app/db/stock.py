@@ -18,13 +18,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg
+from app.db.engine import Pair as Pair  # re-exported: services name positions stock.Pair
 from app.db.engine import note_changed
 from app.db.tables import inventory_events, outbox, stock_levels
 from app.db.types import UTCDateTime
 from app.domain.quantities import Delta, Position
 
 sl = stock_levels
-Pair = tuple[int, int]  # (sku_id, location_id)
 
 
 def available_sql() -> ColumnElement[int]:
@@ -102,13 +102,7 @@ async def lock_positions(conn: AsyncConnection, pairs: Iterable[Pair]) -> dict[P
     if conn.dialect.name == "postgresql":
         locked = await pg.lock_positions(await pg.driver(conn), wanted)
         return {
-            (r["sku_id"], r["location_id"]): LockedPosition(
-                Position(
-                    r["on_hand"], r["committed"], r["reserved"], r["unavailable"], r["safety_stock"], r["incoming"]
-                ),
-                r["version"],
-                pg.counted_at(r),
-            )
+            (r["sku_id"], r["location_id"]): LockedPosition(pg.position(r), r["version"], pg.counted_at(r))
             for r in locked
         }
     rows = await conn.execute(_LOCK, {"pairs": wanted})

@@ -66,6 +66,34 @@ class ErrorPolicy:
             return "BAD_USER_INPUT"  # a resolver's ValueError, or variables of the wrong shape
         return "GRAPHQL_VALIDATION_FAILED"
 
+    def masked(self, error: GraphQLError, context: object) -> GraphQLError:
+        """A fault as the client sees it: no message of ours, the request id to quote to operators."""
+        extensions: dict[str, Any] = {"code": INTERNAL}
+        rid = request_id_of(context)
+        if rid is not None:
+            extensions["requestId"] = rid
+        return GraphQLError(
+            MASKED_MESSAGE, error.nodes, error.source, error.positions, error.path, extensions=extensions
+        )
+
+    def for_client(self, error: GraphQLError, context: object) -> GraphQLError:
+        """The error as sent: kept when it has its code, masked when a fault, given its code otherwise."""
+        if (error.extensions or {}).get("code"):
+            return error
+        return self.masked(error, context) if self.is_fault(error) else self.with_code(error)
+
+    def with_code(self, error: GraphQLError) -> GraphQLError:
+        # a new error: validation errors are shared by every request through the validation cache
+        return GraphQLError(
+            error.message,
+            error.nodes,
+            error.source,
+            error.positions,
+            error.path,
+            error.original_error,
+            extensions={**(error.extensions or {}), "code": self.code(error)},
+        )
+
 
 def request_id_of(context: Any) -> str | None:
     rid = getattr(context, "request_id", None)
@@ -85,13 +113,7 @@ class ClientErrors(MaskErrors):
         self.policy = policy
 
     def anonymise_error(self, error: GraphQLError) -> GraphQLError:
-        extensions: dict[str, Any] = {"code": INTERNAL}
-        rid = request_id_of(self.execution_context.context)
-        if rid is not None:
-            extensions["requestId"] = rid
-        return GraphQLError(
-            self.error_message, error.nodes, error.source, error.positions, error.path, extensions=extensions
-        )
+        return self.policy.masked(error, self.execution_context.context)
 
     def _process_result(self, result: object) -> None:
         # MaskErrors checks `isinstance(result, <runtime Protocol>)`, which costs more than the rest of
@@ -102,19 +124,7 @@ class ClientErrors(MaskErrors):
 
     def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
         processed = super()._process_errors(errors)
-        return [e if (e.extensions or {}).get("code") else self._with_code(e) for e in processed]
-
-    def _with_code(self, error: GraphQLError) -> GraphQLError:
-        # a new error: validation errors are shared by every request through the validation cache
-        return GraphQLError(
-            error.message,
-            error.nodes,
-            error.source,
-            error.positions,
-            error.path,
-            error.original_error,
-            extensions={**(error.extensions or {}), "code": self.policy.code(error)},
-        )
+        return [e if (e.extensions or {}).get("code") else self.policy.with_code(e) for e in processed]
 
 
 class _LeanRunner(SchemaExtensionsRunner):
@@ -203,33 +213,8 @@ class StockwireSchema(Schema):
     def _finish(self, result: object, context: object) -> None:
         errors = getattr(result, "errors", None)
         if not isinstance(errors, list) or all((e.extensions or {}).get("code") for e in errors):
-            return  # the usual case: ClientErrors already handled every error
-        finished: list[GraphQLError] = []
-        for error in errors:
-            if (error.extensions or {}).get("code"):
-                finished.append(error)
-            elif self.error_policy.is_fault(error):
-                extensions: dict[str, Any] = {"code": INTERNAL}
-                rid = request_id_of(context)
-                if rid is not None:
-                    extensions["requestId"] = rid
-                finished.append(
-                    GraphQLError(
-                        MASKED_MESSAGE, error.nodes, error.source, error.positions, error.path, extensions=extensions
-                    )
-                )
-            else:
-                finished.append(
-                    GraphQLError(
-                        error.message,
-                        error.nodes,
-                        error.source,
-                        error.positions,
-                        error.path,
-                        error.original_error,
-                        extensions={**(error.extensions or {}), "code": self.error_policy.code(error)},
-                    )
-                )
+            return  # the usual case: no errors, or ClientErrors gave each its code (HTTP results)
+        finished = [self.error_policy.for_client(e, context) for e in errors]
         result.errors = finished  # type: ignore[attr-defined]
 
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:

@@ -52,9 +52,6 @@ class _Lru(Generic[K, V]):
         if len(self._items) > self._size:
             self._items.popitem(last=False)
 
-    def __len__(self) -> int:
-        return len(self._items)
-
 
 # --- the event object -----------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg
+from app.db.engine import Pair
 from app.db.tables import channels, outbox
 from app.realtime import codec
 from app.realtime.hub import Change, Hub
@@ -64,7 +65,7 @@ class OutboxRelay:
         self.batch_size = batch_size
         self._wake = asyncio.Event()
         # positions commits of this process changed, not yet published (see poke)
-        self._hinted: set[tuple[int, int]] = set()
+        self._hinted: set[Pair] = set()
         self._drain_now = False
         self._drain_due: float | None = None  # when rows published from hints get claimed
         self._memory = memory
@@ -78,7 +79,7 @@ class OutboxRelay:
         self.republished_count = 0  # skipped states published after all (see the module docstring)
         hub.observe(self.observe)
 
-    def poke(self, changed: frozenset[tuple[int, int]] = frozenset(), other_rows: bool = True) -> None:
+    def poke(self, changed: frozenset[Pair] = frozenset(), other_rows: bool = True) -> None:
         """Called after a commit in this process that queued changes (Database.on_commit): publish now
         rather than at the next poll, from the positions it names, and claim other rows at once."""
         self._hinted |= changed
@@ -128,7 +129,7 @@ class OutboxRelay:
                     await self._wake.wait()
             self._wake.clear()
 
-    async def publish_hinted(self, pairs: set[tuple[int, int]]) -> None:
+    async def publish_hinted(self, pairs: set[Pair]) -> None:
         """Publish the current state of positions a commit of this process changed, without claiming
         their outbox rows: one read, outside any transaction (the rows follow in the next drain)."""
         async with self.ctx.db.read() as conn:
@@ -139,7 +140,7 @@ class OutboxRelay:
         """Publish one batch. Returns how many outbox rows it took (0: nothing to do)."""
 
         async def work(conn: AsyncConnection) -> int:
-            if conn.dialect.name == "postgresql":  # asyncpg directly (app/db/pg.py): runs once per change
+            if conn.dialect.name == "postgresql":  # asyncpg directly (app/db/pg.py)
                 rows: list[Any] = await pg.claim_outbox(await pg.driver(conn), self.batch_size)
             else:
                 rows = list(await conn.execute(_CLAIM_SQLITE, {"batch_size": self.batch_size}))
@@ -237,9 +238,7 @@ _CLAIM_SQLITE = _claim_statement()
 _CHANNEL_CODES = select(channels.c.code).order_by(channels.c.code)
 
 
-async def _read_changes(
-    conn: AsyncConnection, sku_ids: set[int], pairs: set[tuple[int, int]], now: datetime
-) -> list[Change]:
+async def _read_changes(conn: AsyncConnection, sku_ids: set[int], pairs: set[Pair], now: datetime) -> list[Change]:
     """The current state of every availability and stock level the claimed rows touched.
 
     Every channel's figure is read for the touched SKUs, not only the channels linked to the touched

@@ -13,7 +13,7 @@ from sqlalchemy.orm import aliased
 from app.db import pg
 from app.db.stock import position_of
 from app.db.tables import counters, inventory_events, locations, skus, stock_levels
-from app.domain.quantities import Position, sellable_across
+from app.domain.quantities import sellable_across
 from app.services.context import Ctx
 from app.services.views import AvailabilityView, LedgerEntryView, StockLevelView
 
@@ -125,11 +125,13 @@ def _from_pg(rows: list[Any]) -> tuple[dict[int, _Sku], list[tuple[tuple[int, in
             known[sku_id] = _Sku(sku_id, r["sku_code"], r["sku_active"], r["sku_version"] + r["location_epoch"])
         if r["location_id"] is None:
             continue  # a SKU without positions
-        position = Position(
-            r["on_hand"], r["committed"], r["reserved"], r["unavailable"], r["safety_stock"], r["incoming"]
-        )
         view = StockLevelView(
-            r["sku_code"], r["location_code"], position, r["version"], pg.aware(r["updated_at"]), r["location_active"]
+            r["sku_code"],
+            r["location_code"],
+            pg.position(r),
+            r["version"],
+            pg.aware(r["updated_at"]),
+            r["location_active"],
         )
         levels.append(((sku_id, r["location_id"]), view))
     return known, levels
