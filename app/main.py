@@ -17,8 +17,11 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+from strawberry.types.unset import UnsetType
 
 from app.db.engine import Database
 from app.db.migrate import upgrade
@@ -27,10 +30,17 @@ from app.graphql.http import SecureGraphQLView, principal_of, request_id_of
 from app.graphql.schema import build_schema
 from app.realtime.config import RealtimeSettings
 from app.realtime.hub import Hub
+from app.realtime.limits import Admission, LimitExceeded, Ticket
 from app.realtime.redis_backend import make_backend
 from app.realtime.relay import OutboxRelay
 from app.realtime.streams import Streams
-from app.realtime.ws import PingingTransportWSHandler
+from app.realtime.ws import (
+    CLOSE_AS,
+    TICKETS,
+    PingingTransportWSHandler,
+    StockwireGraphQLWSHandler,
+    StockwireWebSocketAdapter,
+)
 from app.security.runtime import Security, make_security, require_a_key
 from app.services import reservations
 from app.services.channel_publication import PublicationWorker
@@ -53,12 +63,19 @@ class Runtime:
     streams: Streams | None = None
     security: Security | None = None
     publication: PublicationWorker | None = None
+    admission: Admission = field(init=False)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(self.realtime)  # websocket caps, counted per process
 
 
 class StockwireGraphQL(SecureGraphQLView):
-    # also pings graphql-transport-ws clients (Strawberry only does "ka" on the legacy protocol)
+    # also pings graphql-transport-ws clients (Strawberry only does "ka" on the legacy protocol);
+    # both handlers and the adapter enforce the websocket limits (app/realtime/ws.py)
     graphql_transport_ws_handler_class = PingingTransportWSHandler
+    graphql_ws_handler_class = StockwireGraphQLWSHandler
+    websocket_adapter_class = StockwireWebSocketAdapter  # type: ignore[assignment]
 
     def __init__(self, runtime: Runtime) -> None:
         super().__init__(
@@ -71,6 +88,45 @@ class StockwireGraphQL(SecureGraphQLView):
         )
         self.runtime = runtime
         self.configure_security(runtime.settings)
+        self.max_request_bytes = runtime.settings.max_request_bytes  # a websocket message's cap
+        self.admission = runtime.admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await super().__call__(scope, receive, send)
+            return
+        client = scope.get("client")
+        try:
+            held = [self.admission.connection(client[0] if client else "unknown")]
+        except LimitExceeded as refused:
+            await self._refuse(WebSocket(scope, receive, send), refused)
+            return
+        scope[TICKETS] = held
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            for ticket in held:  # the per-key ticket joins this list at connection_init
+                ticket.release()
+
+    async def _refuse(self, websocket: WebSocket, refused: LimitExceeded) -> None:
+        # accepted to be closed: a close code and reason say why; a refused handshake could only say 403
+        offered = websocket.scope.get("subprotocols") or []
+        chosen = next((p for p in offered if p in (GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL)), None)
+        await websocket.accept(subprotocol=chosen)
+        await websocket.close(code=4429, reason=f"{refused.code}: {refused.setting}")
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        answer = await super().on_ws_connect(context)  # authenticates (or refuses) the key
+        scope = context.request.scope
+        assert context.principal is not None
+        try:
+            ticket = self.admission.connection_of_key(context.principal.key_id)
+        except LimitExceeded as refused:
+            scope[CLOSE_AS] = (4429, f"{refused.code}: {refused.setting}")
+            raise ConnectionRejectionError({"message": str(refused), "code": refused.code}) from None
+        held: list[Ticket] = scope.setdefault(TICKETS, [])
+        held.append(ticket)
+        return answer
 
     def security_runtime(self) -> Security | None:
         return self.runtime.security

@@ -30,6 +30,13 @@ class Settings(BaseSettings):
     # security: API keys, request limits, rate limits (README.md, section Security, has the reasoning for each default)
     auth_cache_seconds: float = Field(5.0, ge=0)  # a key revoked elsewhere stops working within this
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    # one cap for a request over either transport: an HTTP body, a websocket message (README Limits)
+    max_request_bytes: int = Field(1_048_576, ge=1024)
+    # a request's head must be complete this long after the connection opened (or the previous
+    # response ended), and its body within this long after the head: slow-sending clients are closed
+    # (served by `stockwire serve`; app/serving.py)
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    body_timeout_seconds: float = Field(30.0, gt=0)
     max_query_depth: int = Field(10, ge=1)
     max_query_tokens: int = Field(2000, ge=50)
     max_aliases: int = Field(20, ge=0)

@@ -6,10 +6,12 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 import strawberry
+from graphql import GraphQLError
 
 from app.graphql.context import Context
 from app.graphql.fanout import shared_root
 from app.graphql.types import Availability, StockLevel
+from app.realtime.limits import LimitExceeded
 
 Info = strawberry.Info[Context, None]
 
@@ -23,7 +25,11 @@ class Subscription:
         self, info: Info, sku_codes: list[str] | None = None, channel_code: str | None = None
     ) -> AsyncGenerator[Availability, None]:
         # aclosing: when the client completes, the stream unsubscribes now, not when collected
-        async with aclosing(info.context.realtime.availability(sku_codes, channel_code)) as views:
+        try:
+            stream = info.context.realtime.availability(sku_codes, channel_code)
+        except LimitExceeded as refused:
+            raise _limit_error(refused) from None
+        async with aclosing(stream) as views:
             async for view in views:
                 yield shared_root(view, Availability.of)  # one object per view: see fanout.py
 
@@ -33,6 +39,15 @@ class Subscription:
     async def stock_level_changed(
         self, info: Info, sku_codes: list[str] | None = None, location_codes: list[str] | None = None
     ) -> AsyncGenerator[StockLevel, None]:
-        async with aclosing(info.context.realtime.stock_levels(sku_codes, location_codes)) as levels:
+        try:
+            stream = info.context.realtime.stock_levels(sku_codes, location_codes)
+        except LimitExceeded as refused:
+            raise _limit_error(refused) from None
+        async with aclosing(stream) as levels:
             async for level in levels:
                 yield shared_root(level, StockLevel.of)
+
+
+def _limit_error(refused: LimitExceeded) -> GraphQLError:
+    # its own code (TOO_MANY_CODES) and the setting's name, not the BAD_USER_INPUT of other ValueErrors
+    return GraphQLError(str(refused), extensions=refused.extensions())

@@ -16,5 +16,11 @@ class RealtimeSettings(BaseSettings):
     max_subscriptions_per_connection: int = Field(100, ge=1)
     # How many SKU or location codes one subscription may name (each costs a snapshot read).
     max_codes_per_subscription: int = Field(1000, ge=1)
+    # Per process (README Limits): a storefront key is public and shared by every shopper's browser,
+    # so per key the caps are wide and only stop a runaway; per client address they are tight.
+    max_connections_per_address: int = Field(100, ge=1)
+    max_connections_per_key: int = Field(20_000, ge=1)
+    max_subscriptions_per_address: int = Field(1000, ge=1)
+    max_subscriptions_per_key: int = Field(100_000, ge=1)
     # Server keepalive: graphql-ws "ka" and graphql-transport-ws "ping" this often, in seconds.
     keepalive_seconds: float = Field(15.0, gt=0)

@@ -151,6 +151,10 @@ class Mailbox:
         if pending is not None and pending[0] <= version:
             del self._pending[key]
 
+    def forget(self, key: str) -> None:
+        self._pending.pop(key, None)
+        self._seen.pop(key, None)
+
     def close(self) -> None:
         self._closed = True
         self._pending.clear()
@@ -269,6 +273,24 @@ class Hub:
             for key in mailbox.keys:
                 self._by_key.setdefault((kind, key), set()).add(mailbox)
         return mailbox
+
+    def narrow(self, mailbox: Mailbox, keys: set[str]) -> None:
+        """Keep only `keys` of a keyed mailbox (e.g. the codes that turned out to exist)."""
+        if mailbox.keys is None:
+            raise ValueError("only a mailbox subscribed by keys can be narrowed")
+        dropped = mailbox.keys - keys
+        mailbox.keys = mailbox.keys & frozenset(keys)
+        for key in dropped:
+            _discard_from(self._by_key, (mailbox.kind, key), mailbox)
+            mailbox.forget(key)
+
+    def sizes(self) -> dict[str, int]:
+        """Entries of the hub's indexes (all 0 once every subscriber has left)."""
+        return {
+            "mailboxes": len(self._mailboxes),
+            "keys": len(self._by_key),
+            "wildcard_kinds": len(self._wildcards),
+        }
 
     def unsubscribe(self, mailbox: Mailbox) -> None:
         mailbox.close()

@@ -16,13 +16,15 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from contextlib import aclosing
 from typing import Any, Generic, TypeVar
 
 from app.domain.errors import Refused
 from app.realtime import codec
 from app.realtime.config import RealtimeSettings
 from app.realtime.hub import Hub, Mailbox, ResyncNeeded
-from app.services import channels, queries
+from app.realtime.limits import check_codes
+from app.services import catalog_read, channels, queries
 from app.services.context import Ctx
 from app.services.views import AvailabilityView, StockLevelView
 
@@ -69,9 +71,16 @@ class _SnapshotBatcher(Generic[V]):
     one, which serves all of them: no added delay when idle, one read per round under load.
     """
 
-    def __init__(self, read: Callable[[list[str]], Awaitable[list[V]]], key_of: Callable[[V], str]) -> None:
+    def __init__(
+        self,
+        read: Callable[[list[str]], Awaitable[list[V]]],
+        key_of: Callable[[V], str],
+        idle: Callable[[_SnapshotBatcher[V]], None] | None = None,
+    ) -> None:
         self._read: Callable[[list[str]], Awaitable[list[V]]] = read
         self._key_of: Callable[[V], str] = key_of
+        # called when no read is running or waiting: the owner may let the batcher go
+        self._idle: Callable[[_SnapshotBatcher[V]], None] | None = idle
         self._waiting: list[tuple[list[str], asyncio.Future[list[V]]]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -84,6 +93,13 @@ class _SnapshotBatcher(Generic[V]):
         return await future
 
     async def _serve(self) -> None:
+        try:
+            await self._serve_rounds()
+        finally:
+            if self._idle is not None and not self._waiting:
+                self._idle(self)
+
+    async def _serve_rounds(self) -> None:
         while self._waiting:
             await asyncio.sleep(0)  # let the requests of this loop iteration join the round
             batch, self._waiting = self._waiting, []
@@ -105,39 +121,59 @@ class _SnapshotBatcher(Generic[V]):
 
 
 class Streams:
+    """Every subscription's stream in this process.
+
+    Memory follows the subscribers: per kind (availability per channel, stock levels) a decoder
+    exists while a stream of that kind is open, a snapshot batcher while a read is running, and the
+    hub indexes only codes that exist (codes naming nothing are dropped once the first read shows
+    it). `sizes()` is all zeros once every subscriber has left.
+    """
+
     def __init__(self, ctx: Ctx, hub: Hub, settings: RealtimeSettings | None = None) -> None:
         self.ctx = ctx
         self.hub = hub
         self.settings = settings or RealtimeSettings()
-        self._availability: dict[str, _SharedDecoder[AvailabilityView]] = {}
-        self._levels = _SharedDecoder(codec.STOCK_LEVEL, codec.level_from_data)
-        # per channel (None: all active locations): concurrent snapshot reads share queries
+        # per kind: the shared decoder and how many open streams use it
+        self._decoders: dict[str, tuple[_SharedDecoder[Any], int]] = {}
+        # per channel (None: all active locations), while a read runs: concurrent snapshot reads share queries
         self._snapshots: dict[str | None, _SnapshotBatcher[AvailabilityView]] = {}
+
+    def sizes(self) -> dict[str, int]:
+        return {"decoders": len(self._decoders), "snapshot_batchers": len(self._snapshots)}
 
     def availability(
         self, sku_codes: list[str] | None, channel_code: str | None = None
     ) -> AsyncGenerator[AvailabilityView, None]:
-        """Raises ValueError at once (before subscribing) for a bad argument."""
+        """Raises LimitExceeded (a ValueError) at once (before subscribing) for too many codes."""
         self._check_codes("skuCodes", sku_codes)
         codes = _unique(sku_codes)
         kind = codec.availability_kind(channel_code)
-        decoder = self._availability.get(kind)
-        if decoder is None:
-            decoder = self._availability[kind] = _SharedDecoder(kind, codec.availability_from_data)
-        mailbox = self.hub.subscribe(kind, set(codes) if codes is not None else None)
+        narrowed = False
 
-        async def snapshot(seen: Iterable[str]) -> list[AvailabilityView]:
+        async def subscribe() -> Mailbox:
+            return self.hub.subscribe(kind, set(codes) if codes is not None else None)
+
+        async def snapshot(mailbox: Mailbox, seen: Iterable[str]) -> list[AvailabilityView]:
+            nonlocal codes, narrowed
             wanted = codes if codes is not None else sorted(seen)
             if not wanted:
                 if channel_code is not None:
                     await self._check_channel(channel_code)  # even for no SKUs: an unknown channel is an error
                 return []
-            return await self._snapshots_of(channel_code).read(wanted)
+            views = await self._snapshots_of(channel_code).read(wanted)
+            if codes is not None and not narrowed:
+                # a code that names no SKU costs nothing from here on (a SKU made later needs a new subscription)
+                narrowed = True
+                found = {v.sku_code for v in views}
+                if len(found) < len(codes):
+                    self.hub.narrow(mailbox, found)
+                    codes = [c for c in codes if c in found]
+            return views
 
         def key_of(v: AvailabilityView) -> str:
             return v.sku_code
 
-        return _stream(self.hub, mailbox, snapshot, decoder, key_of, codec.availability_to_data)
+        return self._watch(kind, codec.availability_from_data, subscribe, snapshot, key_of, codec.availability_to_data)
 
     def _snapshots_of(self, channel_code: str | None) -> _SnapshotBatcher[AvailabilityView]:
         batcher = self._snapshots.get(channel_code)
@@ -146,7 +182,11 @@ class Streams:
             async def read(codes: list[str]) -> list[AvailabilityView]:
                 return await self._read_availability(codes, channel_code)
 
-            batcher = self._snapshots[channel_code] = _SnapshotBatcher(read, lambda v: v.sku_code)
+            def idle(done: _SnapshotBatcher[AvailabilityView]) -> None:
+                if self._snapshots.get(channel_code) is done:
+                    del self._snapshots[channel_code]
+
+            batcher = self._snapshots[channel_code] = _SnapshotBatcher(read, lambda v: v.sku_code, idle)
         return batcher
 
     async def _read_availability(self, codes: list[str], channel_code: str | None) -> list[AvailabilityView]:
@@ -165,40 +205,77 @@ class Streams:
     def stock_levels(
         self, sku_codes: list[str] | None, location_codes: list[str] | None
     ) -> AsyncGenerator[StockLevelView, None]:
-        """Raises ValueError at once (before subscribing) for a bad argument."""
+        """Raises LimitExceeded (a ValueError) at once (before subscribing) for too many codes."""
         self._check_codes("skuCodes", sku_codes)
         self._check_codes("locationCodes", location_codes)
         skus, locs = _unique(sku_codes), _unique(location_codes)
-        if skus is not None and locs is not None and len(skus) * len(locs) <= _MAX_EXACT_PAIRS:
-            exact = {codec.stock_level_key(s, loc) for s in skus for loc in locs}
-            mailbox = self.hub.subscribe(codec.STOCK_LEVEL, exact)
-        else:
+
+        async def subscribe() -> Mailbox:
+            nonlocal skus, locs
+            # only codes that exist are watched: unknown ones would each cost an index entry (or, as
+            # pairs, codes x codes of them) for the life of the subscription
+            if skus:
+                skus = [v.sku_code for v in await self._snapshots_of(None).read(skus)]
+            if locs:
+                locs = [loc.code for loc in await catalog_read.locations(self.ctx, locs)]
+            if skus is not None and locs is not None and len(skus) * len(locs) <= _MAX_EXACT_PAIRS:
+                exact = {codec.stock_level_key(s, loc) for s in skus for loc in locs}
+                return self.hub.subscribe(codec.STOCK_LEVEL, exact)
             sku_set, loc_set = set(skus or ()), set(locs or ())
+            any_sku, any_loc = skus is None, locs is None
 
             def wanted(key: str) -> bool:
                 sku, loc = codec.split_stock_level_key(key)
-                return (skus is None or sku in sku_set) and (locs is None or loc in loc_set)
+                return (any_sku or sku in sku_set) and (any_loc or loc in loc_set)
 
-            mailbox = self.hub.subscribe(codec.STOCK_LEVEL, None, match=wanted)
+            return self.hub.subscribe(codec.STOCK_LEVEL, None, match=wanted)
 
-        async def snapshot(seen: Iterable[str]) -> list[StockLevelView]:
+        async def snapshot(_: Mailbox, seen: Iterable[str]) -> list[StockLevelView]:
             if skus is None and locs is None:
                 # everything: no initial state, and a resync re-reads only what this stream has sent
                 keys = set(seen)
                 seen_skus = sorted({codec.split_stock_level_key(k)[0] for k in keys})
                 rows = await _all_levels(self.ctx, seen_skus, None)
                 return [r for r in rows if codec.stock_level_key(r.sku_code, r.location_code) in keys]
+            if locs is not None and not locs:
+                return []
             return await _all_levels(self.ctx, skus, locs)
 
         def key_of(v: StockLevelView) -> str:
             return codec.stock_level_key(v.sku_code, v.location_code)
 
-        return _stream(self.hub, mailbox, snapshot, self._levels, key_of, codec.level_to_data)
+        return self._watch(codec.STOCK_LEVEL, codec.level_from_data, subscribe, snapshot, key_of, codec.level_to_data)
 
     def _check_codes(self, name: str, codes: list[str] | None) -> None:
-        limit = self.settings.max_codes_per_subscription
-        if codes is not None and len(codes) > limit:
-            raise ValueError(f"{name}: at most {limit} codes per subscription, got {len(codes)}")
+        check_codes(name, codes, self.settings.max_codes_per_subscription)
+
+    async def _watch(
+        self,
+        kind: str,
+        decode: Callable[[dict[str, Any]], V],
+        subscribe: Callable[[], Awaitable[Mailbox]],
+        snapshot: Callable[[Mailbox, Iterable[str]], Awaitable[list[V]]],
+        key_of: Callable[[V], str],
+        to_data: Callable[[V], dict[str, Any]],
+    ) -> AsyncGenerator[V, None]:
+        """One subscriber's stream; everything it holds in the process is given back when it ends."""
+        held = self._decoders.get(kind)
+        decoder: _SharedDecoder[V] = held[0] if held is not None else _SharedDecoder(kind, decode)
+        self._decoders[kind] = (decoder, (held[1] if held is not None else 0) + 1)
+        try:
+            mailbox = await subscribe()
+            try:
+                async with aclosing(_stream(mailbox, snapshot, decoder, key_of, to_data)) as views:
+                    async for view in views:
+                        yield view
+            finally:
+                self.hub.unsubscribe(mailbox)
+        finally:
+            decoder_now, users = self._decoders[kind]
+            if users > 1:
+                self._decoders[kind] = (decoder_now, users - 1)
+            else:
+                del self._decoders[kind]
 
 
 def _unique(codes: list[str] | None) -> list[str] | None:
@@ -220,9 +297,8 @@ async def _all_levels(ctx: Ctx, skus: list[str] | None, locs: list[str] | None) 
 
 
 async def _stream(
-    hub: Hub,
     mailbox: Mailbox,
-    snapshot: Callable[[Iterable[str]], Awaitable[list[V]]],
+    snapshot: Callable[[Mailbox, Iterable[str]], Awaitable[list[V]]],
     decode: _SharedDecoder[V],
     key_of: Callable[[V], str],
     to_data: Callable[[V], dict[str, Any]],
@@ -241,20 +317,17 @@ async def _stream(
     def from_snapshot(views: list[V]) -> list[V]:
         return [v for v in views if news(key_of(v), v.version, codec.content(decode.kind, to_data(v)))]
 
-    try:
-        # subscribed before reading, so a change committed meanwhile is in the mailbox, not lost
-        for view in from_snapshot(await snapshot(())):
-            yield view
-        while True:
-            try:
-                async for key, version, data in mailbox:
-                    view, content = decode(key, version, data)
-                    if news(key, version, content):
-                        yield view
-                return  # mailbox closed: the hub stopped
-            except ResyncNeeded:
-                # messages may have been lost while the broadcast was down: re-read the truth
-                for view in from_snapshot(await snapshot(list(sent))):
+    # subscribed before reading, so a change committed meanwhile is in the mailbox, not lost
+    for view in from_snapshot(await snapshot(mailbox, ())):
+        yield view
+    while True:
+        try:
+            async for key, version, data in mailbox:
+                view, content = decode(key, version, data)
+                if news(key, version, content):
                     yield view
-    finally:
-        hub.unsubscribe(mailbox)
+            return  # mailbox closed: the hub stopped
+        except ResyncNeeded:
+            # messages may have been lost while the broadcast was down: re-read the truth
+            for view in from_snapshot(await snapshot(mailbox, list(sent))):
+                yield view

@@ -9,6 +9,15 @@ websocket-level ping/pong (`--ws-ping-interval`/`--ws-ping-timeout`) on both pro
 
 It also sends `next` messages through `rendered_next`: a payload shared by many subscribers (see
 app/graphql/fanout.py) is JSON-encoded once, not once per subscriber.
+
+Hostile input (README, Limits): `StockwireWebSocketAdapter` refuses a text message over
+`max_request_bytes` before parsing it (close 4413) and one that is not a JSON object with a string
+`type` (close 4400, on both protocols: Strawberry indexed into whatever JSON came and died with
+1006). Both handlers check the shape of `subscribe`/`start` before Strawberry reads it, count every
+operation against the caps of app/realtime/limits.py (a refusal is the operation's `error` with
+`extensions.code`), and the legacy graphql-ws handler runs a query or mutation once as
+graphql-transport-ws does (Strawberry's only ran subscriptions and answered anything else with an
+internal error).
 """
 
 from __future__ import annotations
@@ -16,16 +25,116 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from collections.abc import AsyncGenerator, Mapping
+from json import JSONDecodeError
+from typing import Any, cast
 
-from starlette.websockets import WebSocketDisconnect
-from strawberry.http.exceptions import WebSocketDisconnected
+from graphql import GraphQLFormattedError
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from strawberry.asgi import ASGIWebSocketAdapter
+from strawberry.http.exceptions import NonJsonMessageReceived, NonTextMessageReceived, WebSocketDisconnected
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
-from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage, Message
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ConnectionInitMessage,
+    Message,
+    SubscribeMessage,
+)
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import (
+    CompleteMessage,
+    ErrorMessage,
+    OperationMessage,
+    StartMessage,
+)
+from strawberry.types.execution import ExecutionResult, PreExecutionError
 
 from app.graphql.fanout import rendered_next
+from app.realtime.limits import MESSAGE_TOO_LARGE, Admission, LimitExceeded, Ticket
 
 log = logging.getLogger("stockwire.realtime")
+
+# scope entries: what a connection holds (released when its socket ends), and a close to send instead
+# of Strawberry's own (a connection refused by a cap is 4429, not Strawberry's 4403/1011)
+TICKETS = "stockwire.tickets"
+CLOSE_AS = "stockwire.close_as"
+BAD_MESSAGE = "a message must be a JSON object with a string type"
+
+
+def too_large(text: str, limit: int) -> bool:
+    """Whether `text` is over `limit` bytes in UTF-8 (encoded only when its length cannot tell)."""
+    if len(text) > limit:
+        return True
+    return len(text) * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit
+
+
+class StockwireWebSocketAdapter(ASGIWebSocketAdapter):
+    """Strawberry's ASGI adapter, refusing oversized and non-object messages before any handler sees them."""
+
+    async def iter_json(self, *, ignore_parsing_errors: bool = False) -> AsyncGenerator[object, None]:
+        limit = int(getattr(self.view, "max_request_bytes", 1_048_576))
+        try:
+            while self.ws.application_state != WebSocketState.DISCONNECTED:
+                text = await self.ws.receive_text()
+                if too_large(text, limit):
+                    # never parsed: the same cap as an HTTP body (max_request_bytes)
+                    await self.close(4413, f"{MESSAGE_TOO_LARGE}: a message is at most {limit} bytes")
+                    return
+                try:
+                    message = self.view.decode_json(text)
+                except JSONDecodeError as e:
+                    if ignore_parsing_errors:
+                        continue
+                    raise NonJsonMessageReceived from e
+                if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+                    await self.close(4400, BAD_MESSAGE)
+                    return
+                yield message
+        except KeyError as e:
+            raise NonTextMessageReceived from e
+        except WebSocketDisconnect:
+            pass
+
+    async def close(self, code: int, reason: str) -> None:
+        override = self.ws.scope.get(CLOSE_AS)
+        if override is not None:
+            code, reason = override
+        if self.ws.application_state == WebSocketState.DISCONNECTED:
+            return
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # the client left meanwhile
+            await self.ws.close(code=code, reason=reason)
+
+
+def _admission(view: object) -> Admission | None:
+    admission = getattr(view, "admission", None)
+    return admission if isinstance(admission, Admission) else None
+
+
+def _admit_operation(view: object, context: object, open_now: int) -> Ticket:
+    """A ticket for one more operation on this connection; raises LimitExceeded over a cap."""
+    admission = _admission(view)
+    if admission is None:
+        return Ticket()
+    request = getattr(context, "request", None)
+    client = request.client if isinstance(request, WebSocket) else None
+    principal = getattr(context, "principal", None)
+    key_id = getattr(principal, "key_id", None)
+    return admission.operation(client.host if client else "unknown", key_id, open_now)
+
+
+def _operation_shape_error(message: Mapping[str, object]) -> str | None:
+    """Why a subscribe/start message cannot be run (Strawberry would index into it and crash)."""
+    if not isinstance(message.get("id"), str):
+        return "an operation id must be a string"
+    payload = message.get("payload")
+    if not isinstance(payload, dict):
+        return "an operation's payload must be an object"
+    if not isinstance(payload.get("query"), str):
+        return "an operation's query must be a string"
+    if not isinstance(payload.get("variables"), dict | None):
+        return "an operation's variables must be an object"
+    if not isinstance(payload.get("operationName"), str | None):
+        return "an operation's operationName must be a string"
+    return None
 
 
 class PingingTransportWSHandler(BaseGraphQLTransportWSHandler[Any, None]):
@@ -43,6 +152,27 @@ class PingingTransportWSHandler(BaseGraphQLTransportWSHandler[Any, None]):
             # Strawberry has cancelled its init-timeout task above (its done-callback collects it) but
             # would keep the Task object for the life of the connection
             self.connection_init_timeout_task = None
+
+    async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        if not self.connection_acknowledged or message.get("id") in self.operations:
+            await super().handle_subscribe(message)  # 4401 / 4409, as Strawberry answers them
+            return
+        shape = _operation_shape_error(cast("Mapping[str, object]", message))
+        if shape is not None:
+            await self.websocket.close(code=4400, reason=shape)
+            return
+        try:
+            ticket = _admit_operation(self.view, self.context, len(self.operations))
+        except LimitExceeded as refused:
+            error = {"message": str(refused), "extensions": refused.extensions()}
+            await self.send_message(cast("Message", {"id": message["id"], "type": "error", "payload": [error]}))
+            return
+        await super().handle_subscribe(message)
+        operation = self.operations.get(message["id"])
+        if operation is None or operation.task is None:
+            ticket.release()
+        else:
+            operation.task.add_done_callback(lambda _: ticket.release())
 
     async def send_message(self, message: Message) -> None:
         socket = getattr(self.websocket, "ws", None)  # Strawberry's Starlette adapter wraps the socket
@@ -89,3 +219,76 @@ class PingingTransportWSHandler(BaseGraphQLTransportWSHandler[Any, None]):
         finally:
             self._ping_task = None
         self._schedule_ping()
+
+
+class StockwireGraphQLWSHandler(BaseGraphQLWSHandler[Any, None]):
+    """The legacy graphql-ws protocol with the same shapes, caps and operations as graphql-transport-ws."""
+
+    async def handle_message(self, message: OperationMessage) -> None:
+        if message["type"] == "start":
+            shape = _operation_shape_error(cast("Mapping[str, object]", message))
+            if shape is not None:
+                await self.websocket.close(code=4400, reason=shape)
+                return
+        await super().handle_message(message)
+
+    async def handle_start(self, message: StartMessage) -> None:
+        operation_id = message["id"]
+        if not self.connection_acknowledged:
+            await super().handle_start(message)  # 4401
+            return
+        if operation_id in self.tasks:
+            await self.cleanup_operation(operation_id)  # a reused id replaces its operation (Strawberry's rule)
+        try:
+            ticket = _admit_operation(self.view, self.context, len(self.tasks))
+        except LimitExceeded as refused:
+            payload = cast("GraphQLFormattedError", {"message": str(refused), "extensions": refused.extensions()})
+            await self.send_message(ErrorMessage(type="error", id=operation_id, payload=payload))
+            return
+        await super().handle_start(message)
+        task = self.tasks.get(operation_id)
+        if task is None:
+            ticket.release()
+        else:
+            task.add_done_callback(lambda _: ticket.release())
+
+    async def handle_async_results(
+        self,
+        operation_id: str,
+        query: str,
+        operation_name: str | None,
+        variables: dict[str, object] | None,
+    ) -> None:
+        # Strawberry's, with `stream` instead of `subscribe`: a query or mutation runs once and completes
+        try:
+            result_source = await self.schema.stream(
+                query=query,
+                variable_values=variables,
+                operation_name=operation_name,
+                context_value=self.context,
+                root_value=self.root_value,
+            )
+            if not isinstance(result_source, AsyncGenerator):
+                raise TypeError("an operation's results must be a stream")
+            self.subscriptions[operation_id] = result_source
+            first = True
+            async for result in result_source:
+                if first and isinstance(result, PreExecutionError):
+                    assert result.errors
+                    await self.send_message(
+                        ErrorMessage(type="error", id=operation_id, payload=result.errors[0].formatted)
+                    )
+                    return
+                if not isinstance(result, ExecutionResult):  # @defer/@stream: this schema enables neither
+                    raise TypeError("incremental delivery is not supported over graphql-ws")
+                await self.send_data_message(result, operation_id)
+                first = False
+            await self.send_message(CompleteMessage(type="complete", id=operation_id))
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await self.send_message(CompleteMessage(type="complete", id=operation_id))
+        except WebSocketDisconnected:
+            pass
+        finally:
+            self.subscriptions.pop(operation_id, None)
+            self.tasks.pop(operation_id, None)

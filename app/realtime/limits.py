@@ -1,0 +1,133 @@
+"""Caps on what websocket clients may hold open in one process: connections and subscriptions per
+client address and per API key, subscriptions per connection, codes per subscription.
+
+Counts live in plain dicts whose entries are removed when they drop to zero, so a process that has
+served a million addresses holds nothing for them once they left (`Admission.sizes()` says so).
+Over a cap, the caller refuses with the `LimitExceeded` it gets: its `code` is the stable
+`extensions.code` (or the close reason's prefix) a client can act on, and its message names the
+setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from app.realtime.config import RealtimeSettings
+
+TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
+TOO_MANY_SUBSCRIPTIONS = "TOO_MANY_SUBSCRIPTIONS"
+TOO_MANY_CODES = "TOO_MANY_CODES"
+MESSAGE_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+
+
+class LimitExceeded(ValueError):
+    """A client asked for more than a cap allows; nothing was taken."""
+
+    def __init__(self, code: str, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.setting = setting
+
+    def extensions(self) -> dict[str, object]:
+        return {"code": self.code, "limit": self.setting}
+
+
+class _Counts:
+    """How many of something each holder (an address, a key) has open; no entry at zero."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        self._held: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def can_take(self, holder: str) -> bool:
+        return self._held.get(holder, 0) < self.limit
+
+    def take(self, holder: str) -> None:
+        self._held[holder] = self._held.get(holder, 0) + 1
+
+    def give(self, holder: str) -> None:
+        left = self._held.get(holder, 0) - 1
+        if left > 0:
+            self._held[holder] = left
+        else:
+            self._held.pop(holder, None)
+
+
+@dataclass
+class Ticket:
+    """What one connection or operation holds; `release()` gives it back (once, however often called)."""
+
+    _give: list[Callable[[], None]] = field(default_factory=list)
+
+    def release(self) -> None:
+        give, self._give = self._give, []
+        for back in give:
+            back()
+
+
+class Admission:
+    """The per-process counts behind the caps (one instance per process, shared by every socket)."""
+
+    def __init__(self, settings: RealtimeSettings) -> None:
+        self.settings = settings
+        self._connections = (
+            _Counts("max_connections_per_address", settings.max_connections_per_address),
+            _Counts("max_connections_per_key", settings.max_connections_per_key),
+        )
+        self._subscriptions = (
+            _Counts("max_subscriptions_per_address", settings.max_subscriptions_per_address),
+            _Counts("max_subscriptions_per_key", settings.max_subscriptions_per_key),
+        )
+
+    def sizes(self) -> dict[str, int]:
+        """Holders with something open, per cap (all 0 once every client has left)."""
+        return {c.name: len(c) for c in (*self._connections, *self._subscriptions)}
+
+    def connection(self, address: str) -> Ticket:
+        """Admit a connection from `address` (at the handshake: its key is not known yet)."""
+        return self._admit(self._connections[0], address, TOO_MANY_CONNECTIONS, "connections from this address")
+
+    def connection_of_key(self, key_id: str) -> Ticket:
+        """Admit an authenticated connection under key `key_id`."""
+        return self._admit(self._connections[1], key_id, TOO_MANY_CONNECTIONS, "connections with this API key")
+
+    def operation(self, address: str, key_id: str | None, open_on_connection: int) -> Ticket:
+        """Admit one more operation (subscription, or query/mutation in flight) on a connection."""
+        per_connection = self.settings.max_subscriptions_per_connection
+        if open_on_connection >= per_connection:
+            raise LimitExceeded(
+                TOO_MANY_SUBSCRIPTIONS,
+                "max_subscriptions_per_connection",
+                f"Subscription limit reached: at most {per_connection} operations open on one connection "
+                "(max_subscriptions_per_connection)",
+            )
+        by_address, by_key = self._subscriptions
+        ticket = self._admit(by_address, address, TOO_MANY_SUBSCRIPTIONS, "subscriptions from this address")
+        if key_id is not None:
+            try:
+                of_key = self._admit(by_key, key_id, TOO_MANY_SUBSCRIPTIONS, "subscriptions with this API key")
+            except LimitExceeded:
+                ticket.release()
+                raise
+            ticket._give += of_key._give
+        return ticket
+
+    def _admit(self, counts: _Counts, holder: str, code: str, what: str) -> Ticket:
+        if not counts.can_take(holder):
+            raise LimitExceeded(code, counts.name, f"at most {counts.limit} {what} ({counts.name})")
+        counts.take(holder)
+        return Ticket([lambda: counts.give(holder)])
+
+
+def check_codes(name: str, codes: list[str] | None, limit: int) -> None:
+    if codes is not None and len(codes) > limit:
+        raise LimitExceeded(
+            TOO_MANY_CODES,
+            "max_codes_per_subscription",
+            f"{name}: at most {limit} codes per subscription, got {len(codes)} (max_codes_per_subscription)",
+        )
