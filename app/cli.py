@@ -30,6 +30,8 @@ def serve(
     """Serve the GraphQL API (HTTP and websockets on /graphql, GraphiQL in a browser)."""
     import uvicorn
 
+    from app.serving import uvicorn_options
+
     settings = Settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -45,11 +47,19 @@ def serve(
                 "several workers need PostgreSQL and Redis (STOCKWIRE_DATABASE_URL, STOCKWIRE_BROADCAST_URL)", err=True
             )
             raise typer.Exit(2)
-        uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning")
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+            **uvicorn_options(settings),
+        )
     else:
         from app.main import create_app
 
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", **uvicorn_options(settings))
 
 
 async def _load_demo(settings: Settings) -> None:

@@ -14,19 +14,19 @@ from broadcaster import Broadcast
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
-from strawberry.types.unset import UnsetType
+from strawberry.types.unset import UNSET, UnsetType
 
 from app.db.engine import Database
 from app.db.migrate import upgrade
 from app.graphql.context import Context
-from app.graphql.http import SecureGraphQLView, principal_of, request_id_of
+from app.graphql.http import Problem, SecureGraphQLView, principal_of, request_id_of
 from app.graphql.schema import build_schema
 from app.realtime.config import RealtimeSettings
 from app.realtime.hub import Hub
@@ -114,6 +114,14 @@ class StockwireGraphQL(SecureGraphQLView):
         chosen = next((p for p in offered if p in (GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL)), None)
         await websocket.accept(subprotocol=chosen)
         await websocket.close(code=4429, reason=f"{refused.code}: {refused.setting}")
+
+    async def run(self, request: Any, context: Any = UNSET, root_value: Any = UNSET) -> Any:
+        try:
+            return await super().run(request, context, root_value)
+        except ClientDisconnect:
+            # the body never came whole (the client hung up, or missed the body deadline of
+            # app/serving.py and was cut off): nobody reads the answer, and it is no fault of ours
+            raise Problem(400, "BAD_REQUEST", "the connection closed before the request body was complete") from None
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         answer = await super().on_ws_connect(context)  # authenticates (or refuses) the key

@@ -154,12 +154,12 @@ class PingingTransportWSHandler(BaseGraphQLTransportWSHandler[Any, None]):
             self.connection_init_timeout_task = None
 
     async def handle_subscribe(self, message: SubscribeMessage) -> None:
-        if not self.connection_acknowledged or message.get("id") in self.operations:
-            await super().handle_subscribe(message)  # 4401 / 4409, as Strawberry answers them
-            return
         shape = _operation_shape_error(cast("Mapping[str, object]", message))
-        if shape is not None:
+        if shape is not None and self.connection_acknowledged:
             await self.websocket.close(code=4400, reason=shape)
+            return
+        if not self.connection_acknowledged or message["id"] in self.operations:
+            await super().handle_subscribe(message)  # 4401 / 4409, as Strawberry answers them
             return
         try:
             ticket = _admit_operation(self.view, self.context, len(self.operations))
