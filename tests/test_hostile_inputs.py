@@ -718,7 +718,7 @@ WS_CASES = [
     Ws(
         "ws: subscriptions beyond the per-connection limit",
         _too_many_subscriptions,
-        ["Subscription limit reached"],
+        ["TOO_MANY_SUBSCRIPTIONS"],
     ),
     Ws("ws: page on an origin not allowed", lambda w: _handshake(w, "https://evil.example.net"), "http 403"),
     Ws("ws: page on an allowed origin", lambda w: _handshake(w, "https://shop.example.com"), "accepted"),
