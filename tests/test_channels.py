@@ -162,7 +162,10 @@ async def test_commit_under_a_channel_moves_stock_and_backorder_into_committed(a
     # the incoming units arrive: the backorder is covered, the limit and the incoming are free again
     await receive(api, "SKU-1", "WH-2", 8)
     assert [tuple(r) for r in await api.sql("SELECT reserved, backordered FROM channel_holds")] == [(0, 0)]
-    assert [tuple(r) for r in await api.sql("SELECT backordered, backorder_open FROM reservation_lines ORDER BY location_id")] == [
+    assert [
+        tuple(r)
+        for r in await api.sql("SELECT backordered, backorder_open FROM reservation_lines ORDER BY location_id")
+    ] == [
         (0, 0),
         (2, 0),
     ]
