@@ -150,9 +150,27 @@ async def test_commit_under_a_channel_moves_stock_and_backorder_into_committed(a
     result = await reserve(api, [{"skuCode": "SKU-1", "quantity": 27}], channelCode="WEB")
     committed = await api.ok(COMMIT, id=result["reservation"]["id"], orderRef="order-1")
     assert committed["commitReservation"]["reservation"]["status"] == "COMMITTED"
-    assert [tuple(r) for r in await api.sql("SELECT reserved, backordered FROM channel_holds")] == [(0, 0)]
+    # the order still waits for its 2 backordered units: they stay counted against the limit and incoming
+    assert [tuple(r) for r in await api.sql("SELECT reserved, backordered FROM channel_holds")] == [(0, 2)]
     wh1, wh2 = await level(api, "SKU-1", "WH-1"), await level(api, "SKU-1", "WH-2")
     assert (wh1["reserved"], wh1["committed"], wh2["committed"], wh2["incoming"]) == (0, 25, 2, 8)
+    assert [tuple(r) for r in await api.sql("SELECT backordered FROM stock_levels ORDER BY location_id")] == [
+        (0,),
+        (2,),
+    ]
+    assert (await _figure(api))["explain"]["backorderable"] == 3
+    # the incoming units arrive: the backorder is covered, the limit and the incoming are free again
+    await receive(api, "SKU-1", "WH-2", 8)
+    assert [tuple(r) for r in await api.sql("SELECT reserved, backordered FROM channel_holds")] == [(0, 0)]
+    assert [
+        tuple(r)
+        for r in await api.sql("SELECT backordered, backorder_open FROM reservation_lines ORDER BY location_id")
+    ] == [
+        (0, 0),
+        (2, 0),
+    ]
+    wh2 = await level(api, "SKU-1", "WH-2")
+    assert (wh2["onHand"], wh2["committed"], wh2["incoming"], wh2["available"]) == (28, 2, 0, 26)
     assert await integrity.check(api.ctx) == []
 
 

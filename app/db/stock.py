@@ -20,8 +20,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.db import pg
 from app.db.engine import Pair as Pair  # re-exported: services name positions stock.Pair
 from app.db.engine import note_changed
-from app.db.tables import inventory_events, outbox, stock_levels
+from app.db.tables import (
+    channel_holds,
+    channels,
+    inventory_events,
+    outbox,
+    reservation_lines,
+    reservations,
+    stock_levels,
+)
 from app.db.types import UTCDateTime
+from app.domain.events import EventStatus, LedgerKind
 from app.domain.quantities import Delta, Position
 
 sl = stock_levels
@@ -76,6 +85,113 @@ async def hold(conn: AsyncConnection, sku_id: int, location_id: int, quantity: i
     )
     version = result.scalar_one_or_none()
     return None if version is None else int(version)
+
+
+# A backorder is a promise against the position's incoming units: the row changes only while that many
+# expected units are not promised yet, and a constraint (backordered <= incoming) stands behind it.
+_PROMISE = (
+    update(sl)
+    .where(
+        sl.c.sku_id == bindparam("b_sku"),
+        sl.c.location_id == bindparam("b_location"),
+        sl.c.incoming - sl.c.backordered >= bindparam("b_quantity"),
+    )
+    .values(backordered=sl.c.backordered + bindparam("b_quantity"))
+    .returning(sl.c.backordered)
+)
+
+
+async def promise_backorder(conn: AsyncConnection, pair: Pair, quantity: int) -> bool:
+    """Promise `quantity` of the position's incoming units to a backorder if, and only if, that many
+    expected units are not promised yet. False when they are (nothing changed)."""
+    result = await conn.execute(_PROMISE, {"b_sku": pair[0], "b_location": pair[1], "b_quantity": quantity})
+    return result.first() is not None
+
+
+async def forget_backorder(conn: AsyncConnection, pair: Pair, quantity: int) -> None:
+    """A backorder given up before its units arrived (its reservation released or expired)."""
+    await conn.execute(
+        update(sl)
+        .where(sl.c.sku_id == pair[0], sl.c.location_id == pair[1])
+        .values(backordered=sl.c.backordered - quantity)
+    )
+
+
+async def _cover_backorders(conn: AsyncConnection, pair: Pair, arrived: int, now: datetime) -> None:
+    """Arriving units (RECEIVED, TRANSFER_IN) fill the backorders promised against them, oldest first.
+
+    A committed order's backordered units are already in `committed`, so the arrival itself settles
+    them; an ACTIVE reservation's are held for it from the arriving units (reserved, a RESERVED ledger
+    row), so nobody else can buy what was promised to it. Either way they stop counting against the
+    channel's backorder limit and the position's incoming. Runs before the arrival lowers `incoming`, so
+    `backordered <= incoming` holds after every statement.
+    """
+    rl, r_ = reservation_lines, reservations
+    promised = await conn.scalar(select(sl.c.backordered).where(sl.c.sku_id == pair[0], sl.c.location_id == pair[1]))
+    left = min(int(promised or 0), arrived)
+    if left <= 0:
+        return
+    waiting = list(
+        await conn.execute(
+            select(rl.c.reservation_id, rl.c.backorder_open, r_.c.status, r_.c.channel_code)
+            .join(r_, r_.c.id == rl.c.reservation_id)
+            .where(rl.c.sku_id == pair[0], rl.c.location_id == pair[1], rl.c.backorder_open > 0)
+            .order_by(r_.c.created_at, r_.c.id)
+        )
+    )
+    covered = 0
+    ledger: list[dict[str, Any]] = []
+    for line in waiting:
+        take = min(left - covered, int(line.backorder_open))
+        if take <= 0:
+            break
+        active = line.status == "ACTIVE"
+        values: dict[str, Any] = {"backorder_open": rl.c.backorder_open - take}
+        if active:
+            values |= {"quantity": rl.c.quantity + take, "backordered": rl.c.backordered - take}
+        await conn.execute(
+            update(rl)
+            .where(rl.c.reservation_id == line.reservation_id, rl.c.sku_id == pair[0], rl.c.location_id == pair[1])
+            .values(**values)
+        )
+        if line.channel_code is not None:
+            await conn.execute(
+                update(channel_holds)
+                .where(
+                    channel_holds.c.channel_id
+                    == select(channels.c.id).where(channels.c.code == line.channel_code).scalar_subquery(),
+                    channel_holds.c.sku_id == pair[0],
+                )
+                .values(
+                    backordered=channel_holds.c.backordered - take,
+                    reserved=channel_holds.c.reserved + (take if active else 0),
+                    version=channel_holds.c.version + 1,
+                )
+            )
+        if active:
+            delta = Delta(reserved=take)
+            version = await apply_delta(conn, pair, delta, now)
+            ledger.append(
+                ledger_row(
+                    kind=LedgerKind.RESERVED.value,
+                    status=EventStatus.APPLIED.value,
+                    pair=pair,
+                    quantity=take,
+                    delta=delta,
+                    version=version,
+                    now=now,
+                    reservation_id=line.reservation_id,
+                    reason="backorder filled by arriving stock",
+                )
+            )
+        covered += take
+    await conn.execute(
+        update(sl)
+        .where(sl.c.sku_id == pair[0], sl.c.location_id == pair[1])
+        # promises no line accounts for (made before backorders were tracked per line) are settled too
+        .values(backordered=sl.c.backordered - left)
+    )
+    await write_ledger(conn, ledger)
 
 
 # a row-value IN with an expanding parameter, not one OR per pair: SQLite refuses expression trees deeper
@@ -157,6 +273,9 @@ async def apply_delta(
     counted_at: datetime | None = None,
 ) -> int:
     """Add `delta` to a position (relative, so it composes with concurrent holds). Returns the version."""
+    if delta.incoming < 0:
+        # expected units arrived: they go to the backorders promised against them first
+        await _cover_backorders(conn, pair, -delta.incoming, now)
     if conn.dialect.name == "postgresql":
         d = delta
         parts = None if d.is_zero else (d.on_hand, d.committed, d.reserved, d.unavailable, d.safety_stock, d.incoming)

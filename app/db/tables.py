@@ -85,12 +85,17 @@ stock_levels = Table(
     # when the last applied COUNTED occurred: older deltas arriving later are SUPERSEDED
     Column("counted_at", UTCDateTime, nullable=True),
     Column("updated_at", UTCDateTime, nullable=False),
+    # units promised against `incoming` by reservations in any state (backorders) and not arrived yet:
+    # not one of the contract's quantities (no ledger row, no version), but never more than is expected
+    Column("backordered", BigInteger, nullable=False, default=0, server_default="0"),
     # The last line of defence: whatever the code does, these can never go below zero.
     CheckConstraint("committed >= 0", name="committed_not_negative"),
     CheckConstraint("reserved >= 0", name="reserved_not_negative"),
     CheckConstraint("unavailable >= 0", name="unavailable_not_negative"),
     CheckConstraint("incoming >= 0", name="incoming_not_negative"),
     CheckConstraint("safety_stock >= 0", name="safety_stock_not_negative"),
+    # no write can promise more units against incoming stock than are expected (migration 0005_h11a)
+    CheckConstraint("backordered >= 0 AND backordered <= incoming", name="backordered_within_incoming"),
     Index("ix_stock_levels_location_id", "location_id"),
 )
 
@@ -160,7 +165,12 @@ reservation_lines = Table(
     Column("quantity", BigInteger, nullable=False),
     # units taken under a channel's backorder allowance (against incoming): not in stock_levels.reserved
     Column("backordered", BigInteger, nullable=False, default=0),
+    # of `backordered`, the units still waiting for stock to arrive (0 once covered, released or expired)
+    Column("backorder_open", BigInteger, nullable=False, default=0, server_default="0"),
+    # the expected arrival the backordered units were promised against
+    Column("expected_at", UTCDateTime, nullable=True),
     CheckConstraint("quantity >= 0", name="quantity_not_negative"),
+    CheckConstraint("backorder_open >= 0 AND backorder_open <= backordered", name="backorder_open_within_backordered"),
     CheckConstraint("backordered >= 0", name="backordered_not_negative"),
     CheckConstraint("quantity + backordered > 0", name="holds_something"),
     Index("ix_reservation_lines_sku_id", "sku_id"),

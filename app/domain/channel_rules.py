@@ -87,6 +87,13 @@ class ChannelStock:
     ring_fenced_for_others: int = 0
     # Earliest expected arrival of this location's incoming units, if known (timezone-aware).
     expected_at: datetime | None = None
+    # Of `incoming`, the units already promised as backorders (by any channel, in reservations of any
+    # state) and not arrived yet: a unit expected once can be promised once.
+    backordered: int = 0
+
+    @property
+    def incoming_free(self) -> int:
+        return max(0, self.incoming - self.backordered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +120,7 @@ class ChannelFigure:
     pool: int  # Σ over locations of max(0, available - ring-fenced for others)
     base: int  # pool + mine
     mine: int  # units this channel holds in active reservations
-    incoming: int  # Σ incoming at the channel's locations
+    incoming: int  # Σ incoming at the channel's locations not yet promised as backorders
     steps: tuple[RuleStep, ...]
 
 
@@ -127,7 +134,9 @@ def channel_availability(
 
     `mine`: units this channel holds in active reservations of this SKU at these locations (they have
     already left `available`, so they are added back before the rules share the stock out).
-    `backordered`: units this channel already holds as backorders of this SKU.
+    `backordered`: units this channel has backordered of this SKU that have not arrived yet, whatever
+    the state of their reservation (a committed order still waits for them), so its limit is never
+    used twice.
 
     Raises ValueError on rules that `rule_errors` rejects or on negative inputs that the quantities
     never take; both are a caller's bug, not a client's mistake.
@@ -138,8 +147,8 @@ def channel_availability(
     if mine < 0 or backordered < 0:
         raise ValueError(f"mine and backordered must be 0 or more, got {mine} and {backordered}")
     for row in locations:
-        if row.incoming < 0 or row.ring_fenced_for_others < 0:
-            raise ValueError(f"incoming and ring_fenced_for_others must be 0 or more: {row}")
+        if row.incoming < 0 or row.ring_fenced_for_others < 0 or row.backordered < 0:
+            raise ValueError(f"incoming, ring_fenced_for_others and backordered must be 0 or more: {row}")
 
     # Ring-fencing is subtracted location by location and clipped there: pool = Σ max(0, available_i -
     # ring_fenced_for_others_i). The ring-fenced units are physically at that location, so
@@ -148,7 +157,8 @@ def channel_availability(
     #  - a fence larger than what a location has (or a negative location) yields 0 there and cannot
     #    eat into other locations' stock, nor drive the pool below 0, as Σmax(0, a) - Σfence could.
     pool = sum(max(0, row.available - row.ring_fenced_for_others) for row in locations)
-    incoming = sum(row.incoming for row in locations)
+    # units already promised against incoming stock (by this channel or another) cannot be promised again
+    incoming = sum(row.incoming_free for row in locations)
 
     # 1. The channel's own holds are part of what it shares out, so percentages and caps apply to them.
     base = pool + mine
@@ -192,7 +202,7 @@ def channel_availability(
 
     expected_at = None
     if backorderable > 0:
-        dates = [row.expected_at for row in locations if row.incoming > 0 and row.expected_at is not None]
+        dates = [row.expected_at for row in locations if row.incoming_free > 0 and row.expected_at is not None]
         expected_at = min(dates, default=None)
 
     return ChannelFigure(

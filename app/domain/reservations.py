@@ -56,6 +56,12 @@ def transition(action: Action, status: ReservationStatus) -> Outcome | ErrorCode
     return _TRANSITIONS[(action, status)]
 
 
+def repeat_commit(committed_for: str | None, order_ref: str) -> Outcome | ErrorCode:
+    """Committing a COMMITTED reservation again: a retry for the same order changes nothing and answers
+    as the first commit did; another order cannot take units already promised to the first."""
+    return Outcome.NO_OP if committed_for == order_ref else ErrorCode.RESERVATION_NOT_ACTIVE
+
+
 @dataclass(frozen=True, slots=True)
 class RequestedLine:
     sku_code: str

@@ -201,7 +201,14 @@ class Availability:
 class ReservationLine:
     sku_code: str
     location_code: str
-    quantity: int
+    quantity: int = strawberry.field(description="The whole line: units held from stock + backordered")
+    backordered: int = strawberry.field(
+        default=0,
+        description="Units promised against incoming stock under the channel's backorder limit (not held stock)",
+    )
+    expected_at: datetime | None = strawberry.field(
+        default=None, description="The expected arrival the backordered units were promised against, when known"
+    )
 
 
 @strawberry.type
@@ -226,7 +233,13 @@ class Reservation:
             order_ref=v.order_ref,
             channel_code=v.channel_code,
             lines=[
-                ReservationLine(sku_code=ln.sku_code, location_code=ln.location_code, quantity=ln.quantity)
+                ReservationLine(
+                    sku_code=ln.sku_code,
+                    location_code=ln.location_code,
+                    quantity=ln.quantity,
+                    backordered=ln.backordered,
+                    expected_at=ln.expected_at,
+                )
                 for ln in v.lines
             ],
         )

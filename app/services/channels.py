@@ -395,8 +395,8 @@ class _Inputs:
     free: list[tuple[int, int]]
     # units fenced for other channels per location: a hold there must leave them
     fenced: dict[int, int]
-    # active locations with incoming units, in priority order (where backorders are placed)
-    incoming_at: list[int]
+    # active locations with incoming units not promised yet, in priority order: (location_id, those units)
+    incoming_at: list[tuple[int, int]]
     levels: list[StockLevelView]
     version_parts: int
 
@@ -502,6 +502,7 @@ async def _inputs(conn: AsyncConnection, channel: Any, sku_rows: list[Any], now:
                 incoming=int(r.incoming),
                 ring_fenced_for_others=fenced.get((sku.id, r.location_id), 0),
                 expected_at=expected.get((sku.id, r.location_id)),
+                backordered=int(r.backordered),
             )
             for r in here
         ]
@@ -516,7 +517,11 @@ async def _inputs(conn: AsyncConnection, channel: Any, sku_rows: list[Any], now:
                 for r in here
             ],
             fenced={r.location_id: fenced.get((sku.id, r.location_id), 0) for r in here},
-            incoming_at=[r.location_id for r in here if int(r.incoming) > 0],
+            incoming_at=[
+                (r.location_id, int(r.incoming) - int(r.backordered))
+                for r in here
+                if int(r.incoming) > int(r.backordered)
+            ],
             levels=[level_view(r) for r in here],
             version_parts=version_sum[sku.id]
             + int(sku.version)
@@ -659,6 +664,7 @@ async def hold_under_channel(
                 ]
             ) from exc
         free = dict(got.free)
+        unpromised = dict(got.incoming_at)
         stock_left = from_stock
         stock_units = 0
         backorder_units = 0
@@ -667,13 +673,13 @@ async def hold_under_channel(
             stock_left -= q_stock
             q_back = ln.quantity - q_stock
             if ln.location_code is not None:
-                plan = [(loc_rows[ln.location_code].id, q_stock)] if q_stock else []
-                back_at: int | None = loc_rows[ln.location_code].id
+                loc_id = loc_rows[ln.location_code].id
+                plan = [(loc_id, q_stock)] if q_stock else []
+                back_plan = [(loc_id, q_back)] if q_back else []
             else:
                 plan = plan_split(q_stock, [(loc, free[loc]) for loc, _ in got.free])
-                places = got.incoming_at or [loc for loc, _ in got.free]
-                back_at = places[0] if places else None
-            if sum(q for _, q in plan) < q_stock:
+                back_plan = plan_split(q_back, [(loc, unpromised[loc]) for loc, _ in got.incoming_at])
+            if sum(q for _, q in plan) < q_stock or sum(q for _, q in back_plan) < q_back:
                 raise Refused([_short(sku.code, ln, got.figure.available)])
             for loc, q in plan:
                 pair = (sku_id, loc)
@@ -684,20 +690,41 @@ async def hold_under_channel(
                 out.held[pair] += q
                 out.versions[pair] = version
                 stock_units += q
-            if q_back:
-                if back_at is None:
+            for loc, q in back_plan:
+                pair = (sku_id, loc)
+                # the database refuses a promise beyond the units expected there (any channel's included)
+                if not await stock.promise_backorder(conn, pair, q):
                     raise Refused([_short(sku.code, ln, got.figure.available)])
-                out.backordered[(sku_id, back_at)] += q_back
-                backorder_units += q_back
-        await conn.execute(
-            update(channel_holds)
-            .where(channel_holds.c.channel_id == channel.id, channel_holds.c.sku_id == sku_id)
-            .values(
-                reserved=channel_holds.c.reserved + stock_units,
-                backordered=channel_holds.c.backordered + backorder_units,
+                unpromised[loc] = unpromised.get(loc, 0) - q
+                out.backordered[pair] += q
+                backorder_units += q
+        if not await _count_holds(conn, channel.id, sku_id, stock_units, backorder_units):
+            raise Refused(
+                [
+                    UserError(
+                        ErrorCode.INSUFFICIENT_STOCK,
+                        f"{sku.code}: {total} requested, channel {channel_code} has used its backorder limit",
+                        ("lines", sku.code),
+                    )
+                ]
             )
-        )
     return out
+
+
+async def _count_holds(conn: AsyncConnection, channel_id: int, sku_id: int, units: int, backordered: int) -> bool:
+    """Add what a reserve took to the channel's counters. With backorders, only while the channel's
+    backorders not yet arrived stay within its limit: the database checks it, in the same statement."""
+    ch = channel_holds
+    stmt = (
+        update(ch)
+        .where(ch.c.channel_id == channel_id, ch.c.sku_id == sku_id)
+        .values(reserved=ch.c.reserved + units, backordered=ch.c.backordered + backordered)
+        .returning(ch.c.version)
+    )
+    if backordered:
+        limit = select(channels.c.backorder_limit).where(channels.c.id == channel_id).scalar_subquery()
+        stmt = stmt.where(ch.c.backordered + backordered <= func.coalesce(limit, 0))
+    return (await conn.execute(stmt)).first() is not None
 
 
 def _short(sku_code: str, line: RequestedLine, figure: int) -> UserError:
@@ -709,9 +736,11 @@ def _short(sku_code: str, line: RequestedLine, figure: int) -> UserError:
     )
 
 
-async def release_channel_holds(conn: AsyncConnection, reservation_ids: list[str]) -> None:
+async def release_channel_holds(conn: AsyncConnection, reservation_ids: list[str], committed: bool = False) -> None:
     """Give a channel's counters back when its reservations leave ACTIVE (commit, release, expiry).
 
+    A commit gives back the stock units only: its backordered units are an order waiting for incoming
+    stock and count against the channel's backorder limit until they arrive (`stock._cover_backorders`).
     Runs before the stock rows are touched, so every path locks guard rows before stock rows.
     """
     r_, rl = reservations, reservation_lines
@@ -721,7 +750,7 @@ async def release_channel_holds(conn: AsyncConnection, reservation_ids: list[str
                 channels.c.id.label("channel_id"),
                 rl.c.sku_id,
                 func.sum(rl.c.quantity).label("units"),
-                func.sum(rl.c.backordered).label("back"),
+                func.sum(literal(0) if committed else rl.c.backorder_open).label("back"),
             )
             .join(r_, r_.c.id == rl.c.reservation_id)
             .join(channels, channels.c.code == r_.c.channel_code)

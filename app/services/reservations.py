@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import bindparam, insert, literal, select, union_all, update
+from sqlalchemy import bindparam, func, insert, literal, select, tuple_, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import stock
 from app.db.engine import is_unique_violation
-from app.db.tables import locations, reservation_lines, reservations, skus, stock_levels
+from app.db.tables import inventory_events, locations, reservation_lines, reservations, skus, stock_levels
 from app.domain.errors import ErrorCode, Refused, UserError
 from app.domain.events import EventStatus, LedgerKind
 from app.domain.quantities import Delta
@@ -33,6 +33,7 @@ from app.domain.reservations import (
     effective_status,
     lines_fingerprint,
     plan_split,
+    repeat_commit,
     transition,
     validate_lines,
     validate_ttl,
@@ -152,6 +153,9 @@ async def _hold_all(
     conn: AsyncConnection, req: ReserveRequest, now: datetime, rid: str, expires_at: datetime
 ) -> ReservationView:
     sku_rows, loc_rows = await _resolve(conn, req)
+    # holds past their expiry never block a new reservation, even before the sweeper runs: they are given
+    # back first, waiting for a sweeper that is expiring one right now rather than skipping it
+    await expire_due(conn, now, sku_ids=sorted({r.id for r in sku_rows.values()}), wait=True)
     if req.channel_code is None and all(ln.location_code is not None for ln in req.lines):
         return await _hold_named(conn, req, now, rid, expires_at, sku_rows, loc_rows)
     held: dict[stock.Pair, int] = defaultdict(int)
@@ -170,7 +174,7 @@ async def _hold_all(
         sku_id = sku_rows[line.sku_code].id
         if line.location_code is not None:
             pair = (sku_id, loc_rows[line.location_code].id)
-            version = await _hold_or_expire(conn, now, pair, line.quantity)
+            version = await stock.hold(conn, pair[0], pair[1], line.quantity, now)
             if version is None:
                 raise Refused([await _insufficient(conn, line, [pair[1]])])
             held[pair] += line.quantity
@@ -179,8 +183,8 @@ async def _hold_all(
             for pair, q, version in await _hold_anywhere(conn, now, sku_id, line):
                 held[pair] += q
                 versions[pair] = version
-    await record_holds(conn, now, rid, held, versions, req.cart_ref, backordered)
-    view = _view_of_new(req, now, expires_at, rid, sku_rows, loc_rows, held, backordered)
+    expected = await record_holds(conn, now, rid, held, versions, req.cart_ref, backordered)
+    view = _view_of_new(req, now, expires_at, rid, sku_rows, loc_rows, held, backordered, expected)
     return view if view is not None else (await load_views(conn, now, [rid]))[0]
 
 
@@ -214,12 +218,12 @@ async def _hold_named(
     await stock.enqueue_changes(conn, pairs, now)
     ledger = []
     for pair in pairs:
-        version = await _hold_or_expire(conn, now, pair, wanted[pair])
+        version = await stock.hold(conn, pair[0], pair[1], wanted[pair], now)
         if version is None:
             raise Refused([await _insufficient(conn, line_of[pair], [pair[1]])])
         ledger.append(_reserved_row(pair, wanted[pair], version, now, rid, req.cart_ref))
     await stock.write_ledger(conn, ledger)
-    view = _view_of_new(req, now, expires_at, rid, sku_rows, loc_rows, wanted, {})
+    view = _view_of_new(req, now, expires_at, rid, sku_rows, loc_rows, wanted, {}, {})
     assert view is not None  # every location was named
     return view
 
@@ -250,6 +254,7 @@ def _view_of_new(
     loc_rows: dict[str, Any],
     held: dict[stock.Pair, int],
     backordered: dict[stock.Pair, int],
+    expected: dict[stock.Pair, datetime],
 ) -> ReservationView | None:
     """The new reservation as load_views would read it back, without the two reads, when every line's
     location was named in the request (the usual checkout); None when a location was chosen for it."""
@@ -260,7 +265,13 @@ def _view_of_new(
         return None
     lines = sorted(
         (
-            ReservationLineView(sku_code[p[0]], location_code[p[1]], held.get(p, 0) + backordered.get(p, 0))
+            ReservationLineView(
+                sku_code[p[0]],
+                location_code[p[1]],
+                held.get(p, 0) + backordered.get(p, 0),
+                backordered.get(p, 0),
+                expected.get(p) if backordered.get(p) else None,
+            )
             for p in pairs
         ),
         key=lambda ln: (ln.sku_code, ln.location_code),
@@ -312,28 +323,16 @@ async def _resolve(conn: AsyncConnection, req: ReserveRequest) -> tuple[dict[str
     return sku_rows, loc_rows
 
 
-async def _hold_or_expire(conn: AsyncConnection, now: datetime, pair: stock.Pair, quantity: int) -> int | None:
-    version = await stock.hold(conn, pair[0], pair[1], quantity, now)
-    if version is None and await expire_due(conn, now, sku_ids=[pair[0]]):
-        # holds past their expiry never block a new reservation, even before the sweeper runs
-        version = await stock.hold(conn, pair[0], pair[1], quantity, now)
-    return version
-
-
 async def _hold_anywhere(
     conn: AsyncConnection, now: datetime, sku_id: int, line: RequestedLine
 ) -> list[tuple[stock.Pair, int, int]]:
     """Take a line from active locations in priority order, splitting across them when needed."""
     taken: list[tuple[stock.Pair, int, int]] = []
     left = line.quantity
-    expired_once = False
     for _ in range(_MAX_REPLANS):
         candidates = await _candidates(conn, sku_id)
         plan = plan_split(left, candidates)
         if sum(q for _, q in plan) < left:
-            if not expired_once and await expire_due(conn, now, sku_ids=[sku_id]):
-                expired_once = True
-                continue
             break
         for location_id, q in plan:
             version = await stock.hold(conn, sku_id, location_id, q, now)
@@ -384,7 +383,11 @@ async def commit(ctx: Ctx, reservation_id: str, order_ref: str) -> ReservationVi
     if not order_ref.strip() or len(order_ref) > 200:
         raise Refused([UserError(ErrorCode.INVALID_INPUT, "orderRef must be 1-200 characters", ("orderRef",))])
     return await _change(
-        ctx, reservation_id, Action.COMMIT, {"status": ReservationStatus.COMMITTED.value, "order_ref": order_ref}
+        ctx,
+        reservation_id,
+        Action.COMMIT,
+        {"status": ReservationStatus.COMMITTED.value, "order_ref": order_ref},
+        order_ref=order_ref,
     )
 
 
@@ -407,7 +410,9 @@ _MOVES: dict[Action, tuple[LedgerKind, int, int]] = {
 }
 
 
-async def _change(ctx: Ctx, reservation_id: str, action: Action, values: dict[str, Any]) -> ReservationView:
+async def _change(
+    ctx: Ctx, reservation_id: str, action: Action, values: dict[str, Any], order_ref: str | None = None
+) -> ReservationView:
     async def work(conn: AsyncConnection) -> ReservationView:
         now = ctx.clock()
         changed = await conn.execute(
@@ -417,7 +422,7 @@ async def _change(ctx: Ctx, reservation_id: str, action: Action, values: dict[st
             .returning(r_.c.id)
         )
         if changed.first() is None:
-            return await _refuse_or_repeat(conn, now, reservation_id, action)
+            return await _refuse_or_repeat(conn, now, reservation_id, action, order_ref)
         if action in _MOVES:
             kind, d_reserved, d_committed = _MOVES[action]
             await _move_lines(conn, now, [reservation_id], kind, d_reserved, d_committed)
@@ -427,14 +432,21 @@ async def _change(ctx: Ctx, reservation_id: str, action: Action, values: dict[st
 
 
 async def _refuse_or_repeat(
-    conn: AsyncConnection, now: datetime, reservation_id: str, action: Action
+    conn: AsyncConnection, now: datetime, reservation_id: str, action: Action, order_ref: str | None
 ) -> ReservationView:
     views = await load_views(conn, now, [reservation_id])
     if not views:
         raise Refused([UserError(ErrorCode.RESERVATION_NOT_FOUND, f"no reservation {reservation_id!r}", ("id",))])
-    outcome = transition(action, views[0].status)
+    view = views[0]
+    outcome = transition(action, view.status)
+    if outcome is Outcome.NO_OP and action is Action.COMMIT:
+        assert order_ref is not None
+        outcome = repeat_commit(view.order_ref, order_ref)
+        if isinstance(outcome, ErrorCode):
+            message = f"reservation is COMMITTED for another order ({view.order_ref}), not {order_ref}"
+            raise Refused([UserError(outcome, message, ("orderRef",))])
     if isinstance(outcome, ErrorCode):
-        raise Refused([UserError(outcome, f"reservation is {views[0].status.value}", ("id",))])
+        raise Refused([UserError(outcome, f"reservation is {view.status.value}", ("id",))])
     assert outcome is Outcome.NO_OP, "an ACTIVE reservation would have matched the update"
     return views[0]
 
@@ -448,7 +460,7 @@ async def _move_lines(
     d_committed: int,
 ) -> set[stock.Pair]:
     # a channel's counters first: every path takes guard rows before stock rows (no lock-order deadlock)
-    await channels.release_channel_holds(conn, reservation_ids)
+    await channels.release_channel_holds(conn, reservation_ids, committed=d_committed != 0)
     lines = list(
         await conn.execute(
             select(rl)
@@ -461,11 +473,16 @@ async def _move_lines(
         await stock.ensure_positions(conn, [(ln.sku_id, ln.location_id) for ln in lines if ln.backordered], now)
     ledger: list[dict[str, Any]] = []
     pairs: set[stock.Pair] = set()
+    forgotten: list[Any] = []
     for line in lines:
         pair = (line.sku_id, line.location_id)
         pairs.add(pair)
+        if not d_committed and line.backorder_open:
+            # a backorder given up before its units arrived: they may be promised to someone else
+            await stock.forget_backorder(conn, pair, int(line.backorder_open))
+            forgotten.append(line)
         # backordered units were never reserved stock; an order placed for them is committed against
-        # the incoming units (shown as oversold until they arrive), a release simply forgets them
+        # the incoming units (shown as oversold until they arrive) and stays promised against them
         moved = line.quantity + (line.backordered if d_committed else 0)
         if moved == 0:
             continue
@@ -483,23 +500,37 @@ async def _move_lines(
                 reservation_id=line.reservation_id,
             )
         )
+    for line in forgotten:
+        await conn.execute(
+            update(rl)
+            .where(
+                rl.c.reservation_id == line.reservation_id,
+                rl.c.sku_id == line.sku_id,
+                rl.c.location_id == line.location_id,
+            )
+            .values(backorder_open=0)
+        )
     await stock.write_ledger(conn, ledger)
     await stock.enqueue_changes(conn, pairs, now)
     return pairs
 
 
-async def expire_due(conn: AsyncConnection, now: datetime, sku_ids: list[int] | None = None, limit: int = 500) -> int:
+async def expire_due(
+    conn: AsyncConnection, now: datetime, sku_ids: list[int] | None = None, limit: int = 500, wait: bool = False
+) -> int:
     """Turn ACTIVE reservations past expiry into EXPIRED and give their units back. Returns how many.
 
     Safe with many processes: on Postgres each sweeper skips rows another has locked, and the
     status condition means a reservation is expired (or committed, or released) exactly once.
+    `wait`: wait for a reservation another transaction has locked instead of skipping it (a reserve
+    that needs its units must see them given back, not find them still held by a sweeper mid-way).
     """
     due = select(r_.c.id).where(r_.c.status == ReservationStatus.ACTIVE.value, r_.c.expires_at <= now)
     if sku_ids is not None:
         due = due.where(r_.c.id.in_(select(rl.c.reservation_id).where(rl.c.sku_id.in_(sku_ids))))
     due = due.order_by(r_.c.expires_at).limit(limit)
     if conn.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
+        due = due.with_for_update(skip_locked=not wait)
     ids = [r.id for r in await conn.execute(due)]
     if not ids:
         return 0
@@ -538,13 +569,23 @@ async def load_views(conn: AsyncConnection, now: datetime, ids: list[str]) -> li
             locations.c.code.label("location_code"),
             # a line's units: from stock and, under a channel's backorder allowance, against incoming
             (rl.c.quantity + rl.c.backordered).label("quantity"),
+            rl.c.backordered,
+            rl.c.expected_at,
         )
         .join(skus, skus.c.id == rl.c.sku_id)
         .join(locations, locations.c.id == rl.c.location_id)
         .where(rl.c.reservation_id.in_(ids))
         .order_by(skus.c.code, locations.c.code)
     ):
-        lines[ln.reservation_id].append(ReservationLineView(ln.sku_code, ln.location_code, int(ln.quantity)))
+        lines[ln.reservation_id].append(
+            ReservationLineView(
+                ln.sku_code,
+                ln.location_code,
+                int(ln.quantity),
+                int(ln.backordered),
+                ln.expected_at if ln.backordered else None,
+            )
+        )
     order = {rid: i for i, rid in enumerate(ids)}
     rows.sort(key=lambda r: order[r.id])
     return [
@@ -638,10 +679,12 @@ async def record_holds(
     versions: dict[stock.Pair, int],
     reference: str | None = None,
     backordered: dict[stock.Pair, int] | None = None,
-) -> None:
+) -> dict[stock.Pair, datetime]:
     """The lines, ledger rows and outbox rows for units already taken with `stock.hold` (and, under a
-    channel's backorder allowance, units `backordered` against incoming stock: a line, no ledger row)."""
-    backordered = backordered or {}
+    channel's backorder allowance, units `backordered` against incoming stock: a line, no ledger row).
+    Returns the expected arrival each backorder was promised against, where one is known."""
+    backordered = {p: q for p, q in (backordered or {}).items() if q}
+    expected = await _expected_arrivals(conn, list(backordered), now)
     pairs = sorted((p, q) for p, q in held.items() if q)
     await stock.insert_rows(
         conn,
@@ -653,6 +696,8 @@ async def record_holds(
                 "location_id": p[1],
                 "quantity": held.get(p, 0),
                 "backordered": backordered.get(p, 0),
+                "backorder_open": backordered.get(p, 0),
+                "expected_at": expected.get(p),
             }
             for p in sorted({p for p, _ in pairs} | set(backordered))
         ],
@@ -662,6 +707,26 @@ async def record_holds(
         [_reserved_row(p, q, versions[p], now, reservation_id, reference) for p, q in pairs],
     )
     await stock.enqueue_changes(conn, {p for p, _ in pairs} | set(backordered), now)
+    return expected
+
+
+async def _expected_arrivals(
+    conn: AsyncConnection, pairs: list[stock.Pair], now: datetime
+) -> dict[stock.Pair, datetime]:
+    """The earliest expected arrival still ahead at each position (what the channel figure shows)."""
+    if not pairs:
+        return {}
+    ie = inventory_events
+    rows = await conn.execute(
+        select(ie.c.sku_id, ie.c.location_id, func.min(ie.c.expected_at).label("at"))
+        .where(
+            tuple_(ie.c.sku_id, ie.c.location_id).in_(pairs),
+            ie.c.expected_at.is_not(None),
+            ie.c.expected_at >= now,
+        )
+        .group_by(ie.c.sku_id, ie.c.location_id)
+    )
+    return {(r.sku_id, r.location_id): r.at for r in rows}
 
 
 async def release_cart(conn: AsyncConnection, now: datetime, cart_ref: str, keep: str | None = None) -> list[str]:

@@ -58,7 +58,9 @@ class AvailabilityView:
 class ReservationLineView:
     sku_code: str
     location_code: str
-    quantity: int
+    quantity: int  # the whole line: units held from stock + `backordered`
+    backordered: int = 0  # units promised against incoming stock (under a channel's backorder limit)
+    expected_at: datetime | None = None  # the expected arrival the backordered units were promised against
 
 
 @dataclass(frozen=True, slots=True)

@@ -526,3 +526,20 @@ def test_the_readme_worked_example() -> None:
     threshold_only = figure(ChannelRules(out_of_stock_threshold=5, backorder_limit=3), at(4, incoming=10))
     assert (threshold_only.available, split_hold(threshold_only, 3)) == (3, (0, 3))
     assert figure(ChannelRules(safety_buffer_percent=33.3), at(10)).available == 6
+
+
+def test_incoming_already_promised_is_not_promised_again() -> None:
+    rules = ChannelRules(backorder_limit=5)
+    # 8 expected at the first location, 6 of them promised (by any channel); 2 expected at the other
+    rows = [
+        ChannelStock(available=0, incoming=8, backordered=6, expected_at=JUNE_10),
+        ChannelStock(available=0, incoming=2, expected_at=JUNE_3),
+    ]
+    figure = channel_availability(rules, rows, mine=0, backordered=1)
+    assert (figure.available, figure.backorderable, figure.incoming, figure.expected_at) == (4, 4, 4, JUNE_3)
+    # every expected unit promised: nothing to backorder, whatever the limit leaves
+    full = [ChannelStock(available=0, incoming=8, backordered=8, expected_at=JUNE_10)]
+    figure = channel_availability(rules, full, mine=0, backordered=0)
+    assert (figure.available, figure.backorderable, figure.expected_at) == (0, 0, None)
+    with pytest.raises(ValueError):
+        channel_availability(rules, [ChannelStock(available=0, incoming=1, backordered=-1)], 0, 0)

@@ -15,6 +15,7 @@ from app.domain.reservations import (
     effective_status,
     lines_fingerprint,
     plan_split,
+    repeat_commit,
     transition,
     validate_lines,
     validate_ttl,
@@ -312,3 +313,9 @@ def test_wanting_nothing_takes_nothing() -> None:
 
 def test_locations_after_the_hold_is_filled_are_not_touched() -> None:
     assert plan_split(4, [(1, 4), (2, 0), (3, 10)]) == [(1, 4)]
+
+
+def test_committing_again_is_a_repeat_only_for_the_same_order() -> None:
+    assert repeat_commit("ORD-77", "ORD-77") is Outcome.NO_OP
+    assert repeat_commit("ORD-77", "DIFFERENT") is ErrorCode.RESERVATION_NOT_ACTIVE
+    assert repeat_commit(None, "ORD-77") is ErrorCode.RESERVATION_NOT_ACTIVE
