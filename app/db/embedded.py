@@ -71,7 +71,7 @@ class EmbeddedPostgres:
     """One PostgreSQL cluster in `data_dir`, started on a Unix socket inside it (no TCP port is opened)."""
 
     def __init__(self, data_dir: Path | str) -> None:
-        self.data_dir = Path(data_dir).expanduser().absolute()
+        self.data_dir = Path(data_dir).expanduser().resolve()
         self.pgdata = self.data_dir / "pgdata"
         self.started_in: float | None = None  # seconds the start took; None when it used a running server
         self._lock: Any = None
@@ -187,8 +187,11 @@ class EmbeddedPostgres:
     def _start_server(self, lib: ModuleType) -> Any:
         # cleanup_mode=None: the library would stop the server only when the last of the processes it ever
         # counted exits, and a crashed one stays counted; this object stops it instead (stop()).
+        # The class itself, not get_server(): that one hands out the instance it made before in this
+        # process, with the state of a server that may have been stopped since.
+        self.pgdata.mkdir(exist_ok=True)
         try:
-            return lib.get_server(self.pgdata, cleanup_mode=None)
+            return lib.PostgresServer(self.pgdata, cleanup_mode=None)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             log_file = self.pgdata / "log"
             tail = log_file.read_text(errors="replace").strip().splitlines()[-5:] if log_file.exists() else []
