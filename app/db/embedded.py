@@ -68,7 +68,8 @@ def _is_postgres_on(pid: int, pgdata: Path) -> bool:
 
 
 class EmbeddedPostgres:
-    """One PostgreSQL cluster in `data_dir`, started on a Unix socket inside it (no TCP port is opened)."""
+    """One PostgreSQL cluster in `data_dir`, listening on a Unix socket inside it, not on TCP (on Windows,
+    which has no such sockets here, the library picks a free port on 127.0.0.1)."""
 
     def __init__(self, data_dir: Path | str) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
@@ -122,7 +123,6 @@ class EmbeddedPostgres:
         """Stop the server this object started (or adopted) and release the data directory."""
         server, self._server = self._server, None
         if server is not None:
-            # pg_ctl's fast mode: open sessions are ended, committed work is on disk; -w waits for the exit
             try:
                 # fast mode: open sessions are ended, committed work is on disk; -w waits for the exit
                 _library().pg_ctl(["-m", "fast", "-w", "stop"], pgdata=self.pgdata, user=server.system_user)
