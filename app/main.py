@@ -187,11 +187,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         s = runtime.settings
-        db = Database(s.database_url, s.db_pool_size, s.db_max_overflow)
+        db = Database(s.database, s.db_pool_size, s.db_max_overflow)
         if db.is_sqlite:
             await upgrade(db.engine)  # the embedded default migrates itself; Postgres uses `stockwire migrate`
         try:
-            await require_a_key(db)  # SQLite: makes and prints a development key; Postgres: refuses to start
+            # the embedded default makes and prints a development key; a deployment refuses to start
+            await require_a_key(db, development=s.development_key or db.is_sqlite)
         except Exception:
             await db.dispose()
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator
@@ -11,7 +12,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STOCKWIRE_", extra="ignore")
 
-    database_url: str = "sqlite+aiosqlite:///./stockwire.db"
+    # unset: `stockwire` starts an embedded PostgreSQL in data_dir (pip install 'stockwire[embedded]')
+    database_url: str | None = None
+    data_dir: Path = Path(".stockwire")
+    # make and print a key with every scope at start when the database has none (app/security/runtime.py):
+    # what the embedded default does (set for it by `stockwire`); a deployment must refuse to start instead
+    development_key: bool = False
     broadcast_url: str = "memory://"
     # reservations
     default_ttl_seconds: int = Field(900, ge=1)
@@ -59,4 +65,14 @@ class Settings(BaseSettings):
 
     @property
     def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
+        return (self.database_url or "").startswith("sqlite")
+
+    @property
+    def database(self) -> str:
+        """The database URL, for code that runs after `stockwire` (app/db/embedded.py) settled on one."""
+        if self.database_url is None:
+            raise RuntimeError(
+                "no database: set STOCKWIRE_DATABASE_URL, or start the service with `stockwire serve`, "
+                "which starts the embedded PostgreSQL itself"
+            )
+        return self.database_url

@@ -3,8 +3,8 @@
     .venv/bin/python bench/publication.py [--skus 5000] [--database-url URL] [--repeat 5]
 
 On demand only (not part of the test suite). One run:
- 1. loads `--skus` SKUs at two locations (a RECEIVED row each) into the given database (default: a new
-    SQLite file in a temporary directory; a PostgreSQL URL must name an empty, migrated-or-new database),
+ 1. loads `--skus` SKUs at two locations (a RECEIVED row each) into the given database (default: an
+    embedded PostgreSQL in a temporary directory; a PostgreSQL URL must name an empty, migrated-or-new database),
     a channel WEB on both with a cap and an endpoint, and marks every SKU's figure as acknowledged;
  2. times (best of `--repeat`) what the worker does per pass:
     FULL  compare every SKU the channel can show (at start, every 60 s, after a broadcast gap);
@@ -119,9 +119,13 @@ async def main(n: int, url: str, repeat: int) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--skus", type=int, default=5000)
-    p.add_argument("--database-url", default=None, help="default: a new SQLite file in a temporary directory")
+    p.add_argument("--database-url", default=None, help="default: an embedded PostgreSQL in a temporary directory")
     p.add_argument("--repeat", type=int, default=5)
     a = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        url = a.database_url or f"sqlite+aiosqlite:///{Path(tmp) / 'bench_publication.db'}"
-        asyncio.run(main(a.skus, url, a.repeat))
+    from app.db.embedded import database_for
+
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        database_for(Settings(database_url=a.database_url, data_dir=Path(tmp))) as settings,
+    ):
+        asyncio.run(main(a.skus, settings.database, a.repeat))

@@ -1,20 +1,27 @@
-"""Fixtures: the app over HTTP on SQLite and on PostgreSQL, and direct database access for assertions."""
+"""Fixtures: the app over HTTP on PostgreSQL, and direct database access for assertions.
+
+PostgreSQL is the server at STOCKWIRE_TEST_POSTGRES_ADMIN_URL (default 127.0.0.1:5432) when it answers (CI),
+else an embedded one (app/db/embedded.py) this run starts in a temp directory, so a laptop needs nothing.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import shutil
+import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from app.db.embedded import EmbeddedPostgres
 from app.db.engine import Database
 from app.db.migrate import upgrade
 from app.db.tables import metadata
@@ -23,27 +30,38 @@ from app.security import keys
 from app.security.scopes import ALL_SCOPES, Scope
 from app.services.context import Ctx
 from app.settings import Settings
-from tests.services import POSTGRES_ADMIN_URL, require_postgres
+from tests.services import POSTGRES_ADMIN_URL, postgres_server_answers, require_postgres
+
+T = TypeVar("T")
 
 # Many apps start and stop in one test process: freezing each one's heap out of garbage collection
 # (what a server does once at start, app/main.py _tune_gc) would keep every earlier test's cycles.
 # Servers the tests start inherit this too; tests/test_gc_tuning.py covers the tuning itself.
 os.environ.setdefault("STOCKWIRE_GC_THRESHOLD", "0")
 
-# every table the migrations make (each issue adds its own), emptied between Postgres tests
+# every table the migrations make (each issue adds its own), emptied between tests
 TABLES = ", ".join(t.name for t in metadata.sorted_tables)
 
 
-def _async_url(url: str) -> str:
-    return url.replace("postgresql://", "postgresql+asyncpg://", 1)
+def _blocking(work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` to its end from sync code, also when called inside a running event loop (async fixtures)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, work).result()
 
 
-async def _admin(sql: str) -> None:
+def _url(admin_url: str, database: str) -> str:
+    """SQLAlchemy URL of `database` on the admin URL's server (TCP or a Unix socket: ?host=/dir)."""
+    url = make_url(admin_url).set(drivername="postgresql+asyncpg", database=database)
+    return url.render_as_string(hide_password=False)
+
+
+async def _admin(admin_url: str, *statements: str) -> None:
     import asyncpg
 
-    conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
+    conn = await asyncpg.connect(admin_url)
     try:
-        await conn.execute(sql)
+        for sql in statements:
+            await conn.execute(sql)
     finally:
         await conn.close()
 
@@ -57,41 +75,69 @@ async def _migrate(url: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def postgres_admin_url() -> Iterator[str]:
+    """The run's PostgreSQL server (a libpq URI of its maintenance database)."""
+    if postgres_server_answers():
+        yield POSTGRES_ADMIN_URL
+        return
+    require_postgres()  # fails on CI, where the service must be up; passes where the embedded one installs
+    # not under pytest's basetemp: pytest makes its root 0700 again at every session start, and as root the
+    # server runs as another user (pitfalls.md #11), which must be able to reach its data directory
+    data_dir = Path(tempfile.mkdtemp(prefix="stockwire-test-pg-"))
+    try:
+        with EmbeddedPostgres(data_dir) as server:
+            server.start()
+            yield server.admin_uri
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
     """A fresh database for this test run, migrated once; dropped at the end."""
-    require_postgres()
     given = os.environ.get("STOCKWIRE_TEST_POSTGRES_URL")
     if given:
         asyncio.run(_migrate(given))
         yield given
         return
     name = f"stockwire_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    url = _async_url(str(make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)))
+    asyncio.run(_admin(postgres_admin_url, f'CREATE DATABASE "{name}"'))
+    url = _url(postgres_admin_url, name)
     try:
         asyncio.run(_migrate(url))
         yield url
     finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(_admin(postgres_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One migrated SQLite file; every test gets a copy (much faster than migrating each time)."""
-    path = tmp_path_factory.mktemp("template") / "stockwire.db"
-    asyncio.run(_migrate(f"sqlite+aiosqlite:///{path}"))
-    return path
+def new_database(postgres_admin_url: str) -> Iterator[Callable[[], str]]:
+    """Makes a database of its own, migrated (a copy of one migrated template), for what must not share
+    the per-test one: a live server kept for a module, a CLI run in another process, property examples.
+    All are dropped at the end of the run."""
+    run = f"stockwire_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    template = f"{run}_template"
+    asyncio.run(_admin(postgres_admin_url, f'CREATE DATABASE "{template}"'))
+    made = [template]
+    asyncio.run(_migrate(_url(postgres_admin_url, template)))
+
+    def make() -> str:
+        name = f"{run}_{len(made)}"
+        _blocking(_admin(postgres_admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+        made.append(name)
+        return _url(postgres_admin_url, name)
+
+    try:
+        yield make
+    finally:
+        asyncio.run(_admin(postgres_admin_url, *(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)' for n in made)))
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> str:
-    if request.param == "sqlite":
-        path = tmp_path / "stockwire.db"
-        shutil.copy(sqlite_template, path)
-        return f"sqlite+aiosqlite:///{path}"
-    url: str = request.getfixturevalue("postgres_url")
-    asyncio.run(_truncate(url))
-    return url
+@pytest.fixture
+def database_url(postgres_url: str) -> str:
+    """The run's database, emptied for this test."""
+    asyncio.run(_truncate(postgres_url))
+    return postgres_url
 
 
 async def _truncate(url: str) -> None:

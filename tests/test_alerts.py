@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -84,10 +82,8 @@ class AlertSubscriber(Subscriber):
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[tuple[Server, str]]:
-    path: Path = tmp_path_factory.mktemp("alerts") / "stockwire.db"
-    shutil.copy(sqlite_template, path)
-    url = f"sqlite+aiosqlite:///{path}"
+def live(tmp_path_factory: pytest.TempPathFactory, new_database: Callable[[], str]) -> Iterator[tuple[Server, str]]:
+    url = new_database()
     key = asyncio.run(create_test_key(url))
     server = start_server(url, key=key)
     try:

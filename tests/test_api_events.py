@@ -180,8 +180,7 @@ async def test_future_and_naive_times_are_refused(api: Api) -> None:
 
 
 async def test_a_full_batch_at_a_thousand_positions_applies(api: Api) -> None:
-    """The largest legal batch (max_batch_size 1,000) at 1,000 distinct positions: SQLite refuses
-    expression trees deeper than 1,000, so the positions must not be locked with one OR per pair."""
+    """The largest legal batch (max_batch_size 1,000) at 1,000 distinct positions applies in one call."""
     skus = [f"SKU-{i:03}" for i in range(500)]
     await catalogue(api, skus=skus, locations=[("WH-1", 10), ("WH-2", 20)])
     events = [event("RECEIVED", s, loc, 1 + i % 7) for i, s in enumerate(skus) for loc in ("WH-1", "WH-2")]

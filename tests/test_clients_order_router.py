@@ -1,4 +1,4 @@
-"""clients/order_router.py against a live server (SQLite): it routes orders with routeAndReserve, holds
+"""clients/order_router.py against a live server: it routes orders with routeAndReserve, holds
 their stock once, parks orders short of stock and routes them when its stockLevelChanged subscription
 shows the stock arriving; the command line does the same from JSON lines on stdin."""
 
@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +35,8 @@ STOCK_FOR_ORDER = """query($ref: String!) { routingDecisions(orderRef: $ref) {
 
 
 @pytest.fixture(scope="module")
-def database(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> str:
-    path = tmp_path_factory.mktemp("order_router") / "stockwire.db"
-    shutil.copy(sqlite_template, path)
-    return f"sqlite+aiosqlite:///{path}"
+def database(tmp_path_factory: pytest.TempPathFactory, new_database: Callable[[], str]) -> str:
+    return new_database()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -145,10 +144,8 @@ def _available(value: int) -> Callable[[list[dict[str, Any]]], bool]:
 
 
 @pytest.fixture
-def database(tmp_path: Path, sqlite_template: Path) -> tuple[str, str]:
-    path = tmp_path / "stockwire.db"
-    shutil.copy(sqlite_template, path)
-    url = f"sqlite+aiosqlite:///{path}"
+def database(tmp_path: Path, new_database: Callable[[], str]) -> tuple[str, str]:
+    url = new_database()
     return url, asyncio.run(create_test_key(url))
 
 

@@ -2,7 +2,7 @@
 documented error, never a 5xx (nor an INTERNAL_SERVER_ERROR or a websocket close 1011), and the
 database is row-for-row identical before and after.
 
-One live server per database for the module (SQLite: every case; PostgreSQL: the HTTP cases). Its
+One live server on its own PostgreSQL database for the module runs every case. Its
 keys are cached for an hour (STOCKWIRE_AUTH_CACHE_SECONDS) so that no lookup refreshes a key's
 `last_used_at` while the cases run: every row of every table is compared, with nothing left out.
 """
@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -177,18 +175,8 @@ def _settle(url: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def sqlite_world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[World]:
-    path = tmp_path_factory.mktemp("hostile") / "stockwire.db"
-    shutil.copy(sqlite_template, path)
-    yield from _world(f"sqlite+aiosqlite:///{path}")
-
-
-@pytest.fixture(scope="module")
-def postgres_world(postgres_url: str) -> Iterator[World]:
-    from tests.conftest import _truncate
-
-    asyncio.run(_truncate(postgres_url))
-    yield from _world(postgres_url)
+def world(new_database: Callable[[], str]) -> Iterator[World]:
+    yield from _world(new_database())
 
 
 # -- the HTTP cases -------------------------------------------------------------------------------
@@ -205,7 +193,7 @@ class Http:
     role: str | None = "all"
     headers: dict[str, str] = field(default_factory=dict)
     method: str = "POST"
-    postgres: bool = False  # also run against PostgreSQL
+    postgres: bool = False  # no effect any more: every case runs on PostgreSQL
 
 
 def gql(query: str, **variables: Any) -> dict[str, Any]:
@@ -496,14 +484,8 @@ def test_the_table_is_big_enough() -> None:
 
 
 @pytest.mark.parametrize("case", HTTP_CASES, ids=lambda c: c.name)
-async def test_http_sqlite(sqlite_world: World, case: Http) -> None:
-    await _check_http(sqlite_world, case)
-
-
-@pytest.mark.postgres
-@pytest.mark.parametrize("case", [c for c in HTTP_CASES if c.postgres], ids=lambda c: c.name)
-async def test_http_postgres(postgres_world: World, case: Http) -> None:
-    await _check_http(postgres_world, case)
+async def test_http(world: World, case: Http) -> None:
+    await _check_http(world, case)
 
 
 # -- the websocket cases ----------------------------------------------------------------------------
@@ -726,9 +708,9 @@ WS_CASES = [
 
 
 @pytest.mark.parametrize("case", WS_CASES, ids=lambda c: c.name)
-async def test_websocket_sqlite(sqlite_world: World, case: Ws) -> None:
-    before = await snapshot(sqlite_world.url)
-    got = await case.run(sqlite_world)
-    after = await snapshot(sqlite_world.url)
+async def test_websocket(world: World, case: Ws) -> None:
+    before = await snapshot(world.url)
+    got = await case.run(world)
+    after = await snapshot(world.url)
     assert (sorted(set(got)) if isinstance(got, list) else got) == case.expect  # some rules report twice
     assert after == before, f"{case.name} changed the database"

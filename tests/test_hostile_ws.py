@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -167,9 +166,7 @@ def _seed(live: Live) -> None:
             assert used.status_code == 200, used.text
 
 
-def _serve(tmp: Path, sqlite_template: Path, command: list[str], **env: Any) -> Iterator[Live]:
-    shutil.copy(sqlite_template, tmp / "stockwire.db")
-    url = f"sqlite+aiosqlite:///{tmp / 'stockwire.db'}"
+def _serve(tmp: Path, url: str, command: list[str], **env: Any) -> Iterator[Live]:
     key = make_key(url)
     names = [f"k{i}" for i in range(8)]
     extra = asyncio.run(_storefront_keys(url, names))
@@ -184,13 +181,13 @@ def _serve(tmp: Path, sqlite_template: Path, command: list[str], **env: Any) -> 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[Live]:
-    yield from _serve(tmp_path_factory.mktemp("hostile-ws"), sqlite_template, STOCKWIRE_SERVE, **LIMITS)
+def server(tmp_path_factory: pytest.TempPathFactory, new_database: Callable[[], str]) -> Iterator[Live]:
+    yield from _serve(tmp_path_factory.mktemp("hostile-ws"), new_database(), STOCKWIRE_SERVE, **LIMITS)
 
 
 @pytest.fixture(scope="module")
-def plain_uvicorn(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[Live]:
-    yield from _serve(tmp_path_factory.mktemp("hostile-ws-plain"), sqlite_template, PLAIN_UVICORN, **LIMITS)
+def plain_uvicorn(tmp_path_factory: pytest.TempPathFactory, new_database: Callable[[], str]) -> Iterator[Live]:
+    yield from _serve(tmp_path_factory.mktemp("hostile-ws-plain"), new_database(), PLAIN_UVICORN, **LIMITS)
 
 
 # -- websocket helpers ---------------------------------------------------------------------------

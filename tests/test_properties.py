@@ -9,17 +9,14 @@ After every step:
   still holding stock (the integrity check `stockwire check` runs).
 
 The calls go straight to the services (the GraphQL layer adds nothing to these rules, and each example
-needs a fresh database), on SQLite with a clock the test moves.
+starts from an emptied database), on PostgreSQL with a clock the test moves.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
@@ -33,6 +30,7 @@ from app.domain.reservations import RequestedLine
 from app.services import catalog, events, integrity, reservations
 from app.services.context import Ctx
 from app.settings import Settings
+from tests.conftest import _truncate
 
 SKUS = ("SKU-A", "SKU-B")
 LOCATIONS = ("WH-1", "WH-2")
@@ -238,30 +236,28 @@ class Run:
         assert mismatches == [], (s, mismatches)
 
 
-async def run_sequence(template: Path, steps: list[Any], record: Any = None) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "stockwire.db"
-        shutil.copy(template, path)
-        now = [START]
-        db = Database(f"sqlite+aiosqlite:///{path}")
-        ctx = Ctx(db=db, settings=Settings(database_url=f"sqlite+aiosqlite:///{path}"), clock=lambda: now[0])
-        try:
-            await catalog.upsert_skus(ctx, [catalog.SkuInput(code=c, name=c) for c in SKUS])
-            await catalog.upsert_locations(
-                ctx,
-                [
-                    catalog.LocationInput(code=c, name=c, kind=catalog.LocationKind("WAREHOUSE"), priority=i)
-                    for i, c in enumerate(LOCATIONS)
-                ],
-            )
-            run = Run(ctx, now, record)
-            for k in range(len(SKUS)):  # some stock everywhere to start with, so that holds happen
-                for loc in range(len(LOCATIONS)):
-                    await run.step(Event(EventType.RECEIVED, k, loc, 8))
-            for s in steps:
-                await run.step(s)
-        finally:
-            await db.dispose()
+async def run_sequence(url: str, steps: list[Any], record: Any = None) -> None:
+    await _truncate(url)  # each example starts from an empty database
+    now = [START]
+    db = Database(url)
+    ctx = Ctx(db=db, settings=Settings(database_url=url), clock=lambda: now[0])
+    try:
+        await catalog.upsert_skus(ctx, [catalog.SkuInput(code=c, name=c) for c in SKUS])
+        await catalog.upsert_locations(
+            ctx,
+            [
+                catalog.LocationInput(code=c, name=c, kind=catalog.LocationKind("WAREHOUSE"), priority=i)
+                for i, c in enumerate(LOCATIONS)
+            ],
+        )
+        run = Run(ctx, now, record)
+        for k in range(len(SKUS)):  # some stock everywhere to start with, so that holds happen
+            for loc in range(len(LOCATIONS)):
+                await run.step(Event(EventType.RECEIVED, k, loc, 8))
+        for s in steps:
+            await run.step(s)
+    finally:
+        await db.dispose()
 
 
 @settings(
@@ -270,11 +266,11 @@ async def run_sequence(template: Path, steps: list[Any], record: Any = None) -> 
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(steps=st.lists(step, min_size=4, max_size=25))
-def test_no_sequence_holds_beyond_stock_or_drives_a_count_negative(sqlite_template: Path, steps: list[Any]) -> None:
-    asyncio.run(run_sequence(sqlite_template, steps, event))
+def test_no_sequence_holds_beyond_stock_or_drives_a_count_negative(database_url: str, steps: list[Any]) -> None:
+    asyncio.run(run_sequence(database_url, steps, event))
 
 
-def test_a_sequence_that_oversells_on_paper_still_holds_nothing_it_does_not_have(sqlite_template: Path) -> None:
+def test_a_sequence_that_oversells_on_paper_still_holds_nothing_it_does_not_have(database_url: str) -> None:
     """A worked example of the property: stock sold elsewhere after a hold leaves `available`
     negative, and from then on every reserve there is refused."""
     steps = [
@@ -286,4 +282,4 @@ def test_a_sequence_that_oversells_on_paper_still_holds_nothing_it_does_not_have
         Event(EventType.SHIPPED, 0, 0, 9),  # ships more than committed: committed clipped at 0
         Tick(1000),
     ]
-    asyncio.run(run_sequence(sqlite_template, steps))
+    asyncio.run(run_sequence(database_url, steps))

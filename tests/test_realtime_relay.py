@@ -1,4 +1,4 @@
-"""The outbox relay, in process on SQLite and PostgreSQL: what each cause publishes, and what it must not.
+"""The outbox relay, in process on PostgreSQL: what each cause publishes, and what it must not.
 
 A recorder listens on the broadcast channel itself (below the Hub's latest-per-key mailboxes, which
 would hide a repeated publication), so every test sees exactly what went out.
@@ -238,7 +238,6 @@ async def test_one_transaction_goes_out_as_one_message(rig: Rig) -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # SQLite has one writer, one relay
 async def test_two_relays_share_the_outbox_and_publish_each_row_once(rig: Rig) -> None:
     runtime = rig.runtime
     assert runtime.ctx is not None
@@ -305,7 +304,7 @@ async def test_a_skipped_state_overtaken_by_another_relays_older_message_goes_ou
     hub = Hub(broadcast, channel="relay-aba")
     await hub.start()
     try:
-        ctx = Ctx(db=Database("sqlite+aiosqlite://"), settings=Settings())
+        ctx = Ctx(db=Database("postgresql+asyncpg://never-connected/none"), settings=Settings())
         relay_a = OutboxRelay(ctx, hub)
         subscriber = hub.subscribe(codec.AVAILABILITY, {SKU})
         relay_a._remember([_availability(1, 20)])  # A published v1

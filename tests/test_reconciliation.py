@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -111,10 +111,8 @@ async def test_applying_a_snapshot_records_counts_at_its_time(api: Api) -> None:
     assert (again["matched"], [d["locationCode"] for d in again["drift"]]) == (2, ["WH-2"])
 
 
-def test_the_cli_prints_the_drift_and_applies_it(tmp_path: Path, sqlite_template: Path) -> None:
-    db_path = tmp_path / "stockwire.db"
-    shutil.copy(sqlite_template, db_path)
-    url = f"sqlite+aiosqlite:///{db_path}"
+def test_the_cli_prints_the_drift_and_applies_it(tmp_path: Path, new_database: Callable[[], str]) -> None:
+    url = new_database()
 
     async def setup() -> None:
         db = Database(url)

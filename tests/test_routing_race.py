@@ -31,15 +31,6 @@ PLACES = [
 
 
 @pytest.fixture
-def database_url(postgres_url: str) -> str:
-    """Postgres only: SQLite serialises writers, so there is no race to show there."""
-    from tests.conftest import _truncate
-
-    asyncio.run(_truncate(postgres_url))
-    return postgres_url
-
-
-@pytest.fixture
 def both_read_first(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The first read of each of two calls waits for the other's: both route on the same stock."""
     original = routing._load

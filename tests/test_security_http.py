@@ -4,8 +4,7 @@ the request limits as settings, and faults masked to clients but logged with the
 from __future__ import annotations
 
 import logging
-import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -165,10 +164,8 @@ async def test_validation_and_limit_errors_are_not_masked(api: Api) -> None:
 
 
 @pytest.fixture
-async def strict(tmp_path: Path, sqlite_template: Path) -> AsyncIterator[Api]:
-    path = tmp_path / "stockwire.db"
-    shutil.copy(sqlite_template, path)
-    url = f"sqlite+aiosqlite:///{path}"
+async def strict(tmp_path: Path, new_database: Callable[[], str]) -> AsyncIterator[Api]:
+    url = new_database()
     settings = Settings(
         database_url=url,
         max_query_depth=1,  # the root field's own selections are depth 1
@@ -239,7 +236,7 @@ def test_input_items_count_every_list_at_any_depth() -> None:
 # -- browsers on other origins ------------------------------------------------------------------------
 
 
-async def test_only_listed_origins_get_cors_answers(tmp_path: Path, sqlite_template: Path, api: Api) -> None:
+async def test_only_listed_origins_get_cors_answers(tmp_path: Path, new_database: Callable[[], str], api: Api) -> None:
     shop = "https://shop.example.com"
     preflight = {
         "Origin": shop,
@@ -249,9 +246,7 @@ async def test_only_listed_origins_get_cors_answers(tmp_path: Path, sqlite_templ
     # the default lists no origin: a browser on another origin gets no CORS grant (same-origin only)
     unlisted = await api.client.options("/graphql", headers=preflight)
     assert "access-control-allow-origin" not in unlisted.headers
-    path = tmp_path / "stockwire.db"
-    shutil.copy(sqlite_template, path)
-    url = f"sqlite+aiosqlite:///{path}"
+    url = new_database()
     key = await create_test_key(url)
     app = create_app(Settings(database_url=url, allowed_origins=[shop]))
     async with app.router.lifespan_context(app):

@@ -1,19 +1,21 @@
 """Keys from the command line (`stockwire keys create|list|revoke`), stored hashed, and the start-up
-rule: the embedded SQLite default makes and prints a development admin key when it has none; a
-PostgreSQL deployment refuses to start until `stockwire keys create` has made one."""
+rule: the embedded default (`stockwire serve` without STOCKWIRE_DATABASE_URL, settings.development_key)
+makes and prints a development admin key when it has none; a deployment refuses to start until
+`stockwire keys create` has made one."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 from typer.testing import CliRunner, Result
 
 from app.cli import cli
@@ -38,14 +40,18 @@ class _Cli:
         return await asyncio.to_thread(CliRunner().invoke, cli, args, env=self.env)
 
 
-def _sqlite(tmp_path: Path, sqlite_template: Path) -> str:
-    path = tmp_path / "stockwire.db"
-    shutil.copy(sqlite_template, path)
-    return f"sqlite+aiosqlite:///{path}"
+async def _rows(url: str, sql: str) -> list[tuple[object, ...]]:
+    db = Database(url)
+    try:
+        async with db.read() as conn:
+            return [tuple(row) for row in await conn.execute(text(sql))]
+    finally:
+        await db.dispose()
 
 
 async def _status(url: str, key: str, query: dict[str, str] = QUERY) -> int:
-    app = create_app(Settings(database_url=url))
+    # as the embedded default: it starts (making a key of its own) even when the last key was revoked
+    app = create_app(Settings(database_url=url, development_key=True))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
@@ -54,9 +60,9 @@ async def _status(url: str, key: str, query: dict[str, str] = QUERY) -> int:
 
 
 def test_keys_create_prints_the_key_as_its_last_line_and_stores_only_its_hash(
-    tmp_path: Path, sqlite_template: Path
+    tmp_path: Path, new_database: Callable[[], str]
 ) -> None:
-    url = _sqlite(tmp_path, sqlite_template)
+    url = new_database()
     env = {**os.environ, "STOCKWIRE_DATABASE_URL": url}
     done = subprocess.run(
         [str(STOCKWIRE), "keys", "create", "--scopes", "admin,checkout"], env=env, capture_output=True, text=True
@@ -66,16 +72,14 @@ def test_keys_create_prints_the_key_as_its_last_line_and_stores_only_its_hash(
     assert keys.prefix_of(secret) is not None
     assert "admin,checkout" in done.stdout
 
-    import sqlite3
-
-    rows = sqlite3.connect(url.removeprefix("sqlite+aiosqlite:///")).execute("SELECT * FROM api_keys").fetchall()
+    rows = asyncio.run(_rows(url, "SELECT * FROM api_keys"))
     assert len(rows) == 1
     assert secret not in str(rows)
     assert hashlib.sha256(secret.encode()).hexdigest() in rows[0]
 
 
-async def test_a_cli_key_works_until_it_is_revoked(tmp_path: Path, sqlite_template: Path) -> None:
-    url = _sqlite(tmp_path, sqlite_template)
+async def test_a_cli_key_works_until_it_is_revoked(tmp_path: Path, new_database: Callable[[], str]) -> None:
+    url = new_database()
     env = {"STOCKWIRE_DATABASE_URL": url}
     runner = _Cli(env)
     made = await runner.invoke(["keys", "create", "--scopes", "storefront", "--name", "web shop"])
@@ -96,8 +100,8 @@ async def test_a_cli_key_works_until_it_is_revoked(tmp_path: Path, sqlite_templa
     assert await _status(url, secret) == 401
 
 
-def test_keys_create_refuses_unknown_or_no_scopes(tmp_path: Path, sqlite_template: Path) -> None:
-    url = _sqlite(tmp_path, sqlite_template)
+def test_keys_create_refuses_unknown_or_no_scopes(tmp_path: Path, new_database: Callable[[], str]) -> None:
+    url = new_database()
     runner = CliRunner()
     env = {"STOCKWIRE_DATABASE_URL": url}
     unknown = runner.invoke(cli, ["keys", "create", "--scopes", "admin,root"], env=env)
@@ -109,11 +113,11 @@ def test_keys_create_refuses_unknown_or_no_scopes(tmp_path: Path, sqlite_templat
     assert runner.invoke(cli, ["keys", "list", "--all"], env=env).output.strip() == "no keys"
 
 
-async def test_sqlite_without_a_key_makes_and_prints_a_development_admin_key(
-    tmp_path: Path, sqlite_template: Path, capsys: pytest.CaptureFixture[str]
+async def test_the_embedded_default_without_a_key_makes_and_prints_a_development_admin_key(
+    tmp_path: Path, new_database: Callable[[], str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url = _sqlite(tmp_path, sqlite_template)
-    app = create_app(Settings(database_url=url))
+    url = new_database()
+    app = create_app(Settings(database_url=url, development_key=True))
     async with app.router.lifespan_context(app):
         printed = capsys.readouterr().err
         secret = next(word for word in printed.split() if keys.prefix_of(word))
@@ -125,21 +129,23 @@ async def test_sqlite_without_a_key_makes_and_prints_a_development_admin_key(
             response = await client.post("/graphql", json=QUERY, headers={"Authorization": f"Bearer {secret}"})
             assert response.status_code == 200
     # the next start has a key, so it makes none and prints none
-    app = create_app(Settings(database_url=url))
+    app = create_app(Settings(database_url=url, development_key=True))
     async with app.router.lifespan_context(app):
         assert "development key" not in capsys.readouterr().err
         assert len(await keys.list_keys(app.state.runtime.ctx.db)) == 1
 
 
-async def test_sqlite_with_only_revoked_keys_makes_a_new_one(tmp_path: Path, sqlite_template: Path) -> None:
-    url = _sqlite(tmp_path, sqlite_template)
+async def test_the_embedded_default_with_only_revoked_keys_makes_a_new_one(
+    tmp_path: Path, new_database: Callable[[], str]
+) -> None:
+    url = new_database()
     db = Database(url)
     try:
         old = await keys.create_key(db, "old", [Scope.ADMIN])
         await keys.revoke_key(db, old.key.id)
     finally:
         await db.dispose()
-    app = create_app(Settings(database_url=url))
+    app = create_app(Settings(database_url=url, development_key=True))
     async with app.router.lifespan_context(app):
         active = await keys.list_keys(app.state.runtime.ctx.db, include_revoked=False)
         assert [k.name for k in active] == ["development key (created at start)"]

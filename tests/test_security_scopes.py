@@ -4,7 +4,7 @@ per key, and the per-key rate limit on the mutations that hold stock."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -166,13 +166,10 @@ async def test_idempotency_keys_are_per_api_key(api: Api) -> None:
 
 
 @pytest.fixture
-async def limited(tmp_path: Path, sqlite_template: Path) -> AsyncIterator[Api]:
-    """The app on SQLite with a hold limit of 3 per 10 s and a clock the test moves."""
-    import shutil
+async def limited(tmp_path: Path, new_database: Callable[[], str]) -> AsyncIterator[Api]:
+    """The app with a hold limit of 3 per 10 s and a clock the test moves."""
 
-    path = tmp_path / "stockwire.db"
-    shutil.copy(sqlite_template, path)
-    url = f"sqlite+aiosqlite:///{path}"
+    url = new_database()
     settings = Settings(database_url=url, hold_rate_limit=3, hold_rate_window_seconds=10)
     key = await create_test_key(url)
     app = create_app(settings)
@@ -260,12 +257,9 @@ def test_the_limiter_refuses_a_runaway_key_and_forgets_nothing_else() -> None:
     assert TokenBucketLimiter(0, 10.0).allow("anyone") is True  # 0: unlimited
 
 
-async def test_max_units_per_reservation_is_a_setting(tmp_path: Path, sqlite_template: Path) -> None:
-    import shutil
+async def test_max_units_per_reservation_is_a_setting(tmp_path: Path, new_database: Callable[[], str]) -> None:
 
-    path = tmp_path / "stockwire.db"
-    shutil.copy(sqlite_template, path)
-    url = f"sqlite+aiosqlite:///{path}"
+    url = new_database()
     key = await create_test_key(url)
     app = create_app(Settings(database_url=url, max_units_per_reservation=5))
     async with app.router.lifespan_context(app):

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -28,10 +26,8 @@ SUB = 'subscription { availabilityChanged(skuCodes: ["SKU-1"]) { skuCode availab
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[Server]:
-    path = tmp_path_factory.mktemp("ws-security") / "stockwire.db"
-    shutil.copy(sqlite_template, path)
-    url = f"sqlite+aiosqlite:///{path}"
+def server(tmp_path_factory: pytest.TempPathFactory, new_database: Callable[[], str]) -> Iterator[Server]:
+    url = new_database()
     key = asyncio.run(create_test_key(url))
     live = start_server(url, key=key, auth_cache_seconds="1", ws_init_timeout_seconds="1")
     try:

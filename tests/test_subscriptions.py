@@ -1,4 +1,4 @@
-"""Subscriptions over real websockets (gql on both protocols) against one live server on SQLite.
+"""Subscriptions over real websockets (gql on both protocols) against one live server on PostgreSQL.
 
 Every cause of an availability change publishes (events, reserve, commit, release, expiry, location and
 SKU switches), a change nobody can see publishes nothing, versions only go up, and the connection has
@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -58,10 +56,8 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[Live]:
-    path: Path = tmp_path_factory.mktemp("subscriptions") / "stockwire.db"
-    shutil.copy(sqlite_template, path)
-    url = f"sqlite+aiosqlite:///{path}"
+def server(tmp_path_factory: pytest.TempPathFactory, new_database: Callable[[], str]) -> Iterator[Live]:
+    url = new_database()
     key = asyncio.run(create_test_key(url))
     live = start_server(
         url,

@@ -18,11 +18,12 @@ keys_cli = typer.Typer(help="API keys: create (prints the key last), list, revok
 def _with_db(work: Callable[..., Awaitable[T]]) -> T:
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
+    from app.cli import database_or_exit
     from app.db.engine import Database
     from app.db.migrate import upgrade
 
-    async def run() -> T:
-        db = Database(Settings().database_url)
+    async def run(settings: Settings) -> T:
+        db = Database(settings.database)
         try:
             if db.is_sqlite:
                 await upgrade(db.engine)  # the embedded default migrates itself, as `serve` does
@@ -31,7 +32,8 @@ def _with_db(work: Callable[..., Awaitable[T]]) -> T:
             await db.dispose()
 
     try:
-        return asyncio.run(run())
+        with database_or_exit(Settings()) as settings:  # the embedded default: started (or shared) and migrated
+            return asyncio.run(run(settings))
     except (OperationalError, ProgrammingError) as exc:
         problem = type(exc.orig).__name__
         typer.echo(f"cannot use the api_keys table ({problem}); run `stockwire migrate` first", err=True)

@@ -35,12 +35,12 @@ def make_security(db: Database, settings: Settings) -> Security:
     )
 
 
-async def require_a_key(db: Database) -> keys.CreatedKey | None:
-    """At start: SQLite (the embedded development default) makes a key with every scope if it has
-    none and prints it; PostgreSQL (a deployment) refuses to start until `stockwire keys create` ran."""
+async def require_a_key(db: Database, development: bool) -> keys.CreatedKey | None:
+    """At start: the embedded development default (`development`) makes a key with every scope if it has
+    none and prints it; a deployment refuses to start until `stockwire keys create` ran."""
     if await keys.has_active_key(db):
         return None
-    if not db.is_sqlite:
+    if not development:
         raise NoApiKeyError(
             "no active API key in the database: create one first with "
             "`stockwire keys create --scopes admin` (see the README, section Security)"
