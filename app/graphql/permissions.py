@@ -76,6 +76,7 @@ REQUIRED: dict[str, frozenset[Scope]] = {
     "Query.channelPublications": frozenset({S.ADMIN}),
     "Subscription.channelAlerts": frozenset({S.STOREFRONT, S.ADMIN}),
     "Query.apiKeys": frozenset({S.ADMIN}),
+    "Query.apiKeyEvents": frozenset({S.ADMIN}),
     "Mutation.createApiKey": frozenset({S.ADMIN}),
     "Mutation.revokeApiKey": frozenset({S.ADMIN}),
 }
