@@ -40,9 +40,10 @@ LEVEL_FIELDS = (
     "skuCode locationCode onHand committed reserved unavailable safetyStock incoming available oversold version "
     "updatedAt"
 )
-AVAILABILITY_QUERY = f"""subscription($skus: [String!], $channel: String) {{
-  availabilityChanged(skuCodes: $skus, channelCode: $channel) {{
-    skuCode channelCode available oversold version locations {{ {LEVEL_FIELDS} }} }} }}"""
+# what a storefront key may read (README, Security): the quantities behind the figure need `router`
+AVAILABILITY_QUERY = """subscription($skus: [String!], $channel: String) {
+  availabilityChanged(skuCodes: $skus, channelCode: $channel) {
+    skuCode channelCode available version locations { locationCode available } } }"""
 STOCK_LEVEL_QUERY = f"""subscription($skus: [String!], $locations: [String!]) {{
   stockLevelChanged(skuCodes: $skus, locationCodes: $locations) {{ {LEVEL_FIELDS} }} }}"""
 

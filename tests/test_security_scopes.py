@@ -10,8 +10,17 @@ from typing import Any
 
 import httpx
 import pytest
+from strawberry.types.base import StrawberryList, StrawberryObjectDefinition, StrawberryOptional, get_object_definition
 
-from app.graphql.permissions import HOLDS, REQUIRED, required_scopes, root_fields
+from app.graphql.permissions import (
+    FIELDS,
+    HOLDS,
+    REQUIRED,
+    STOREFRONT_FIELDS,
+    graphql_name,
+    required_scopes,
+    root_fields,
+)
 from app.graphql.schema import build_schema, schema
 from app.main import create_app
 from app.security.ratelimit import TokenBucketLimiter
@@ -57,6 +66,119 @@ def test_an_operation_missing_from_the_table_is_refused_to_every_key() -> None:
     (coordinate, f), *_ = root_fields(Query)
     assert coordinate == "Query.undeclared"
     assert required_scopes(f) == frozenset()  # fails closed: no key carries "no scope"
+
+
+# -- the schema walk, field by field ------------------------------------------------------------------
+
+
+def _object_of(t: Any) -> StrawberryObjectDefinition | None:
+    while isinstance(t, StrawberryOptional | StrawberryList):
+        t = t.of_type
+    return get_object_definition(t)
+
+
+def _readable(scope: Scope) -> set[str]:
+    """Every field (Type.field) a key with only this scope can read: from each operation it may call,
+    through every object type's fields, except those FIELDS keeps from it (and what lies beneath)."""
+    readable: set[str] = set()
+
+    def walk(definition: StrawberryObjectDefinition) -> None:
+        for f in definition.fields:
+            coordinate = f"{definition.name}.{graphql_name(f)}"
+            if coordinate in readable or scope not in FIELDS.get(coordinate, frozenset({scope})):
+                continue
+            readable.add(coordinate)
+            child = _object_of(f.type)
+            if child is not None:
+                walk(child)
+
+    for coordinate, f in _roots():
+        returned = _object_of(f.type)
+        if scope in REQUIRED.get(coordinate, frozenset()) and returned is not None:
+            walk(returned)
+    return readable
+
+
+def _every_field() -> set[str]:
+    found: set[str] = set()
+    for _, f in _roots():
+        stack = [_object_of(f.type)]
+        while stack:
+            definition = stack.pop()
+            if definition is None or any(c.startswith(f"{definition.name}.") for c in found):
+                continue
+            for field in definition.fields:
+                found.add(f"{definition.name}.{graphql_name(field)}")
+                stack.append(_object_of(field.type))
+    return found
+
+
+def test_a_storefront_key_reads_exactly_the_fields_decided_for_a_browser() -> None:
+    """A new field on a type a storefront operation returns fails here until it is put in
+    STOREFRONT_FIELDS (a browser may read it) or FIELDS (with the scopes that may)."""
+    assert _readable(Scope.STOREFRONT) == set(STOREFRONT_FIELDS)
+
+
+@pytest.mark.parametrize("scope", list(Scope), ids=lambda s: s.value)
+def test_no_scope_reaches_a_field_kept_from_it(scope: Scope) -> None:
+    readable = _readable(scope)
+    kept = {c for c, needed in FIELDS.items() if scope not in needed}
+    assert readable & kept == set()
+    if scope is Scope.ROUTER:  # stockLevels and routing need the quantities
+        assert set(FIELDS) - {"Availability.oversold", "Availability.explain"} <= readable
+
+
+def test_the_field_tables_name_only_fields_that_exist() -> None:
+    every = _every_field()
+    assert len(every) > 100  # the walk went through the whole schema
+    assert set(FIELDS) - every == set() and set(STOREFRONT_FIELDS) - every == set()
+    assert set(FIELDS) & set(STOREFRONT_FIELDS) == set()
+    internals = {"onHand", "committed", "reserved", "unavailable", "safetyStock", "incoming", "oversold"}
+    assert {f"StockLevel.{n}" for n in internals} | {"Availability.oversold", "Availability.explain"} <= set(FIELDS)
+    assert all(Scope.STOREFRONT not in needed for needed in FIELDS.values())
+
+
+LEVEL_SELECTION = "locations { %s }"
+BROWSER = """query { availability(skuCodes: ["SKU-1"]) { skuCode channelCode available version
+  locations { skuCode locationCode available version updatedAt cursor } } }"""
+
+
+def _selecting(coordinate: str) -> str:
+    """An availability query that selects this field (and only it besides the SKU code)."""
+    type_name, name = coordinate.split(".")
+    inner = f"{name} {{ pool }}" if coordinate == "Availability.explain" else name
+    selection = inner if type_name == "Availability" else LEVEL_SELECTION % inner
+    return f'query {{ availability(skuCodes: ["SKU-1"]) {{ skuCode {selection} }} }}'
+
+
+async def test_a_storefront_key_reads_availability_per_location_but_no_internals(api: Api) -> None:
+    await catalogue(api)
+    await receive(api, "SKU-1", "WH-1", 5)
+    browser = api.as_key(await api.new_key(Scope.STOREFRONT))
+    (row,) = (await browser.ok(BROWSER))["availability"]
+    assert (row["available"], [(lv["locationCode"], lv["available"]) for lv in row["locations"]]) == (5, [("WH-1", 5)])
+
+    fragments = {
+        "inline": 'query { availability(skuCodes: ["SKU-1"]) { locations { ... on StockLevel { onHand } } } }',
+        "named": 'query { availability(skuCodes: ["SKU-1"]) { ...A } } fragment A on Availability { oversold }',
+        "aliased": 'query { availability(skuCodes: ["SKU-1"]) { locations { stock: committed } } }',
+    }
+    for query in [_selecting(c) for c in sorted(FIELDS)] + list(fragments.values()):
+        response = await browser.raw(query)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["data"] is None, query
+        (error,) = body["errors"]
+        assert error["extensions"]["code"] == "FORBIDDEN", query
+        assert error["extensions"]["requiredScopes"] == ["admin", "router"]
+        assert all(f in FIELDS for f in error["extensions"]["fields"])
+
+    # with the router scope too, the same key reads what lies behind the figure
+    ops = api.as_key(await api.new_key(Scope.STOREFRONT, Scope.ROUTER))
+    for coordinate in sorted(FIELDS):
+        assert "errors" not in (await ops.raw(_selecting(coordinate))).json(), coordinate
+    (row,) = (await ops.ok(_selecting("StockLevel.onHand")))["availability"]
+    assert row["locations"] == [{"onHand": 5}]
 
 
 # -- what each kind of key may do -------------------------------------------------------------------

@@ -108,3 +108,47 @@ def test_a_malformed_token_never_reaches_the_database() -> None:
     assert keys.prefix_of("sw_0123456789ab_" + "A" * 43) == "0123456789ab"
     for token in ("", "sw_", "sw_XYZ_abc", "sw_0123456789ab_short", "' OR 1=1 --", "sw_0123456789ab_" + "A" * 44):
         assert keys.prefix_of(token) is None, token
+
+
+async def _stock(server: Server, sku: str, location: str, units: int) -> None:
+    """The SKU and location, with units received there (through the server's every-scope key)."""
+    catalogue = f"""mutation {{ upsertSkus(input: [{{code: "{sku}", name: "n"}}]) {{ userErrors {{ code }} }}
+      upsertLocations(input: [{{code: "{location}", name: "n", kind: WAREHOUSE}}]) {{ userErrors {{ code }} }} }}"""
+    received = f"""mutation {{ recordInventoryEvents(input: [{{source: "ws", externalId: "{sku}", type: RECEIVED,
+      skuCode: "{sku}", locationCode: "{location}", quantity: {units}, occurredAt: "2026-01-01T00:00:00Z"}}]) {{
+      userErrors {{ code }} }} }}"""
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=TIMEOUT) as client:
+        for query in (catalogue, received):
+            assert "errors" not in (await client.post("/graphql", json={"query": query})).json()
+
+
+async def test_a_storefront_subscription_reads_per_location_availability_but_no_internals(server: Server) -> None:
+    secret, _ = await _new_key(server, ["STOREFRONT"])
+    ws = await connect(server.ws_url, subprotocols=[TRANSPORT_WS], open_timeout=TIMEOUT)  # type: ignore[list-item]
+    try:
+        await ws.send(json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {secret}"}}))
+        assert (await _next(ws))["type"] == "connection_ack"
+        internals = 'subscription { stockLevelChanged(skuCodes: ["SKU-1"]) { locationCode onHand reserved } }'
+        await ws.send(json.dumps({"type": "subscribe", "id": "1", "payload": {"query": internals}}))
+        refused = await _next(ws)
+        assert refused["id"] == "1" and refused["type"] in ("error", "next"), refused
+        errors = refused["payload"] if refused["type"] == "error" else refused["payload"]["errors"]
+        assert [e["extensions"]["code"] for e in errors] == ["FORBIDDEN"]
+        assert errors[0]["extensions"]["fields"] == ["StockLevel.onHand", "StockLevel.reserved"]
+
+        await _stock(server, "SKU-WS", "WH-WS", 4)
+        pickup = """subscription { availabilityChanged(skuCodes: ["SKU-WS"]) {
+          available locations { locationCode available } } }"""
+        await ws.send(json.dumps({"type": "subscribe", "id": "2", "payload": {"query": pickup}}))
+        opened = await _next(ws)
+        assert opened == {
+            "id": "2",
+            "type": "next",
+            "payload": {
+                "data": {
+                    "availabilityChanged": {"available": 4, "locations": [{"locationCode": "WH-WS", "available": 4}]}
+                }
+            },
+        }
+    finally:
+        await ws.close()

@@ -186,6 +186,7 @@ LEDGER_COLUMNS = (
     "expected_at",
     "reservation_id",
     "fingerprint",
+    "actor_key_id",
     "d_on_hand",
     "d_committed",
     "d_reserved",

@@ -8,7 +8,9 @@ way, two buyers can never both take the last unit.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -307,6 +309,22 @@ async def on_hand_after(conn: AsyncConnection, pair: Pair, after: datetime) -> i
     return int(total or 0)
 
 
+# The API key (its id) the current operation runs for, stamped on every ledger row it writes; None:
+# Stockwire itself. Set once per operation by the GraphQL scope check (app/graphql/permissions.py),
+# rather than passed down through every service that writes a ledger row, so no path can forget it.
+_ledger_actor: ContextVar[str | None] = ContextVar("stockwire_ledger_actor", default=None)
+
+
+@contextmanager
+def ledger_actor(key_id: str | None) -> Iterator[None]:
+    """Ledger rows written inside are recorded as made by this key (None: by Stockwire itself)."""
+    token = _ledger_actor.set(key_id)
+    try:
+        yield
+    finally:
+        _ledger_actor.reset(token)
+
+
 def ledger_row(
     *,
     kind: str,
@@ -338,6 +356,7 @@ def ledger_row(
         "expected_at": extra.get("expected_at"),
         "reservation_id": extra.get("reservation_id"),
         "fingerprint": extra.get("fingerprint"),
+        "actor_key_id": _ledger_actor.get(),
         "d_on_hand": delta.on_hand,
         "d_committed": delta.committed,
         "d_reserved": delta.reserved,

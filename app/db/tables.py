@@ -119,6 +119,9 @@ inventory_events = Table(
     Column("expected_at", UTCDateTime, nullable=True),
     Column("reservation_id", String(36), nullable=True),
     Column("fingerprint", String(64), nullable=True),
+    # the API key that recorded the row (its id, never the secret); NULL: Stockwire itself (the expiry
+    # sweeper) or a row older than migration 0005
+    Column("actor_key_id", String(36), nullable=True),
     # what the row did to the position: the position is the sum of these over its ledger
     Column("d_on_hand", BigInteger, nullable=False, default=0),
     Column("d_committed", BigInteger, nullable=False, default=0),
@@ -151,9 +154,13 @@ reservations = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
+    # the API key that made it: only that key (or an admin) may read, list, extend, commit or release it;
+    # NULL: made without a key (by a service call, not over the API): an admin's only
+    Column("owner_key_id", String(36), nullable=True),
     UniqueConstraint("idempotency_scope", "idempotency_key"),
     Index("ix_reservations_status_expires_at", "status", "expires_at"),
     Index("ix_reservations_cart_ref", "cart_ref"),
+    Index("ix_reservations_owner_key_id_cart_ref", "owner_key_id", "cart_ref"),
 )
 
 reservation_lines = Table(
@@ -311,6 +318,8 @@ routing_decisions = Table(
     Column("request", Text, nullable=False),  # JSON: the inputs, including candidate stock as seen
     Column("decision", Text, nullable=False),  # JSON: shipments, scores, reason
     Column("created_at", UTCDateTime, nullable=False),
+    # the API key that asked for it (as reservations.owner_key_id): others do not see it
+    Column("owner_key_id", String(36), nullable=True),
     Index("ix_routing_decisions_order_ref", "order_ref"),
 )
 
@@ -329,4 +338,17 @@ api_keys = Table(
     Column("revoked_at", UTCDateTime, nullable=True),
     # refreshed at most once a minute per process, so it costs the hot path nothing
     Column("last_used_at", UTCDateTime, nullable=True),
+)
+
+# Who created and who revoked each key (app/security/keys.py): `actor_key_id` is the admin key that did
+# it over GraphQL, NULL when it was done from the command line (shell access is the proof there).
+api_key_events = Table(
+    "api_key_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("key_id", String(36), ForeignKey("api_keys.id"), nullable=False),
+    Column("action", String(20), nullable=False),  # CREATED, REVOKED
+    Column("actor_key_id", String(36), nullable=True),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_api_key_events_key_id", "key_id"),
 )

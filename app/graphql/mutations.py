@@ -10,7 +10,7 @@ from app.domain.events import InventoryEvent as DomainEvent
 from app.domain.reservations import RequestedLine
 from app.graphql.context import Context
 from app.graphql.inputs import InventoryEventInput, LocationInput, ReserveInput, SkuInput
-from app.graphql.permissions import idempotency_scope
+from app.graphql.permissions import acting, idempotency_scope
 from app.graphql.types import (
     EventResult,
     Location,
@@ -107,7 +107,7 @@ class Mutation:
             idempotency_scope=idempotency_scope(info),  # per API key
         )
         try:
-            view = await reservations.reserve(info.context.ctx, request)
+            view = await reservations.reserve(acting(info), request)
         except Refused as r:
             return ReservePayload(reservation=None, user_errors=_errors(r))
         return ReservePayload(reservation=Reservation.of(view), user_errors=[])
@@ -115,7 +115,7 @@ class Mutation:
     @strawberry.mutation(description="An order was placed: the held units become committed")
     async def commit_reservation(self, info: Info, id: strawberry.ID, order_ref: str) -> ReservationPayload:
         try:
-            view = await reservations.commit(info.context.ctx, str(id), order_ref)
+            view = await reservations.commit(acting(info), str(id), order_ref)
         except Refused as r:
             return ReservationPayload(reservation=None, user_errors=_errors(r))
         return ReservationPayload(reservation=Reservation.of(view), user_errors=[])
@@ -123,7 +123,7 @@ class Mutation:
     @strawberry.mutation(description="Give the held units back")
     async def release_reservation(self, info: Info, id: strawberry.ID) -> ReservationPayload:
         try:
-            view = await reservations.release(info.context.ctx, str(id))
+            view = await reservations.release(acting(info), str(id))
         except Refused as r:
             return ReservationPayload(reservation=None, user_errors=_errors(r))
         return ReservationPayload(reservation=Reservation.of(view), user_errors=[])
@@ -131,7 +131,7 @@ class Mutation:
     @strawberry.mutation(description="Keep the hold: expiresAt becomes now + ttlSeconds")
     async def extend_reservation(self, info: Info, id: strawberry.ID, ttl_seconds: int) -> ReservationPayload:
         try:
-            view = await reservations.extend(info.context.ctx, str(id), ttl_seconds)
+            view = await reservations.extend(acting(info), str(id), ttl_seconds)
         except Refused as r:
             return ReservationPayload(reservation=None, user_errors=_errors(r))
         return ReservationPayload(reservation=Reservation.of(view), user_errors=[])

@@ -5,6 +5,10 @@ them may. A root field missing from the table is refused to everyone (fails clos
 tests/test_security_scopes.py fails, so a new operation cannot ship without a decision.
 `admin` implies no other scope (README.md, section Security, says why).
 
+Some fields of the types an operation returns are internals a public storefront key must not read
+(`FIELDS`): selecting one without its scope refuses the whole operation with FORBIDDEN, before it
+runs. The same check tells the services which key acts (`acting`), for ownership and the ledger.
+
 Mutations that hold stock are also rate-limited per key here (`HOLDS`), returning the payload with
 a RATE_LIMITED userError, as the contract wants expected refusals reported.
 """
@@ -12,6 +16,7 @@ a RATE_LIMITED userError, as the contract wants expected refusals reported.
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from functools import cache
 from typing import Any
 
@@ -26,10 +31,12 @@ from strawberry.types.base import (
     get_object_definition,
 )
 from strawberry.types.field import StrawberryField
+from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 from strawberry.utils.str_converters import to_camel_case
 
 from app.graphql.types import UserError
 from app.security.scopes import Scope
+from app.services.context import Actor, Ctx, acting_on_ledger
 
 S = Scope
 REQUIRED: dict[str, frozenset[Scope]] = {
@@ -69,9 +76,36 @@ REQUIRED: dict[str, frozenset[Scope]] = {
     "Query.channelPublications": frozenset({S.ADMIN}),
     "Subscription.channelAlerts": frozenset({S.STOREFRONT, S.ADMIN}),
     "Query.apiKeys": frozenset({S.ADMIN}),
+    "Query.apiKeyEvents": frozenset({S.ADMIN}),
     "Mutation.createApiKey": frozenset({S.ADMIN}),
     "Mutation.revokeApiKey": frozenset({S.ADMIN}),
 }
+
+# Fields a storefront key may reach (availability, stockLevelChanged) but not read: a browser sees
+# what may be sold per SKU, and per location only `available` (for pickup); the quantities behind
+# them and the channel's rules are for the router or operators, as `stockLevels` is.
+_INTERNALS = frozenset({S.ROUTER, S.ADMIN})
+FIELDS: dict[str, frozenset[Scope]] = {
+    **{
+        f"StockLevel.{name}": _INTERNALS
+        for name in ("onHand", "committed", "reserved", "unavailable", "safetyStock", "incoming", "oversold")
+    },
+    "Availability.oversold": _INTERNALS,
+    "Availability.explain": _INTERNALS,
+}
+# What a browser (a key with only `storefront`) may read of the types its operations return; every
+# other field of those types is in FIELDS. tests/test_security_scopes.py walks the schema and fails
+# on a field that is in neither, so a new field on them cannot ship without a decision.
+STOREFRONT_FIELDS: frozenset[str] = frozenset(
+    {
+        *(f"Availability.{n}" for n in ("skuCode", "channelCode", "available", "locations", "version")),
+        *(f"StockLevel.{n}" for n in ("skuCode", "locationCode", "available", "version", "updatedAt", "cursor")),
+        *(
+            f"ChannelAlert.{n}"
+            for n in ("channelCode", "skuCode", "kind", "available", "previous", "lowStockThreshold", "version")
+        ),
+    }
+)
 
 # the mutations that hold stock: rate-limited per key (Settings.hold_rate_limit)
 # (recordExternalHolds: a marketplace's holds, reported by its integration, take stock like a reserve does)
@@ -101,14 +135,23 @@ class HasScope(BasePermission):
 
 class ScopeCheck(PermissionExtension):
     """Strawberry's PermissionExtension, with `source` and `info` positional-only: its own signature
-    clashes with a field argument called `source` (inventoryEvents has one) and fails every call."""
+    clashes with a field argument called `source` (inventoryEvents has one) and fails every call.
+
+    Past the root's scope it checks the selected fields (FIELDS), then runs the resolver with the
+    caller's key as the actor of every ledger row it writes."""
+
+    def apply(self, field: StrawberryField) -> None:
+        super().apply(field)
+        self.root = field
 
     def resolve(self, next_: Any, source: Any, info: Info[Any, Any], /, **kwargs: Any) -> Any:  # type: ignore[override]
         for permission in self.permissions:
             if not permission.has_permission(source, info):
                 return self._on_unauthorized(permission)
+        _check_fields(self.root, info)
         _check_input_items(info, kwargs)
-        return next_(source, info, **kwargs)
+        with acting_on_ledger(actor_of(info)):
+            return next_(source, info, **kwargs)
 
     async def resolve_async(  # type: ignore[override]
         self, next_: AsyncExtensionResolver, source: Any, info: Info[Any, Any], /, **kwargs: Any
@@ -116,9 +159,117 @@ class ScopeCheck(PermissionExtension):
         for permission in self.permissions:
             if not permission.has_permission(source, info):
                 return self._on_unauthorized(permission)
+        _check_fields(self.root, info)
         _check_input_items(info, kwargs)
-        result = next_(source, info, **kwargs)
-        return result if inspect.isasyncgen(result) else await result
+        with acting_on_ledger(actor_of(info)):
+            result = next_(source, info, **kwargs)
+            return result if inspect.isasyncgen(result) else await result
+
+
+# --- field-level scopes ----------------------------------------------------------------------------
+
+
+def _object_of(t: Any) -> StrawberryObjectDefinition | None:
+    while isinstance(t, StrawberryOptional | StrawberryList):
+        t = t.of_type
+    return get_object_definition(t)
+
+
+# per type name (the schema is fixed once built; definitions themselves are not hashable)
+_fields: dict[str, dict[str, StrawberryField]] = {}
+_reach: dict[str, bool] = {}
+
+
+def _fields_of(definition: StrawberryObjectDefinition) -> dict[str, StrawberryField]:
+    found = _fields.get(definition.name)
+    if found is None:
+        found = _fields[definition.name] = {graphql_name(f): f for f in definition.fields}
+    return found
+
+
+def reaches_restricted(definition: StrawberryObjectDefinition) -> bool:
+    """Can a selection on this type reach a field in FIELDS? (Cached per type: the schema is fixed.)"""
+    known = _reach.get(definition.name)
+    if known is not None:
+        return known
+    _reach[definition.name] = False  # a cycle adds nothing to what the rest of the walk finds
+    found = False
+    for name, f in _fields_of(definition).items():
+        child = _object_of(f.type)
+        if f"{definition.name}.{name}" in FIELDS or (child is not None and reaches_restricted(child)):
+            found = True
+            break
+    _reach[definition.name] = found
+    return found
+
+
+@cache
+def _reads_everything(scopes: frozenset[Scope]) -> bool:
+    return all(not scopes.isdisjoint(needed) for needed in FIELDS.values())
+
+
+def _denied(
+    info: Info[Any, Any], definition: StrawberryObjectDefinition, selections: list[Selection], scopes: frozenset[Scope]
+) -> list[str]:
+    """The selected fields (coordinates) in FIELDS that a key with these scopes may not read."""
+    denied: list[str] = []
+    fields = _fields_of(definition)
+    for selection in selections:
+        if isinstance(selection, SelectedField):
+            if selection.name.startswith("__"):
+                continue
+            coordinate = f"{definition.name}.{selection.name}"
+            needed = FIELDS.get(coordinate)
+            if needed is not None and scopes.isdisjoint(needed):
+                denied.append(coordinate)
+                continue
+            field = fields.get(selection.name)
+            child = _object_of(field.type) if field is not None else None
+            if child is not None and selection.selections:
+                denied += _denied(info, child, selection.selections, scopes)
+        elif isinstance(selection, FragmentSpread | InlineFragment):
+            condition = selection.type_condition
+            target = definition
+            if condition and condition != definition.name:
+                named = info.schema.get_type_by_name(condition)
+                target = named if isinstance(named, StrawberryObjectDefinition) else None  # type: ignore[assignment]
+            if target is not None:
+                denied += _denied(info, target, selection.selections, scopes)
+    return denied
+
+
+def _check_fields(root: StrawberryField, info: Info[Any, Any]) -> None:
+    """Refuses the operation with FORBIDDEN when it selects a field its key may not read (FIELDS)."""
+    principal = getattr(info.context, "principal", None)
+    scopes: frozenset[Scope] = principal.scopes if principal is not None else frozenset()
+    returned = _object_of(root.type)
+    if returned is None or _reads_everything(scopes) or not reaches_restricted(returned):
+        return  # the usual case (a checkout's reserve, a router's query) costs two lookups
+    selections = [s for root_node in info.selected_fields for s in getattr(root_node, "selections", [])]
+    denied = sorted(set(_denied(info, returned, selections, scopes)))
+    if denied:
+        needed = sorted({s.value for c in denied for s in FIELDS[c]})
+        raise GraphQLError(
+            f"{', '.join(denied)} need an API key with scope {', '.join(needed)}",
+            extensions={"code": "FORBIDDEN", "requiredScopes": needed, "fields": denied},
+        )
+
+
+# --- who acts ---------------------------------------------------------------------------------------
+
+
+def actor_of(info: Info[Any, Any]) -> Actor:
+    """The caller as the services see it: its key, and whether it may act on other keys' reservations."""
+    principal = getattr(info.context, "principal", None)
+    if principal is None:
+        return Actor(key_id=None, sees_all=False)  # not reachable past the scope check; fails closed
+    return Actor(key_id=str(principal.key_id), sees_all=Scope.ADMIN in principal.scopes)
+
+
+def acting(info: Info[Any, Any]) -> Ctx:
+    """The services' context for this call: reservations and decisions are then its key's own."""
+    ctx: Ctx = info.context.ctx
+    return replace(ctx, actor=actor_of(info))
 
 
 @cache

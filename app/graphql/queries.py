@@ -4,6 +4,7 @@ import strawberry
 
 from app.domain.errors import Refused
 from app.graphql.context import Context
+from app.graphql.permissions import acting
 from app.graphql.types import (
     Availability,
     InventoryEvent,
@@ -69,14 +70,14 @@ class Query:
             return [Availability.of(v) for v in views]
         return [Availability.of(v) for v in await queries.availability(info.context.ctx, sku_codes)]
 
-    @strawberry.field
+    @strawberry.field(description="A reservation this key made (an admin key: any); null when there is none")
     async def reservation(self, info: Info, id: strawberry.ID) -> Reservation | None:
-        view = await reservations.get(info.context.ctx, str(id))
+        view = await reservations.get(acting(info), str(id))
         return Reservation.of(view) if view else None
 
-    @strawberry.field(description="Every reservation made for a cart, oldest first")
+    @strawberry.field(description="The reservations this key made for a cart (an admin key: every key's), oldest first")
     async def reservations(self, info: Info, cart_ref: str) -> list[Reservation]:
-        return [Reservation.of(v) for v in await reservations.by_cart(info.context.ctx, cart_ref)]
+        return [Reservation.of(v) for v in await reservations.by_cart(acting(info), cart_ref)]
 
     @strawberry.field(description="The ledger, newest first: every reported event and every movement Stockwire made")
     async def inventory_events(

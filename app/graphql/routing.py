@@ -17,7 +17,7 @@ from app.domain.routing import Exclusion, RoutingStrategy
 from app.domain.routing import Shipment as RoutedShipment
 from app.graphql.context import Context
 from app.graphql.inputs import ReserveLineInput
-from app.graphql.permissions import idempotency_scope
+from app.graphql.permissions import acting, idempotency_scope
 from app.graphql.types import Reservation, ReservationLine, UserError
 from app.services import routing
 
@@ -261,9 +261,12 @@ class RoutingQuery:
             return RoutingDecision.refused(errors, input.order_ref, input.channel_code, ctx.clock())
         return RoutingDecision.of(view)
 
-    @strawberry.field(description="Stored routing decisions for an order reference, oldest first")
+    @strawberry.field(
+        description="Stored routing decisions for an order reference, oldest first: the ones this key made "
+        "(an admin key: every key's)"
+    )
     async def routing_decisions(self, info: Info, order_ref: str) -> list[RoutingDecision]:
-        return [RoutingDecision.of(v) for v in await routing.decisions_for_order(info.context.ctx, order_ref)]
+        return [RoutingDecision.of(v) for v in await routing.decisions_for_order(acting(info), order_ref)]
 
     @strawberry.field(description="Per-location routing settings (all locations when codes is omitted)")
     async def location_routing(self, info: Info, codes: list[str] | None = None) -> list[LocationRouting]:
@@ -279,7 +282,7 @@ class RoutingMutation:
     async def route_and_reserve(self, info: Info, input: RouteOrderInput) -> RouteAndReservePayload:
         # idempotency keys are per API key, as for reserve
         request = _request(input, idempotency_scope(info))
-        result = await routing.route_and_reserve(info.context.ctx, request)
+        result = await routing.route_and_reserve(acting(info), request)
         return RouteAndReservePayload(
             decision=None if result.decision is None else RoutingDecision.of(result.decision),
             reservation=None if result.reservation is None else Reservation.of(result.reservation),

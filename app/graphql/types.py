@@ -245,6 +245,16 @@ class Reservation:
         )
 
 
+@strawberry.type(description="Who recorded a ledger row: an API key (never its secret), or Stockwire itself")
+class LedgerActor:
+    key_id: str | None = strawberry.field(
+        description="The API key's id; null: Stockwire itself (holds expired by the clock) or a row recorded "
+        "before actors were"
+    )
+    name: str = strawberry.field(description="The key's name, or `system`")
+    prefix: str | None = strawberry.field(description="The key's public prefix (sw_<prefix>_...)")
+
+
 @strawberry.type(description="One ledger row: a reported event or a movement Stockwire made, and what it changed")
 class InventoryEvent:
     id: strawberry.ID
@@ -270,6 +280,11 @@ class InventoryEvent:
     incoming_change: int
     drift: int = strawberry.field(description="Units the event asked to remove that were not there (clipped at 0)")
     version: int = strawberry.field(description="The position's version after this row")
+    actor_key_id: str | None = strawberry.field(
+        description="The API key that recorded this row (reported the event or made the reservation move); "
+        "null: Stockwire itself"
+    )
+    actor: LedgerActor
 
     @classmethod
     def of(cls, v: LedgerEntryView) -> InventoryEvent:
@@ -297,6 +312,12 @@ class InventoryEvent:
             incoming_change=v.incoming_change,
             drift=v.drift,
             version=v.version,
+            actor_key_id=v.actor_key_id,
+            actor=LedgerActor(
+                key_id=v.actor_key_id,
+                name=v.actor_name or ("system" if v.actor_key_id is None else "unknown key"),
+                prefix=v.actor_prefix,
+            ),
         )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import typer
 
@@ -12,7 +12,7 @@ from app.settings import Settings
 
 T = TypeVar("T")
 
-keys_cli = typer.Typer(help="API keys: create (prints the key last), list, revoke.", no_args_is_help=True)
+keys_cli = typer.Typer(help="API keys: create (prints the key last), list, revoke, audit.", no_args_is_help=True)
 
 
 def _with_db(work: Callable[..., Awaitable[T]]) -> T:
@@ -71,13 +71,33 @@ def list_(all_: bool = typer.Option(False, "--all", help="Include revoked keys")
     from app.security import keys
     from app.security.scopes import format_scopes
 
-    found = _with_db(lambda db: keys.list_keys(db, include_revoked=all_))
+    async def read(db: Any) -> tuple[list[keys.ApiKeyView], list[keys.KeyEventView]]:
+        return await keys.list_keys(db, include_revoked=all_), await keys.key_events(db)
+
+    found, events = _with_db(read)
+    by = {(e.key_id, e.action): e.actor for e in events}
     for k in found:
-        state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+        state = (
+            f"revoked {k.revoked_at:%Y-%m-%d %H:%M} by {by.get((k.id, keys.REVOKED), '?')}"
+            if k.revoked_at
+            else "active"
+        )
         used = f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never"
-        typer.echo(f"{k.prefix}  {k.id}  {format_scopes(k.scopes):<40}  {state:<24}  last used {used}  {k.name}")
+        typer.echo(
+            f"{k.prefix}  {k.id}  {format_scopes(k.scopes):<40}  created by {by.get((k.id, keys.CREATED), '?'):<20}"
+            f"  {state:<44}  last used {used}  {k.name}"
+        )
     if not found:
         typer.echo("no keys")
+
+
+@keys_cli.command("audit")
+def audit(key: str | None = typer.Argument(None, help="Only this key (prefix or id)")) -> None:
+    """Who created and revoked keys, oldest first (an admin key over GraphQL, or the command line)."""
+    from app.security import keys
+
+    for e in _with_db(lambda db: keys.key_events(db, key)):
+        typer.echo(f"{e.at:%Y-%m-%d %H:%M:%S}  {e.action:<8}  {e.key_prefix}  {e.key_name!r}  by {e.actor}")
 
 
 @keys_cli.command("revoke")

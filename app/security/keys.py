@@ -1,4 +1,4 @@
-"""API keys: create, look up, revoke, list.
+"""API keys: create, look up, revoke, list, and the audit of who created and revoked each.
 
 A key reads `sw_<prefix>_<secret>`: the 12-hex-digit prefix is public (it finds the row and names
 the key in listings and logs), the secret is 256 random bits. Only SHA-256 of the whole key is
@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import aliased
 
 from app.db.engine import Database, is_unique_violation
-from app.db.tables import api_keys
+from app.db.tables import api_key_events, api_keys
 from app.security.scopes import Scope, format_scopes, parse_scopes
 from app.services.context import utc_now
 
@@ -55,6 +56,32 @@ class ApiKeyView:
 class CreatedKey:
     key: ApiKeyView
     secret: str  # the whole key, shown once; only its hash is stored
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEventView:
+    """One audited change of a key: CREATED or REVOKED, by an admin key (None: from the command line)."""
+
+    key_id: str
+    key_prefix: str
+    key_name: str
+    action: str
+    actor_key_id: str | None
+    actor_prefix: str | None
+    at: datetime
+
+    @property
+    def actor(self) -> str:
+        return f"key {self.actor_prefix}" if self.actor_prefix else "command line"
+
+
+CREATED = "CREATED"
+REVOKED = "REVOKED"
+
+
+async def _audit(conn: AsyncConnection, key_id: str, action: str, actor_key_id: str | None, at: datetime) -> None:
+    # in the change's own transaction: a key is never created or revoked without its audit row
+    await conn.execute(insert(api_key_events).values(key_id=key_id, action=action, actor_key_id=actor_key_id, at=at))
 
 
 def digest(token: str) -> str:
@@ -89,8 +116,13 @@ def _check(name: str, scopes: Iterable[Scope]) -> frozenset[Scope]:
 
 
 async def create_key(
-    db: Database, name: str, scopes: Iterable[Scope], clock: Callable[[], datetime] = utc_now
+    db: Database,
+    name: str,
+    scopes: Iterable[Scope],
+    clock: Callable[[], datetime] = utc_now,
+    actor_key_id: str | None = None,
 ) -> CreatedKey:
+    """`actor_key_id`: the admin key that asks (None: the command line), kept in the audit."""
     wanted = _check(name, scopes)
     for _ in range(3):  # a prefix collision (1 in 2^48 per pair of keys) just draws again
         prefix = secrets.token_hex(PREFIX_HEX // 2)
@@ -108,6 +140,7 @@ async def create_key(
 
         async def work(conn: AsyncConnection, values: dict[str, Any] = values) -> None:
             await conn.execute(api_keys.insert().values(**values))
+            await _audit(conn, values["id"], CREATED, actor_key_id, values["created_at"])
 
         try:
             await db.write(work, notify=False)
@@ -147,12 +180,22 @@ async def touch(db: Database, key_id: str, now: datetime) -> None:
     await db.write(work, notify=False)
 
 
-async def revoke_key(db: Database, ident: str, clock: Callable[[], datetime] = utc_now) -> ApiKeyView | None:
-    """Revoke by id or prefix; revoking a revoked key changes nothing. None: no such key."""
+async def revoke_key(
+    db: Database, ident: str, clock: Callable[[], datetime] = utc_now, actor_key_id: str | None = None
+) -> ApiKeyView | None:
+    """Revoke by id or prefix; revoking a revoked key changes nothing (and audits nothing). None: no such key."""
 
     async def work(conn: AsyncConnection) -> ApiKeyView | None:
         match = or_(api_keys.c.id == ident, api_keys.c.prefix == ident)
-        await conn.execute(update(api_keys).where(match, api_keys.c.revoked_at.is_(None)).values(revoked_at=clock()))
+        now = clock()
+        revoked = await conn.execute(
+            update(api_keys)
+            .where(match, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+            .returning(api_keys.c.id)
+        )
+        for (key_id,) in revoked.all():
+            await _audit(conn, key_id, REVOKED, actor_key_id, now)
         row = (await conn.execute(select(api_keys).where(match))).first()
         return _view(row) if row is not None else None
 
@@ -171,3 +214,37 @@ async def has_active_key(db: Database) -> bool:
     async with db.read() as conn:
         found = await conn.scalar(select(api_keys.c.id).where(api_keys.c.revoked_at.is_(None)).limit(1))
     return found is not None
+
+
+async def key_events(db: Database, key_id: str | None = None) -> list[KeyEventView]:
+    """The audit of key changes, oldest first (of one key, by id or prefix, when given)."""
+    actor = aliased(api_keys)
+    query = (
+        select(
+            api_key_events.c.key_id,
+            api_keys.c.prefix,
+            api_keys.c.name,
+            api_key_events.c.action,
+            api_key_events.c.actor_key_id,
+            actor.c.prefix.label("actor_prefix"),
+            api_key_events.c.at,
+        )
+        .join(api_keys, api_keys.c.id == api_key_events.c.key_id)
+        .outerjoin(actor, actor.c.id == api_key_events.c.actor_key_id)
+        .order_by(api_key_events.c.at, api_key_events.c.id)
+    )
+    if key_id is not None:
+        query = query.where(or_(api_keys.c.id == key_id, api_keys.c.prefix == key_id))
+    async with db.read() as conn:
+        return [
+            KeyEventView(
+                key_id=r.key_id,
+                key_prefix=r.prefix,
+                key_name=r.name,
+                action=r.action,
+                actor_key_id=r.actor_key_id,
+                actor_prefix=r.actor_prefix,
+                at=r.at,
+            )
+            for r in await conn.execute(query)
+        ]

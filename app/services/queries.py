@@ -12,7 +12,7 @@ from sqlalchemy.orm import aliased
 
 from app.db import pg
 from app.db.stock import position_of
-from app.db.tables import counters, inventory_events, locations, skus, stock_levels
+from app.db.tables import api_keys, counters, inventory_events, locations, skus, stock_levels
 from app.domain.quantities import sellable_across
 from app.services.context import Ctx
 from app.services.views import AvailabilityView, LedgerEntryView, StockLevelView
@@ -185,10 +185,13 @@ async def ledger_page(
             skus.c.code.label("sku_code"),
             locations.c.code.label("location_code"),
             to_loc.c.code.label("to_location_code"),
+            api_keys.c.name.label("actor_name"),
+            api_keys.c.prefix.label("actor_prefix"),
         )
         .join(skus, skus.c.id == ie.c.sku_id)
         .join(locations, locations.c.id == ie.c.location_id)
         .outerjoin(to_loc, to_loc.c.id == ie.c.to_location_id)
+        .outerjoin(api_keys, api_keys.c.id == ie.c.actor_key_id)
     )
     if sku_code is not None:
         q = q.where(skus.c.code == sku_code)
@@ -229,4 +232,7 @@ def _entry(r: Any) -> LedgerEntryView:
         incoming_change=int(r.d_incoming),
         drift=int(r.drift),
         version=int(r.version),
+        actor_key_id=r.actor_key_id,
+        actor_name=r.actor_name,
+        actor_prefix=r.actor_prefix,
     )

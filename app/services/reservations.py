@@ -39,7 +39,7 @@ from app.domain.reservations import (
     validate_ttl,
 )
 from app.services import channel_external_holds, channels
-from app.services.context import Ctx
+from app.services.context import SYSTEM, Actor, Ctx
 from app.services.views import ReservationLineView, ReservationView
 
 r_ = reservations
@@ -104,7 +104,7 @@ async def reserve(ctx: Ctx, req: ReserveRequest) -> ReservationView:
         now = ctx.clock()
         # claim the key first: one statement tells a first call from a retry, and a concurrent call
         # with the same key waits here on the unique index, before either holds anything
-        rid = await _claim_key(conn, req, now, ttl, fingerprint)
+        rid = await _claim_key(conn, req, now, ttl, fingerprint, ctx.actor.key_id)
         if rid is None:
             earlier = await _by_idempotency_key(conn, req.idempotency_scope, req.idempotency_key)
             return await _repeat(conn, ctx, earlier, fingerprint)
@@ -139,12 +139,13 @@ async def _repeat(conn: AsyncConnection, ctx: Ctx, row: Any, fingerprint: str) -
 
 
 async def _claim_key(
-    conn: AsyncConnection, req: ReserveRequest, now: datetime, ttl: int, fingerprint: str
+    conn: AsyncConnection, req: ReserveRequest, now: datetime, ttl: int, fingerprint: str, owner_key_id: str | None
 ) -> str | None:
     """Insert the ACTIVE reservation row unless its idempotency key is taken; its id, or None if taken.
 
     A refusal later in the transaction rolls the row back, so a refused attempt is not remembered."""
     row = _active_row(now, ttl, req.idempotency_scope, req.idempotency_key, fingerprint, req.channel_code, req.cart_ref)
+    row["owner_key_id"] = owner_key_id
     stmt = _CLAIM_POSTGRES if conn.dialect.name == "postgresql" else _CLAIM_SQLITE
     return cast(str | None, (await conn.execute(stmt, row)).scalar_one_or_none())
 
@@ -417,12 +418,17 @@ async def _change(
         now = ctx.clock()
         changed = await conn.execute(
             update(r_)
-            .where(r_.c.id == reservation_id, r_.c.status == ReservationStatus.ACTIVE.value, r_.c.expires_at > now)
+            .where(
+                r_.c.id == reservation_id,
+                r_.c.status == ReservationStatus.ACTIVE.value,
+                r_.c.expires_at > now,
+                *_visible_to(ctx.actor),
+            )
             .values(**values, updated_at=now)
             .returning(r_.c.id)
         )
         if changed.first() is None:
-            return await _refuse_or_repeat(conn, now, reservation_id, action, order_ref)
+            return await _refuse_or_repeat(conn, now, reservation_id, action, order_ref, ctx.actor)
         if action in _MOVES:
             kind, d_reserved, d_committed = _MOVES[action]
             await _move_lines(conn, now, [reservation_id], kind, d_reserved, d_committed)
@@ -432,9 +438,15 @@ async def _change(
 
 
 async def _refuse_or_repeat(
-    conn: AsyncConnection, now: datetime, reservation_id: str, action: Action, order_ref: str | None
+    conn: AsyncConnection,
+    now: datetime,
+    reservation_id: str,
+    action: Action,
+    order_ref: str | None,
+    actor: Actor,
 ) -> ReservationView:
-    views = await load_views(conn, now, [reservation_id])
+    # another key's reservation is answered as one that does not exist: ids cannot be probed
+    views = await load_views(conn, now, [reservation_id], actor)
     if not views:
         raise Refused([UserError(ErrorCode.RESERVATION_NOT_FOUND, f"no reservation {reservation_id!r}", ("id",))])
     view = views[0]
@@ -524,7 +536,15 @@ async def expire_due(
     status condition means a reservation is expired (or committed, or released) exactly once.
     `wait`: wait for a reservation another transaction has locked instead of skipping it (a reserve
     that needs its units must see them given back, not find them still held by a sweeper mid-way).
+    The clock expires a hold, not the caller whose reserve found it due: its ledger rows name no key.
     """
+    with stock.ledger_actor(None):
+        return await _expire_due(conn, now, sku_ids, limit, wait)
+
+
+async def _expire_due(
+    conn: AsyncConnection, now: datetime, sku_ids: list[int] | None, limit: int, wait: bool
+) -> int:
     due = select(r_.c.id).where(r_.c.status == ReservationStatus.ACTIVE.value, r_.c.expires_at <= now)
     if sku_ids is not None:
         due = due.where(r_.c.id.in_(select(rl.c.reservation_id).where(rl.c.sku_id.in_(sku_ids))))
@@ -559,8 +579,20 @@ async def sweep_expired(ctx: Ctx) -> int:
 # --- reading ------------------------------------------------------------------------------------
 
 
-async def load_views(conn: AsyncConnection, now: datetime, ids: list[str]) -> list[ReservationView]:
-    rows = list(await conn.execute(select(r_).where(r_.c.id.in_(ids))))
+def _visible_to(actor: Actor) -> list[Any]:
+    """The condition on reservation rows for what this actor may see and act on (none: everything)."""
+    if actor.sees_all:
+        return []
+    return [r_.c.owner_key_id == actor.key_id] if actor.key_id is not None else [literal(False)]
+
+
+async def load_views(
+    conn: AsyncConnection, now: datetime, ids: list[str], visible_to: Actor = SYSTEM
+) -> list[ReservationView]:
+    """The reservations with these ids that `visible_to` may see, in the order of `ids`."""
+    rows = list(await conn.execute(select(r_).where(r_.c.id.in_(ids), *_visible_to(visible_to))))
+    if not rows:
+        return []
     lines: dict[str, list[ReservationLineView]] = defaultdict(list)
     for ln in await conn.execute(
         select(
@@ -604,17 +636,21 @@ async def load_views(conn: AsyncConnection, now: datetime, ids: list[str]) -> li
 
 
 async def get(ctx: Ctx, reservation_id: str) -> ReservationView | None:
+    """The reservation, or None when there is none this actor may see."""
     async with ctx.db.read() as conn:
-        views = await load_views(conn, ctx.clock(), [reservation_id])
+        views = await load_views(conn, ctx.clock(), [reservation_id], ctx.actor)
     return views[0] if views else None
 
 
 async def by_cart(ctx: Ctx, cart_ref: str) -> list[ReservationView]:
+    """The cart's reservations that this actor may see (an admin: every key's), oldest first."""
     async with ctx.db.read() as conn:
         ids = [
             r.id
             for r in await conn.execute(
-                select(r_.c.id).where(r_.c.cart_ref == cart_ref).order_by(r_.c.created_at, r_.c.id)
+                select(r_.c.id)
+                .where(r_.c.cart_ref == cart_ref, *_visible_to(ctx.actor))
+                .order_by(r_.c.created_at, r_.c.id)
             )
         ]
         return await load_views(conn, ctx.clock(), ids)
@@ -639,11 +675,12 @@ async def open_reservation(
     channel_code: str | None = None,
     cart_ref: str | None = None,
     order_ref: str | None = None,
+    owner_key_id: str | None = None,
 ) -> str:
     """Insert an ACTIVE reservation row with no lines yet; returns its id. Insert it before holding:
     a concurrent call with the same key then fails on the unique key, before it holds anything."""
     row = _active_row(now, ttl_seconds, idempotency_scope, idempotency_key, fingerprint, channel_code, cart_ref)
-    await conn.execute(insert(r_), {**row, "order_ref": order_ref})
+    await conn.execute(insert(r_), {**row, "order_ref": order_ref, "owner_key_id": owner_key_id})
     return str(row["id"])
 
 
@@ -668,6 +705,7 @@ def _active_row(
         "created_at": now,
         "updated_at": now,
         "expires_at": now + timedelta(seconds=ttl_seconds),
+        "owner_key_id": None,
     }
 
 
@@ -729,15 +767,20 @@ async def _expected_arrivals(
     return {(r.sku_id, r.location_id): r.at for r in rows}
 
 
-async def release_cart(conn: AsyncConnection, now: datetime, cart_ref: str, keep: str | None = None) -> list[str]:
-    """Release the cart's ACTIVE, unexpired reservations (except `keep`) in the caller's transaction;
-    the same conditional update as releaseReservation, so a concurrent commit or expiry wins cleanly."""
+async def release_cart(
+    conn: AsyncConnection, now: datetime, cart_ref: str, owner_key_id: str | None, keep: str | None = None
+) -> list[str]:
+    """Release the cart's ACTIVE, unexpired reservations made by `owner_key_id` (except `keep`) in the
+    caller's transaction; the same conditional update as releaseReservation, so a concurrent commit or
+    expiry wins cleanly. A cart ref names a cart within one key's reservations, as an idempotency key
+    does: another key's cart of the same name is not touched, whatever that key's scopes."""
     released = [
         r.id
         for r in await conn.execute(
             update(r_)
             .where(
                 r_.c.cart_ref == cart_ref,
+                r_.c.owner_key_id.is_not_distinct_from(owner_key_id),
                 r_.c.status == ReservationStatus.ACTIVE.value,
                 r_.c.expires_at > now,
                 r_.c.id != (keep or ""),

@@ -649,11 +649,13 @@ async def _route_and_hold(
         channel_code=req.channel_code,
         cart_ref=req.cart_ref,
         order_ref=req.order_ref,
+        owner_key_id=ctx.actor.key_id,
     )
     if req.cart_ref is not None:
         # the checkout's own hold is given back first, so routing sees those units and the order is
-        # never held twice; all in this transaction, so a refusal leaves the cart's hold as it was
-        await reservations.release_cart(conn, now, req.cart_ref, keep=rid)
+        # never held twice; all in this transaction, so a refusal leaves the cart's hold as it was.
+        # Only this key's cart: another key's reservations are not this caller's to release.
+        await reservations.release_cart(conn, now, req.cart_ref, ctx.actor.key_id, keep=rid)
 
     setting = await _load(conn, req, now)
     routing = _routing_request(req, setting, destination)
@@ -702,7 +704,7 @@ async def _route_and_hold(
     view = replace(
         _view(req, routing, decision, OUTCOME_RESERVED, [], now), backorders=_backorders(setting, backordered)
     )
-    view = await _store(conn, view, _request_record(req, setting, destination), rid)
+    view = await _store(conn, view, _request_record(req, setting, destination), rid, ctx.actor.key_id)
     reservation = (await reservations.load_views(conn, now, [rid]))[0]
     return view, reservation
 
@@ -931,7 +933,11 @@ def _decision_from_row(row: Any) -> DecisionView:
 
 
 async def _store(
-    conn: AsyncConnection, view: DecisionView, request: dict[str, Any], reservation_id: str | None
+    conn: AsyncConnection,
+    view: DecisionView,
+    request: dict[str, Any],
+    reservation_id: str | None,
+    owner_key_id: str | None,
 ) -> DecisionView:
     new_id = await conn.scalar(
         insert(routing_decisions)
@@ -939,6 +945,7 @@ async def _store(
             order_ref=view.order_ref,
             channel_code=view.channel_code,
             reservation_id=reservation_id,
+            owner_key_id=owner_key_id,
             request=json.dumps(request, separators=(",", ":")),
             decision=json.dumps(_decision_record(view), separators=(",", ":")),
             created_at=view.created_at,
@@ -955,7 +962,7 @@ async def _store_refusal(ctx: Ctx, req: RouteOrderRequest, view: DecisionView) -
     async def work(conn: AsyncConnection) -> DecisionView:
         # the inputs as they are now: the refused transaction's read rolled back with it
         setting = await _load(conn, req, view.created_at)
-        return await _store(conn, view, _request_record(req, setting, destination), None)
+        return await _store(conn, view, _request_record(req, setting, destination), None, ctx.actor.key_id)
 
     try:
         # a write that publishes nothing: no listener needs waking
@@ -965,11 +972,12 @@ async def _store_refusal(ctx: Ctx, req: RouteOrderRequest, view: DecisionView) -
 
 
 async def decisions_for_order(ctx: Ctx, order_ref: str, limit: int = 100) -> list[DecisionView]:
-    """Stored decisions for an order reference, oldest first."""
+    """Stored decisions for an order reference that this actor made (an admin: every key's), oldest first."""
+    mine = [] if ctx.actor.sees_all else [routing_decisions.c.owner_key_id == ctx.actor.key_id]
     async with ctx.db.read() as conn:
         rows = await conn.execute(
             select(routing_decisions)
-            .where(routing_decisions.c.order_ref == order_ref)
+            .where(routing_decisions.c.order_ref == order_ref, *mine)
             .order_by(routing_decisions.c.id)
             .limit(limit)
         )

@@ -100,3 +100,8 @@ class LedgerEntryView:
     incoming_change: int
     drift: int
     version: int
+    # the API key that recorded the row (None: Stockwire itself, or a row older than actors), and its
+    # name and prefix as they are now
+    actor_key_id: str | None = None
+    actor_name: str | None = None
+    actor_prefix: str | None = None
