@@ -306,6 +306,9 @@ class Model:
 
     # --- availability ------------------------------------------------------------------------------
 
+    def set_active(self, code: str, active: bool) -> None:
+        self.locations[code].active = active
+
     def active_locations(self) -> list[Location]:
         return sorted((x for x in self.locations.values() if x.active), key=lambda x: (x.priority, x.code))
 
@@ -391,8 +394,14 @@ class Model:
                 return Outcome(("UNKNOWN_SKU",))
             if ln.get("locationCode") is not None and ln["locationCode"] not in self.locations:
                 return Outcome(("UNKNOWN_LOCATION",))
+        named = [(ln["skuCode"], ln.get("locationCode")) for ln in lines]
+        if len(set(named)) < len(named):
+            return Outcome(("DUPLICATE_LINE",))
         if channel is not None and channel not in self.channels:
             return Outcome(("UNKNOWN_CHANNEL",))
+        for ln in lines:
+            if ln.get("locationCode") is not None and not self.locations[ln["locationCode"]].active:
+                return Outcome(("INACTIVE_LOCATION",))  # README's code for it
         taken: list[Line] = []
         free = {p: pos.available for p, pos in self.positions.items()}
         for ln in lines:
@@ -411,7 +420,7 @@ class Model:
                     taken.append(Line(sku, None, 0, q - from_stock))
             elif ln.get("locationCode") is not None:
                 pair = (sku, ln["locationCode"])
-                if free.get(pair, 0) < q or not self.locations[ln["locationCode"]].active:
+                if free.get(pair, 0) < q:
                     return Outcome(("INSUFFICIENT_STOCK",))
                 free[pair] -= q
                 taken.append(Line(sku, ln["locationCode"], q))

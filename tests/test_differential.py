@@ -21,6 +21,7 @@ import copy
 import os
 import random
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -133,6 +134,7 @@ class Driver:
     availability_seen: dict[tuple[str, str | None], tuple[int, Any]] = field(default_factory=dict)
     _sent: list[tuple[dict[str, Any], None]] = field(default_factory=list)
     _reserves: list[tuple[str, list[dict[str, Any]], dict[str, Any]]] = field(default_factory=list)
+    seen: Counter[str] = field(default_factory=Counter)  # what the run exercised, asserted at its end
 
     def fresh(self, prefix: str) -> str:
         self.counter += 1
@@ -227,8 +229,10 @@ class Driver:
             await self.release()
         elif r < 0.87:
             await self.extend()
-        elif r < 0.97:
+        elif r < 0.95:
             await self.advance()
+        elif r < 0.97:
+            await self.toggle_location()
         else:
             await self.upsert_channel(
                 self.rng.choice(CHANNELS), ["L1", "L2"] if self.rng.random() < 0.5 else ["L2", "L3"]
@@ -332,6 +336,9 @@ class Driver:
     def _compare_events(self, got: dict[str, Any], want: Outcome, batch: list[dict[str, Any]]) -> None:
         codes = tuple(sorted({u["code"] for u in got["userErrors"]}))
         self.check("recordInventoryEvents userErrors", codes, want.errors)
+        self.seen.update(f"event {c}" for c in codes)
+        self.seen.update(f"event {r['status']}" for r in got["results"])
+        self.seen.update(f"drift" for r in got["results"] if r["drift"])
         if want.errors:
             self.check("results of a refused batch", got["results"], [])
             return
@@ -375,6 +382,17 @@ class Driver:
             lines = self._lines()
             if "channelCode" in extra:
                 lines = [{k: v for k, v in ln.items() if k != "locationCode"} for ln in lines]
+        if key is None and r.random() < 0.06:
+            bad = r.choice(["ttl", "duplicate", "channel", "quantity"])
+            if bad == "ttl":
+                extra = extra | {"ttlSeconds": r.choice([0, 3601])}
+            elif bad == "duplicate":
+                lines = [lines[0], dict(lines[0])]
+            elif bad == "channel":
+                extra = extra | {"channelCode": "NO-SUCH-CHANNEL"}
+                lines = [{k: v for k, v in ln.items() if k != "locationCode"} for ln in lines]
+            else:
+                lines = [lines[0] | {"quantity": 0}]
         key = key or self.fresh("k")
         self._reserves.append((key, lines, extra))
         payload = {"lines": lines, "idempotencyKey": key, **extra}
@@ -387,6 +405,12 @@ class Driver:
             codes = [u["code"] for u in got["userErrors"]]
             self.fail(f"reserve: the service refused what the model holds: {codes} {got['userErrors']}")
         want = self.model.reserve(rid or "refused", *args)
+        held = self.model.reservations.get(rid or "")
+        if held is not None and not want.errors:
+            lines_held = held.lines
+            self.seen["reserve under a channel"] += held.channel is not None
+            self.seen["reserve with backorders"] += any(ln.backordered for ln in lines_held)
+            self.seen["reserve split across locations"] += len({ln.location for ln in lines_held}) < len(lines_held)
         self._compare_reservation("reserve", got, want)
 
     def _model_would_hold(self, *args: Any) -> bool:
@@ -405,6 +429,7 @@ class Driver:
     def _compare_reservation(self, label: str, got: dict[str, Any], want: Outcome) -> None:
         codes = tuple(sorted({u["code"] for u in got["userErrors"]}))
         self.check(f"{label} userErrors", codes, want.errors)
+        self.seen.update(f"{label} {c}" for c in codes or ("ok",))
         if want.errors:
             return
         res = got["reservation"]
@@ -452,7 +477,7 @@ class Driver:
 
     async def extend(self) -> None:
         rid = self._pick()
-        ttl = self.rng.randint(1, 40)
+        ttl = self.rng.choice([0, 3601]) if self.rng.random() < 0.05 else self.rng.randint(1, 40)
         self.log.append(f"extendReservation {rid} {ttl}")
         data = await self.api.ok(EXTEND, id=rid, ttl=ttl)
         self._compare_reservation("extend", data["extendReservation"], self.model.extend(rid, ttl))
@@ -464,13 +489,23 @@ class Driver:
         while any(abs((target - b).total_seconds()) < 0.005 for b in self.model.expiry_boundaries()):
             target += timedelta(milliseconds=7)
         seconds = (target - self.model.now).total_seconds()
+        active = sum(r.status == "ACTIVE" for r in self.model.reservations.values())
         self.model.advance(seconds)
+        self.seen["expired"] += active - sum(r.status == "ACTIVE" for r in self.model.reservations.values())
         self.clock_now[0] = self.model.now
         self.log.append(f"clock += {seconds:.6f}s -> {self.model.now.isoformat()}")
         if not waiting(3) and self.rng.random() < 0.5:
             await self.reserve()  # before any sweep: an expired hold must not block it
         while await reservation_service.sweep_expired(self.api.ctx):
             pass
+
+    async def toggle_location(self) -> None:
+        loc = self.model.locations[self.rng.choice(["L2", "L3"])]
+        body = {"code": loc.code, "name": loc.code, "kind": "WAREHOUSE", "active": not loc.active}
+        self.log.append(f"upsertLocations {body}")
+        data = await self.api.ok(UPSERT_LOCATIONS, input=[body])
+        self.check("upsertLocations userErrors", data["upsertLocations"]["userErrors"], [])
+        self.model.set_active(loc.code, not loc.active)
 
     # --- the whole state -----------------------------------------------------------------------------
 
@@ -487,7 +522,9 @@ class Driver:
             sku = a["skuCode"]
             self.check(f"availability {sku}", (a["available"], a["oversold"]), (m.available(sku), m.oversold(sku)))
             locs = sorted((x["skuCode"], x["locationCode"]) for x in a["locations"])
-            self.check(f"availability {sku} locations", locs, sorted(p for p in model_levels if p[0] == sku))
+            active = {x.code for x in m.active_locations()}
+            behind = sorted(p for p in model_levels if p[0] == sku and p[1] in active)
+            self.check(f"availability {sku} locations", locs, behind)
             self._version_moves((sku, None), a["version"], (a["available"], a["oversold"], str(a["locations"])))
         self.check("availability SKUs", sorted(a["skuCode"] for a in data["all"]), SKUS)
         for alias, channel in (("web", "WEB"), ("pos", "POS")):
@@ -532,3 +569,4 @@ async def test_service_agrees_with_the_reference_model(pg_api: Api, seed: int) -
             await driver.step()
         except Mismatch as exc:
             raise Mismatch(f"seed {seed}, step {i}: {exc}") from None
+    print(f"seed {seed}: {dict(sorted(driver.seen.items()))}")
