@@ -338,7 +338,7 @@ class Driver:
         self.check("recordInventoryEvents userErrors", codes, want.errors)
         self.seen.update(f"event {c}" for c in codes)
         self.seen.update(f"event {r['status']}" for r in got["results"])
-        self.seen.update(f"drift" for r in got["results"] if r["drift"])
+        self.seen.update("drift" for r in got["results"] if r["drift"])
         if want.errors:
             self.check("results of a refused batch", got["results"], [])
             return
