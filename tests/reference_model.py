@@ -503,11 +503,12 @@ class Model:
         return Outcome((), rid)
 
     def extend(self, rid: str, ttl: int) -> Outcome:
+        # OPEN: a malformed input is refused before the reservation is looked up
+        if not 1 <= ttl <= 3600:
+            return Outcome(("INVALID_TTL",))
         r = self.reservations.get(rid)
         if r is None:
             return Outcome(("RESERVATION_NOT_FOUND",))
-        if not 1 <= ttl <= 3600:
-            return Outcome(("INVALID_TTL",))
         if r.status == "EXPIRED":
             return Outcome(("RESERVATION_EXPIRED",))
         if r.status != "ACTIVE":
