@@ -76,3 +76,9 @@ class Settings(BaseSettings):
                 "which starts the embedded PostgreSQL itself"
             )
         return self.database_url
+
+    # trusted documents (app/graphql/persisted.py): the manifest of the clients' operations, sent by hash;
+    # empty: clients/operations/manifest.json of this checkout when it exists
+    persisted_documents: str = ""
+    # keys whose only scope is storefront (public, in browsers) may run only those documents
+    storefront_trusted_documents_only: bool = False

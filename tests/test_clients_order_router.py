@@ -1,6 +1,6 @@
-"""clients/order_router.py against a live server: it routes orders with routeAndReserve, holds
-their stock once, parks orders short of stock and routes them when its stockLevelChanged subscription
-shows the stock arriving; the command line does the same from JSON lines on stdin."""
+"""clients/examples/order_router.py against a live server (a fresh PostgreSQL database): it routes
+orders with routeAndReserve, holds their stock once, parks orders short of stock and routes them when
+its stockLevelChanged subscription shows the stock arriving; the command line does the same from JSON lines on stdin."""
 
 from __future__ import annotations
 
@@ -8,26 +8,25 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import create_test_key
+from clients.testing.database import create, drop
 from tests.helpers import UPSERT_LOCATIONS
 from tests.live import Server, start_server, stop_server
+from tests.services import require_postgres
 from tests.subscribers import TIMEOUT, Http, http_client, unique
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "clients"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "clients" / "examples"))
 
-from order_router import REJECTED, ROUTED, WAITING, OrderRouter, Outcome, StockwireError
+from order_router import REJECTED, ROUTED, WAITING, OrderRouter, Outcome, StockLevel, StockwireError
 
-from app.security.scopes import Scope
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]  # one live server process for the module
 
-pytestmark = pytest.mark.slow  # one live server process for the module
-
-CLIENT = Path(__file__).resolve().parents[1] / "clients" / "order_router.py"
+CLIENT = Path(__file__).resolve().parents[1] / "clients" / "examples" / "order_router.py"
 DENVER = {"latitude": 39.7392, "longitude": -104.9903}
 NEW_YORK = {"latitude": 40.7128, "longitude": -74.0060}
 STOCK_FOR_ORDER = """query($ref: String!) { routingDecisions(orderRef: $ref) {
@@ -35,13 +34,18 @@ STOCK_FOR_ORDER = """query($ref: String!) { routingDecisions(orderRef: $ref) {
 
 
 @pytest.fixture(scope="module")
-def database(tmp_path_factory: pytest.TempPathFactory, new_database: Callable[[], str]) -> str:
-    return new_database()
+def database() -> Iterator[dict[str, Any]]:
+    require_postgres()
+    made = asyncio.run(create())
+    try:
+        yield made
+    finally:
+        asyncio.run(drop(made["name"]))
 
 
 @pytest.fixture(scope="module")
-def server(database: str) -> Iterator[Server]:
-    live = start_server(database)
+def server(database: dict[str, Any]) -> Iterator[Server]:
+    live = start_server(database["url"], key=database["keys"]["all"])
     try:
         yield live
     finally:
@@ -49,14 +53,14 @@ def server(database: str) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def router_key(database: str) -> str:
+def router_key(database: dict[str, Any]) -> str:
     """The router runs with the `router` scope only, as the README tells operators to give it."""
-    return asyncio.run(create_test_key(database, frozenset({Scope.ROUTER})))
+    return str(database["keys"]["router"])
 
 
 @pytest.fixture(scope="module")
-def storefront_key(database: str) -> str:
-    return asyncio.run(create_test_key(database, frozenset({Scope.STOREFRONT})))
+def storefront_key(database: dict[str, Any]) -> str:
+    return str(database["keys"]["storefront"])
 
 
 @pytest.fixture
@@ -82,8 +86,7 @@ async def _two_warehouses(http: Http, skus: list[str]) -> tuple[str, str]:
 
 def _router(server: Server, key: str, locations: list[str], outcomes: list[Outcome]) -> OrderRouter:
     return OrderRouter(
-        http_url=f"{server.url}/graphql",
-        ws_url=server.ws_url,
+        url=f"{server.url}/graphql",
         api_key=key,
         locations=locations,
         on_outcome=outcomes.append,
@@ -141,7 +144,7 @@ async def test_an_order_short_of_stock_waits_and_is_routed_when_stock_arrives(
         snapshot = asyncio.Event()
         note_level = router.note_level
 
-        def watched(level: dict[str, Any]) -> list[dict[str, Any]]:
+        def watched(level: StockLevel) -> list[dict[str, Any]]:
             woken = note_level(level)
             if {(sku, new_york), (other, denver)} <= router.stock.keys():
                 snapshot.set()

@@ -49,6 +49,7 @@ from strawberry.types.unset import UNSET, UnsetType
 
 from app.graphql.context import Context
 from app.graphql.errors import INTERNAL
+from app.graphql.persisted import Refused, TrustedDocuments, socket_caller
 from app.security.auth import Principal, bearer_token
 from app.security.runtime import Security
 from app.settings import Settings
@@ -156,6 +157,7 @@ class SecureGraphQLView(GraphQL[Context, None]):
     """Subclasses provide `security_runtime()` and call `configure_security(settings)` once."""
 
     max_body_bytes = 1_048_576
+    trusted_documents = TrustedDocuments()
 
     def security_runtime(self) -> Security | None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -166,6 +168,7 @@ class SecureGraphQLView(GraphQL[Context, None]):
         self.allowed_origins = normalize_allowed_origins(settings.allowed_origins)
         self.connection_init_wait_timeout = timedelta(seconds=settings.ws_init_timeout_seconds)
         self.allow_queries_via_get = True  # queries only: mutations over GET are 405
+        self.trusted_documents = TrustedDocuments.from_settings(settings)
 
     # --- HTTP -----------------------------------------------------------------------------------
 
@@ -265,7 +268,7 @@ class SecureGraphQLView(GraphQL[Context, None]):
             raise BadBody("the JSON is nested too deeply") from None
         if has_nul:
             raise BadBody("strings may not contain NUL characters")
-        return decoded
+        return self.trusted_documents.admit_message(decoded)  # websocket subscribes by hash
 
     async def execute_single(
         self,
@@ -282,6 +285,7 @@ class SecureGraphQLView(GraphQL[Context, None]):
         method = request_adapter.method
         allowed = {OperationType.QUERY} if method == "GET" else {OperationType.QUERY, OperationType.MUTATION}
         try:
+            request_data = self.trusted_documents.admit(request_data, principal_of(request))  # by hash
             return await self.schema.execute(
                 request_data.query,
                 root_value=root_value,
@@ -301,6 +305,8 @@ class SecureGraphQLView(GraphQL[Context, None]):
             raise Problem(400, "BAD_REQUEST", exc.as_http_error_reason()) from exc
         except MissingQueryError as exc:
             raise Problem(400, "BAD_REQUEST", "No GraphQL query found in the request") from exc
+        except Refused as exc:
+            raise Problem(400, exc.code, exc.message) from exc
 
     async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
         processed = process_result(result)
@@ -353,6 +359,7 @@ class SecureGraphQLView(GraphQL[Context, None]):
             }
             raise ConnectionRejectionError(refusal)
         context.principal = principal
+        socket_caller.set(principal)  # for the trusted documents check of this socket's messages
         websocket: WebSocket = context.request
         websocket.state.revocation_watch = asyncio.create_task(
             _close_when_revoked(websocket, security, token or ""), name="stockwire-key-watch"

@@ -1,6 +1,6 @@
 """An order router: routes incoming orders with routeAndReserve and retries the ones that wait for stock.
 
-    python clients/order_router.py --url http://localhost:8000/graphql --key "$STOCKWIRE_KEY" \\
+    python clients/examples/order_router.py --url http://localhost:8000/graphql --key "$STOCKWIRE_KEY" \\
         --locations WH-EAST,WH-WEST,STORE-12 < orders.jsonl
 
 Each input line is one order as JSON, the routeAndReserve input, for example
@@ -9,7 +9,7 @@ Each input line is one order as JSON, the routeAndReserve input, for example
 (`channelCode`, `cartRef`, `ttlSeconds`, `allowSplit` pass through; `--channel` sets a default channel).
 
 The key needs the `router` scope (`stockwire keys create --scopes router`). What it does:
-- subscribes to `stockLevelChanged` for its locations (through `stockwire_client`, which reconnects and
+- follows `stockLevelChanged` for its locations (`StockwireClient.watch_stock_levels`, which reconnects and
   resumes by version) and keeps what each of them can sell now;
 - calls `routeAndReserve` for every incoming order; the orderRef is the idempotency key, so sending the
   same order twice (a retry after a timeout, a restart that re-reads its input) holds stock once;
@@ -34,21 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from stockwire_client import SubscriptionError, stock_level_changes
+from stockwire_client import (
+    Order,
+    ReserveLine,
+    StockLevel,
+    StockwireClient,
+    StockwireError,
+    SubscriptionError,
+)
 
 log = logging.getLogger("order_router")
-
-ROUTE_AND_RESERVE = """mutation($input: RouteOrderInput!) {
-  routeAndReserve(input: $input) {
-    decision { id reason shipments { locationCode lines { skuCode quantity } } }
-    reservation { id status expiresAt lines { skuCode locationCode quantity } }
-    userErrors { code message field }
-  }
-}"""
 
 ROUTED, WAITING, REJECTED = "ROUTED", "WAITING", "REJECTED"
 
@@ -75,10 +72,6 @@ class Outcome:
         return f"{self.status:<8} {self.order_ref}  {why}"
 
 
-class StockwireError(Exception):
-    """The server answered with GraphQL `errors` (authentication, scope, a malformed request)."""
-
-
 @dataclass
 class OrderRouter:
     """Routes orders against the server; `watch_stock` wakes the orders waiting for stock.
@@ -87,15 +80,14 @@ class OrderRouter:
     server. It is only a hint for when to retry: routeAndReserve decides on the database's figures.
     """
 
-    http_url: str
-    ws_url: str
+    url: str  # the HTTP endpoint, .../graphql
     api_key: str | None
     locations: list[str]
     channel_code: str | None = None
     on_outcome: Callable[[Outcome], None] = lambda outcome: None
     stock: dict[tuple[str, str], int] = field(default_factory=dict)
     waiting: dict[str, dict[str, Any]] = field(default_factory=dict)  # orderRef -> order
-    _http: httpx.AsyncClient | None = None
+    _client: StockwireClient | None = None
     # one routing call at a time per order: a stock change arriving mid-call must not start another,
     # but it is remembered, so an order refused just before the stock arrived is routed again at once
     _busy: dict[str, dict[str, Any]] = field(default_factory=dict)  # orderRef -> order, while routing it
@@ -103,13 +95,12 @@ class OrderRouter:
     _none_waiting: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def __aenter__(self) -> OrderRouter:
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        self._http = httpx.AsyncClient(headers=headers, timeout=30)
+        self._client = await StockwireClient(self.url, api_key=self.api_key).__aenter__()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._http is not None:
-            await self._http.aclose()
+        if self._client is not None:
+            await self._client.__aexit__(None, None, None)
 
     async def submit(self, order: dict[str, Any]) -> Outcome:
         """Route one order and hold its stock; parks it as WAITING when stock is short."""
@@ -139,39 +130,31 @@ class OrderRouter:
         return outcome
 
     async def _route(self, order: dict[str, Any]) -> Outcome:
-        assert self._http is not None, "use `async with OrderRouter(...)`"
-        response = await self._http.post(
-            self.http_url, json={"query": ROUTE_AND_RESERVE, "variables": {"input": order}}
-        )
-        if response.status_code != 200:
-            raise StockwireError(f"HTTP {response.status_code}: {response.text[:200]}")
-        body = response.json()
-        if body.get("errors"):
-            raise StockwireError("; ".join(str(e.get("message")) for e in body["errors"]))
-        payload = body["data"]["routeAndReserve"]
+        assert self._client is not None, "use `async with OrderRouter(...)`"
         ref = str(order["orderRef"])
-        errors = tuple((e["code"], e["message"]) for e in payload["userErrors"])
-        if payload["reservation"] is not None:
-            decision = payload["decision"] or {}
+        result = await self._client.router.route_and_reserve(_order(order))
+        errors = tuple((e.code, e.message) for e in result.user_errors)
+        if result.reservation is not None:
+            decision = result.decision
             return Outcome(
                 order_ref=ref,
                 status=ROUTED,
-                reservation_id=payload["reservation"]["id"],
+                reservation_id=result.reservation.id,
                 shipments=tuple(
-                    (s["locationCode"], tuple((ln["skuCode"], int(ln["quantity"])) for ln in s["lines"]))
-                    for s in decision.get("shipments", [])
+                    (s.location_code, tuple((ln.sku_code, ln.quantity) for ln in s.lines))
+                    for s in (decision.shipments if decision else ())
                 ),
-                reason=str(decision.get("reason", "")),
+                reason=decision.reason if decision else "",
             )
         # short of stock is worth waiting for; anything else (bad input, unknown SKU) is not
         waiting = bool(errors) and all(code == "INSUFFICIENT_STOCK" for code, _ in errors)
         return Outcome(order_ref=ref, status=WAITING if waiting else REJECTED, errors=errors)
 
-    def note_level(self, level: dict[str, Any]) -> list[dict[str, Any]]:
+    def note_level(self, level: StockLevel) -> list[dict[str, Any]]:
         """Record a pushed stock level; returns the waiting orders it might now let through."""
-        key = (str(level["skuCode"]), str(level["locationCode"]))
+        key = (level.sku_code, level.location_code)
         before = self.stock.get(key)
-        now = int(level["available"])
+        now = level.available
         self.stock[key] = now
         if now <= 0 or (before is not None and now <= before):
             return []  # nothing became sellable here
@@ -179,23 +162,22 @@ class OrderRouter:
         self._recheck.update(ref for ref, order in self._busy.items() if _wants(order, key[0]))
         return [order for ref, order in self.waiting.items() if ref not in self._busy and _wants(order, key[0])]
 
-    async def watch_stock(self, ready: asyncio.Event | None = None, **options: Any) -> None:
+    async def watch_stock(self, ready: asyncio.Event | None = None) -> None:
         """Follow the locations' stock levels for ever; route again every waiting order they may unblock.
-
-        `ready` is set once the server's snapshot of the current levels has arrived (or at once when the
-        locations hold nothing yet, after the subscription is acknowledged and the first level comes).
-        """
-        subscription = stock_level_changes(self.ws_url, None, self.locations, api_key=self.api_key, **options)
-        async for level in subscription:
+        `ready` is set once the snapshot of the current levels is in."""
+        assert self._client is not None, "use `async with OrderRouter(...)`"
+        async for level in self._client.watch_stock_levels(None, self.locations):
+            if level is None:  # the snapshot of this (re)connection is complete
+                if ready is not None:
+                    ready.set()
+                continue
             for order in self.note_level(level):
                 await self.submit(order)
-            if ready is not None and not ready.is_set():
-                ready.set()
 
-    async def run(self, orders: AsyncIterator[dict[str, Any]], **options: Any) -> None:
+    async def run(self, orders: AsyncIterator[dict[str, Any]]) -> None:
         """Watch stock and route every order as it arrives; when the input ends, return once no order
         is waiting for stock any more."""
-        watcher = asyncio.create_task(self.watch_stock(**options))
+        watcher = asyncio.create_task(self.watch_stock())
         try:
             async for order in orders:
                 await self.submit(order)
@@ -211,6 +193,20 @@ class OrderRouter:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+
+
+def _order(order: dict[str, Any]) -> Order:
+    destination = order.get("destination")
+    return Order(
+        order_ref=str(order["orderRef"]),
+        lines=tuple(ReserveLine(ln["skuCode"], int(ln["quantity"]), ln.get("locationCode")) for ln in order["lines"]),
+        channel_code=order.get("channelCode"),
+        destination=(destination["latitude"], destination["longitude"]) if destination else None,
+        cart_ref=order.get("cartRef"),
+        ttl_seconds=order.get("ttlSeconds"),
+        allow_split=order.get("allowSplit", True),
+        idempotency_key=order.get("idempotencyKey"),
+    )
 
 
 def _wants(order: dict[str, Any], sku_code: str) -> bool:
@@ -229,10 +225,6 @@ async def _stdin_orders() -> AsyncIterator[dict[str, Any]]:
             print(f"SKIPPED  not an order (bad JSON: {exc}): {line[:80]}", flush=True)
 
 
-def _ws_url(http_url: str) -> str:
-    return "ws" + http_url.removeprefix("http") if http_url.startswith("http") else http_url
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=os.environ.get("STOCKWIRE_URL", "http://localhost:8000/graphql"))
@@ -242,8 +234,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     router = OrderRouter(
-        http_url=args.url,
-        ws_url=_ws_url(args.url),
+        url=args.url,
         api_key=args.key,
         locations=[c.strip() for c in args.locations.split(",") if c.strip()],
         channel_code=args.channel,

@@ -1,0 +1,76 @@
+"""A fresh, migrated PostgreSQL database with API keys, for a live server; and dropping it again.
+
+    python clients/testing/database.py create   # prints {"name", "url", "keys": {scope: key, "all": key}} as JSON
+    python clients/testing/database.py drop NAME
+
+The Node tests (clients/ts/test) call this, so both test suites make databases the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from app.db.engine import Database
+from app.db.migrate import upgrade
+from app.security import keys
+from app.security.scopes import ALL_SCOPES, Scope
+
+ADMIN_URL = os.environ.get("STOCKWIRE_TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _url(name: str) -> str:
+    base, _, _ = ADMIN_URL.rpartition("/")
+    return base.replace("postgresql://", "postgresql+asyncpg://", 1) + f"/{name}"
+
+
+async def _admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(ADMIN_URL)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def create() -> dict[str, object]:
+    """A new database, migrated, with one key per scope and one with every scope."""
+    name = f"stockwire_clients_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    await _admin(f'CREATE DATABASE "{name}"')
+    url = _url(name)
+    db = Database(url)
+    try:
+        await upgrade(db.engine)
+        made = {"all": (await keys.create_key(db, "client tests (every scope)", ALL_SCOPES)).secret}
+        for scope in Scope:
+            made[scope.value] = (await keys.create_key(db, f"client tests ({scope.value})", {scope})).secret
+    except BaseException:
+        await db.dispose()
+        await drop(name)
+        raise
+    await db.dispose()
+    return {"name": name, "url": url, "keys": made}
+
+
+async def drop(name: str) -> None:
+    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["create"]:
+        print(json.dumps(asyncio.run(create())))
+    elif sys.argv[1:2] == ["drop"] and len(sys.argv) == 3:
+        asyncio.run(drop(sys.argv[2]))
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()

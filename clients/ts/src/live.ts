@@ -1,0 +1,210 @@
+// Subscriptions that survive reconnects: resubscribe, resync from versions, never go backwards.
+//
+// graphql-ws reconnects (with backoff) and subscribes again by itself; on every (re)connection this
+// also reads the current state with a query on the same socket. Whatever arrives (pushed state, query
+// rows, changes) passes only if its `version` is newer than what was already handed out for that key,
+// so each key's versions go strictly up across any number of reconnects and end at the latest state.
+// When the query's rows are in, a snapshot marker follows.
+import { createClient, type Client, type ClientOptions } from "graphql-ws";
+
+import { requestFor, type OperationName, type ResultOf, type VariablesOf } from "./operations.js";
+
+// close codes after which reconnecting cannot help: bad message, unauthorised, forbidden, ...
+export const FATAL_CLOSE_CODES = new Set([4400, 4401, 4403, 4406, 4409]);
+
+export class SubscriptionError extends Error {
+  constructor(message: string, readonly code?: number) {
+    super(message);
+    this.name = "SubscriptionError";
+  }
+}
+
+export interface LiveOptions {
+  url: string; // ws:// or wss:// …/graphql
+  apiKey?: string;
+  /** A WebSocket implementation where there is no global one (Node 20: the `ws` package). */
+  webSocketImpl?: unknown;
+  minBackoffMs?: number;
+  maxBackoffMs?: number;
+  /** Ping when the line is this quiet, and reconnect when no pong follows within as long again. */
+  keepAliveMs?: number;
+}
+
+export interface Feed<S extends OperationName, Q extends OperationName, T> {
+  subscription: S;
+  snapshot: Q;
+  variables: VariablesOf<S> & VariablesOf<Q>;
+  rowsOfChange(data: ResultOf<S>): T[];
+  rowsOfSnapshot(data: ResultOf<Q>): T[];
+  keyOf(row: T): string;
+  versionOf(row: T): number;
+}
+
+export type LiveEvent<T> = { type: "state"; state: T } | { type: "snapshotComplete"; resync: boolean };
+
+/** A queue that an async iterator drains; `fail` ends it with an error. */
+class Channel<T> {
+  private items: T[] = [];
+  private waiting: ((r: IteratorResult<T>) => void)[] = [];
+  private rejecters: ((e: unknown) => void)[] = [];
+  private error: unknown = undefined;
+  private closed = false;
+
+  push(item: T): void {
+    const resolve = this.waiting.shift();
+    this.rejecters.shift();
+    if (resolve) resolve({ value: item, done: false });
+    else this.items.push(item);
+  }
+
+  fail(error: unknown): void {
+    this.error = error ?? new Error("subscription ended");
+    for (const reject of this.rejecters) reject(this.error);
+    this.waiting = [];
+    this.rejecters = [];
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const resolve of this.waiting) resolve({ value: undefined, done: true });
+    this.waiting = [];
+    this.rejecters = [];
+  }
+
+  next(): Promise<IteratorResult<T>> {
+    const item = this.items.shift();
+    if (item !== undefined) return Promise.resolve({ value: item, done: false });
+    if (this.error !== undefined) return Promise.reject(this.error);
+    if (this.closed) return Promise.resolve({ value: undefined, done: true });
+    return new Promise((resolve, reject) => {
+      this.waiting.push(resolve);
+      this.rejecters.push(reject);
+    });
+  }
+}
+
+/** Iterate for states and snapshot markers until you break out (which closes the socket). */
+export class Resumable<S extends OperationName, Q extends OperationName, T> implements AsyncIterable<LiveEvent<T>> {
+  /** Per key, the version last handed out. */
+  readonly versions = new Map<string, number>();
+  connections = 0;
+
+  constructor(
+    private readonly options: LiveOptions,
+    private readonly feed: Feed<S, Q, T>,
+  ) {}
+
+  get reconnects(): number {
+    return Math.max(0, this.connections - 1);
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<LiveEvent<T>> {
+    const channel = new Channel<LiveEvent<T>>();
+    const { feed, options } = this;
+    const keepAlive = options.keepAliveMs ?? 10_000;
+    let pongTimer: ReturnType<typeof setTimeout> | undefined;
+    let synced = false;
+
+    const accept = (row: T): void => {
+      const key = feed.keyOf(row);
+      const version = feed.versionOf(row);
+      if (version <= (this.versions.get(key) ?? 0)) return; // re-sent on a reconnect, a repeat, or older
+      this.versions.set(key, version);
+      channel.push({ type: "state", state: row });
+    };
+
+    const clientOptions: ClientOptions = {
+      url: options.url,
+      connectionParams: options.apiKey ? { authorization: `Bearer ${options.apiKey}` } : {},
+      lazy: false,
+      keepAlive,
+      retryAttempts: Number.POSITIVE_INFINITY,
+      retryWait: async (retries) => {
+        const base = Math.min((options.minBackoffMs ?? 250) * 2 ** retries, options.maxBackoffMs ?? 15_000);
+        await new Promise((r) => setTimeout(r, base * (0.5 + Math.random() / 2)));
+      },
+      shouldRetry: (event) => !isFatal(event),
+      on: {
+        connected: () => {
+          this.connections += 1;
+          const resync = synced;
+          synced = true;
+          // the state as of this connection, alongside the (re)subscription graphql-ws sends itself
+          const request = requestFor(feed.snapshot, feed.variables);
+          const rows: T[] = [];
+          client.subscribe<ResultOf<Q>>(
+            { ...request, query: request.query ?? "" },
+            {
+              next: (result) => {
+                if (result.data) rows.push(...feed.rowsOfSnapshot(result.data));
+              },
+              error: () => undefined, // the connection dropped: the next one reads again
+              complete: () => {
+                for (const row of rows) accept(row);
+                channel.push({ type: "snapshotComplete", resync });
+              },
+            },
+          );
+        },
+        ping: (received) => {
+          if (!received) pongTimer = setTimeout(() => socket?.close(4408, "no pong"), keepAlive);
+        },
+        pong: (received) => {
+          if (received) clearTimeout(pongTimer);
+        },
+        opened: (s) => {
+          socket = s as WebSocket;
+        },
+        closed: () => clearTimeout(pongTimer),
+      },
+    };
+    if (options.webSocketImpl) clientOptions.webSocketImpl = options.webSocketImpl;
+    let socket: WebSocket | undefined;
+    const client: Client = createClient(clientOptions);
+    const request = requestFor(feed.subscription, feed.variables);
+    const unsubscribe = client.subscribe<ResultOf<S>>(
+      { ...request, query: request.query ?? "" },
+      {
+        next: (result) => {
+          if (result.errors?.length) channel.fail(new SubscriptionError(result.errors.map((e) => e.message).join("; ")));
+          else if (result.data) for (const row of feed.rowsOfChange(result.data)) accept(row);
+        },
+        error: (error) => channel.fail(asSubscriptionError(error)),
+        complete: () => channel.close(),
+      },
+    );
+
+    const finish = async (): Promise<IteratorResult<LiveEvent<T>>> => {
+      clearTimeout(pongTimer);
+      unsubscribe();
+      await client.dispose();
+      channel.close();
+      return { value: undefined, done: true };
+    };
+    return {
+      next: () =>
+        channel.next().catch(async (error) => {
+          await finish();
+          throw error;
+        }),
+      return: finish,
+    };
+  }
+}
+
+function closeCode(event: unknown): number | undefined {
+  const code = (event as { code?: unknown } | null)?.code;
+  return typeof code === "number" ? code : undefined;
+}
+
+function isFatal(event: unknown): boolean {
+  const code = closeCode(event);
+  return code !== undefined && FATAL_CLOSE_CODES.has(code);
+}
+
+function asSubscriptionError(error: unknown): SubscriptionError {
+  const code = closeCode(error);
+  if (code !== undefined) return new SubscriptionError(`the server closed the connection with ${code}`, code);
+  if (Array.isArray(error)) return new SubscriptionError(error.map((e: { message?: string }) => e.message).join("; "));
+  return new SubscriptionError(String((error as Error)?.message ?? error));
+}
