@@ -191,8 +191,8 @@ async def test_a_redis_restart_loses_nothing_and_restarts_no_server(postgres_url
                     await redis.kill()
                     # issue 16: push is degraded, queries and reserves are not: the processes stay ready
                     async with asyncio.timeout(TIMEOUT):
-                        while any((await _readiness(p, key))[1].get("broadcast") != "degraded" for p in (a, b)):
-                            await asyncio.sleep(0.1)  # noqa: ASYNC110
+                        while [(await _readiness(p, key))[1].get("broadcast") for p in (a, b)] != ["degraded"] * 2:  # noqa: ASYNC110
+                            await asyncio.sleep(0.1)
                     down = await _wait_ready([a, b], key, 200)
                     assert down["broadcast"] == "degraded", down
                     await _churn(http_b, 24, seed=2)  # committed while nothing can be published
