@@ -8,9 +8,11 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from broadcaster import Broadcast
+from sqlalchemy import func, select
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -25,9 +27,13 @@ from strawberry.types.unset import UNSET, UnsetType
 
 from app.db.engine import Database
 from app.db.migrate import upgrade
+from app.db.tables import outbox
 from app.graphql.context import Context
 from app.graphql.http import Problem, SecureGraphQLView, principal_of, request_id_of
 from app.graphql.schema import build_schema
+from app.observability import metrics
+from app.observability.logging import configure_logging
+from app.observability.middleware import ObservabilityMiddleware
 from app.realtime.config import RealtimeSettings
 from app.realtime.hub import Hub
 from app.realtime.limits import Admission, LimitExceeded, Ticket
@@ -65,9 +71,81 @@ class Runtime:
     publication: PublicationWorker | None = None
     admission: Admission = field(init=False)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    outbox_rows: int = 0  # sampled by _sample_outbox for /metrics
+    outbox_oldest: datetime | None = None
 
     def __post_init__(self) -> None:
         self.admission = Admission(self.realtime)  # websocket caps, counted per process
+
+    def broadcast_state(self) -> str:
+        """ "ok", or "degraded: <why>" while changes cannot be pushed (queries and reserves still work)."""
+        backend = getattr(self.broadcast, "_backend", None)
+        if backend is not None and not getattr(backend, "listener_alive", True):
+            return f"degraded: {getattr(backend, 'last_error', None) or 'listener not running'}"
+        if self.hub is None or not self.hub.alive:
+            return "degraded: change subscription not running"
+        return "ok"
+
+    def gauges(self) -> list[tuple[str, str, dict[str, str], float]]:
+        """State for /metrics, read at scrape time (app/observability/metrics.py)."""
+        out: list[tuple[str, str, dict[str, str], float]] = []
+        if self.ctx is None:
+            return out
+        pool: Any = self.ctx.db.engine.sync_engine.pool
+        if hasattr(pool, "checkedout"):
+            out += [
+                ("stockwire_db_pool_checked_out", "Database connections in use", {}, float(pool.checkedout())),
+                ("stockwire_db_pool_size", "Database pool size (steady connections)", {}, float(pool.size())),
+                ("stockwire_db_pool_overflow", "Connections opened beyond the pool size", {}, float(pool.overflow())),
+            ]
+        up = 1.0 if self.broadcast_state() == "ok" else 0.0
+        out.append(("stockwire_broadcast_up", "1: changes are pushed; 0: broadcast degraded (Redis)", {}, up))
+        if self.hub is not None:
+            out.append(
+                ("stockwire_subscribers", "Subscriptions served by this process", {}, self.hub.sizes()["mailboxes"])
+            )
+            out.append(
+                (
+                    "stockwire_messages_delivered",
+                    "Change messages handed to this process's subscribers since start (a counter)",
+                    {},
+                    float(self.hub.delivered_total),
+                )
+            )
+        out.append(("stockwire_outbox_rows", "Outbox rows waiting to be published", {}, float(self.outbox_rows)))
+        age = 0.0 if self.outbox_oldest is None else max(0.0, (self.ctx.clock() - self.outbox_oldest).total_seconds())
+        out.append(("stockwire_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row", {}, age))
+        if self.relay is not None:
+            out.append(
+                (
+                    "stockwire_relay_published_changes",
+                    "Changes this process's relay published since start (a counter)",
+                    {},
+                    float(self.relay.published_count),
+                )
+            )
+            failing = 1.0 if self.relay.last_error else 0.0
+            out.append(("stockwire_relay_failing", "1 while the outbox relay's last attempt failed", {}, failing))
+        if self.publication is not None:
+            for code, leads in self.publication.leadership().items():
+                out.append(
+                    (
+                        "stockwire_publication_leader",
+                        "1 where this process is the channel's elected publisher",
+                        {"channel": code},
+                        1.0 if leads else 0.0,
+                    )
+                )
+            for code, lag in self.publication.lag_seconds().items():
+                out.append(
+                    (
+                        "stockwire_publication_lag_seconds",
+                        "How long the channel's endpoint has been behind (0: in sync); leader only",
+                        {"channel": code},
+                        lag,
+                    )
+                )
+        return out
 
 
 class StockwireGraphQL(SecureGraphQLView):
@@ -156,13 +234,29 @@ async def _sweep_expired(ctx: Ctx) -> None:
     """Releases holds past expiry within about a second, even for SKUs nobody touches."""
     while True:
         try:
-            while await reservations.sweep_expired(ctx):
-                pass
+            while expired := await reservations.sweep_expired(ctx):
+                metrics.SWEEPER_EXPIRED.inc(expired)
         except asyncio.CancelledError:
             raise
         except Exception:
+            metrics.SWEEPER_FAILURES.inc()
             log.exception("expiry sweeper failed; retrying")
         await asyncio.sleep(ctx.settings.expiry_sweep_seconds)
+
+
+async def _sample_outbox(runtime: Runtime, every: float = 5.0) -> None:
+    """How much is waiting in the outbox and for how long: a scrape cannot query the database itself."""
+    assert runtime.ctx is not None
+    while True:
+        try:
+            async with runtime.ctx.db.read() as conn:
+                row = (await conn.execute(select(func.count(), func.min(outbox.c.created_at)))).one()
+            runtime.outbox_rows, runtime.outbox_oldest = int(row[0]), row[1]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("outbox sample failed: %s", exc)
+        await asyncio.sleep(every)
 
 
 def _tune_gc(threshold: int) -> None:
@@ -187,6 +281,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         s = runtime.settings
+        configure_logging()  # here, not at import: uvicorn configures its loggers before the lifespan
         db = Database(s.database, s.db_pool_size, s.db_max_overflow)
         if db.is_sqlite:
             await upgrade(db.engine)  # the embedded default migrates itself; Postgres uses `stockwire migrate`
@@ -198,7 +293,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             raise
         ctx = Ctx(db=db, settings=s)
         runtime.security = make_security(db, s)
-        broadcast = Broadcast(backend=make_backend(s.broadcast_url))
+        # Redis down at start is not fatal: queries and reserves work, push resumes when it answers
+        broadcast = Broadcast(backend=make_backend(s.broadcast_url, start_while_down=True))
         await broadcast.connect()
         hub = Hub(broadcast, channel=runtime.realtime.broadcast_channel)
         await hub.start()
@@ -210,10 +306,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # pushes changed channel availability to channel endpoints (the channels issue)
         runtime.publication = PublicationWorker(ctx, hub)  # follows the relay's channel changes
         runtime.tasks.append(asyncio.create_task(runtime.publication.run()))
+        runtime.tasks.append(asyncio.create_task(_sample_outbox(runtime)))
+        metrics.watch(runtime)
         _tune_gc(s.gc_threshold)
         try:
             yield
         finally:
+            metrics.unwatch(runtime)
             for task in runtime.tasks:
                 task.cancel()
             await asyncio.gather(*runtime.tasks, return_exceptions=True)
@@ -225,6 +324,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return JSONResponse({"status": "alive"})
 
     async def readyz(_: Request) -> Response:
+        """200 while this process can serve queries and reserves (the database answers); 503 only when
+        it cannot. A broadcast outage (Redis) only stops push: it is reported as degraded, in the body
+        and in stockwire_broadcast_up, and must not take the fleet out of a load balancer."""
         checks: dict[str, str] = {}
         if runtime.ctx is None:
             return JSONResponse({"status": "starting"}, status_code=503)
@@ -233,25 +335,24 @@ def create_app(settings: Settings | None = None) -> Starlette:
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"] = f"down: {type(exc).__name__}"
-        backend = getattr(runtime.broadcast, "_backend", None)
-        if backend is not None and not getattr(backend, "listener_alive", True):
-            checks["broadcast"] = f"down: {getattr(backend, 'last_error', None) or 'listener not running'}"
-        elif runtime.hub is None or not runtime.hub.alive:
-            checks["broadcast"] = "down: change subscription not running"
-        else:
-            checks["broadcast"] = "ok"
+        state = runtime.broadcast_state()
+        checks["broadcast"] = "ok" if state == "ok" else "degraded"
+        body: dict[str, Any] = {"checks": checks}
+        if state != "ok":
+            body["broadcastError"] = state.removeprefix("degraded: ")
         if runtime.relay is not None and runtime.relay.last_error:
             checks["outbox_relay"] = f"failing: {runtime.relay.last_error}"
-        ready = all(v == "ok" for k, v in checks.items() if k != "outbox_relay")
-        return JSONResponse(
-            {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
-        )
+        ready = checks["database"] == "ok"
+        body["status"] = ("ready" if state == "ok" else "degraded") if ready else "not ready"
+        body["broadcast"] = "ok" if state == "ok" else "degraded"
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     graphql_app = StockwireGraphQL(runtime)
     app = Starlette(
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/metrics", metrics.metrics_endpoint),
             Route("/graphql", graphql_app, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql_app),
         ],
@@ -259,6 +360,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # browser storefronts on the listed origins may call the API over HTTP too (the same list
         # admits their websockets); with no list, only same-origin pages and non-browser clients
         middleware=[
+            Middleware(ObservabilityMiddleware),  # outermost: request id, access line, HTTP metrics
             Middleware(
                 CORSMiddleware,
                 allow_origins=runtime.settings.allowed_origins,
@@ -266,10 +368,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-Id"],
                 expose_headers=["X-Request-Id"],
                 max_age=600,
-            )
+            ),
         ]
         if runtime.settings.allowed_origins
-        else [],
+        else [Middleware(ObservabilityMiddleware)],
     )
     app.state.runtime = runtime
     return app

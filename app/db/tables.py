@@ -290,6 +290,23 @@ channel_publications = Table(
     Column("next_attempt_at", UTCDateTime, nullable=True),
 )
 
+# one row per push attempt to a channel's endpoint: the delivery log an operator reads (issue 16)
+channel_deliveries = Table(
+    "channel_deliveries",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("channel_id", Integer, ForeignKey("channels.id"), nullable=False),
+    Column("attempted_at", UTCDateTime, nullable=False),
+    Column("items", Integer, nullable=False),
+    Column("min_version", BigInteger, nullable=False),
+    Column("max_version", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),  # DELIVERED or FAILED
+    Column("latency_ms", Integer, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("publisher", String(128), nullable=False),  # host:pid of the process that pushed
+    Index("ix_channel_deliveries_channel_id_id", "channel_id", "id"),
+)
+
 # --- routing (issue: order routing) ------------------------------------------------------------
 
 location_routing = Table(

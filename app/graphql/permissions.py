@@ -74,6 +74,9 @@ REQUIRED: dict[str, frozenset[Scope]] = {
     "Query.channels": frozenset({S.ADMIN}),
     # channels: what each endpoint was told (admin); alerts follow availability (storefront) or ops (admin)
     "Query.channelPublications": frozenset({S.ADMIN}),
+    # the delivery log and replay (issue 16): operators
+    "Query.channelDeliveries": frozenset({S.ADMIN}),
+    "Mutation.replayChannel": frozenset({S.ADMIN}),
     "Subscription.channelAlerts": frozenset({S.STOREFRONT, S.ADMIN}),
     "Query.apiKeys": frozenset({S.ADMIN}),
     "Query.apiKeyEvents": frozenset({S.ADMIN}),

@@ -11,6 +11,7 @@ from strawberry.extensions import ParserCache, ValidationCache, max_aliases, que
 from strawberry.tools import merge_types
 
 from app.graphql.channels import ChannelMutation, ChannelQuery, ChannelSubscription
+from app.graphql.deliveries import DeliveryMutation, DeliveryQuery
 from app.graphql.errors import ClientErrors, ErrorPolicy, StockwireSchema
 from app.graphql.fanout import SharedEventExecutor
 from app.graphql.keys import KeyMutation, KeyQuery
@@ -19,6 +20,7 @@ from app.graphql.permissions import secure
 from app.graphql.queries import BadCursorError, Query
 from app.graphql.routing import RoutingMutation, RoutingQuery
 from app.graphql.subscriptions import Subscription
+from app.observability.extension import Observe
 from app.settings import Settings
 
 # Errors a client caused and may read; anything else is a fault and is masked (and logged).
@@ -45,8 +47,8 @@ def _limit_rules(max_depth: int, max_aliases_count: int) -> tuple[type[ASTValida
 def build_schema(settings: Settings | None = None) -> Schema:
     s = settings or Settings()
     rules = list(_limit_rules(s.max_query_depth, s.max_aliases))
-    query = merge_types("Query", (Query, RoutingQuery, ChannelQuery, KeyQuery))
-    mutation = merge_types("Mutation", (Mutation, RoutingMutation, ChannelMutation, KeyMutation))
+    query = merge_types("Query", (Query, RoutingQuery, ChannelQuery, KeyQuery, DeliveryQuery))
+    mutation = merge_types("Mutation", (Mutation, RoutingMutation, ChannelMutation, KeyMutation, DeliveryMutation))
     subscription = merge_types("Subscription", (Subscription, ChannelSubscription))
     secure(query, mutation, subscription)  # the scope every operation needs (app/graphql/permissions.py)
     built = StockwireSchema(
@@ -60,6 +62,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
             lambda: ParserCache(maxsize=1024),
             lambda: ValidationCache(maxsize=1024),
             lambda: ClientErrors(ERROR_POLICY),
+            Observe,  # per-operation metrics and the key id in log lines (app/observability)
         ],
     )
     built.error_policy = ERROR_POLICY

@@ -203,6 +203,7 @@ class Hub:
         self._subscribed = False
         self._backend = _monitored_backend(broadcast)
         self._observers: list[Callable[[list[Change]], None]] = []
+        self.delivered_total = 0  # messages handed to subscribers' mailboxes (a metric)
 
     @property
     def channel(self) -> str:
@@ -353,7 +354,7 @@ class Hub:
                     delay = _RESUBSCRIBE_INITIAL
                     while True:
                         event = await subscriber.get()
-                        self.dispatch(event.message)
+                        self.delivered_total += self.dispatch(event.message)
             except Exception as exc:
                 if not ready.done():
                     ready.set_exception(exc)

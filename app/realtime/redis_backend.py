@@ -72,10 +72,11 @@ class MonitoredBackend(Protocol):
 class ReconnectingRedisBackend(BroadcastBackend):
     """Redis pub/sub for broadcaster that survives Redis restarts and says when it is not listening.
 
-    `connect()` raises if Redis cannot be reached at all, so a misconfigured process fails at
-    start; after that the backend never gives up. `subscribe()` never raises: if Redis is down the
-    channel is remembered and subscribed on reconnect (and the reconnect callbacks fire), because
-    broadcaster's `Broadcast.subscribe` mishandles an exception from the backend.
+    `connect()` raises if Redis cannot be reached at all (unless `start_while_down`, as the service
+    uses it: then it keeps trying in the background); after that the backend never gives up.
+    `subscribe()` never raises: if Redis is down the channel is remembered and subscribed on
+    reconnect (and the reconnect callbacks fire), because broadcaster's
+    `Broadcast.subscribe` mishandles an exception from the backend.
     """
 
     def __init__(
@@ -87,9 +88,13 @@ class ReconnectingRedisBackend(BroadcastBackend):
         ping_interval: float = 5.0,
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
+        start_while_down: bool = False,
     ) -> None:
         # BroadcastBackend.__init__ only raises NotImplementedError, so it is not called.
         self._url = url
+        # True (the service): a Redis that is down at start is waited for in the background, so a
+        # replica starts during an outage and serves queries and reserves; push resumes when it returns
+        self._start_while_down = start_while_down
         self._socket_timeout = socket_timeout
         self._publish_timeout = publish_timeout
         self._ping_interval = ping_interval
@@ -153,6 +158,13 @@ class ReconnectingRedisBackend(BroadcastBackend):
         except BaseException as exc:
             self._last_error = f"{type(exc).__name__}: {exc}"
             await self._close_conn()
+            if self._start_while_down and isinstance(exc, _CONNECTION_ERRORS):
+                logger.warning("Redis unreachable at start (%s); serving without push until it answers", exc)
+                self._last_down_log = asyncio.get_running_loop().time()
+                # the listener opens the session when Redis answers, then runs the reconnect
+                # callbacks: subscribers re-read what they missed
+                self._task = asyncio.create_task(self._run_listener(), name="stockwire-redis-listener")
+                return
             await self._client.aclose()
             self._client = None
             raise
@@ -385,13 +397,13 @@ class InMemoryBackend(MemoryBackend):
 Backend = InMemoryBackend | ReconnectingRedisBackend
 
 
-def make_backend(url: str) -> Backend:
+def make_backend(url: str, start_while_down: bool = False) -> Backend:
     """The backend for "memory://" or "redis://host:port[/db]" (also "rediss://")."""
     scheme = urlparse(url).scheme
     if scheme == "memory":
         return InMemoryBackend(url)
     if scheme in ("redis", "rediss"):
-        return ReconnectingRedisBackend(url)
+        return ReconnectingRedisBackend(url, start_while_down=start_while_down)
     raise ValueError(f"unsupported broadcast URL scheme {scheme!r}: use memory:// or redis://")
 
 

@@ -18,6 +18,19 @@ Body: {"channel": "WEB", "sentAt": "...", "items": [{"sku", "available", "versio
        "alerts": [{"sku", "kind", "available", "previous", "version"}]}
 
 `status` shows, per channel and SKU, what the endpoint was last told and what it should show now.
+
+One publisher per channel across the fleet: every process runs a worker, but a channel is pushed only
+by the process holding its PostgreSQL advisory lock (`pg_try_advisory_lock(LOCK_NAMESPACE, channel
+id)`, session-level, on one connection the worker keeps). When that process dies its connection
+closes and PostgreSQL releases the lock; another worker takes it at its next pass (`interval`, 0.5 s)
+and first compares every SKU with what was acknowledged, so nothing acknowledged is lost and nothing
+unacknowledged is forgotten. A process killed between a POST and recording its answer leaves that one
+batch unacknowledged: the new publisher sends it again (at least once; the versions make it harmless).
+SQLite has one process: it always publishes.
+
+Every attempt is a row in `channel_deliveries` (`deliveries`): when, how many items, their versions,
+DELIVERED or FAILED, latency, error, and which process pushed. `replay` makes the publisher send a
+channel again from a version.
 """
 
 from __future__ import annotations
@@ -29,6 +42,8 @@ import hmac
 import json
 import logging
 import math
+import os
+import socket
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -36,13 +51,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db.tables import channel_locations, channel_publications, channels, skus, stock_levels
+from app.db.tables import channel_deliveries, channel_locations, channel_publications, channels, skus, stock_levels
 from app.domain.channel_rules import channel_alerts
 from app.domain.errors import ErrorCode, Refused, UserError
+from app.observability.metrics import PUBLICATION_ITEMS, PUBLICATION_PUSHES, PUBLICATION_SECONDS
 from app.realtime import codec
 from app.realtime.hub import Hub, Mailbox, ResyncNeeded
 from app.services import channels as channel_service
@@ -51,7 +67,11 @@ from app.services.context import Ctx
 log = logging.getLogger("stockwire.publication")
 cp = channel_publications
 SIGNATURE_HEADER = "X-Stockwire-Signature"
+PUBLISHER_HEADER = "X-Stockwire-Publisher"  # which process pushed (host:pid), as in the delivery log
 BATCH = 100
+LOCK_NAMESPACE = 0x5354_5057  # the first key of pg_try_advisory_lock(int, int): ours, whatever else uses locks
+DELIVERY_LOG_DAYS = 14  # attempts older than this are pruned from the delivery log
+DELIVERED, FAILED = "DELIVERED", "FAILED"
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -136,8 +156,79 @@ async def _status(
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    id: int
+    channel_code: str
+    attempted_at: datetime
+    items: int
+    min_version: int
+    max_version: int
+    status: str
+    latency_ms: int
+    error: str | None
+    publisher: str
+
+
+async def _channel_or_refuse(conn: AsyncConnection, channel_code: str) -> Any:
+    channel = await channel_service.channel_row(conn, channel_code)
+    if channel is None:
+        raise Refused([UserError(ErrorCode.UNKNOWN_CHANNEL, f"no channel {channel_code!r}", ("channelCode",))])
+    return channel
+
+
+async def deliveries(ctx: Ctx, channel_code: str, first: int = 50) -> list[Delivery]:
+    """The channel's push attempts, newest first."""
+    async with ctx.db.read() as conn:
+        channel = await _channel_or_refuse(conn, channel_code)
+        rows = await conn.execute(
+            select(channel_deliveries)
+            .where(channel_deliveries.c.channel_id == channel.id)
+            .order_by(channel_deliveries.c.id.desc())
+            .limit(first)
+        )
+        return [
+            Delivery(
+                id=int(r.id),
+                channel_code=channel.code,
+                attempted_at=r.attempted_at,
+                items=int(r.items),
+                min_version=int(r.min_version),
+                max_version=int(r.max_version),
+                status=r.status,
+                latency_ms=int(r.latency_ms),
+                error=r.error,
+                publisher=r.publisher,
+            )
+            for r in rows
+        ]
+
+
+async def replay(ctx: Ctx, channel_code: str, from_version: int) -> int:
+    """Make the channel's publisher send again every SKU acknowledged at `from_version` or later.
+
+    Their acknowledgements are forgotten and their retry made due now, so whichever process publishes
+    the channel sends their current figures at its next pass (with the current version: an endpoint
+    that keeps the highest version applies them). Returns how many SKUs will be sent again.
+    """
+    if from_version < 0:
+        raise Refused([UserError(ErrorCode.INVALID_INPUT, "fromVersion must be 0 or more", ("fromVersion",))])
+    now = ctx.clock()
+
+    async def work(conn: AsyncConnection) -> int:
+        channel = await _channel_or_refuse(conn, channel_code)
+        result = await conn.execute(
+            update(cp)
+            .where(cp.c.channel_id == channel.id, cp.c.acked_version >= from_version)
+            .values(acked_version=None, attempts=0, last_error=None, next_attempt_at=now)
+        )
+        return int(result.rowcount)
+
+    return await ctx.db.write(work, notify=False)
+
+
 class PublicationWorker:
-    """One per process; several processes may run it (the endpoint keeps the highest version).
+    """One per process; for each channel only the holder of its advisory lock pushes (module docstring).
 
     What to push is found two ways. With a hub, the worker follows each endpoint channel's
     availability changes (the relay publishes them for every process) and compares only the SKUs that
@@ -170,6 +261,64 @@ class PublicationWorker:
         self._rescan: set[str] = set()  # channel codes to compare in full at the next pass
         self._scanned_at: dict[str, float] = {}
         self._endpoint_of: dict[str, str] = {}  # the endpoint each channel was last published to
+        self.publisher = f"{socket.gethostname()}:{os.getpid()}"
+        self._lock_conn: AsyncConnection | None = None  # holds this process's channel locks (PostgreSQL)
+        self._held: dict[int, str] = {}  # channel id -> code, channels this process publishes
+        self._candidates: dict[int, str] = {}  # channels with an endpoint, at the last pass
+        self._behind_since: dict[str, float] = {}  # when the channel's endpoint fell behind (lag)
+        self._pruned_at = -math.inf
+
+    def leadership(self) -> dict[str, bool]:
+        """Per channel with an endpoint: whether this process publishes it."""
+        return {code: cid in self._held for cid, code in self._candidates.items()}
+
+    def lag_seconds(self) -> dict[str, float]:
+        """Per channel this process publishes: seconds its endpoint has been behind (0: in sync)."""
+        now = time.monotonic()
+        return {
+            code: now - self._behind_since[code] if code in self._behind_since else 0.0 for code in self._held.values()
+        }
+
+    async def _elect(self, targets: list[Any]) -> list[Any]:
+        """The channels this process publishes: it holds (or now takes) their advisory locks."""
+        self._candidates = {t.id: t.code for t in targets}
+        if self.ctx.db.is_sqlite:
+            self._held = dict(self._candidates)
+            return targets
+        try:
+            if self._lock_conn is None:
+                conn = await self.ctx.db.engine.connect()
+                # session-level locks, outside any transaction: held until released or the connection ends
+                self._lock_conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn = self._lock_conn
+            for cid in set(self._held) - set(self._candidates):
+                await conn.execute(text("SELECT pg_advisory_unlock(:ns, :id)"), {"ns": LOCK_NAMESPACE, "id": cid})
+                del self._held[cid]
+            for t in targets:
+                if t.id in self._held:
+                    continue
+                got = await conn.scalar(
+                    text("SELECT pg_try_advisory_lock(:ns, :id)"), {"ns": LOCK_NAMESPACE, "id": t.id}
+                )
+                if got:
+                    log.info("publishing channel %s from this process (%s)", t.code, self.publisher)
+                    self._held[t.id] = t.code
+                    self._rescan.add(t.code)  # taken over: compare everything with what was acknowledged
+            # proves the connection (so the locks) still lives; a lost one is noticed at the next pass
+            await conn.execute(text("SELECT 1"))
+        except Exception:
+            await self._release_locks()
+            raise
+        return [t for t in targets if t.id in self._held]
+
+    async def _release_locks(self) -> None:
+        conn, self._lock_conn = self._lock_conn, None
+        self._held.clear()
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()  # closes it: PostgreSQL releases every lock it held
+            with contextlib.suppress(Exception):
+                await conn.close()
 
     def poke(self) -> None:
         """Look for changes now, not at the next poll."""
@@ -196,6 +345,7 @@ class PublicationWorker:
         finally:
             for code in list(self._following):
                 self._unfollow(code)
+            await asyncio.shield(self._release_locks())
 
     def _follow(self, code: str) -> None:
         if self.hub is None or code in self._following:
@@ -228,8 +378,11 @@ class PublicationWorker:
             targets = list(
                 await conn.execute(select(channels).where(channels.c.endpoint_url.is_not(None)).order_by(channels.c.id))
             )
+        targets = await self._elect(targets)
         for code in set(self._following) - {t.code for t in targets}:
-            self._unfollow(code)
+            self._unfollow(code)  # published elsewhere (or no endpoint): another process follows it
+        for code in set(self._behind_since) - {t.code for t in targets}:
+            del self._behind_since[code]
         acked = 0
         for channel in targets:
             self._follow(channel.code)
@@ -272,6 +425,7 @@ class PublicationWorker:
                     await conn.scalars(retries.where(cp.c.channel_id == channel.id, cp.c.next_attempt_at <= now))
                 )
                 if not only:
+                    self._behind_since.pop(channel.code, None)
                     return 0
             current = await _status(conn, channel, now, None if only is None else sorted(only))
             waiting = {
@@ -292,6 +446,10 @@ class PublicationWorker:
         # beyond one read's worth, and behind a failing batch: looked at again at the next pass
         later = {s.sku_code for s in due if s.sku_code not in ids}
         due = [s for s in due if s.sku_code in ids]
+        if due or later:
+            self._behind_since.setdefault(channel.code, time.monotonic())
+        else:
+            self._behind_since.pop(channel.code, None)
         acked = 0
         for start in range(0, len(due), BATCH):
             batch = due[start : start + BATCH]
@@ -311,19 +469,35 @@ class PublicationWorker:
                 {"channel": channel.code, "sentAt": now.isoformat(), "items": items, "alerts": alerts},
                 separators=(",", ":"),
             ).encode()
-            headers = {"Content-Type": "application/json"}
+            headers = {"Content-Type": "application/json", PUBLISHER_HEADER: self.publisher}
             if channel.endpoint_secret:
                 headers[SIGNATURE_HEADER] = sign(channel.endpoint_secret, body)
             error: str | None = None
+            attempted_at, started = self.ctx.clock(), time.perf_counter()
             try:
                 response = await client.post(channel.endpoint_url, content=body, headers=headers)
                 if not 200 <= response.status_code < 300:
                     error = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"
-            await self._record(channel.id, channel.endpoint_url, [(ids[s.sku_code], s) for s in batch], error)
+            latency = time.perf_counter() - started
+            PUBLICATION_PUSHES.labels(channel.code, "delivered" if error is None else "failed").inc()
+            PUBLICATION_SECONDS.labels(channel.code).observe(latency)
+            attempt = {
+                "channel_id": channel.id,
+                "attempted_at": attempted_at,
+                "items": len(batch),
+                "min_version": min(s.current_version for s in batch),
+                "max_version": max(s.current_version for s in batch),
+                "status": DELIVERED if error is None else FAILED,
+                "latency_ms": round(latency * 1000),
+                "error": None if error is None else error[:500],
+                "publisher": self.publisher,
+            }
+            await self._record(channel.id, channel.endpoint_url, [(ids[s.sku_code], s) for s in batch], error, attempt)
             if error is None:
                 acked += len(batch)
+                PUBLICATION_ITEMS.labels(channel.code).inc(len(batch))
             else:
                 later |= {s.sku_code for s in due[start + BATCH :]}  # the failed batch is in backoff
                 break  # the endpoint is failing: no point sending it the rest now
@@ -333,11 +507,26 @@ class PublicationWorker:
         return acked
 
     async def _record(
-        self, channel_id: int, url: str, batch: list[tuple[int, PublicationStatus]], error: str | None
+        self,
+        channel_id: int,
+        url: str,
+        batch: list[tuple[int, PublicationStatus]],
+        error: str | None,
+        attempt: dict[str, Any],
     ) -> None:
         now = self.ctx.clock()
+        prune = time.monotonic() - self._pruned_at >= 3600
+        if prune:
+            self._pruned_at = time.monotonic()
 
         async def work(conn: AsyncConnection) -> None:
+            await conn.execute(insert(channel_deliveries).values(**attempt))  # whatever came of it
+            if prune:
+                await conn.execute(
+                    delete(channel_deliveries).where(
+                        channel_deliveries.c.attempted_at < now - timedelta(days=DELIVERY_LOG_DAYS)
+                    )
+                )
             # An answer counts only if the channel still points where it came from. FOR SHARE queues
             # behind an upsert that changes the endpoint (it updates this row, then forgets what the old
             # endpoint was told): either that upsert comes first and this answer is dropped, or it

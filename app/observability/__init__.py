@@ -1,0 +1,1 @@
+"""Metrics (/metrics) and structured logs: what an operations team reads to run Stockwire."""

@@ -1,0 +1,93 @@
+"""Issue 16 item 3: JSON log lines with the request id and key id, an access line, and tracebacks
+that neither come with client errors nor flood when the same fault repeats."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from app.observability.logging import RepeatedErrors, configure_logging, formatter
+from tests.conftest import Api
+from tests.helpers import catalogue
+
+
+@pytest.fixture
+def lines() -> Iterator[io.StringIO]:
+    """What the service's JSON handler writes, captured (same formatter and filter, into a buffer)."""
+    configure_logging()
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter())
+    handler.addFilter(RepeatedErrors(0.3))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield out
+    finally:
+        root.removeHandler(handler)
+
+
+def _parsed(out: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]  # each line is JSON
+
+
+async def test_every_line_of_a_request_is_json_with_its_request_id_and_key_id(api: Api, lines: io.StringIO) -> None:
+    await catalogue(api, ["SKU-L"], [("WH-L", 1)])
+    lines.truncate(0)
+    lines.seek(0)
+    logging.getLogger("stockwire.test").setLevel(logging.INFO)
+    response = await api.raw("query { skus: stockLevels(first: 1) { skuCode } }")
+    assert response.status_code == 200
+    rid = response.headers["X-Request-Id"]
+    records = _parsed(lines)
+    access = [r for r in records if r["logger"] == "stockwire.access"]
+    assert len(access) == 1, records
+    line = access[0]
+    assert line["request_id"] == rid
+    assert line["key_id"]
+    assert (line["method"], line["path"], line["status"]) == ("POST", "/graphql", 200)
+    assert line["duration_ms"] >= 0
+    assert all(r.get("request_id") == rid for r in records), records
+
+    # a caller's own request id is kept, and used in the log
+    response = await api.client.post(
+        "/graphql", json={"query": "{ __typename }"}, headers={**api.headers, "X-Request-Id": "caller-123"}
+    )
+    assert response.headers["X-Request-Id"] == "caller-123"
+    assert any(r.get("request_id") == "caller-123" for r in _parsed(lines))
+
+
+async def test_a_client_error_logs_no_traceback(api: Api, lines: io.StringIO) -> None:
+    response = await api.raw("query { stockLevels(first: -5) { skuCode } }")
+    assert response.status_code in (200, 400)
+    assert "errors" in response.json()
+    assert not [r for r in _parsed(lines) if "exception" in r]
+
+
+def test_the_same_error_logs_its_traceback_once_per_interval_then_counts(lines: io.StringIO) -> None:
+    log = logging.getLogger("stockwire.test")
+
+    def fail() -> None:
+        raise RuntimeError("the same fault")
+
+    for _ in range(5):
+        try:
+            fail()
+        except RuntimeError:
+            log.exception("unexpected error")
+    first = [r for r in _parsed(lines) if r["logger"] == "stockwire.test"]
+    assert len(first) == 1 and "Traceback" in first[0]["exception"]
+    time.sleep(0.35)
+    try:
+        fail()
+    except RuntimeError:
+        log.exception("unexpected error")
+    records = [r for r in _parsed(lines) if r["logger"] == "stockwire.test"]
+    assert len(records) == 2
+    assert records[1]["repeated"] == 4 and "Traceback" in records[1]["exception"]
