@@ -28,6 +28,7 @@ from app.db.migrate import upgrade
 from app.graphql.context import Context
 from app.graphql.http import Problem, SecureGraphQLView, principal_of, request_id_of
 from app.graphql.schema import build_schema
+from app.ops.routes import ops_routes
 from app.realtime.config import RealtimeSettings
 from app.realtime.hub import Hub
 from app.realtime.limits import Admission, LimitExceeded, Ticket
@@ -253,6 +254,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/readyz", readyz),
             Route("/graphql", graphql_app, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql_app),
+            *ops_routes(),  # the operations console (app/ops)
         ],
         lifespan=lifespan,
         # browser storefronts on the listed origins may call the API over HTTP too (the same list
