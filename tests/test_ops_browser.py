@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from app.security.scopes import Scope
 from tests.conftest import _truncate, create_test_key
@@ -81,7 +82,7 @@ def test_the_grid_changes_live_when_an_event_is_recorded(server: Server, postgre
 
         cell = page.locator('td.cell[data-sku="TEE-BLK-M"][data-loc="WH-EAST"]')
         cell.wait_for()
-        page.wait_for_function("el => el.textContent === '12'", arg=cell.element_handle(), timeout=10_000)
+        expect(cell).to_have_text("12", timeout=10_000)
         page.locator("#live.on").wait_for(timeout=10_000)  # the subscription's socket is acknowledged
         assert page.evaluate("sessionStorage.getItem('stockwire.operatorKey')") == operator_key
 
@@ -90,7 +91,7 @@ def test_the_grid_changes_live_when_an_event_is_recorded(server: Server, postgre
         page.on("request", lambda r: calls.append(r.url) if "/graphql" in r.url else None)
         record(server, "s-1", "SOLD", "TEE-BLK-M", "WH-EAST", 5)
 
-        page.wait_for_function("el => el.textContent === '7'", arg=cell.element_handle(), timeout=10_000)
+        expect(cell).to_have_text("7", timeout=10_000)
         assert page.evaluate("window.notReloaded") is True  # the same page, no reload
         assert calls == []  # it came over the websocket: no HTTP call at all, so no polling
         assert page.locator('tr[data-sku="TEE-BLK-M"] td.total').text_content() == "10"  # 7 + 3
