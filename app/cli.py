@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 
+from app.importer import import_cli
 from app.security.cli import keys_cli
 from app.settings import Settings
 
@@ -22,6 +23,7 @@ cli = typer.Typer(
     no_args_is_help=True,
 )
 cli.add_typer(keys_cli, name="keys")  # stockwire keys create|list|revoke (docs/security.md)
+cli.add_typer(import_cli, name="import")  # stockwire import skus|events FILE.csv (app/importer.py)
 
 
 @cli.command()

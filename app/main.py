@@ -34,6 +34,7 @@ from app.graphql.schema import build_schema
 from app.observability import metrics
 from app.observability.logging import configure_logging
 from app.observability.middleware import ObservabilityMiddleware
+from app.ops.routes import ops_routes
 from app.realtime.config import RealtimeSettings
 from app.realtime.hub import Hub
 from app.realtime.limits import Admission, LimitExceeded, Ticket
@@ -355,6 +356,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/metrics", metrics.metrics_endpoint),
             Route("/graphql", graphql_app, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql_app),
+            *ops_routes(),  # the operations console (app/ops)
         ],
         lifespan=lifespan,
         # browser storefronts on the listed origins may call the API over HTTP too (the same list

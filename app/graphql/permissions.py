@@ -43,7 +43,8 @@ REQUIRED: dict[str, frozenset[Scope]] = {
     # storefront: what may be sold, live
     "Query.availability": frozenset({S.STOREFRONT}),
     "Subscription.availabilityChanged": frozenset({S.STOREFRONT}),
-    "Subscription.stockLevelChanged": frozenset({S.STOREFRONT, S.ROUTER}),
+    # admin too: the ops console (/ops) shows and follows every position (read-only)
+    "Subscription.stockLevelChanged": frozenset({S.STOREFRONT, S.ROUTER, S.ADMIN}),
     # checkout: holds and their lifecycle
     "Mutation.reserve": frozenset({S.CHECKOUT}),
     "Mutation.commitReservation": frozenset({S.CHECKOUT}),
@@ -52,7 +53,7 @@ REQUIRED: dict[str, frozenset[Scope]] = {
     "Query.reservation": frozenset({S.CHECKOUT}),
     "Query.reservations": frozenset({S.CHECKOUT}),
     # router: per-location stock and routing (routeAndReserve holds stock, so checkout may call it too)
-    "Query.stockLevels": frozenset({S.ROUTER}),
+    "Query.stockLevels": frozenset({S.ROUTER, S.ADMIN}),
     "Query.routeOrder": frozenset({S.ROUTER}),
     "Query.routingDecisions": frozenset({S.ROUTER, S.ADMIN}),
     "Query.locationRouting": frozenset({S.ROUTER, S.ADMIN}),
@@ -72,6 +73,11 @@ REQUIRED: dict[str, frozenset[Scope]] = {
     "Mutation.setRingFences": frozenset({S.ADMIN}),
     "Mutation.setLocationRouting": frozenset({S.ADMIN}),
     "Query.channels": frozenset({S.ADMIN}),
+    # operators (the ops console): the catalogue, what is wrong now, a SKU's holds; reads only
+    "Query.skus": frozenset({S.ADMIN}),
+    "Query.oversoldPositions": frozenset({S.ADMIN}),
+    "Query.snapshotCorrections": frozenset({S.INTEGRATION, S.ADMIN}),
+    "Query.activeHolds": frozenset({S.CHECKOUT, S.ADMIN}),
     # channels: what each endpoint was told (admin); alerts follow availability (storefront) or ops (admin)
     "Query.channelPublications": frozenset({S.ADMIN}),
     # the delivery log and replay (issue 16): operators

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Annotated
+
 import strawberry
 
 from app.domain.errors import Refused
@@ -10,6 +13,7 @@ from app.graphql.types import (
     InventoryEvent,
     InventoryEventConnection,
     InventoryEventEdge,
+    LedgerEntryKind,
     Location,
     PageInfo,
     Reservation,
@@ -17,7 +21,7 @@ from app.graphql.types import (
     decode_cursor,
     encode_cursor,
 )
-from app.services import catalog_read, channels, queries, reservations
+from app.services import catalog_read, channels, ledger, queries, reservations
 
 Info = strawberry.Info[Context, None]
 DEFAULT_PAGE = 100
@@ -27,7 +31,7 @@ class BadCursorError(ValueError):
     """Raised for an `after` value this server did not hand out."""
 
 
-def _page_size(first: int | None) -> int:
+def page_size(first: int | None) -> int:
     if first is None:
         return DEFAULT_PAGE
     if not 1 <= first <= queries.MAX_PAGE:
@@ -53,7 +57,7 @@ class Query:
                 raise BadCursorError("after is not a cursor returned by stockLevels")
             sku, loc = decoded.split("\x1f", 1)
             key = (sku, loc)
-        views = await queries.stock_levels_page(info.context.ctx, sku_codes, location_codes, _page_size(first), key)
+        views = await queries.stock_levels_page(info.context.ctx, sku_codes, location_codes, page_size(first), key)
         return [StockLevel.of(v) for v in views]
 
     @strawberry.field(description="What may be sold now, per SKU; unknown SKU codes are left out")
@@ -88,6 +92,10 @@ class Query:
         source: str | None = None,
         first: int | None = None,
         after: str | None = None,
+        types: list[LedgerEntryKind] | None = None,
+        reference: str | None = None,
+        occurred_from: Annotated[datetime | None, strawberry.argument(description="Inclusive")] = None,
+        occurred_before: Annotated[datetime | None, strawberry.argument(description="Exclusive")] = None,
     ) -> InventoryEventConnection:
         after_id: int | None = None
         if after is not None:
@@ -95,9 +103,19 @@ class Query:
             if decoded is None or not decoded.isdigit():
                 raise BadCursorError("after is not a cursor returned by inventoryEvents")
             after_id = int(decoded)
-        entries, more = await queries.ledger_page(
-            info.context.ctx, sku_code, location_code, source, _page_size(first), after_id
+        for name, when in (("occurredFrom", occurred_from), ("occurredBefore", occurred_before)):
+            if when is not None and when.tzinfo is None:
+                raise ValueError(f"{name} needs a timezone offset (e.g. 2026-01-01T09:00:00Z)")
+        where = ledger.LedgerFilter(
+            sku_code,
+            location_code,
+            source,
+            tuple(t.value for t in types) if types is not None else None,
+            reference,
+            occurred_from,
+            occurred_before,
         )
+        entries, more = await ledger.page(info.context.ctx, where, page_size(first), after_id)
         nodes = [InventoryEvent.of(e) for e in entries]
         edges = [
             InventoryEventEdge(cursor=encode_cursor(str(e.id)), node=n) for e, n in zip(entries, nodes, strict=True)

@@ -16,6 +16,7 @@ from app.graphql.errors import ClientErrors, ErrorPolicy, StockwireSchema
 from app.graphql.fanout import SharedEventExecutor
 from app.graphql.keys import KeyMutation, KeyQuery
 from app.graphql.mutations import Mutation
+from app.graphql.ops import OpsQuery
 from app.graphql.permissions import secure
 from app.graphql.queries import BadCursorError, Query
 from app.graphql.routing import RoutingMutation, RoutingQuery
@@ -47,7 +48,7 @@ def _limit_rules(max_depth: int, max_aliases_count: int) -> tuple[type[ASTValida
 def build_schema(settings: Settings | None = None) -> Schema:
     s = settings or Settings()
     rules = list(_limit_rules(s.max_query_depth, s.max_aliases))
-    query = merge_types("Query", (Query, RoutingQuery, ChannelQuery, KeyQuery, DeliveryQuery))
+    query = merge_types("Query", (Query, RoutingQuery, ChannelQuery, KeyQuery, DeliveryQuery, OpsQuery))
     mutation = merge_types("Mutation", (Mutation, RoutingMutation, ChannelMutation, KeyMutation, DeliveryMutation))
     subscription = merge_types("Subscription", (Subscription, ChannelSubscription))
     secure(query, mutation, subscription)  # the scope every operation needs (app/graphql/permissions.py)

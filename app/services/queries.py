@@ -8,11 +8,10 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Select, and_, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.orm import aliased
 
 from app.db import pg
 from app.db.stock import position_of
-from app.db.tables import api_keys, counters, inventory_events, locations, skus, stock_levels
+from app.db.tables import counters, locations, skus, stock_levels
 from app.domain.quantities import sellable_across
 from app.services.context import Ctx
 from app.services.views import AvailabilityView, LedgerEntryView, StockLevelView
@@ -168,46 +167,7 @@ def _assemble(
     return result, every
 
 
-async def ledger_page(
-    ctx: Ctx,
-    sku_code: str | None,
-    location_code: str | None,
-    source: str | None,
-    first: int,
-    after_id: int | None,
-) -> tuple[list[LedgerEntryView], bool]:
-    """Newest first. Returns the page and whether older entries remain."""
-    ie = inventory_events
-    to_loc = aliased(locations)
-    q = (
-        select(
-            ie,
-            skus.c.code.label("sku_code"),
-            locations.c.code.label("location_code"),
-            to_loc.c.code.label("to_location_code"),
-            api_keys.c.name.label("actor_name"),
-            api_keys.c.prefix.label("actor_prefix"),
-        )
-        .join(skus, skus.c.id == ie.c.sku_id)
-        .join(locations, locations.c.id == ie.c.location_id)
-        .outerjoin(to_loc, to_loc.c.id == ie.c.to_location_id)
-        .outerjoin(api_keys, api_keys.c.id == ie.c.actor_key_id)
-    )
-    if sku_code is not None:
-        q = q.where(skus.c.code == sku_code)
-    if location_code is not None:
-        q = q.where(locations.c.code == location_code)
-    if source is not None:
-        q = q.where(ie.c.source == source)
-    if after_id is not None:
-        q = q.where(ie.c.id < after_id)
-    size = min(first, MAX_PAGE)
-    async with ctx.db.read() as conn:
-        rows = list(await conn.execute(q.order_by(ie.c.id.desc()).limit(size + 1)))
-    return [_entry(r) for r in rows[:size]], len(rows) > size
-
-
-def _entry(r: Any) -> LedgerEntryView:
+def ledger_entry(r: Any) -> LedgerEntryView:
     return LedgerEntryView(
         id=int(r.id),
         source=r.source,
