@@ -67,6 +67,7 @@ REQUIRED: dict[str, frozenset[Scope]] = {
     "Query.channels": frozenset({S.ADMIN}),
     # channels: what each endpoint was told (admin); alerts follow availability (storefront) or ops (admin)
     "Query.channelPublications": frozenset({S.ADMIN}),
+    "Query.channelDemand": frozenset({S.ADMIN}),
     "Subscription.channelAlerts": frozenset({S.STOREFRONT, S.ADMIN}),
     "Query.apiKeys": frozenset({S.ADMIN}),
     "Mutation.createApiKey": frozenset({S.ADMIN}),

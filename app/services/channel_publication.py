@@ -46,6 +46,7 @@ from app.domain.errors import ErrorCode, Refused, UserError
 from app.realtime import codec
 from app.realtime.hub import Hub, Mailbox, ResyncNeeded
 from app.services import channels as channel_service
+from app.services import demand
 from app.services.context import Ctx
 
 log = logging.getLogger("stockwire.publication")
@@ -322,6 +323,7 @@ class PublicationWorker:
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"
             await self._record(channel.id, channel.endpoint_url, [(ids[s.sku_code], s) for s in batch], error)
+            await demand.note_push(self.ctx, channel.id, now, error is None)  # issue 18: measured sync lag
             if error is None:
                 acked += len(batch)
             else:
