@@ -274,6 +274,19 @@ class ChannelDemand:
     applied: int = strawberry.field(description="The buffer in the figure (moves by the band, with hysteresis)")
 
 
+@strawberry.input(description="A SKU's launch: before launchAt it sells only as preorders, up to preorderLimit")
+class SkuLaunchInput:
+    sku_code: str
+    launch_at: datetime | None = strawberry.field(description="Null: launched (sells from stock)")
+    preorder_limit: int | None = strawberry.field(description="Units sellable before launch (null: none)")
+
+
+@strawberry.type
+class SetSkuLaunchesPayload:
+    count: int
+    user_errors: list[UserError]
+
+
 def _errors(refused: Refused) -> list[UserError]:
     return [UserError.of(e) for e in refused.errors]
 
@@ -382,6 +395,18 @@ class ChannelMutation:
         except Refused as r:
             return UpsertChannelsPayload(channels=[], user_errors=_errors(r))
         return UpsertChannelsPayload(channels=[Channel.of(v) for v in views], user_errors=[])
+
+    @strawberry.mutation(
+        description="Launch dates and preorder limits: before launch a SKU sells on channels only as preorders "
+        "against incoming stock, up to its preorder limit over every channel"
+    )
+    async def set_sku_launches(self, info: Info, input: list[SkuLaunchInput]) -> SetSkuLaunchesPayload:
+        items = [demand.LaunchInput(i.sku_code, i.launch_at, i.preorder_limit) for i in input]
+        try:
+            count = await demand.set_launches(info.context.ctx, items)
+        except Refused as r:
+            return SetSkuLaunchesPayload(count=0, user_errors=_errors(r))
+        return SetSkuLaunchesPayload(count=count, user_errors=[])
 
     @strawberry.mutation(description="Keep units for one channel at (SKU, location): invisible to every other channel")
     async def set_ring_fences(self, info: Info, channel_code: str, input: list[RingFenceInput]) -> SetRingFencesPayload:

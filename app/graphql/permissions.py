@@ -68,6 +68,7 @@ REQUIRED: dict[str, frozenset[Scope]] = {
     # channels: what each endpoint was told (admin); alerts follow availability (storefront) or ops (admin)
     "Query.channelPublications": frozenset({S.ADMIN}),
     "Query.channelDemand": frozenset({S.ADMIN}),
+    "Mutation.setSkuLaunches": frozenset({S.ADMIN}),
     "Subscription.channelAlerts": frozenset({S.STOREFRONT, S.ADMIN}),
     "Query.apiKeys": frozenset({S.ADMIN}),
     "Mutation.createApiKey": frozenset({S.ADMIN}),

@@ -430,3 +430,55 @@ async def note_ledger(conn: AsyncConnection, now: datetime, rows: Iterable[Mappi
         if r["kind"] in _DEMAND_KINDS and r["status"] in _COUNTED_STATUSES and r["quantity"] > 0:
             sales[(int(r["sku_id"]), "")] += int(r["quantity"])
     await note_sales(conn, now, sales)
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchInput:
+    sku_code: str
+    launch_at: datetime | None  # None: launched (sells from stock as usual)
+    preorder_limit: int | None  # None: no preorders before launch
+
+
+async def set_launches(ctx: Ctx, items: list[LaunchInput]) -> int:
+    """Set SKUs' launch dates and preorder limits; each SKU's version moves and its figures are pushed."""
+    errors = [
+        UserError(ErrorCode.INVALID_QUANTITY, "preorderLimit must be 0 or more", ("input", str(i), "preorderLimit"))
+        for i, item in enumerate(items)
+        if item.preorder_limit is not None and item.preorder_limit < 0
+    ]
+    if errors:
+        raise Refused(errors)
+
+    async def work(conn: AsyncConnection) -> int:
+        now = ctx.clock()
+        ids = {
+            r.code: int(r.id)
+            for r in await conn.execute(
+                select(skus.c.code, skus.c.id).where(skus.c.code.in_([i.sku_code for i in items]))
+            )
+        }
+        unknown = [
+            UserError(ErrorCode.UNKNOWN_SKU, f"no SKU {item.sku_code!r}", ("input", str(i), "skuCode"))
+            for i, item in enumerate(items)
+            if item.sku_code not in ids
+        ]
+        if unknown:
+            raise Refused(unknown)
+        for item in sorted(items, key=lambda i: ids[i.sku_code]):
+            await conn.execute(
+                update(skus)
+                .where(skus.c.id == ids[item.sku_code])
+                .values(
+                    launch_at=item.launch_at,
+                    preorder_limit=item.preorder_limit,
+                    version=skus.c.version + 1,
+                    updated_at=now,
+                )
+            )
+        note_outbox_rows()
+        await conn.execute(
+            insert(outbox), [{"sku_id": s, "location_id": None, "created_at": now} for s in sorted(ids.values())]
+        )
+        return len(items)
+
+    return await ctx.db.write(work)

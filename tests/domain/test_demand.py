@@ -127,7 +127,9 @@ def test_the_review_time_is_when_decay_lowers_the_buffer_a_band() -> None:
     assert settled(wait - 1) == applied
     assert settled(wait + 1) == applied - rule.band
     # the floor is at the minimum: decay alone never lowers it
-    assert demand.seconds_until_lower(count.units, 3, lag, DynamicBufferRule(factor=2.0, minimum=2, band=2), HOUR) is None
+    assert (
+        demand.seconds_until_lower(count.units, 3, lag, DynamicBufferRule(factor=2.0, minimum=2, band=2), HOUR) is None
+    )
 
 
 def test_measured_lag_is_an_ewma_and_the_longer_lag_wins() -> None:
