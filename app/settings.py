@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     expiry_sweep_seconds: float = Field(0.25, gt=0)
     # how often the outbox relay looks for changes left by other (or crashed) processes
     relay_poll_seconds: float = Field(0.5, gt=0)
+    # sales velocity (issue 18, app/domain/demand.py): a sale's weight halves every this many seconds
+    velocity_half_life_seconds: float = Field(3600.0, gt=0)
     # objects allocated between collections of the youngest GC generation (app/main.py _tune_gc);
     # 0 keeps Python's defaults (700) and does not freeze the start-up heap
     gc_threshold: int = Field(10_000, ge=0)

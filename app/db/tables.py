@@ -42,6 +42,12 @@ skus = Table(
     Column("version", BigInteger, nullable=False, default=1),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # preorders (migration 0006_h18): before `launch_at` the SKU sells only as preorders against incoming
+    # stock, at most `preorder_limit` units (NULL: none); `preordered` counts those sold and not given back
+    Column("launch_at", UTCDateTime, nullable=True),
+    Column("preorder_limit", Integer, nullable=True),
+    Column("preordered", BigInteger, nullable=False, default=0, server_default="0"),
+    CheckConstraint("preordered >= 0", name="preordered_not_negative"),
 )
 
 locations = Table(
@@ -176,6 +182,10 @@ reservation_lines = Table(
     Column("backorder_open", BigInteger, nullable=False, default=0, server_default="0"),
     # the expected arrival the backordered units were promised against
     Column("expected_at", UTCDateTime, nullable=True),
+    # units of this line sold as preorders before the SKU's launch (migration 0006_h18); they were
+    # backordered when sold, and stay preorders after their stock arrives and `backordered` falls
+    Column("preordered", BigInteger, nullable=False, default=0, server_default="0"),
+    CheckConstraint("preordered >= 0", name="preordered_not_negative"),
     CheckConstraint("quantity >= 0", name="quantity_not_negative"),
     CheckConstraint("backorder_open >= 0 AND backorder_open <= backordered", name="backorder_open_within_backordered"),
     CheckConstraint("backordered >= 0", name="backordered_not_negative"),
@@ -216,6 +226,13 @@ channels = Table(
     # where changed availability is pushed (HMAC-SHA256 signed with endpoint_secret)
     Column("endpoint_url", Text, nullable=True),
     Column("endpoint_secret", Text, nullable=True),
+    # the buffer that follows demand (migration 0006_h18): clamp(ceil(velocity x lag x factor), min, max),
+    # factor NULL: none; the lag is the longer of sync_lag_seconds (channels that poll) and the measured one
+    Column("sync_lag_seconds", Float, nullable=True),
+    Column("dynamic_buffer_factor", Numeric(9, 4), nullable=True),
+    Column("dynamic_buffer_min", Integer, nullable=False, default=0, server_default="0"),
+    Column("dynamic_buffer_max", Integer, nullable=True),
+    Column("dynamic_buffer_band", Integer, nullable=False, default=1, server_default="1"),
     # bumped on every rule or location-link change: part of the channel's Availability.version
     Column("version", BigInteger, nullable=False, default=1),
     Column("created_at", UTCDateTime, nullable=False),
@@ -305,6 +322,49 @@ channel_deliveries = Table(
     Column("error", Text, nullable=True),
     Column("publisher", String(128), nullable=False),  # host:pid of the process that pushed
     Index("ix_channel_deliveries_channel_id_id", "channel_id", "id"),
+)
+
+# --- demand (issue 18: buffers that follow demand) ------------------------------------------------
+
+# Sales velocity per SKU and channel ('' : sales under no channel): a count of units sold, each weighted
+# by 2^(-age / half-life), as of `last_at`. One upsert per sale in the sale's own transaction keeps it
+# current; readers decay it with the clock (app.domain.demand). Not per tenant yet.
+sku_demand = Table(
+    "sku_demand",
+    metadata,
+    Column("sku_id", Integer, ForeignKey("skus.id"), primary_key=True),
+    Column("channel_code", String(100), primary_key=True),
+    Column("units", Float, nullable=False),
+    Column("last_at", UTCDateTime, nullable=False),
+)
+
+# Per channel: the measured push -> acknowledgement lag (an EWMA over samples), and since when a push
+# has been waiting for an acknowledgement (failed attempts count toward the next sample).
+channel_sync_lag = Table(
+    "channel_sync_lag",
+    metadata,
+    Column("channel_id", Integer, ForeignKey("channels.id"), primary_key=True),
+    Column("measured_seconds", Float, nullable=True),
+    Column("samples", BigInteger, nullable=False, default=0),
+    Column("waiting_since", UTCDateTime, nullable=True),
+    Column("measured_at", UTCDateTime, nullable=True),
+)
+
+# The dynamic buffer applied per (channel, SKU): moved with hysteresis in the transactions that change
+# demand or lag, and when decay alone should lower it (`review_at`, by the sweeper). `version` is part of
+# the channel's Availability.version: the figure never changes without it.
+dynamic_buffers = Table(
+    "dynamic_buffers",
+    metadata,
+    Column("channel_id", Integer, ForeignKey("channels.id"), primary_key=True),
+    Column("sku_id", Integer, ForeignKey("skus.id"), primary_key=True),
+    Column("applied", Integer, nullable=False),
+    Column("target", Integer, nullable=False),
+    Column("version", BigInteger, nullable=False, default=1),
+    Column("review_at", UTCDateTime, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+    CheckConstraint("applied >= 0", name="applied_not_negative"),
+    Index("ix_dynamic_buffers_review_at", "review_at"),
 )
 
 # --- routing (issue: order routing) ------------------------------------------------------------

@@ -25,6 +25,10 @@ ALLOCATION_CAP = "ALLOCATION_CAP"
 OWN_RESERVATIONS = "OWN_RESERVATIONS"
 OUT_OF_STOCK_THRESHOLD = "OUT_OF_STOCK_THRESHOLD"
 BACKORDER = "BACKORDER"
+# issue 18: the buffer that follows demand (step 2, after the static buffers) and preorders
+DYNAMIC_BUFFER = "DYNAMIC_BUFFER"
+NOT_LAUNCHED = "NOT_LAUNCHED"
+PREORDER = "PREORDER"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,15 @@ class RuleStep:
 
 
 @dataclass(frozen=True, slots=True)
+class Preorder:
+    """A SKU not launched yet: it sells only as preorders, against incoming stock, up to `limit`
+    (None: no preorders) less the units already `preordered` (by every channel)."""
+
+    limit: int | None
+    preordered: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ChannelFigure:
     """What a channel may sell of one SKU, and how the rules got there."""
 
@@ -122,6 +135,8 @@ class ChannelFigure:
     mine: int  # units this channel holds in active reservations
     incoming: int  # Σ incoming at the channel's locations not yet promised as backorders
     steps: tuple[RuleStep, ...]
+    dynamic_buffer: int = 0  # what the dynamic buffer kept back (step 2, issue 18)
+    preorderable: int = 0  # of `backorderable`, what may be sold as preorders before launch
 
 
 def channel_availability(
@@ -129,6 +144,8 @@ def channel_availability(
     locations: Sequence[ChannelStock],
     mine: int,
     backordered: int,
+    dynamic_buffer: int = 0,
+    preorder: Preorder | None = None,
 ) -> ChannelFigure:
     """Apply the contract's channel rules, in its order, for one SKU and one channel.
 
@@ -137,6 +154,10 @@ def channel_availability(
     `backordered`: units this channel has backordered of this SKU that have not arrived yet, whatever
     the state of their reservation (a committed order still waits for them), so its limit is never
     used twice.
+    `dynamic_buffer`: units the channel's dynamic buffer keeps back now (app.domain.demand.settle),
+    taken in step 2 after the static buffers.
+    `preorder`: set while the SKU is not launched: nothing sells from stock, and step 6 offers up to
+    the SKU's preorder limit (instead of the channel's backorder limit) against incoming stock.
 
     Raises ValueError on rules that `rule_errors` rejects or on negative inputs that the quantities
     never take; both are a caller's bug, not a client's mistake.
@@ -144,8 +165,10 @@ def channel_availability(
     problems = rule_errors(rules)
     if problems:
         raise ValueError("invalid channel rules: " + "; ".join(f"{f}: {m}" for f, m in problems))
-    if mine < 0 or backordered < 0:
-        raise ValueError(f"mine and backordered must be 0 or more, got {mine} and {backordered}")
+    if mine < 0 or backordered < 0 or dynamic_buffer < 0:
+        raise ValueError(
+            f"mine, backordered and dynamic_buffer must be 0 or more: {mine}, {backordered}, {dynamic_buffer}"
+        )
     for row in locations:
         if row.incoming < 0 or row.ring_fenced_for_others < 0 or row.backordered < 0:
             raise ValueError(f"incoming, ring_fenced_for_others and backordered must be 0 or more: {row}")
@@ -179,6 +202,9 @@ def channel_availability(
         take(SAFETY_BUFFER_UNITS, figure - rules.safety_buffer_units)
     if rules.safety_buffer_percent is not None:
         take(SAFETY_BUFFER_PERCENT, figure - math.ceil(_share(base, rules.safety_buffer_percent)))
+    # 2b. The buffer that follows demand: units likely to sell elsewhere before the channel hears of it.
+    if dynamic_buffer > 0:
+        take(DYNAMIC_BUFFER, figure - dynamic_buffer)
 
     # 3-4. Allocation: a share of the base, rounded down (never promise a part unit), and/or a cap.
     if rules.allocation_percent is not None:
@@ -191,12 +217,21 @@ def channel_availability(
         take(OWN_RESERVATIONS, figure - mine)
     if rules.out_of_stock_threshold > 0:
         take(OUT_OF_STOCK_THRESHOLD, 0 if figure < rules.out_of_stock_threshold else figure)
+    if preorder is not None:
+        # not launched: stock on hand waits for the launch date, whatever the rules above allow
+        take(NOT_LAUNCHED, 0)
     on_hand_part = figure
 
     # 6. Backorders against incoming: up to the limit less what the channel already backordered. A limit
     # lowered below what is already backordered allows no more; it never takes on-hand units away.
+    # Before launch the SKU's preorder limit (shared by every channel) takes the channel's place.
     backorderable = 0
-    if rules.backorder_limit is not None:
+    preorderable = 0
+    if preorder is not None:
+        if preorder.limit is not None:
+            preorderable = backorderable = max(0, min(preorder.limit - preorder.preordered, incoming))
+            take(PREORDER, figure + backorderable)
+    elif rules.backorder_limit is not None:
         backorderable = max(0, min(rules.backorder_limit - backordered, incoming))
         take(BACKORDER, figure + backorderable)
 
@@ -215,6 +250,8 @@ def channel_availability(
         mine=mine,
         incoming=incoming,
         steps=tuple(steps),
+        dynamic_buffer=dynamic_buffer,
+        preorderable=preorderable,
     )
 
 

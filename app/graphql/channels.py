@@ -13,7 +13,7 @@ from app.domain import channel_rules
 from app.domain.errors import Refused
 from app.graphql.context import Context
 from app.graphql.types import EventStatus, UserError
-from app.services import channel_external_holds, channel_publication, channel_reconciliation, channels
+from app.services import channel_external_holds, channel_publication, channel_reconciliation, channels, demand
 from app.services.channel_external_holds import HoldAction, HoldStatus
 from app.services.channels import ChannelView
 
@@ -42,6 +42,21 @@ class ChannelInput:
     low_stock_threshold: int | None = strawberry.field(
         default=None, description="LOW_STOCK alerts when the channel's figure drops below this"
     )
+    sync_lag_seconds: float | None = strawberry.field(
+        default=None,
+        description="How late the channel hears of a change (set it for channels that poll); the dynamic buffer "
+        "plans for the longer of this and the lag measured from push acknowledgements",
+    )
+    dynamic_buffer_factor: float | None = strawberry.field(
+        default=None,
+        description="Turns on the buffer that follows demand: clamp(ceil(velocity x lag x factor), min, max); "
+        "0 keeps only dynamicBufferMin",
+    )
+    dynamic_buffer_min: int | None = None
+    dynamic_buffer_max: int | None = None
+    dynamic_buffer_band: int | None = strawberry.field(
+        default=None, description="Hysteresis: the applied buffer moves only when its target is this many units away"
+    )
 
 
 @strawberry.type
@@ -59,6 +74,11 @@ class Channel:
     endpoint_url: str | None
     low_stock_threshold: int | None
     version: int
+    sync_lag_seconds: float | None
+    dynamic_buffer_factor: float | None
+    dynamic_buffer_min: int
+    dynamic_buffer_max: int | None
+    dynamic_buffer_band: int
 
     @classmethod
     def of(cls, v: ChannelView) -> Channel:
@@ -77,6 +97,11 @@ class Channel:
             endpoint_url=v.endpoint_url,
             low_stock_threshold=v.low_stock_threshold,
             version=v.version,
+            sync_lag_seconds=v.sync_lag_seconds,
+            dynamic_buffer_factor=v.dynamic_buffer.factor,
+            dynamic_buffer_min=v.dynamic_buffer.minimum,
+            dynamic_buffer_max=v.dynamic_buffer.maximum,
+            dynamic_buffer_band=v.dynamic_buffer.band,
         )
 
 
@@ -236,6 +261,32 @@ class ChannelAlert:
     version: int = strawberry.field(description="The Availability.version the alert is about")
 
 
+@strawberry.type(description="Demand and lag behind a channel's dynamic buffer for one SKU")
+class ChannelDemand:
+    sku_code: str
+    channel_code: str
+    velocity_per_hour: float = strawberry.field(description="Units per hour sold over every channel (EWMA)")
+    channel_velocity_per_hour: float = strawberry.field(description="Units per hour sold on this channel (EWMA)")
+    configured_lag_seconds: float | None
+    measured_lag_seconds: float | None = strawberry.field(description="From push -> acknowledgement samples")
+    lag_seconds: float = strawberry.field(description="What the buffer plans for: the longer of the two")
+    target: int = strawberry.field(description="clamp(ceil(velocity x lag x factor), min, max) now")
+    applied: int = strawberry.field(description="The buffer in the figure (moves by the band, with hysteresis)")
+
+
+@strawberry.input(description="A SKU's launch: before launchAt it sells only as preorders, up to preorderLimit")
+class SkuLaunchInput:
+    sku_code: str
+    launch_at: datetime | None = strawberry.field(description="Null: launched (sells from stock)")
+    preorder_limit: int | None = strawberry.field(description="Units sellable before launch (null: none)")
+
+
+@strawberry.type
+class SetSkuLaunchesPayload:
+    count: int
+    user_errors: list[UserError]
+
+
 def _errors(refused: Refused) -> list[UserError]:
     return [UserError.of(e) for e in refused.errors]
 
@@ -269,6 +320,27 @@ class ChannelQuery:
             )
             for p in found
             if not (out_of_sync_only and p.in_sync)
+        ]
+
+    @strawberry.field(description="Per SKU: sales velocity, sync lag and the dynamic buffer on a channel")
+    async def channel_demand(self, info: Info, channel_code: str, sku_codes: list[str]) -> list[ChannelDemand]:
+        try:
+            found = await demand.channel_demand(info.context.ctx, channel_code, sku_codes)
+        except Refused as r:
+            raise ValueError(r.errors[0].message) from None
+        return [
+            ChannelDemand(
+                sku_code=d.sku_code,
+                channel_code=d.channel_code,
+                velocity_per_hour=d.velocity_per_hour,
+                channel_velocity_per_hour=d.channel_velocity_per_hour,
+                configured_lag_seconds=d.configured_lag_seconds,
+                measured_lag_seconds=d.measured_lag_seconds,
+                lag_seconds=d.lag_seconds,
+                target=d.target,
+                applied=d.applied,
+            )
+            for d in found
         ]
 
     @strawberry.field(
@@ -310,6 +382,11 @@ class ChannelMutation:
                 endpoint_url=i.endpoint_url,
                 endpoint_secret=i.endpoint_secret,
                 low_stock_threshold=i.low_stock_threshold,
+                sync_lag_seconds=i.sync_lag_seconds,
+                dynamic_buffer_factor=i.dynamic_buffer_factor,
+                dynamic_buffer_min=i.dynamic_buffer_min,
+                dynamic_buffer_max=i.dynamic_buffer_max,
+                dynamic_buffer_band=i.dynamic_buffer_band,
             )
             for i in input
         ]
@@ -318,6 +395,18 @@ class ChannelMutation:
         except Refused as r:
             return UpsertChannelsPayload(channels=[], user_errors=_errors(r))
         return UpsertChannelsPayload(channels=[Channel.of(v) for v in views], user_errors=[])
+
+    @strawberry.mutation(
+        description="Launch dates and preorder limits: before launch a SKU sells on channels only as preorders "
+        "against incoming stock, up to its preorder limit over every channel"
+    )
+    async def set_sku_launches(self, info: Info, input: list[SkuLaunchInput]) -> SetSkuLaunchesPayload:
+        items = [demand.LaunchInput(i.sku_code, i.launch_at, i.preorder_limit) for i in input]
+        try:
+            count = await demand.set_launches(info.context.ctx, items)
+        except Refused as r:
+            return SetSkuLaunchesPayload(count=0, user_errors=_errors(r))
+        return SetSkuLaunchesPayload(count=count, user_errors=[])
 
     @strawberry.mutation(description="Keep units for one channel at (SKU, location): invisible to every other channel")
     async def set_ring_fences(self, info: Info, channel_code: str, input: list[RingFenceInput]) -> SetRingFencesPayload:

@@ -83,6 +83,8 @@ REQUIRED: dict[str, frozenset[Scope]] = {
     # the delivery log and replay (issue 16): operators
     "Query.channelDeliveries": frozenset({S.ADMIN}),
     "Mutation.replayChannel": frozenset({S.ADMIN}),
+    "Query.channelDemand": frozenset({S.ADMIN}),
+    "Mutation.setSkuLaunches": frozenset({S.ADMIN}),
     "Subscription.channelAlerts": frozenset({S.STOREFRONT, S.ADMIN}),
     "Query.apiKeys": frozenset({S.ADMIN}),
     "Query.apiKeyEvents": frozenset({S.ADMIN}),

@@ -138,7 +138,7 @@ class StockLevel:
 class ChannelRuleStep:
     rule: str = strawberry.field(
         description="SAFETY_BUFFER_UNITS, SAFETY_BUFFER_PERCENT, ALLOCATION_PERCENT, ALLOCATION_CAP, "
-        "OWN_RESERVATIONS, OUT_OF_STOCK_THRESHOLD or BACKORDER"
+        "DYNAMIC_BUFFER, OWN_RESERVATIONS, OUT_OF_STOCK_THRESHOLD, NOT_LAUNCHED, BACKORDER or PREORDER"
     )
     units_taken: int = strawberry.field(description="Units the rule removed (negative: BACKORDER adds units)")
     figure_after: int
@@ -154,6 +154,10 @@ class ChannelExplanation:
     backorderable: int = strawberry.field(description="Units sellable against incoming stock")
     expected_at: datetime | None = strawberry.field(description="Earliest expected arrival, when backorderable")
     steps: list[ChannelRuleStep]
+    dynamic_buffer: int = strawberry.field(default=0, description="Units the buffer that follows demand kept back")
+    preorderable: int = strawberry.field(
+        default=0, description="Of backorderable: units sellable as preorders before the SKU's launch"
+    )
 
     @classmethod
     def of(cls, f: ChannelFigure) -> ChannelExplanation:
@@ -168,6 +172,8 @@ class ChannelExplanation:
             steps=[
                 ChannelRuleStep(rule=s.rule, units_taken=s.units_taken, figure_after=s.figure_after) for s in f.steps
             ],
+            dynamic_buffer=f.dynamic_buffer,
+            preorderable=f.preorderable,
         )
 
 
@@ -209,6 +215,7 @@ class ReservationLine:
     expected_at: datetime | None = strawberry.field(
         default=None, description="The expected arrival the backordered units were promised against, when known"
     )
+    preordered: int = strawberry.field(default=0, description="Of backordered: units sold as preorders before launch")
 
 
 @strawberry.type
@@ -239,6 +246,7 @@ class Reservation:
                     quantity=ln.quantity,
                     backordered=ln.backordered,
                     expected_at=ln.expected_at,
+                    preordered=ln.preordered,
                 )
                 for ln in v.lines
             ],

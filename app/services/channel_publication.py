@@ -62,6 +62,7 @@ from app.observability.metrics import PUBLICATION_ITEMS, PUBLICATION_PUSHES, PUB
 from app.realtime import codec
 from app.realtime.hub import Hub, Mailbox, ResyncNeeded
 from app.services import channels as channel_service
+from app.services import demand
 from app.services.context import Ctx
 
 log = logging.getLogger("stockwire.publication")
@@ -495,6 +496,7 @@ class PublicationWorker:
                 "publisher": self.publisher,
             }
             await self._record(channel.id, channel.endpoint_url, [(ids[s.sku_code], s) for s in batch], error, attempt)
+            await demand.note_push(self.ctx, channel.id, now, error is None)  # issue 18: measured sync lag
             if error is None:
                 acked += len(batch)
                 PUBLICATION_ITEMS.labels(channel.code).inc(len(batch))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -35,22 +36,26 @@ from app.db.tables import (
     skus,
     stock_levels,
 )
+from app.domain import demand as demand_rules
 from app.domain.channel_rules import (
     ChannelFigure,
     ChannelRules,
     ChannelStock,
     ExceedsChannelFigure,
+    Preorder,
     channel_availability,
     rule_errors,
     split_hold,
 )
 from app.domain.errors import ErrorCode, Refused, UserError
 from app.domain.reservations import RequestedLine, ReservationStatus, plan_split
+from app.services import demand
 from app.services.context import Ctx
 from app.services.queries import level_view, levels_query
 from app.services.views import AvailabilityView, StockLevelView
 
 MAX_CHANNELS_PER_CALL = 100
+_NO_DYNAMIC_BUFFER = demand_rules.DynamicBufferRule()
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,12 @@ class ChannelInput:
     endpoint_url: str | None = None
     endpoint_secret: str | None = None
     low_stock_threshold: int | None = None
+    # issue 18: the buffer that follows demand, and the lag of a channel that polls
+    sync_lag_seconds: float | None = None
+    dynamic_buffer_factor: float | None = None
+    dynamic_buffer_min: int | None = None
+    dynamic_buffer_max: int | None = None
+    dynamic_buffer_band: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +92,8 @@ class ChannelView:
     version: int
     updated_at: datetime
     low_stock_threshold: int | None = None
+    sync_lag_seconds: float | None = None
+    dynamic_buffer: demand_rules.DynamicBufferRule = _NO_DYNAMIC_BUFFER
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +152,7 @@ def _input_errors(items: list[ChannelInput]) -> list[UserError]:
             backorder_limit=item.backorder_limit,
         )
         errors += [UserError(ErrorCode.INVALID_INPUT, msg, (*where, f)) for f, msg in rule_errors(rules)]
+        errors += [UserError(ErrorCode.INVALID_INPUT, msg, (*where, f)) for f, msg in _dynamic_errors(item)]  # issue 18
         if item.low_stock_threshold is not None and item.low_stock_threshold < 0:
             errors.append(
                 UserError(ErrorCode.INVALID_INPUT, "lowStockThreshold must be 0 or more", (*where, "lowStockThreshold"))
@@ -179,9 +193,13 @@ async def upsert_channels(ctx: Ctx, items: list[ChannelInput]) -> list[ChannelVi
             r.code: r for r in await conn.execute(select(channels).where(channels.c.code.in_([i.code for i in items])))
         }
         touched_locations: set[int] = set()
+        dynamic_changed: set[int] = set()
+        dynamic_new: set[str] = set()
         for index, item in enumerate(items):
             old = existing.get(item.code)
             values: dict[str, Any] = {"name": item.name}
+            if old is None and item.dynamic_buffer_factor is not None:
+                dynamic_new.add(item.code)
             for field in (
                 "safety_buffer_units",
                 "safety_buffer_percent",
@@ -193,10 +211,12 @@ async def upsert_channels(ctx: Ctx, items: list[ChannelInput]) -> list[ChannelVi
                 "endpoint_url",
                 "endpoint_secret",
                 "low_stock_threshold",
+                *_DYNAMIC_FIELDS,  # issue 18
             ):
                 value = getattr(item, field)
                 if value is not None:
-                    values[field] = Decimal(str(value)) if field.endswith("_percent") else value
+                    exact = field.endswith(("_percent", "_factor"))
+                    values[field] = Decimal(str(value)) if exact else value
             new_links = {loc_ids[c] for c in item.location_codes}
             url = values.get("endpoint_url", None if old is None else old.endpoint_url)
             secret = values.get("endpoint_secret", None if old is None else old.endpoint_secret)
@@ -221,6 +241,8 @@ async def upsert_channels(ctx: Ctx, items: list[ChannelInput]) -> list[ChannelVi
                     )
                 }
                 changed = {k: v for k, v in values.items() if _differs(getattr(old, k), v)}
+                if set(changed) & set(_DYNAMIC_FIELDS):
+                    dynamic_changed.add(channel_id)  # issue 18
                 if changed or new_links != old_links:
                     await conn.execute(
                         update(channels)
@@ -244,10 +266,33 @@ async def upsert_channels(ctx: Ctx, items: list[ChannelInput]) -> list[ChannelVi
                         insert(channel_locations),
                         [{"channel_id": channel_id, "location_id": loc} for loc in sorted(new_links - old_links)],
                     )
+        # issue 18: a new rule or lag moves the channel's dynamic buffers at once (its version moved above)
+        new_ids = await conn.scalars(select(channels.c.id).where(channels.c.code.in_(dynamic_new)))
+        if dynamic_changed or dynamic_new:
+            await demand.refresh_buffers(conn, now, channel_ids=dynamic_changed | set(new_ids))
         await _publish_locations(conn, touched_locations, now)
         return await _views(conn, [i.code for i in items])
 
     return await ctx.db.write(work)
+
+
+_DYNAMIC_FIELDS = (
+    "sync_lag_seconds",
+    "dynamic_buffer_factor",
+    "dynamic_buffer_min",
+    "dynamic_buffer_max",
+    "dynamic_buffer_band",
+)
+
+
+def _dynamic_errors(item: ChannelInput) -> list[tuple[str, str]]:
+    rule = demand_rules.DynamicBufferRule(
+        factor=item.dynamic_buffer_factor,
+        minimum=item.dynamic_buffer_min or 0,
+        maximum=item.dynamic_buffer_max,
+        band=1 if item.dynamic_buffer_band is None else item.dynamic_buffer_band,
+    )
+    return demand_rules.rule_errors(rule, item.sync_lag_seconds)
 
 
 def _differs(old: Any, new: Any) -> bool:
@@ -296,6 +341,8 @@ async def _views(conn: AsyncConnection, codes: list[str] | None) -> list[Channel
             version=int(r.version),
             updated_at=r.updated_at,
             low_stock_threshold=None if r.low_stock_threshold is None else int(r.low_stock_threshold),
+            sync_lag_seconds=r.sync_lag_seconds,
+            dynamic_buffer=demand.rule_of(r),
         )
         for r in rows
     ]
@@ -489,6 +536,7 @@ async def _inputs(conn: AsyncConnection, channel: Any, sku_rows: list[Any], now:
         ):
             expected[(r.sku_id, r.location_id)] = r.at
     rules = rules_of(channel)
+    buffers = await demand.applied_buffers(conn, channel.id, sku_ids)  # issue 18: (applied, version) per SKU
     epoch = int(
         await conn.scalar(select(func.coalesce(func.max(counters.c.value), 0)).where(counters.c.name == "locations"))
         or 0
@@ -509,7 +557,8 @@ async def _inputs(conn: AsyncConnection, channel: Any, sku_rows: list[Any], now:
         hold_row = holds.get(sku.id)
         mine = int(hold_row.reserved) if hold_row is not None else 0
         backordered = int(hold_row.backordered) if hold_row is not None else 0
-        figure = channel_availability(rules, rows, mine, backordered)
+        buffer, buffer_version = buffers.get(sku.id, (0, 0))
+        figure = channel_availability(rules, rows, mine, backordered, buffer, _preorder(sku, now))
         out[sku.id] = _Inputs(
             figure=figure,
             free=[
@@ -527,9 +576,17 @@ async def _inputs(conn: AsyncConnection, channel: Any, sku_rows: list[Any], now:
             + int(sku.version)
             + epoch
             + int(channel.version)
-            + (int(hold_row.version) if hold_row is not None else 0),
+            + (int(hold_row.version) if hold_row is not None else 0)
+            + buffer_version,
         )
     return out
+
+
+def _preorder(sku: Any, now: datetime) -> Preorder | None:
+    """Before its launch date a SKU sells only as preorders (issue 18)."""
+    if sku.launch_at is None or sku.launch_at <= now:
+        return None
+    return Preorder(None if sku.preorder_limit is None else int(sku.preorder_limit), int(sku.preordered))
 
 
 async def availability_in(
@@ -578,6 +635,8 @@ class ChannelHold:
     held: dict[stock.Pair, int]
     backordered: dict[stock.Pair, int]
     versions: dict[stock.Pair, int]
+    # of `backordered`, units sold as preorders (the SKU not launched yet): counted against the SKU's limit
+    preordered: dict[stock.Pair, int] = dataclass_field(default_factory=dict)
 
 
 async def _lock_guard(conn: AsyncConnection, channel_id: int, sku_id: int) -> None:
@@ -698,7 +757,12 @@ async def hold_under_channel(
                 unpromised[loc] = unpromised.get(loc, 0) - q
                 out.backordered[pair] += q
                 backorder_units += q
-        if not await _count_holds(conn, channel.id, sku_id, stock_units, backorder_units):
+        if got.figure.preorderable:  # issue 18: before launch, backorders are preorders, under the SKU's limit
+            if not await demand.take_preorders(conn, sku_id, backorder_units, now):
+                raise Refused([_short(sku.code, sku_lines[0], got.figure.available)])
+            out.preordered.update({p: q for p, q in out.backordered.items() if p[0] == sku_id})
+        limited = not got.figure.preorderable  # preorders count as backorders, but under the SKU's limit
+        if not await _count_holds(conn, channel.id, sku_id, stock_units, backorder_units, limited):
             raise Refused(
                 [
                     UserError(
@@ -711,7 +775,9 @@ async def hold_under_channel(
     return out
 
 
-async def _count_holds(conn: AsyncConnection, channel_id: int, sku_id: int, units: int, backordered: int) -> bool:
+async def _count_holds(
+    conn: AsyncConnection, channel_id: int, sku_id: int, units: int, backordered: int, limited: bool = True
+) -> bool:
     """Add what a reserve took to the channel's counters. With backorders, only while the channel's
     backorders not yet arrived stay within its limit: the database checks it, in the same statement."""
     ch = channel_holds
@@ -721,7 +787,7 @@ async def _count_holds(conn: AsyncConnection, channel_id: int, sku_id: int, unit
         .values(reserved=ch.c.reserved + units, backordered=ch.c.backordered + backordered)
         .returning(ch.c.version)
     )
-    if backordered:
+    if backordered and limited:
         limit = select(channels.c.backorder_limit).where(channels.c.id == channel_id).scalar_subquery()
         stmt = stmt.where(ch.c.backordered + backordered <= func.coalesce(limit, 0))
     return (await conn.execute(stmt)).first() is not None

@@ -15,6 +15,7 @@ from app.db.tables import inventory_events, locations, skus
 from app.domain.errors import ErrorCode, Refused, UserError
 from app.domain.events import EventStatus, EventType, InventoryEvent, LedgerKind, decide, validate
 from app.domain.quantities import Delta
+from app.services import demand
 from app.services.context import Ctx
 
 
@@ -233,4 +234,5 @@ async def _apply_batch(
             )
     await stock.write_ledger(conn, ledger)
     await stock.enqueue_changes(conn, changed, now)
+    await demand.note_ledger(conn, now, ledger)  # issue 18: reported sales and orders are demand
     return [results[i] for i in sorted(results)], errors

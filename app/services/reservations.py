@@ -38,7 +38,7 @@ from app.domain.reservations import (
     validate_lines,
     validate_ttl,
 )
-from app.services import channel_external_holds, channels
+from app.services import channel_external_holds, channels, demand
 from app.services.context import SYSTEM, Actor, Ctx
 from app.services.views import ReservationLineView, ReservationView
 
@@ -162,6 +162,7 @@ async def _hold_all(
     held: dict[stock.Pair, int] = defaultdict(int)
     versions: dict[stock.Pair, int] = {}
     backordered: dict[stock.Pair, int] = {}
+    preordered: dict[stock.Pair, int] = {}
     # lines in primary-key order: two checkouts wanting the same SKUs lock their rows in the same order
     ordered = sorted(req.lines, key=lambda ln: (sku_rows[ln.sku_code].id, ln.location_code or ""))
     if req.channel_code is not None:
@@ -170,6 +171,7 @@ async def _hold_all(
             conn, now, req.channel_code, ordered, sku_rows, loc_rows, lambda c, t, ids: expire_due(c, t, sku_ids=ids)
         )
         held, versions, backordered = taken.held, taken.versions, taken.backordered
+        preordered = taken.preordered  # issue 18
         ordered = []
     for line in ordered:
         sku_id = sku_rows[line.sku_code].id
@@ -184,9 +186,9 @@ async def _hold_all(
             for pair, q, version in await _hold_anywhere(conn, now, sku_id, line):
                 held[pair] += q
                 versions[pair] = version
-    expected = await record_holds(conn, now, rid, held, versions, req.cart_ref, backordered)
+    expected = await record_holds(conn, now, rid, held, versions, req.cart_ref, backordered, preordered)
     view = _view_of_new(req, now, expires_at, rid, sku_rows, loc_rows, held, backordered, expected)
-    return view if view is not None else (await load_views(conn, now, [rid]))[0]
+    return view if view is not None and not preordered else (await load_views(conn, now, [rid]))[0]
 
 
 async def _hold_named(
@@ -224,9 +226,18 @@ async def _hold_named(
             raise Refused([await _insufficient(conn, line_of[pair], [pair[1]])])
         ledger.append(_reserved_row(pair, wanted[pair], version, now, rid, req.cart_ref))
     await stock.write_ledger(conn, ledger)
+    await demand.note_reserved(conn, now, rid, _by_sku(wanted), "")  # issue 18: sales velocity
     view = _view_of_new(req, now, expires_at, rid, sku_rows, loc_rows, wanted, {}, {})
     assert view is not None  # every location was named
     return view
+
+
+def _by_sku(*per_pair: dict[stock.Pair, int]) -> dict[int, int]:
+    units: dict[int, int] = defaultdict(int)
+    for part in per_pair:
+        for pair, q in part.items():
+            units[pair[0]] += q
+    return units
 
 
 def _reserved_row(
@@ -524,6 +535,8 @@ async def _move_lines(
         )
     await stock.write_ledger(conn, ledger)
     await stock.enqueue_changes(conn, pairs, now)
+    if not d_committed:
+        await demand.give_back_preorders(conn, reservation_ids)  # issue 18
     return pairs
 
 
@@ -571,7 +584,8 @@ async def sweep_expired(ctx: Ctx) -> int:
 
     async def work(conn: AsyncConnection) -> int:
         now = ctx.clock()
-        return await expire_due(conn, now) + await channel_external_holds.expire_due(conn, now)
+        expired = await expire_due(conn, now) + await channel_external_holds.expire_due(conn, now)
+        return expired + await demand.review_due(conn, now)  # issue 18: buffers that decay
 
     return await ctx.db.write(work)
 
@@ -603,6 +617,7 @@ async def load_views(
             (rl.c.quantity + rl.c.backordered).label("quantity"),
             rl.c.backordered,
             rl.c.expected_at,
+            rl.c.preordered,
         )
         .join(skus, skus.c.id == rl.c.sku_id)
         .join(locations, locations.c.id == rl.c.location_id)
@@ -616,6 +631,7 @@ async def load_views(
                 int(ln.quantity),
                 int(ln.backordered),
                 ln.expected_at if ln.backordered else None,
+                int(ln.preordered),
             )
         )
     order = {rid: i for i, rid in enumerate(ids)}
@@ -717,6 +733,7 @@ async def record_holds(
     versions: dict[stock.Pair, int],
     reference: str | None = None,
     backordered: dict[stock.Pair, int] | None = None,
+    preordered: dict[stock.Pair, int] | None = None,
 ) -> dict[stock.Pair, datetime]:
     """The lines, ledger rows and outbox rows for units already taken with `stock.hold` (and, under a
     channel's backorder allowance, units `backordered` against incoming stock: a line, no ledger row).
@@ -736,6 +753,7 @@ async def record_holds(
                 "backordered": backordered.get(p, 0),
                 "backorder_open": backordered.get(p, 0),
                 "expected_at": expected.get(p),
+                "preordered": (preordered or {}).get(p, 0),
             }
             for p in sorted({p for p, _ in pairs} | set(backordered))
         ],
@@ -745,6 +763,8 @@ async def record_holds(
         [_reserved_row(p, q, versions[p], now, reservation_id, reference) for p, q in pairs],
     )
     await stock.enqueue_changes(conn, {p for p, _ in pairs} | set(backordered), now)
+    # issue 18: the reservation's units are demand under its channel (last: after its stock rows)
+    await demand.note_reserved(conn, now, reservation_id, _by_sku({**held}, backordered))
     return expected
 
 

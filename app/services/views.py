@@ -61,6 +61,7 @@ class ReservationLineView:
     quantity: int  # the whole line: units held from stock + `backordered`
     backordered: int = 0  # units promised against incoming stock (under a channel's backorder limit)
     expected_at: datetime | None = None  # the expected arrival the backordered units were promised against
+    preordered: int = 0  # of `backordered`, units sold as preorders before the SKU's launch (issue 18)
 
 
 @dataclass(frozen=True, slots=True)
