@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, select, tuple_
@@ -13,7 +15,15 @@ from app.db import pg, stock
 from app.db.engine import is_unique_violation
 from app.db.tables import inventory_events, locations, skus
 from app.domain.errors import ErrorCode, Refused, UserError
-from app.domain.events import EventStatus, EventType, InventoryEvent, LedgerKind, decide, validate
+from app.domain.events import (
+    EventStatus,
+    EventType,
+    InventoryEvent,
+    LedgerKind,
+    decide,
+    on_hand_since,
+    validate,
+)
 from app.domain.quantities import Delta
 from app.services.context import Ctx
 
@@ -171,6 +181,9 @@ async def _apply_batch(
 
     ledger: list[dict[str, Any]] = []
     changed: set[stock.Pair] = set()
+    # on-hand effects applied earlier in this batch, not in the ledger table until the batch ends: a
+    # late count must keep those that occurred after it exactly like the ones already stored
+    applied: dict[stock.Pair, list[tuple[datetime, int]]] = defaultdict(list)
     for i in todo:
         e = events[i]
         loc = locs[e.location_code]
@@ -178,11 +191,14 @@ async def _apply_batch(
         since = 0
         if e.type is EventType.COUNTED:
             since = await stock.on_hand_after(conn, pair, e.occurred_at)
+            since += on_hand_since(applied[pair], e.occurred_at)
         decision = decide(e, positions[pair], counted[pair], loc.count_authority, since)
         delta = decision.effect.delta
         if not delta.is_zero or decision.counted_at is not None:
             versions[pair] = await stock.apply_delta(conn, pair, delta, now, decision.counted_at)
             positions[pair] = positions[pair].plus(delta)
+            if delta.on_hand:
+                applied[pair].append((e.occurred_at, delta.on_hand))
             if decision.counted_at is not None:
                 counted[pair] = decision.counted_at
             if not delta.is_zero:

@@ -165,11 +165,13 @@ class _Contended(Exception):
 
 
 class _RefusedAfterRouting(Refused):
-    """Refused with a decision worth keeping (stored after the rollback)."""
+    """Refused with a decision worth keeping (stored after the rollback), and the inputs it was made on:
+    the candidates as the router saw them, not as a later read would find them."""
 
-    def __init__(self, errors: list[UserError], decision: DecisionView) -> None:
+    def __init__(self, errors: list[UserError], decision: DecisionView, request: dict[str, Any]) -> None:
         super().__init__(errors)
         self.decision = decision
+        self.request = request
 
 
 # --- the routing context: what the router sees ---------------------------------------------------
@@ -590,7 +592,7 @@ async def route_and_reserve(ctx: Ctx, req: RouteOrderRequest) -> RouteAndReserve
             log.info("routing %s again: stock or capacity taken since the read (attempt %d)", req.order_ref, attempt)
             continue
         except _RefusedAfterRouting as refused:
-            stored = await _store_refusal(ctx, req, refused.decision)
+            stored = await _store_refusal(ctx, refused.decision, refused.request)
             return RouteAndReserveResult(stored, None, tuple(refused.errors))
         except Refused as refused:
             return RouteAndReserveResult(None, None, tuple(refused.errors))
@@ -664,7 +666,11 @@ async def _route_and_hold(
         decision = route(routing, setting.candidates)
     if decision.unserved and (req.channel_code is None or setting.channel_backorder_limit is None):
         errors = _unserved_errors(req, decision)
-        raise _RefusedAfterRouting(errors, _view(req, routing, decision, OUTCOME_REFUSED, errors, now))
+        raise _RefusedAfterRouting(
+            errors,
+            _view(req, routing, decision, OUTCOME_REFUSED, errors, now),
+            _request_record(req, setting, destination),
+        )
 
     loc_ids = setting.location_ids
     backordered: dict[stock.Pair, int] = {}
@@ -689,7 +695,9 @@ async def _route_and_hold(
             errors = list(refused.errors)
             reason = f"{decision.reason}; refused under channel {req.channel_code}'s rules"
             raise _RefusedAfterRouting(
-                errors, _view(req, routing, decision, OUTCOME_REFUSED, errors, now, reason)
+                errors,
+                _view(req, routing, decision, OUTCOME_REFUSED, errors, now, reason),
+                _request_record(req, setting, destination),
             ) from refused
         decision = _as_held(decision, setting, held, backordered)
     # a location counts an order when it ships stock today; backordered units ship when they arrive
@@ -948,20 +956,17 @@ async def _store(
     return replace(view, id=int(new_id or 0), reservation_id=reservation_id, request=request)
 
 
-async def _store_refusal(ctx: Ctx, req: RouteOrderRequest, view: DecisionView) -> DecisionView:
-    """Keep a refused decision with its inputs (the refused transaction itself changed nothing)."""
-    destination = GeoPoint(*req.destination) if req.destination is not None else None
+async def _store_refusal(ctx: Ctx, view: DecisionView, request: dict[str, Any]) -> DecisionView:
+    """Keep a refused decision with the inputs it was routed on (the refused transaction changed nothing).
+
+    `request` was recorded from the routing's own read: a fresh read here would store stock that
+    other transactions moved since, and the decision would no longer follow from its inputs."""
 
     async def work(conn: AsyncConnection) -> DecisionView:
-        # the inputs as they are now: the refused transaction's read rolled back with it
-        setting = await _load(conn, req, view.created_at)
-        return await _store(conn, view, _request_record(req, setting, destination), None)
+        return await _store(conn, view, request, None)
 
-    try:
-        # a write that publishes nothing: no listener needs waking
-        return await ctx.db.write(work, notify=False)
-    except Refused:
-        return view  # the channel or a SKU vanished meanwhile: answer without storing
+    # a write that publishes nothing: no listener needs waking
+    return await ctx.db.write(work, notify=False)
 
 
 async def decisions_for_order(ctx: Ctx, order_ref: str, limit: int = 100) -> list[DecisionView]:
