@@ -31,6 +31,12 @@ def available_sql() -> ColumnElement[int]:
     return sl.c.on_hand - sl.c.committed - sl.c.reserved - sl.c.unavailable - sl.c.safety_stock
 
 
+# one hold as the database applied it: (position, units, the position's version after it). A position
+# held twice in one transaction (a line at a location and a line anywhere, a re-plan) has two: each
+# bumped the version and needs its own ledger row.
+Hold = tuple[Pair, int, int]
+
+
 @dataclass(frozen=True, slots=True)
 class LockedPosition:
     position: Position

@@ -572,7 +572,7 @@ class ChannelHold:
 
     held: dict[stock.Pair, int]
     backordered: dict[stock.Pair, int]
-    versions: dict[stock.Pair, int]
+    holds: list[stock.Hold]  # each hold as applied: a position held twice has two ledger rows
 
 
 async def _lock_guard(conn: AsyncConnection, channel_id: int, sku_id: int) -> None:
@@ -633,7 +633,7 @@ async def hold_under_channel(
                 ]
             )
         by_sku[sku_rows[ln.sku_code].id].append(ln)
-    out = ChannelHold(defaultdict(int), defaultdict(int), {})
+    out = ChannelHold(defaultdict(int), defaultdict(int), [])
     # guard rows in SKU order, always before stock rows: two checkouts lock in the same order
     for sku_id in sorted(by_sku):
         await _lock_guard(conn, channel.id, sku_id)
@@ -682,7 +682,7 @@ async def hold_under_channel(
                     raise Refused([_short(sku.code, ln, got.figure.available)])
                 free[loc] -= q
                 out.held[pair] += q
-                out.versions[pair] = version
+                out.holds.append((pair, q, version))
                 stock_units += q
             if q_back:
                 if back_at is None:

@@ -155,7 +155,7 @@ async def _hold_all(
     if req.channel_code is None and all(ln.location_code is not None for ln in req.lines):
         return await _hold_named(conn, req, now, rid, expires_at, sku_rows, loc_rows)
     held: dict[stock.Pair, int] = defaultdict(int)
-    versions: dict[stock.Pair, int] = {}
+    holds: list[stock.Hold] = []
     backordered: dict[stock.Pair, int] = {}
     # lines in primary-key order: two checkouts wanting the same SKUs lock their rows in the same order
     ordered = sorted(req.lines, key=lambda ln: (sku_rows[ln.sku_code].id, ln.location_code or ""))
@@ -164,7 +164,7 @@ async def _hold_all(
         taken = await channels.hold_under_channel(
             conn, now, req.channel_code, ordered, sku_rows, loc_rows, lambda c, t, ids: expire_due(c, t, sku_ids=ids)
         )
-        held, versions, backordered = taken.held, taken.versions, taken.backordered
+        held, holds, backordered = taken.held, taken.holds, taken.backordered
         ordered = []
     for line in ordered:
         sku_id = sku_rows[line.sku_code].id
@@ -174,12 +174,12 @@ async def _hold_all(
             if version is None:
                 raise Refused([await _insufficient(conn, line, [pair[1]])])
             held[pair] += line.quantity
-            versions[pair] = version
+            holds.append((pair, line.quantity, version))
         else:
             for pair, q, version in await _hold_anywhere(conn, now, sku_id, line):
                 held[pair] += q
-                versions[pair] = version
-    await record_holds(conn, now, rid, held, versions, req.cart_ref, backordered)
+                holds.append((pair, q, version))
+    await record_holds(conn, now, rid, held, holds, req.cart_ref, backordered)
     view = _view_of_new(req, now, expires_at, rid, sku_rows, loc_rows, held, backordered)
     return view if view is not None else (await load_views(conn, now, [rid]))[0]
 
@@ -635,12 +635,15 @@ async def record_holds(
     now: datetime,
     reservation_id: str,
     held: dict[stock.Pair, int],
-    versions: dict[stock.Pair, int],
+    holds: list[stock.Hold],
     reference: str | None = None,
     backordered: dict[stock.Pair, int] | None = None,
 ) -> None:
     """The lines, ledger rows and outbox rows for units already taken with `stock.hold` (and, under a
-    channel's backorder allowance, units `backordered` against incoming stock: a line, no ledger row)."""
+    channel's backorder allowance, units `backordered` against incoming stock: a line, no ledger row).
+
+    `held` is the units per position (one line each); `holds` every hold that took them, one ledger
+    row each, so each version a hold made has its row."""
     backordered = backordered or {}
     pairs = sorted((p, q) for p, q in held.items() if q)
     await stock.insert_rows(
@@ -659,7 +662,7 @@ async def record_holds(
     )
     await stock.write_ledger(
         conn,
-        [_reserved_row(p, q, versions[p], now, reservation_id, reference) for p, q in pairs],
+        [_reserved_row(p, q, version, now, reservation_id, reference) for p, q, version in holds if q],
     )
     await stock.enqueue_changes(conn, {p for p, _ in pairs} | set(backordered), now)
 

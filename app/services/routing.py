@@ -682,9 +682,10 @@ async def _route_and_hold(
         )
         held = dict(plan)
         versions = await _hold_all(conn, now, plan)
+        holds = [(pair, q, versions[pair]) for pair, q in plan]
     else:
         try:
-            held, versions, backordered = await _hold_under_channel(conn, now, req.channel_code, setting, decision)
+            held, holds, backordered = await _hold_under_channel(conn, now, req.channel_code, setting, decision)
         except Refused as refused:
             if first_try:
                 # The channel's rules refuse both an order beyond its figure and a routed position
@@ -705,7 +706,7 @@ async def _route_and_hold(
     # after the holds: the per-location day row is a hot spot, so its lock is held for as short a time
     # as possible; stock rows then day rows, each in id order, so two orders cannot deadlock
     await _count_orders(conn, now, shipping, setting)
-    await reservations.record_holds(conn, now, rid, held, versions, reference=req.order_ref, backordered=backordered)
+    await reservations.record_holds(conn, now, rid, held, holds, reference=req.order_ref, backordered=backordered)
 
     view = replace(
         _view(req, routing, decision, OUTCOME_RESERVED, [], now), backorders=_backorders(setting, backordered)
@@ -717,7 +718,7 @@ async def _route_and_hold(
 
 async def _hold_under_channel(
     conn: AsyncConnection, now: datetime, channel_code: str, setting: _Setting, decision: RoutingDecision
-) -> tuple[dict[stock.Pair, int], dict[stock.Pair, int], dict[stock.Pair, int]]:
+) -> tuple[dict[stock.Pair, int], list[stock.Hold], dict[stock.Pair, int]]:
     """Hold the routed lines under the channel's rules, the same way `reserve` with a channelCode does:
     never more per SKU than the channel's figure (safety buffers, allocation, ring fences for other
     channels), counted in the channel's holds so commit, release and expiry give them back. What
@@ -737,7 +738,7 @@ async def _hold_under_channel(
         loc_rows,
         lambda c, t, ids: reservations.expire_due(c, t, sku_ids=ids),
     )
-    return dict(taken.held), dict(taken.versions), {p: q for p, q in taken.backordered.items() if q}
+    return dict(taken.held), taken.holds, {p: q for p, q in taken.backordered.items() if q}
 
 
 @dataclass(frozen=True, slots=True)
