@@ -82,10 +82,6 @@ async def test_a_refused_decision_stores_the_stock_it_was_routed_on(api: Api, mo
     assert (await level(api, "A", "WH-1"))["onHand"] == 7
 
 
-async def _unused(api: Api) -> None:  # keeps imports used while the file grows
-    await api.ok(AVAILABILITY, skus=["A"])
-
-
 # --- item 5: every change of a position is one ledger row and +1 version ------------------------------
 
 CHANGES = (
@@ -239,3 +235,42 @@ async def test_postgres_refuses_a_version_without_its_ledger_row(pg_api: Api) ->
             )
     assert (await level(pg_api, "SKU-1", "WH-1"))["version"] == 1
     assert await integrity.check(pg_api.ctx) == []
+
+
+# --- item 7: no figure beyond what GraphQL's Int can return ----------------------------------------
+
+
+async def test_an_event_that_would_pass_32_bits_is_refused_and_availability_answers(api: Api) -> None:
+    await catalogue(api, skus=["SKU-1", "SKU-2"], locations=[("WH-1", 10), ("WH-2", 20)])
+    await receive(api, "SKU-2", "WH-1", 5)
+    for _ in range(2):
+        assert (await record(api, event("ADJUSTED", "SKU-1", "WH-1", 1_000_000_000)))["userErrors"] == []
+    third = await record(api, event("ADJUSTED", "SKU-1", "WH-1", 1_000_000_000))
+    assert [(e["code"], e["field"]) for e in third["userErrors"]] == [
+        ("QUANTITY_OUT_OF_RANGE", ["input", "0", "quantity"])
+    ]
+    # the sum over locations counts too: 2,000,000,000 at WH-1 and 200,000,000 more at WH-2
+    across = await record(api, event("RECEIVED", "SKU-1", "WH-2", 200_000_000))
+    assert [e["code"] for e in across["userErrors"]] == ["QUANTITY_OUT_OF_RANGE"]
+    # not atomic: the refused event is skipped, the others apply
+    mixed = await record(
+        api,
+        event("RECEIVED", "SKU-1", "WH-2", 100_000_000),
+        event("DAMAGED", "SKU-1", "WH-1", 1_000_000_000),
+        event("DAMAGED", "SKU-1", "WH-2", 1_000_000_000),
+        # claims summed over the SKU's positions would pass 2^31 - 1
+        event("ORDER_PLACED", "SKU-1", "WH-2", 200_000_000),
+        event("RETURNED", "SKU-1", "WH-2", 1),
+        atomic=False,
+    )
+    assert [r["index"] for r in mixed["results"]] == [0, 1, 2, 4]
+    assert [(e["code"], e["field"][1]) for e in mixed["userErrors"]] == [("QUANTITY_OUT_OF_RANGE", "3")]
+    data = await api.ok(AVAILABILITY, skus=["SKU-1", "SKU-2"])
+    # WH-1: 2,000,000,000 on hand, 1,000,000,000 damaged; WH-2 is under water and counts 0
+    assert [(a["skuCode"], a["available"], a["oversold"]) for a in data["availability"]] == [
+        ("SKU-1", 1_000_000_000, 1_000_000_000 - 100_000_001),
+        ("SKU-2", 5, 0),
+    ]
+    # coming back down is always allowed
+    assert (await record(api, event("ADJUSTED", "SKU-1", "WH-1", -1_000_000_000)))["userErrors"] == []
+    assert await integrity.check(api.ctx) == []

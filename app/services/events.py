@@ -24,7 +24,7 @@ from app.domain.events import (
     on_hand_since,
     validate,
 )
-from app.domain.quantities import Delta
+from app.domain.quantities import INT_MAX, INT_MIN, Delta, Magnitude, Position, excess, grows_out_of_range
 from app.services.context import Ctx
 
 
@@ -113,6 +113,29 @@ async def record_events(
         return await ctx.db.write(work)
 
 
+def _size_after(
+    size: Magnitude, positions: dict[stock.Pair, Position], moves: list[tuple[stock.Pair, Delta]]
+) -> Magnitude | None:
+    """The SKU's magnitude after `moves`, or None when a figure would leave what the API can return."""
+    start = size
+    for pair, delta in moves:
+        before = positions[pair]
+        after = before.plus(delta)
+        if grows_out_of_range(excess(before), excess(after)):
+            return None
+        size = size.replacing(before, after)
+    return None if grows_out_of_range(start.excess, size.excess) else size
+
+
+def _out_of_range(i: int, e: InventoryEvent) -> UserError:
+    return UserError(
+        ErrorCode.QUANTITY_OUT_OF_RANGE,
+        f"{e.type} {e.quantity} would take a figure of {e.sku_code} beyond {INT_MAX} (or below {INT_MIN}), "
+        "more than the API can return",
+        ("input", str(i), "quantity"),
+    )
+
+
 async def _apply_batch(
     conn: AsyncConnection, ctx: Ctx, events: list[InventoryEvent], errors: list[UserError], atomic: bool
 ) -> tuple[list[EventResult], list[UserError]]:
@@ -176,6 +199,8 @@ async def _apply_batch(
             pairs_touched.add((sku_ids[e.sku_code], locs[e.to_location_code].id))
     locked = await stock.lock_or_create_positions(conn, pairs_touched, now)
     positions = {p: lp.position for p, lp in locked.items()}
+    # every figure must stay an Int the API can return, per position and summed over a SKU's positions
+    sizes = await stock.magnitudes(conn, {p[0] for p in pairs_touched}) if pairs_touched else {}
     counted = {p: lp.counted_at for p, lp in locked.items()}
     versions = {p: lp.version for p, lp in locked.items()}
 
@@ -194,6 +219,17 @@ async def _apply_batch(
             since += on_hand_since(applied[pair], e.occurred_at)
         decision = decide(e, positions[pair], counted[pair], loc.count_authority, since)
         delta = decision.effect.delta
+        to_id = locs[e.to_location_code].id if e.to_location_code else None
+        moves = [(pair, delta)]
+        if e.type is EventType.TRANSFER_OUT and to_id is not None:
+            moves.append(((pair[0], to_id), Delta(incoming=e.quantity)))
+        size = _size_after(sizes[pair[0]], positions, moves)
+        if size is None:
+            errors.append(_out_of_range(i, e))
+            if atomic:
+                raise Refused(errors)
+            continue
+        sizes[pair[0]] = size
         if not delta.is_zero or decision.counted_at is not None:
             versions[pair] = await stock.apply_delta(conn, pair, delta, now, decision.counted_at)
             positions[pair] = positions[pair].plus(delta)
@@ -203,7 +239,6 @@ async def _apply_batch(
                 counted[pair] = decision.counted_at
             if not delta.is_zero:
                 changed.add(pair)
-        to_id = locs[e.to_location_code].id if e.to_location_code else None
         ledger.append(
             stock.ledger_row(
                 kind=e.type.value,
