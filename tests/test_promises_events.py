@@ -274,3 +274,70 @@ async def test_an_event_that_would_pass_32_bits_is_refused_and_availability_answ
     # coming back down is always allowed
     assert (await record(api, event("ADJUSTED", "SKU-1", "WH-1", -1_000_000_000)))["userErrors"] == []
     assert await integrity.check(api.ctx) == []
+
+
+# --- item 9: settings can be cleared; a repeat in one batch answers its version; unknown SKUs said ------
+
+UPSERT_CHANNELS = """mutation($input: [ChannelInput!]!) { upsertChannels(input: $input) {
+  channels { code allocationCap backorderLimit safetyBufferUnits } userErrors { code field } } }"""
+UPSERT_LOCATIONS = """mutation($input: [LocationInput!]!) { upsertLocations(input: $input) {
+  locations { code countAuthority priority } userErrors { code field } } }"""
+
+
+async def test_a_null_clears_a_channel_setting_and_an_omitted_field_keeps_it(api: Api) -> None:
+    await catalogue(api)
+    base = {"code": "web", "name": "Web", "locationCodes": ["WH-1"]}
+    made = await api.ok(UPSERT_CHANNELS, input=[{**base, "allocationCap": 25, "backorderLimit": 5}])
+    assert made["upsertChannels"]["channels"][0]["allocationCap"] == 25
+    kept = await api.ok(UPSERT_CHANNELS, input=[{**base, "safetyBufferUnits": 1}])
+    assert kept["upsertChannels"]["channels"] == [
+        {"code": "web", "allocationCap": 25, "backorderLimit": 5, "safetyBufferUnits": 1}
+    ]
+    cleared = await api.ok(UPSERT_CHANNELS, input=[{**base, "allocationCap": None}])
+    assert cleared["upsertChannels"]["channels"] == [
+        {"code": "web", "allocationCap": None, "backorderLimit": 5, "safetyBufferUnits": 1}
+    ]
+    # and in a literal, without variables
+    literal = await api.ok(
+        'mutation { upsertChannels(input: [{code: "web", name: "Web", locationCodes: ["WH-1"], backorderLimit: null}])'
+        " { channels { backorderLimit allocationCap } userErrors { code } } }"
+    )
+    assert literal["upsertChannels"]["channels"] == [{"backorderLimit": None, "allocationCap": None}]
+
+
+async def test_a_null_clears_a_count_authority_and_an_empty_one_is_refused(api: Api) -> None:
+    base = {"code": "WH-1", "name": "Main", "kind": "WAREHOUSE"}
+    made = await api.ok(UPSERT_LOCATIONS, input=[{**base, "countAuthority": "wms", "priority": 5}])
+    assert made["upsertLocations"]["locations"] == [{"code": "WH-1", "countAuthority": "wms", "priority": 5}]
+    kept = await api.ok(UPSERT_LOCATIONS, input=[{**base}])
+    assert kept["upsertLocations"]["locations"][0]["countAuthority"] == "wms"
+    empty = await api.ok(UPSERT_LOCATIONS, input=[{**base, "countAuthority": ""}])
+    assert empty["upsertLocations"]["userErrors"] == [
+        {"code": "INVALID_INPUT", "field": ["input", "0", "countAuthority"]}
+    ]
+    cleared = await api.ok(UPSERT_LOCATIONS, input=[{**base, "countAuthority": None}])
+    assert cleared["upsertLocations"]["locations"] == [{"code": "WH-1", "countAuthority": None, "priority": 5}]
+    # counts from any source apply again
+    await catalogue(api, locations=[])
+    counted = await record(api, event("COUNTED", "SKU-1", "WH-1", 9, source="pos"))
+    assert counted["results"][0]["status"] == "APPLIED"
+
+
+async def test_a_repeat_inside_one_batch_answers_the_version_like_a_later_repeat(api: Api) -> None:
+    await catalogue(api)
+    received = event("RECEIVED", "SKU-1", "WH-1", 4)
+    batch = await record(api, received, dict(received))
+    assert [(r["status"], r["version"]) for r in batch["results"]] == [("APPLIED", 1), ("DUPLICATE", 1)]
+    later = await record(api, dict(received))
+    assert [(r["status"], r["version"]) for r in later["results"]] == [("DUPLICATE", 1)]
+
+
+async def test_unknown_sku_codes_are_named_next_to_availability(api: Api) -> None:
+    await catalogue(api, skus=["SKU-1", "SKU-2"])
+    await receive(api, "SKU-1", "WH-1", 3)
+    data = await api.ok(
+        "query($s: [String!]!) { availability(skuCodes: $s) { skuCode available } unknownSkuCodes(skuCodes: $s) }",
+        s=["NOPE", "SKU-1", "SKU-2", "NOPE", "GONE"],
+    )
+    assert data["availability"] == [{"skuCode": "SKU-1", "available": 3}, {"skuCode": "SKU-2", "available": 0}]
+    assert data["unknownSkuCodes"] == ["NOPE", "GONE"]

@@ -35,6 +35,7 @@ S = Scope
 REQUIRED: dict[str, frozenset[Scope]] = {
     # storefront: what may be sold, live
     "Query.availability": frozenset({S.STOREFRONT}),
+    "Query.unknownSkuCodes": frozenset({S.STOREFRONT}),
     "Subscription.availabilityChanged": frozenset({S.STOREFRONT}),
     "Subscription.stockLevelChanged": frozenset({S.STOREFRONT, S.ROUTER}),
     # checkout: holds and their lifecycle

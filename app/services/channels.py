@@ -68,6 +68,22 @@ class ChannelInput:
     endpoint_url: str | None = None
     endpoint_secret: str | None = None
     low_stock_threshold: int | None = None
+    # fields given as an explicit null: cleared (None above otherwise means "keep the stored value")
+    cleared: frozenset[str] = frozenset()
+
+
+# the settings a channel may be without; null clears them (the others keep their stored value)
+CLEARABLE = frozenset(
+    {
+        "safety_buffer_percent",
+        "allocation_percent",
+        "allocation_cap",
+        "backorder_limit",
+        "endpoint_url",
+        "endpoint_secret",
+        "low_stock_threshold",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +213,8 @@ async def upsert_channels(ctx: Ctx, items: list[ChannelInput]) -> list[ChannelVi
                 value = getattr(item, field)
                 if value is not None:
                     values[field] = Decimal(str(value)) if field.endswith("_percent") else value
+                elif field in item.cleared and field in CLEARABLE:
+                    values[field] = None
             new_links = {loc_ids[c] for c in item.location_codes}
             url = values.get("endpoint_url", None if old is None else old.endpoint_url)
             secret = values.get("endpoint_secret", None if old is None else old.endpoint_secret)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -166,6 +166,7 @@ async def _apply_batch(
 
     results: dict[int, EventResult] = {}
     first_in_batch: dict[tuple[str, str], tuple[int, str]] = {}
+    repeats: dict[int, int] = {}  # a repeat inside the batch -> the index of its first occurrence
     for i, e in enumerate(events):
         key = (e.source, e.external_id)
         fp = e.fingerprint()
@@ -183,6 +184,8 @@ async def _apply_batch(
                 )
             else:
                 results[i] = EventResult(i, EventStatus.DUPLICATE, int(seen.version) if seen is not None else None)
+                if seen is None:
+                    repeats[i] = earlier[0]  # type: ignore[index]
             continue
         first_in_batch[key] = (i, fp)
 
@@ -282,6 +285,9 @@ async def _apply_batch(
                     reason=f"transfer {e.external_id} from {e.location_code}",
                 )
             )
+    for i, first in repeats.items():
+        if first in results:  # answered like a later repeat: the version its first occurrence recorded
+            results[i] = replace(results[i], version=results[first].version)
     await stock.write_ledger(conn, ledger)
     await stock.enqueue_changes(conn, changed, now)
     return [results[i] for i in sorted(results)], errors
