@@ -86,7 +86,8 @@ async def test_channel_figure_applies_every_rule_in_order_and_explains_it(api: A
 async def test_rule_changes_and_location_links_move_the_version(api: Api) -> None:
     await _setup(api)
     first = await _figure(api)
-    data = await api.ok(UPSERT_CHANNELS, input=[{**WEB, "locationCodes": ["WH-1"], "allocationCap": None}])
+    omitted = {k: v for k, v in WEB.items() if k != "allocationCap"}
+    data = await api.ok(UPSERT_CHANNELS, input=[{**omitted, "locationCodes": ["WH-1"]}])
     assert data["upsertChannels"]["channels"][0]["locationCodes"] == ["WH-1"]
     # cap kept (omitted = stored value); only WH-1: pool 30 → 28 → -3 → 25 → floor(18) → 18; no incoming at WH-1
     second = await _figure(api)

@@ -87,7 +87,9 @@ async def test_statements_sent_before_any_sqlalchemy_one_are_rolled_back_with_th
     assert await _counts(db) == (1, 1)  # the set-up's receipt only
 
     async def commit(conn: AsyncConnection) -> int:
-        return await stock.apply_delta(conn, (1, 1), Delta(on_hand=5), NOW, counted_at=NOW)
+        version = await stock.apply_delta(conn, (1, 1), Delta(on_hand=5), NOW, counted_at=NOW)
+        await stock.write_ledger(conn, [_ledger_row(version)])  # a version without its row would not commit
+        return version
 
     assert await db.write(commit) == 2
     assert await _position(db) == (15, 2)

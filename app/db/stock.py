@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, func, insert, select, tuple_, update
+from sqlalchemy import ColumnElement, bindparam, case, func, insert, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -33,13 +33,19 @@ from app.db.tables import (
 )
 from app.db.types import UTCDateTime
 from app.domain.events import EventStatus, LedgerKind
-from app.domain.quantities import Delta, Position
+from app.domain.quantities import Delta, Magnitude, Position
 
 sl = stock_levels
 
 
 def available_sql() -> ColumnElement[int]:
     return sl.c.on_hand - sl.c.committed - sl.c.reserved - sl.c.unavailable - sl.c.safety_stock
+
+
+# one hold as the database applied it: (position, units, the position's version after it). A position
+# held twice in one transaction (a line at a location and a line anywhere, a re-plan) has two: each
+# bumped the version and needs its own ledger row.
+Hold = tuple[Pair, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +302,29 @@ async def apply_delta(
         )
     result = await conn.execute(_APPLY[(not delta.is_zero, counted_at is not None)], params)
     return int(result.scalar_one())
+
+
+_MAGNITUDES = (
+    select(
+        sl.c.sku_id,
+        func.sum(case((sl.c.on_hand > 0, sl.c.on_hand), else_=0)).label("on_hand"),
+        func.sum(sl.c.committed + sl.c.reserved + sl.c.unavailable + sl.c.safety_stock).label("claims"),
+        func.sum(sl.c.incoming).label("incoming"),
+    )
+    .where(sl.c.sku_id.in_(bindparam("sku_ids", expanding=True)))
+    .group_by(sl.c.sku_id)
+)
+
+
+async def magnitudes(conn: AsyncConnection, sku_ids: Iterable[int]) -> dict[int, Magnitude]:
+    """Each SKU's `Magnitude` over all its positions (those not locked may still move: the bound is
+    checked against this read, see services.events)."""
+    wanted = sorted(set(sku_ids))
+    if not wanted:
+        return {}
+    rows = await conn.execute(_MAGNITUDES, {"sku_ids": wanted})
+    found = {r.sku_id: Magnitude(int(r.on_hand), int(r.claims), int(r.incoming)) for r in rows}
+    return {s: found.get(s, Magnitude()) for s in wanted}
 
 
 async def on_hand_after(conn: AsyncConnection, pair: Pair, after: datetime) -> int:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 from app.db.types import BigId, UTCDateTime
@@ -105,6 +106,12 @@ stock_levels = Table(
     Index("ix_stock_levels_location_id", "location_id"),
 )
 
+# a ledger row that changes a quantity (the others record what happened and keep the version they saw)
+LEDGER_ROW_CHANGES = (
+    "d_on_hand <> 0 OR d_committed <> 0 OR d_reserved <> 0 OR d_unavailable <> 0 "
+    "OR d_safety_stock <> 0 OR d_incoming <> 0"
+)
+
 inventory_events = Table(
     "inventory_events",
     metadata,
@@ -143,6 +150,17 @@ inventory_events = Table(
     Index("ix_inventory_events_position", "sku_id", "location_id", "occurred_at"),
     Index("ix_inventory_events_location_id", "location_id"),
     Index("ix_inventory_events_reservation_id", "reservation_id"),
+    # one row per change of a position at each version (rows that change nothing keep the version they
+    # saw); on PostgreSQL a deferred trigger also requires a row for every version reached (0005_h11b)
+    Index(
+        "ux_inventory_events_position_version",
+        "sku_id",
+        "location_id",
+        "version",
+        unique=True,
+        postgresql_where=text(LEDGER_ROW_CHANGES),
+        sqlite_where=text(LEDGER_ROW_CHANGES),
+    ),
 )
 
 reservations = Table(

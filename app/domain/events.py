@@ -7,6 +7,7 @@ module for the effect, and writes the effect and the position in one transaction
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -199,6 +200,12 @@ def effect(event_type: EventType, q: int, at: Position) -> Effect:
         case EventType.SAFETY_STOCK_SET:
             return Effect(Delta(safety_stock=q - at.safety_stock))
     raise AssertionError(f"unhandled event type {event_type}")  # pragma: no cover
+
+
+def on_hand_since(applied: Iterable[tuple[datetime, int]], at: datetime) -> int:
+    """Sum of the on-hand effects among `applied` (occurredAt, effect) that occurred strictly after `at`:
+    what a count at `at` keeps on top of its figure (events at exactly `at` are ordered by arrival)."""
+    return sum(units for occurred_at, units in applied if occurred_at > at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,3 +74,49 @@ ZERO = Delta()
 def sellable_across(positions: list[Position]) -> int:
     """What `reserve` can hold across locations: a location under water does not eat another's stock."""
     return sum(max(0, p.available) for p in positions)
+
+
+# GraphQL's Int is 32-bit signed: a figure beyond it makes the server drop the whole answer (and with it
+# every other SKU asked for), so no event may take a figure there.
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Magnitude:
+    """What bounds every figure of a SKU that adds positions up (availability, oversold, a channel's
+    base and incoming): on hand above 0, claims (committed + reserved + unavailable + safety stock) and
+    incoming, each summed over its positions. Additive, so a change is old - before + after."""
+
+    on_hand: int = 0
+    claims: int = 0
+    incoming: int = 0
+
+    @staticmethod
+    def of(p: Position) -> Magnitude:
+        return Magnitude(max(0, p.on_hand), p.committed + p.reserved + p.unavailable + p.safety_stock, p.incoming)
+
+    def replacing(self, before: Position, after: Position) -> Magnitude:
+        old, new = Magnitude.of(before), Magnitude.of(after)
+        return Magnitude(
+            self.on_hand - old.on_hand + new.on_hand,
+            self.claims - old.claims + new.claims,
+            self.incoming - old.incoming + new.incoming,
+        )
+
+    @property
+    def excess(self) -> int:
+        """How far the largest sum is beyond INT_MAX (0 when every sum fits). Σ max(0, available) <=
+        Σ on hand above 0 and Σ oversold <= Σ claims, so these three bound every sum."""
+        return max(0, max(self.on_hand, self.claims, self.incoming) - INT_MAX)
+
+
+def excess(p: Position) -> int:
+    """How far the position's furthest figure, stored or computed, is outside an Int (0: all fit)."""
+    figures = (p.on_hand, p.committed, p.reserved, p.unavailable, p.safety_stock, p.incoming, p.available, p.oversold)
+    return max(0, max(f - INT_MAX for f in figures), max(INT_MIN - f for f in figures))
+
+
+def grows_out_of_range(before: int, after: int) -> bool:
+    """A change is refused when it takes a figure outside an Int, or further out (a figure stored out
+    of range before this rule may still come back)."""
+    return after > 0 and after > before

@@ -12,6 +12,7 @@ import strawberry
 from app.domain import channel_rules
 from app.domain.errors import Refused
 from app.graphql.context import Context
+from app.graphql.inputs import given, nulled
 from app.graphql.types import EventStatus, UserError
 from app.services import channel_external_holds, channel_publication, channel_reconciliation, channels, demand
 from app.services.channel_external_holds import HoldAction, HoldStatus
@@ -25,22 +26,28 @@ ExternalHoldStatus = HoldStatus
 Info = strawberry.Info[Context, None]
 
 
-@strawberry.input(description="A channel by code; omitted rule fields keep their stored value")
+@strawberry.input(
+    description="A channel by code; omitted fields keep their stored value, null clears an optional setting"
+)
 class ChannelInput:
     code: str
     name: str
     location_codes: list[str] = strawberry.field(description="Every location the channel sells from (the full set)")
     safety_buffer_units: int | None = None
-    safety_buffer_percent: float | None = None
-    allocation_percent: float | None = None
-    allocation_cap: int | None = None
+    safety_buffer_percent: float | None = strawberry.UNSET
+    allocation_percent: float | None = strawberry.UNSET
+    allocation_cap: int | None = strawberry.field(default=strawberry.UNSET, description="null: no cap")
     out_of_stock_threshold: int | None = None
-    backorder_limit: int | None = None
+    backorder_limit: int | None = strawberry.field(default=strawberry.UNSET, description="null: no backorders")
     active: bool | None = None
-    endpoint_url: str | None = strawberry.field(default=None, description="Where changed availability is pushed")
-    endpoint_secret: str | None = strawberry.field(default=None, description="HMAC-SHA256 key for the pushes")
+    endpoint_url: str | None = strawberry.field(
+        default=strawberry.UNSET, description="Where changed availability is pushed; null: nowhere"
+    )
+    endpoint_secret: str | None = strawberry.field(
+        default=strawberry.UNSET, description="HMAC-SHA256 key for the pushes"
+    )
     low_stock_threshold: int | None = strawberry.field(
-        default=None, description="LOW_STOCK alerts when the channel's figure drops below this"
+        default=strawberry.UNSET, description="LOW_STOCK alerts when the channel's figure drops below this; null: none"
     )
     sync_lag_seconds: float | None = strawberry.field(
         default=None,
@@ -373,15 +380,16 @@ class ChannelMutation:
                 name=i.name,
                 location_codes=list(i.location_codes),
                 safety_buffer_units=i.safety_buffer_units,
-                safety_buffer_percent=i.safety_buffer_percent,
-                allocation_percent=i.allocation_percent,
-                allocation_cap=i.allocation_cap,
+                safety_buffer_percent=given(i.safety_buffer_percent),
+                allocation_percent=given(i.allocation_percent),
+                allocation_cap=given(i.allocation_cap),
                 out_of_stock_threshold=i.out_of_stock_threshold,
-                backorder_limit=i.backorder_limit,
+                backorder_limit=given(i.backorder_limit),
                 active=i.active,
-                endpoint_url=i.endpoint_url,
-                endpoint_secret=i.endpoint_secret,
-                low_stock_threshold=i.low_stock_threshold,
+                endpoint_url=given(i.endpoint_url),
+                endpoint_secret=given(i.endpoint_secret),
+                low_stock_threshold=given(i.low_stock_threshold),
+                cleared=nulled(i, channels.CLEARABLE),
                 sync_lag_seconds=i.sync_lag_seconds,
                 dynamic_buffer_factor=i.dynamic_buffer_factor,
                 dynamic_buffer_min=i.dynamic_buffer_min,

@@ -12,6 +12,7 @@ from strawberry.types.enum import StrawberryEnumDefinition, has_enum_definition
 from app.graphql.types import InventoryEventType, LocationKind
 
 T = TypeVar("T", bound=type)
+T_co = TypeVar("T_co")
 _LEAVES = (str, int, float, bool, datetime)
 
 
@@ -55,7 +56,9 @@ class LocationInput:
     priority: int | None = None
     active: bool | None = None
     count_authority: str | None = strawberry.field(
-        default=None, description="Source whose COUNTED events this location trusts (others are FLAGGED)"
+        default=strawberry.UNSET,
+        description="Source whose COUNTED events this location trusts (others are FLAGGED); "
+        "null clears it (counts from every source apply), omitted keeps it",
     )
 
 
@@ -90,3 +93,13 @@ class ReserveInput:
     ttl_seconds: int | None = None
     channel_code: str | None = None
     cart_ref: str | None = None
+
+
+def given(value: T_co) -> T_co | None:
+    """An optional input field's value, None when omitted (see `nulled` for the fields given as null)."""
+    return None if value is strawberry.UNSET else value
+
+
+def nulled(item: object, fields: frozenset[str]) -> frozenset[str]:
+    """The `fields` of an input given as an explicit null: null clears a setting, omitting it keeps it."""
+    return frozenset(f for f in fields if getattr(item, f) is None)

@@ -9,7 +9,7 @@ from app.domain.events import EventType
 from app.domain.events import InventoryEvent as DomainEvent
 from app.domain.reservations import RequestedLine
 from app.graphql.context import Context
-from app.graphql.inputs import InventoryEventInput, LocationInput, ReserveInput, SkuInput
+from app.graphql.inputs import InventoryEventInput, LocationInput, ReserveInput, SkuInput, given, nulled
 from app.graphql.permissions import acting, idempotency_scope
 from app.graphql.types import (
     EventResult,
@@ -70,7 +70,8 @@ class Mutation:
                 longitude=i.longitude,
                 priority=i.priority,
                 active=i.active,
-                count_authority=i.count_authority,
+                count_authority=given(i.count_authority),
+                cleared=nulled(i, catalog.CLEARABLE),
             )
             for i in input
         ]

@@ -42,6 +42,7 @@ S = Scope
 REQUIRED: dict[str, frozenset[Scope]] = {
     # storefront: what may be sold, live
     "Query.availability": frozenset({S.STOREFRONT}),
+    "Query.unknownSkuCodes": frozenset({S.STOREFRONT}),
     "Subscription.availabilityChanged": frozenset({S.STOREFRONT}),
     # admin too: the ops console (/ops) shows and follows every position (read-only)
     "Subscription.stockLevelChanged": frozenset({S.STOREFRONT, S.ROUTER, S.ADMIN}),

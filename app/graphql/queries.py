@@ -60,7 +60,7 @@ class Query:
         views = await queries.stock_levels_page(info.context.ctx, sku_codes, location_codes, page_size(first), key)
         return [StockLevel.of(v) for v in views]
 
-    @strawberry.field(description="What may be sold now, per SKU; unknown SKU codes are left out")
+    @strawberry.field(description="What may be sold now, per SKU; unknown SKU codes are left out (ask unknownSkuCodes)")
     async def availability(
         self, info: Info, sku_codes: list[str], channel_code: str | None = None
     ) -> list[Availability]:
@@ -73,6 +73,15 @@ class Query:
                 raise ValueError(r.errors[0].message) from None
             return [Availability.of(v) for v in views]
         return [Availability.of(v) for v in await queries.availability(info.context.ctx, sku_codes)]
+
+    @strawberry.field(
+        description="The codes among skuCodes that name no SKU, in the order asked: what availability "
+        "left out. Ask both in one request: { availability(skuCodes: $s) { … } unknownSkuCodes(skuCodes: $s) }"
+    )
+    async def unknown_sku_codes(self, info: Info, sku_codes: list[str]) -> list[str]:
+        if len(sku_codes) > queries.MAX_PAGE:
+            raise ValueError(f"at most {queries.MAX_PAGE} skuCodes per call")
+        return await queries.unknown_sku_codes(info.context.ctx, sku_codes)
 
     @strawberry.field(description="A reservation this key made (an admin key: any); null when there is none")
     async def reservation(self, info: Info, id: strawberry.ID) -> Reservation | None:

@@ -41,6 +41,12 @@ class LocationInput:
     priority: int | None = None
     active: bool | None = None
     count_authority: str | None = None
+    # fields given as an explicit null: cleared (None above otherwise means "keep the stored value")
+    cleared: frozenset[str] = frozenset()
+
+
+# what a location may be without; null clears it (the other fields keep their stored value)
+CLEARABLE = frozenset({"count_authority"})
 
 
 def _code_errors(codes: list[str], max_batch: int) -> list[UserError]:
@@ -153,10 +159,13 @@ def _location_errors(items: list[LocationInput]) -> list[UserError]:
             errors.append(
                 UserError(ErrorCode.INVALID_INPUT, "priority must be within 0..1000000", (*where, "priority"))
             )
-        if item.count_authority is not None and len(item.count_authority) > 100:
+        if item.count_authority is not None and not 1 <= len(item.count_authority.strip()) <= 100:
+            # "" would name a source no event comes from: no count at the location would ever apply
             errors.append(
                 UserError(
-                    ErrorCode.INVALID_INPUT, "countAuthority is at most 100 characters", (*where, "countAuthority")
+                    ErrorCode.INVALID_INPUT,
+                    "countAuthority must be a source of 1-100 characters (null: counts from every source)",
+                    (*where, "countAuthority"),
                 )
             )
     return errors
@@ -204,6 +213,8 @@ async def upsert_locations(ctx: Ctx, items: list[LocationInput]) -> list[Locatio
             ):
                 if value is not None:
                     wanted[column] = value
+                elif column in item.cleared and column in CLEARABLE:
+                    wanted[column] = None
             changes = {k: v for k, v in wanted.items() if getattr(old, k) != v}
             if changes:
                 await conn.execute(update(locations).where(locations.c.id == old.id).values(**changes, updated_at=now))

@@ -79,6 +79,22 @@ class ChannelInput:
     dynamic_buffer_min: int | None = None
     dynamic_buffer_max: int | None = None
     dynamic_buffer_band: int | None = None
+    # fields given as an explicit null: cleared (None above otherwise means "keep the stored value")
+    cleared: frozenset[str] = frozenset()
+
+
+# the settings a channel may be without; null clears them (the others keep their stored value)
+CLEARABLE = frozenset(
+    {
+        "safety_buffer_percent",
+        "allocation_percent",
+        "allocation_cap",
+        "backorder_limit",
+        "endpoint_url",
+        "endpoint_secret",
+        "low_stock_threshold",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +233,8 @@ async def upsert_channels(ctx: Ctx, items: list[ChannelInput]) -> list[ChannelVi
                 if value is not None:
                     exact = field.endswith(("_percent", "_factor"))
                     values[field] = Decimal(str(value)) if exact else value
+                elif field in item.cleared and field in CLEARABLE:
+                    values[field] = None
             new_links = {loc_ids[c] for c in item.location_codes}
             url = values.get("endpoint_url", None if old is None else old.endpoint_url)
             secret = values.get("endpoint_secret", None if old is None else old.endpoint_secret)
@@ -634,7 +652,7 @@ class ChannelHold:
 
     held: dict[stock.Pair, int]
     backordered: dict[stock.Pair, int]
-    versions: dict[stock.Pair, int]
+    holds: list[stock.Hold]  # each hold as applied: a position held twice has two ledger rows
     # of `backordered`, units sold as preorders (the SKU not launched yet): counted against the SKU's limit
     preordered: dict[stock.Pair, int] = dataclass_field(default_factory=dict)
 
@@ -697,7 +715,7 @@ async def hold_under_channel(
                 ]
             )
         by_sku[sku_rows[ln.sku_code].id].append(ln)
-    out = ChannelHold(defaultdict(int), defaultdict(int), {})
+    out = ChannelHold(defaultdict(int), defaultdict(int), [])
     # guard rows in SKU order, always before stock rows: two checkouts lock in the same order
     for sku_id in sorted(by_sku):
         await _lock_guard(conn, channel.id, sku_id)
@@ -747,7 +765,7 @@ async def hold_under_channel(
                     raise Refused([_short(sku.code, ln, got.figure.available)])
                 free[loc] -= q
                 out.held[pair] += q
-                out.versions[pair] = version
+                out.holds.append((pair, q, version))
                 stock_units += q
             for loc, q in back_plan:
                 pair = (sku_id, loc)

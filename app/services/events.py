@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, select, tuple_
@@ -13,8 +15,16 @@ from app.db import pg, stock
 from app.db.engine import is_unique_violation
 from app.db.tables import inventory_events, locations, skus
 from app.domain.errors import ErrorCode, Refused, UserError
-from app.domain.events import EventStatus, EventType, InventoryEvent, LedgerKind, decide, validate
-from app.domain.quantities import Delta
+from app.domain.events import (
+    EventStatus,
+    EventType,
+    InventoryEvent,
+    LedgerKind,
+    decide,
+    on_hand_since,
+    validate,
+)
+from app.domain.quantities import INT_MAX, INT_MIN, Delta, Magnitude, Position, excess, grows_out_of_range
 from app.services import demand
 from app.services.context import Ctx
 
@@ -104,6 +114,29 @@ async def record_events(
         return await ctx.db.write(work)
 
 
+def _size_after(
+    size: Magnitude, positions: dict[stock.Pair, Position], moves: list[tuple[stock.Pair, Delta]]
+) -> Magnitude | None:
+    """The SKU's magnitude after `moves`, or None when a figure would leave what the API can return."""
+    start = size
+    for pair, delta in moves:
+        before = positions[pair]
+        after = before.plus(delta)
+        if grows_out_of_range(excess(before), excess(after)):
+            return None
+        size = size.replacing(before, after)
+    return None if grows_out_of_range(start.excess, size.excess) else size
+
+
+def _out_of_range(i: int, e: InventoryEvent) -> UserError:
+    return UserError(
+        ErrorCode.QUANTITY_OUT_OF_RANGE,
+        f"{e.type} {e.quantity} would take a figure of {e.sku_code} beyond {INT_MAX} (or below {INT_MIN}), "
+        "more than the API can return",
+        ("input", str(i), "quantity"),
+    )
+
+
 async def _apply_batch(
     conn: AsyncConnection, ctx: Ctx, events: list[InventoryEvent], errors: list[UserError], atomic: bool
 ) -> tuple[list[EventResult], list[UserError]]:
@@ -134,6 +167,7 @@ async def _apply_batch(
 
     results: dict[int, EventResult] = {}
     first_in_batch: dict[tuple[str, str], tuple[int, str]] = {}
+    repeats: dict[int, int] = {}  # a repeat inside the batch -> the index of its first occurrence
     for i, e in enumerate(events):
         key = (e.source, e.external_id)
         fp = e.fingerprint()
@@ -151,6 +185,8 @@ async def _apply_batch(
                 )
             else:
                 results[i] = EventResult(i, EventStatus.DUPLICATE, int(seen.version) if seen is not None else None)
+                if seen is None:
+                    repeats[i] = earlier[0]  # type: ignore[index]
             continue
         first_in_batch[key] = (i, fp)
 
@@ -167,11 +203,16 @@ async def _apply_batch(
             pairs_touched.add((sku_ids[e.sku_code], locs[e.to_location_code].id))
     locked = await stock.lock_or_create_positions(conn, pairs_touched, now)
     positions = {p: lp.position for p, lp in locked.items()}
+    # every figure must stay an Int the API can return, per position and summed over a SKU's positions
+    sizes = await stock.magnitudes(conn, {p[0] for p in pairs_touched}) if pairs_touched else {}
     counted = {p: lp.counted_at for p, lp in locked.items()}
     versions = {p: lp.version for p, lp in locked.items()}
 
     ledger: list[dict[str, Any]] = []
     changed: set[stock.Pair] = set()
+    # on-hand effects applied earlier in this batch, not in the ledger table until the batch ends: a
+    # late count must keep those that occurred after it exactly like the ones already stored
+    applied: dict[stock.Pair, list[tuple[datetime, int]]] = defaultdict(list)
     for i in todo:
         e = events[i]
         loc = locs[e.location_code]
@@ -179,16 +220,29 @@ async def _apply_batch(
         since = 0
         if e.type is EventType.COUNTED:
             since = await stock.on_hand_after(conn, pair, e.occurred_at)
+            since += on_hand_since(applied[pair], e.occurred_at)
         decision = decide(e, positions[pair], counted[pair], loc.count_authority, since)
         delta = decision.effect.delta
+        to_id = locs[e.to_location_code].id if e.to_location_code else None
+        moves = [(pair, delta)]
+        if e.type is EventType.TRANSFER_OUT and to_id is not None:
+            moves.append(((pair[0], to_id), Delta(incoming=e.quantity)))
+        size = _size_after(sizes[pair[0]], positions, moves)
+        if size is None:
+            errors.append(_out_of_range(i, e))
+            if atomic:
+                raise Refused(errors)
+            continue
+        sizes[pair[0]] = size
         if not delta.is_zero or decision.counted_at is not None:
             versions[pair] = await stock.apply_delta(conn, pair, delta, now, decision.counted_at)
             positions[pair] = positions[pair].plus(delta)
+            if delta.on_hand:
+                applied[pair].append((e.occurred_at, delta.on_hand))
             if decision.counted_at is not None:
                 counted[pair] = decision.counted_at
             if not delta.is_zero:
                 changed.add(pair)
-        to_id = locs[e.to_location_code].id if e.to_location_code else None
         ledger.append(
             stock.ledger_row(
                 kind=e.type.value,
@@ -232,6 +286,9 @@ async def _apply_batch(
                     reason=f"transfer {e.external_id} from {e.location_code}",
                 )
             )
+    for i, first in repeats.items():
+        if first in results:  # answered like a later repeat: the version its first occurrence recorded
+            results[i] = replace(results[i], version=results[first].version)
     await stock.write_ledger(conn, ledger)
     await stock.enqueue_changes(conn, changed, now)
     await demand.note_ledger(conn, now, ledger)  # issue 18: reported sales and orders are demand

@@ -1,13 +1,15 @@
-"""The integrity check: every position must equal the fold (sum) of its ledger rows."""
+"""The integrity check: every position must equal the fold (sum) of its ledger rows, and its versions
+must each have exactly one ledger row that changed it (1, 2, … version: no gap, no repeat)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, union_all
+from sqlalchemy import distinct, func, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.tables import (
+    LEDGER_ROW_CHANGES,
     external_holds,
     inventory_events,
     locations,
@@ -33,7 +35,11 @@ class Mismatch:
 
 async def check(ctx: Ctx) -> list[Mismatch]:
     async with ctx.db.read() as conn:
-        return await _positions_vs_ledger(conn) + await _reserved_vs_reservations(conn)
+        return (
+            await _positions_vs_ledger(conn)
+            + await _versions_without_gaps(conn)
+            + await _reserved_vs_reservations(conn)
+        )
 
 
 async def _positions_vs_ledger(conn: AsyncConnection) -> list[Mismatch]:
@@ -66,6 +72,57 @@ async def _positions_vs_ledger(conn: AsyncConnection) -> list[Mismatch]:
             stored, ledger = int(getattr(r, f)), int(getattr(r, f"ledger_{f}") or 0)
             if stored != ledger:
                 out.append(Mismatch(r.sku_code, r.location_code, f, stored, ledger))
+    return out
+
+
+async def _versions_without_gaps(conn: AsyncConnection) -> list[Mismatch]:
+    """A position at version v has ledger rows that changed it at versions 1..v, each exactly once:
+    a client that sees v after v-2 has missed a change. Rows that changed nothing keep the version
+    they saw and are not counted.
+
+    Reported as `ledger_versions` (stored: the position's version; ledger: how many distinct versions
+    its changing rows hold; also when one lies outside 1..version) and `ledger_versions_repeated` (stored: distinct
+    versions; ledger: changing rows)."""
+    ie = inventory_events
+    per_position = (
+        select(
+            ie.c.sku_id,
+            ie.c.location_id,
+            func.count().label("rows"),
+            func.count(distinct(ie.c.version)).label("versions"),
+            func.min(ie.c.version).label("lowest"),
+            func.max(ie.c.version).label("highest"),
+        )
+        .where(text(f"({LEDGER_ROW_CHANGES})"))
+        .group_by(ie.c.sku_id, ie.c.location_id)
+        .subquery()
+    )
+    sl = stock_levels
+    rows = await conn.execute(
+        select(
+            sl.c.version,
+            per_position.c.rows,
+            per_position.c.versions,
+            per_position.c.lowest,
+            per_position.c.highest,
+            skus.c.code.label("sku_code"),
+            locations.c.code.label("location_code"),
+        )
+        .join(skus, skus.c.id == sl.c.sku_id)
+        .join(locations, locations.c.id == sl.c.location_id)
+        .outerjoin(
+            per_position,
+            (per_position.c.sku_id == sl.c.sku_id) & (per_position.c.location_id == sl.c.location_id),
+        )
+    )
+    out: list[Mismatch] = []
+    for r in rows:
+        version, n, distinct_n = int(r.version), int(r.rows or 0), int(r.versions or 0)
+        inside = n == 0 or (int(r.lowest) >= 1 and int(r.highest) <= version)
+        if distinct_n != version or not inside:
+            out.append(Mismatch(r.sku_code, r.location_code, "ledger_versions", version, distinct_n))
+        if n != distinct_n:
+            out.append(Mismatch(r.sku_code, r.location_code, "ledger_versions_repeated", distinct_n, n))
     return out
 
 

@@ -59,6 +59,19 @@ async def stock_levels_page(
         return [level_view(r) for r in await conn.execute(q)]
 
 
+async def unknown_sku_codes(ctx: Ctx, sku_codes: list[str]) -> list[str]:
+    """The codes that name no SKU, once each, in the order asked (`availability` leaves them out)."""
+    wanted = list(dict.fromkeys(sku_codes))
+    if not wanted:
+        return []
+    async with ctx.db.read() as conn:
+        known = {r.code for r in await conn.execute(_SKU_CODES, {"codes": wanted})}
+    return [c for c in wanted if c not in known]
+
+
+_SKU_CODES = select(skus.c.code).where(skus.c.code.in_(bindparam("codes", expanding=True)))
+
+
 async def availability(ctx: Ctx, sku_codes: list[str]) -> list[AvailabilityView]:
     async with ctx.db.read() as conn:
         return await availability_in(conn, sku_codes)

@@ -160,7 +160,7 @@ async def _hold_all(
     if req.channel_code is None and all(ln.location_code is not None for ln in req.lines):
         return await _hold_named(conn, req, now, rid, expires_at, sku_rows, loc_rows)
     held: dict[stock.Pair, int] = defaultdict(int)
-    versions: dict[stock.Pair, int] = {}
+    holds: list[stock.Hold] = []
     backordered: dict[stock.Pair, int] = {}
     preordered: dict[stock.Pair, int] = {}
     # lines in primary-key order: two checkouts wanting the same SKUs lock their rows in the same order
@@ -170,7 +170,7 @@ async def _hold_all(
         taken = await channels.hold_under_channel(
             conn, now, req.channel_code, ordered, sku_rows, loc_rows, lambda c, t, ids: expire_due(c, t, sku_ids=ids)
         )
-        held, versions, backordered = taken.held, taken.versions, taken.backordered
+        held, holds, backordered = taken.held, taken.holds, taken.backordered
         preordered = taken.preordered  # issue 18
         ordered = []
     for line in ordered:
@@ -181,12 +181,12 @@ async def _hold_all(
             if version is None:
                 raise Refused([await _insufficient(conn, line, [pair[1]])])
             held[pair] += line.quantity
-            versions[pair] = version
+            holds.append((pair, line.quantity, version))
         else:
             for pair, q, version in await _hold_anywhere(conn, now, sku_id, line):
                 held[pair] += q
-                versions[pair] = version
-    expected = await record_holds(conn, now, rid, held, versions, req.cart_ref, backordered, preordered)
+                holds.append((pair, q, version))
+    expected = await record_holds(conn, now, rid, held, holds, req.cart_ref, backordered, preordered)
     view = _view_of_new(req, now, expires_at, rid, sku_rows, loc_rows, held, backordered, expected)
     return view if view is not None and not preordered else (await load_views(conn, now, [rid]))[0]
 
@@ -730,14 +730,17 @@ async def record_holds(
     now: datetime,
     reservation_id: str,
     held: dict[stock.Pair, int],
-    versions: dict[stock.Pair, int],
+    holds: list[stock.Hold],
     reference: str | None = None,
     backordered: dict[stock.Pair, int] | None = None,
     preordered: dict[stock.Pair, int] | None = None,
 ) -> dict[stock.Pair, datetime]:
     """The lines, ledger rows and outbox rows for units already taken with `stock.hold` (and, under a
     channel's backorder allowance, units `backordered` against incoming stock: a line, no ledger row).
-    Returns the expected arrival each backorder was promised against, where one is known."""
+
+    `held` is the units per position (one line each); `holds` every hold that took them, one ledger
+    row each, so each version a hold made has its row. Returns the expected arrival each backorder was
+    promised against, where one is known."""
     backordered = {p: q for p, q in (backordered or {}).items() if q}
     expected = await _expected_arrivals(conn, list(backordered), now)
     pairs = sorted((p, q) for p, q in held.items() if q)
@@ -760,7 +763,7 @@ async def record_holds(
     )
     await stock.write_ledger(
         conn,
-        [_reserved_row(p, q, versions[p], now, reservation_id, reference) for p, q in pairs],
+        [_reserved_row(p, q, version, now, reservation_id, reference) for p, q, version in holds if q],
     )
     await stock.enqueue_changes(conn, {p for p, _ in pairs} | set(backordered), now)
     # issue 18: the reservation's units are demand under its channel (last: after its stock rows)

@@ -165,11 +165,13 @@ class _Contended(Exception):
 
 
 class _RefusedAfterRouting(Refused):
-    """Refused with a decision worth keeping (stored after the rollback)."""
+    """Refused with a decision worth keeping (stored after the rollback), and the inputs it was made on:
+    the candidates as the router saw them, not as a later read would find them."""
 
-    def __init__(self, errors: list[UserError], decision: DecisionView) -> None:
+    def __init__(self, errors: list[UserError], decision: DecisionView, request: dict[str, Any]) -> None:
         super().__init__(errors)
         self.decision = decision
+        self.request = request
 
 
 # --- the routing context: what the router sees ---------------------------------------------------
@@ -590,7 +592,7 @@ async def route_and_reserve(ctx: Ctx, req: RouteOrderRequest) -> RouteAndReserve
             log.info("routing %s again: stock or capacity taken since the read (attempt %d)", req.order_ref, attempt)
             continue
         except _RefusedAfterRouting as refused:
-            stored = await _store_refusal(ctx, req, refused.decision)
+            stored = await _store_refusal(ctx, refused.decision, refused.request)
             return RouteAndReserveResult(stored, None, tuple(refused.errors))
         except Refused as refused:
             return RouteAndReserveResult(None, None, tuple(refused.errors))
@@ -666,7 +668,11 @@ async def _route_and_hold(
         decision = route(routing, setting.candidates)
     if decision.unserved and (req.channel_code is None or setting.channel_backorder_limit is None):
         errors = _unserved_errors(req, decision)
-        raise _RefusedAfterRouting(errors, _view(req, routing, decision, OUTCOME_REFUSED, errors, now))
+        raise _RefusedAfterRouting(
+            errors,
+            _view(req, routing, decision, OUTCOME_REFUSED, errors, now),
+            _request_record(req, setting, destination),
+        )
 
     loc_ids = setting.location_ids
     backordered: dict[stock.Pair, int] = {}
@@ -678,9 +684,10 @@ async def _route_and_hold(
         )
         held = dict(plan)
         versions = await _hold_all(conn, now, plan)
+        holds = [(pair, q, versions[pair]) for pair, q in plan]
     else:
         try:
-            held, versions, backordered = await _hold_under_channel(conn, now, req.channel_code, setting, decision)
+            held, holds, backordered = await _hold_under_channel(conn, now, req.channel_code, setting, decision)
         except Refused as refused:
             if first_try:
                 # The channel's rules refuse both an order beyond its figure and a routed position
@@ -691,7 +698,9 @@ async def _route_and_hold(
             errors = list(refused.errors)
             reason = f"{decision.reason}; refused under channel {req.channel_code}'s rules"
             raise _RefusedAfterRouting(
-                errors, _view(req, routing, decision, OUTCOME_REFUSED, errors, now, reason)
+                errors,
+                _view(req, routing, decision, OUTCOME_REFUSED, errors, now, reason),
+                _request_record(req, setting, destination),
             ) from refused
         decision = _as_held(decision, setting, held, backordered)
     # a location counts an order when it ships stock today; backordered units ship when they arrive
@@ -699,7 +708,7 @@ async def _route_and_hold(
     # after the holds: the per-location day row is a hot spot, so its lock is held for as short a time
     # as possible; stock rows then day rows, each in id order, so two orders cannot deadlock
     await _count_orders(conn, now, shipping, setting)
-    await reservations.record_holds(conn, now, rid, held, versions, reference=req.order_ref, backordered=backordered)
+    await reservations.record_holds(conn, now, rid, held, holds, reference=req.order_ref, backordered=backordered)
 
     view = replace(
         _view(req, routing, decision, OUTCOME_RESERVED, [], now), backorders=_backorders(setting, backordered)
@@ -711,7 +720,7 @@ async def _route_and_hold(
 
 async def _hold_under_channel(
     conn: AsyncConnection, now: datetime, channel_code: str, setting: _Setting, decision: RoutingDecision
-) -> tuple[dict[stock.Pair, int], dict[stock.Pair, int], dict[stock.Pair, int]]:
+) -> tuple[dict[stock.Pair, int], list[stock.Hold], dict[stock.Pair, int]]:
     """Hold the routed lines under the channel's rules, the same way `reserve` with a channelCode does:
     never more per SKU than the channel's figure (safety buffers, allocation, ring fences for other
     channels), counted in the channel's holds so commit, release and expiry give them back. What
@@ -731,7 +740,7 @@ async def _hold_under_channel(
         loc_rows,
         lambda c, t, ids: reservations.expire_due(c, t, sku_ids=ids),
     )
-    return dict(taken.held), dict(taken.versions), {p: q for p, q in taken.backordered.items() if q}
+    return dict(taken.held), taken.holds, {p: q for p, q in taken.backordered.items() if q}
 
 
 @dataclass(frozen=True, slots=True)
@@ -955,20 +964,17 @@ async def _store(
     return replace(view, id=int(new_id or 0), reservation_id=reservation_id, request=request)
 
 
-async def _store_refusal(ctx: Ctx, req: RouteOrderRequest, view: DecisionView) -> DecisionView:
-    """Keep a refused decision with its inputs (the refused transaction itself changed nothing)."""
-    destination = GeoPoint(*req.destination) if req.destination is not None else None
+async def _store_refusal(ctx: Ctx, view: DecisionView, request: dict[str, Any]) -> DecisionView:
+    """Keep a refused decision with the inputs it was routed on (the refused transaction changed nothing).
+
+    `request` was recorded from the routing's own read: a fresh read here would store stock that
+    other transactions moved since, and the decision would no longer follow from its inputs."""
 
     async def work(conn: AsyncConnection) -> DecisionView:
-        # the inputs as they are now: the refused transaction's read rolled back with it
-        setting = await _load(conn, req, view.created_at)
-        return await _store(conn, view, _request_record(req, setting, destination), None, ctx.actor.key_id)
+        return await _store(conn, view, request, None, ctx.actor.key_id)
 
-    try:
-        # a write that publishes nothing: no listener needs waking
-        return await ctx.db.write(work, notify=False)
-    except Refused:
-        return view  # the channel or a SKU vanished meanwhile: answer without storing
+    # a write that publishes nothing: no listener needs waking
+    return await ctx.db.write(work, notify=False)
 
 
 async def decisions_for_order(ctx: Ctx, order_ref: str, limit: int = 100) -> list[DecisionView]:
