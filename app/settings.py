@@ -29,7 +29,13 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(10, ge=0)
     # security: API keys, request limits, rate limits (README.md, section Security, has the reasoning for each default)
     auth_cache_seconds: float = Field(5.0, ge=0)  # a key revoked elsewhere stops working within this
+    # the most bytes of one request on either transport: an HTTP body or a websocket message
+    # (app/graphql/limits.py max_request_bytes is what both read)
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    # rows one query or mutation may make resolvers read (app/graphql/limits.py says how they are counted)
+    max_query_cost: int = Field(25_000, ge=0)  # 0: no limit
+    query_cost_list_size: int = Field(20, ge=1)  # what a list of unknown length counts as
+    max_response_bytes: int = Field(8 * 1_048_576, ge=1024)  # a query's encoded answer
     max_query_depth: int = Field(10, ge=1)
     max_query_tokens: int = Field(2000, ge=50)
     max_aliases: int = Field(20, ge=0)
