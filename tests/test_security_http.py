@@ -54,7 +54,7 @@ async def test_graphql_response_json_gets_the_specs_status_codes(api: Api) -> No
     started = await post(api, {"query": 'query { inventoryEvents(after: "zzz") { nodes { id } } }'})
     assert started.status_code == 200
     assert started.json()["data"] is None
-    assert started.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert started.json()["errors"][0]["extensions"]["code"] == "INVALID_CURSOR"
 
 
 async def test_no_accept_header_means_graphql_response_json(api: Api) -> None:
