@@ -18,6 +18,7 @@ from functools import cache
 from typing import Any
 
 from graphql import (
+    DocumentNode,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
@@ -30,9 +31,14 @@ from graphql import (
     GraphQLSchema,
     GraphQLType,
     InlineFragmentNode,
+    IntValueNode,
+    ListValueNode,
+    NullValueNode,
+    OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
-    get_argument_values,
+    ValueNode,
+    VariableNode,
     get_named_type,
 )
 
@@ -42,6 +48,7 @@ from app.settings import Settings
 QUERY_TOO_COSTLY = "QUERY_TOO_COSTLY"
 RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
 PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+_ABSENT = object()
 DEFAULT_PAGE = 100  # the page size of a field with `first` when none is given (app/graphql/queries.py)
 
 
@@ -74,10 +81,12 @@ class _Coster:
         self,
         schema: GraphQLSchema,
         fragments: Mapping[str, FragmentDefinitionNode],
-        variables: Any,
+        variables: Mapping[str, Any],
+        defaults: Mapping[str, ValueNode | None],
         list_size: int,
     ) -> None:
         self.schema, self.fragments, self.variables, self.list_size = schema, fragments, variables, list_size
+        self.defaults = defaults
         self.memo: dict[tuple[str, str, int], int] = {}
 
     def selection_set(self, selections: SelectionSetNode, parent: GraphQLType, page: int) -> int:
@@ -115,15 +124,31 @@ class _Coster:
         below = self.selection_set(node.selection_set, get_named_type(definition.type), child_page)
         return size * (1 + below)
 
+    def argument(self, node: FieldNode, name: str) -> Any:
+        """An argument's value as sent (the raw variable, or a literal's items): counted before the
+        variables are coerced, so a refusal costs no coercion of a thousand codes."""
+        for argument in node.arguments or ():
+            if argument.name.value != name:
+                continue
+            value: Any = argument.value
+            if isinstance(value, VariableNode):
+                given = self.variables.get(value.name.value, _ABSENT)
+                value = self.defaults.get(value.name.value) if given is _ABSENT else given
+                if not isinstance(value, ValueNode):
+                    return value
+            if isinstance(value, ListValueNode):
+                return list(value.values)
+            if isinstance(value, IntValueNode):
+                return int(value.value)
+            return None if isinstance(value, (NullValueNode, type(None))) else value
+        return None
+
     def size(self, definition: GraphQLField, node: FieldNode, page: int) -> tuple[int, int]:
         """(items this field returns, the size of unsized lists right below it)."""
         is_list = _is_list(definition.type)
         if not definition.args:
             return (page if is_list else 1), self.list_size
-        try:
-            arguments = get_argument_values(definition, node, self.variables)
-        except GraphQLError:
-            arguments = {}
+        arguments = {name: self.argument(node, name) for name in definition.args}
         if "first" in definition.args:  # a page: it returns the page, or holds it in a connection
             first = arguments.get("first")
             wanted = first if isinstance(first, int) and first > 0 else DEFAULT_PAGE
@@ -134,15 +159,28 @@ class _Coster:
         return (max(lengths) if lengths else page), self.list_size
 
 
+def _operation(document: DocumentNode, name: str | None) -> OperationDefinitionNode | None:
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if name is None:
+        return operations[0] if len(operations) == 1 else None
+    return next((o for o in operations if o.name is not None and o.name.value == name), None)
+
+
 def query_cost(
     schema: GraphQLSchema,
-    selection_set: SelectionSetNode,
-    root: GraphQLObjectType,
-    fragments: Mapping[str, FragmentDefinitionNode],
-    variables: Any,
+    document: DocumentNode,
+    operation: OperationDefinitionNode,
+    variables: Mapping[str, Any] | None,
     list_size: int,
 ) -> int:
-    return _Coster(schema, fragments, variables, list_size).selection_set(selection_set, root, list_size)
+    """The rows `operation` would make resolvers read, with `variables` as sent."""
+    root = schema.get_root_type(operation.operation)
+    if root is None:
+        return 0
+    fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+    defaults = {v.variable.name.value: v.default_value for v in operation.variable_definitions or ()}
+    coster = _Coster(schema, fragments, variables or {}, defaults, list_size)
+    return coster.selection_set(operation.selection_set, root, list_size)
 
 
 def too_costly(cost: int, limit: int) -> GraphQLError:
@@ -162,24 +200,32 @@ class CostLimitedExecutor(SharedEventExecutor):
     max_cost: int = 0
     list_size: int = 20
 
+    @classmethod
+    def build(
+        cls,
+        schema: GraphQLSchema,
+        document: DocumentNode,
+        root_value: Any = None,
+        context_value: Any = None,
+        raw_variable_values: dict[str, Any] | None = None,
+        operation_name: str | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        # before the variables are coerced (a thousand codes cost more to coerce than to count)
+        operation = _operation(document, operation_name)
+        if cls.max_cost and operation is not None and operation.operation is not OperationType.SUBSCRIPTION:
+            cost = query_cost(schema, document, operation, raw_variable_values, cls.list_size)
+            if cost > cls.max_cost:
+                return [too_costly(cost, cls.max_cost)]
+        return super().build(
+            schema, document, root_value, context_value, raw_variable_values, operation_name, *args, **kwargs
+        )
+
     def execute_operation(self, serially: bool | None = None) -> Any:
-        operation = self.operation
-        if serially is None and operation.operation is not OperationType.SUBSCRIPTION:
-            if hasattr(self.context_value, "operation"):
-                self.context_value.operation = operation.operation.value  # the HTTP view caps a query's answer
-            root = self.schema.get_root_type(operation.operation)
-            if root is not None and self.max_cost:
-                cost = query_cost(
-                    self.schema,
-                    operation.selection_set,
-                    root,
-                    self.fragment_definitions,
-                    self.variable_values,
-                    self.list_size,
-                )
-                if cost > self.max_cost:
-                    self.collected_errors.add(too_costly(cost, self.max_cost), None)
-                    return self.finish(self.build_response(None))
+        kind = self.operation.operation
+        if serially is None and kind is not OperationType.SUBSCRIPTION and hasattr(self.context_value, "operation"):
+            self.context_value.operation = kind.value  # the HTTP view caps a query's answer
         return super().execute_operation(serially)
 
 
