@@ -953,3 +953,21 @@ async def test_websocket_sqlite(sqlite_world: World, case: Ws) -> None:
     after = await snapshot(sqlite_world.url)
     assert (sorted(set(got)) if isinstance(got, list) else got) == case.expect  # some rules report twice
     assert after == before, f"{case.name} changed the database"
+
+
+async def test_codes_asked_twice_are_read_once_and_a_big_honest_request_passes(sqlite_world: World) -> None:
+    """Item 1's other halves: duplicates are dropped before reading, and the cost limit leaves room for
+    a storefront's real request (1,000 distinct codes with their locations costs 21,000)."""
+    query = f"query($c: [String!]!) {{ availability(skuCodes: $c) {{ skuCode locations {{ {LOCATION_FIELDS} }} }} }}"
+    async with httpx.AsyncClient(base_url=sqlite_world.server.url, timeout=TIMEOUT) as client:
+        twice = await client.post(
+            "/graphql", json=gql(query, c=["SKU-1", "SKU-2", "SKU-1"]), headers=sqlite_world.headers("storefront")
+        )
+        assert [a["skuCode"] for a in twice.json()["data"]["availability"]] == ["SKU-1", "SKU-2"]
+        wide = await client.post(
+            "/graphql",
+            json=gql(query, c=["SKU-1", *(f"NO-{i}" for i in range(999))]),
+            headers=sqlite_world.headers("storefront"),
+        )
+        assert wide.status_code == 200, wide.text[:500]
+        assert [a["skuCode"] for a in wide.json()["data"]["availability"]] == ["SKU-1"]
