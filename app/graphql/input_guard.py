@@ -81,13 +81,14 @@ _LENGTHS: dict[str, int] = {name: _length(column) for name, column in _COLUMNS.i
 
 # The accepted time range of each datetime input (README.md, Limits). Event times before 2000 are
 # typos (year 1, 0026) rather than history, and one more than a year ahead is a clock or format bug;
-# expected deliveries and hold expiries may lie further out. Anything else: 2000 .. now + 5 years.
+# a hold may be kept for years, and an expected delivery is a plan (integrations send placeholders
+# like 2099-01-10 for "no date yet"), so that one is only kept inside this century.
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
-_TIMES: dict[str, timedelta] = {  # name -> how far after now it may lie
+_TIMES: dict[str, timedelta | datetime] = {  # name -> how far after now it may lie, or the latest
     "occurredAt": timedelta(days=366),
     "takenAt": timedelta(days=366),
-    "expectedAt": timedelta(days=5 * 366),
     "expiresAt": timedelta(days=5 * 366),
+    "expectedAt": datetime(2100, 1, 1, tzinfo=UTC),
 }
 _DEFAULT_AHEAD = timedelta(days=5 * 366)
 
@@ -124,7 +125,8 @@ def _check_str(value: str, owner: str, name: str, path: list[str]) -> None:
 def _check_time(value: datetime, name: str, path: list[str]) -> None:
     if value.tzinfo is None or value.utcoffset() is None:
         raise Refusal(path, f"{name} needs a time zone (e.g. 2026-01-01T09:00:00Z)")
-    latest = datetime.now(UTC) + _TIMES.get(name, _DEFAULT_AHEAD)
+    ahead = _TIMES.get(name, _DEFAULT_AHEAD)
+    latest = ahead if isinstance(ahead, datetime) else datetime.now(UTC) + ahead
     try:
         inside = EARLIEST <= value.astimezone(UTC) <= latest
     except OverflowError:  # beyond year 1..9999 once in UTC

@@ -5,7 +5,8 @@ The cost is counted before anything runs, from the operation and its variables, 
 will read: a list field counts the items it will return (the codes it was given, or its page size;
 codes count as sent, duplicates too: they are dropped before reading, but asking for one code a
 thousand times is asking for a thousand), times everything selected below it; a list whose length
-the request does not fix (an SKU's locations, a payload's results) counts as `query_cost_list_size`.
+the request does not fix (an SKU's locations, a payload's results) counts as `query_cost_list_size`
+(and one inside such a list as 1).
 So `availability(skuCodes: <1,000 codes>) { locations { ... } }` costs 1,000 x (1 + 20) = 21,000,
 and twenty aliases of it 420,000. Over `max_query_cost`, the request is refused at once with
 QUERY_TOO_COSTLY, its limit and its cost, before any resolver runs.
@@ -147,14 +148,17 @@ class _Coster:
         """(items this field returns, the size of unsized lists right below it)."""
         is_list = _is_list(definition.type)
         if not definition.args:
-            return (page if is_list else 1), self.list_size
+            # a list of unknown length counts `page` items; lists of unknown length inside it count
+            # one each (so a payload's nested lists do not compound 20 x 20 x 20): the answer cap
+            # bounds what this leaves out
+            return (page, 1) if is_list else (1, page)
         arguments = {name: self.argument(node, name) for name in definition.args}
         if "first" in definition.args:  # a page: it returns the page, or holds it in a connection
             first = arguments.get("first")
             wanted = first if isinstance(first, int) and first > 0 else DEFAULT_PAGE
             return (wanted, self.list_size) if is_list else (1, wanted)
         if not is_list:
-            return 1, self.list_size
+            return 1, page
         lengths = [len(v) for v in arguments.values() if isinstance(v, list)]
         return (max(lengths) if lengths else page), self.list_size
 
