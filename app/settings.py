@@ -37,14 +37,18 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(10, ge=0)
     # security: API keys, request limits, rate limits (README.md, section Security, has the reasoning for each default)
     auth_cache_seconds: float = Field(5.0, ge=0)  # a key revoked elsewhere stops working within this
-    max_body_bytes: int = Field(1_048_576, ge=1024)
-    # one cap for a request over either transport: an HTTP body, a websocket message (README Limits)
+    # the most bytes of one request on either transport: an HTTP body or a websocket message
+    # (app/graphql/limits.py max_request_bytes is what both read; README Limits)
     max_request_bytes: int = Field(1_048_576, ge=1024)
     # a request's head must be complete this long after the connection opened (or the previous
     # response ended), and its body within this long after the head: slow-sending clients are closed
     # (served by `stockwire serve`; app/serving.py)
     header_timeout_seconds: float = Field(10.0, gt=0)
     body_timeout_seconds: float = Field(30.0, gt=0)
+    # rows one query or mutation may make resolvers read (app/graphql/limits.py says how they are counted)
+    max_query_cost: int = Field(25_000, ge=0)  # 0: no limit
+    query_cost_list_size: int = Field(20, ge=1)  # what a list of unknown length counts as
+    max_response_bytes: int = Field(8 * 1_048_576, ge=1024)  # a query's encoded answer
     max_query_depth: int = Field(10, ge=1)
     max_query_tokens: int = Field(2000, ge=50)
     max_aliases: int = Field(20, ge=0)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import IO
 
 import httpx
 
@@ -58,9 +59,16 @@ def make_key(database_url: str) -> str:
         return pool.submit(asyncio.run, _migrated_key(database_url)).result()
 
 
-def start_server(database_url: str, broadcast_url: str = "memory://", key: str | None = None, **env: str) -> Server:
+def start_server(
+    database_url: str,
+    broadcast_url: str = "memory://",
+    key: str | None = None,
+    log: IO[bytes] | None = None,
+    **env: str,
+) -> Server:
     """A uvicorn process on a free port. `key`: one already in the database; by default one is made
-    (a PostgreSQL server refuses to start without any) and is `server.key`."""
+    (a PostgreSQL server refuses to start without any) and is `server.key`. `log`: where its stderr
+    goes (the log; default: this process's stderr)."""
     key = key or make_key(database_url)
     port = free_port()
     environment = {
@@ -84,6 +92,7 @@ def start_server(database_url: str, broadcast_url: str = "memory://", key: str |
             "warning",
         ],
         env=environment,
+        stderr=log,
     )
     server = Server(process, port, key)
     deadline = time.monotonic() + 30

@@ -10,10 +10,12 @@ keys are cached for an hour (STOCKWIRE_AUTH_CACHE_SECONDS) so that no lookup ref
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,6 +39,7 @@ TRANSPORT_WS = "graphql-transport-ws"
 LEGACY_WS = "graphql-ws"
 MAX_BATCH = 5  # the servers' max_batch_size, so an over-size batch stays small
 MAX_SUBSCRIPTIONS = 2
+MAX_RESPONSE = 16_384  # the servers' max_response_bytes: introspecting the schema answers more
 TIMEOUT = 15.0
 AVAILABILITY_Q = 'query { availability(skuCodes: ["SKU-1"]) { skuCode available } }'
 AVAILABILITY_SUB = "subscription($s: [String!]) { availabilityChanged(skuCodes: $s) { skuCode available } }"
@@ -50,7 +53,16 @@ class World:
     server: Server
     url: str  # the server's database
     keys: dict[str, str]  # role -> key ("all", "storefront", "checkout", "admin", "revoked")
+    log: Path  # the server's stderr: a client's error logs no traceback
     ids: dict[str, str] = field(default_factory=dict)  # reservation ids by state
+
+    def log_size(self) -> int:
+        return self.log.stat().st_size
+
+    def log_since(self, offset: int) -> str:
+        with self.log.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
 
     def headers(self, role: str | None = "all") -> dict[str, str]:
         h = {"Accept": GRAPHQL_RESPONSE, "Content-Type": "application/json"}
@@ -108,19 +120,22 @@ async def _extra_keys(url: str) -> dict[str, str]:
         await db.dispose()
 
 
-def _world(url: str) -> Iterator[World]:
+def _world(url: str, log: Path) -> Iterator[World]:
     all_key = asyncio.run(create_test_key(url))
     roles = {"all": all_key, **asyncio.run(_extra_keys(url))}
+    log_file = log.open("wb")
     server = start_server(
         url,
         key=all_key,
+        log=log_file,
         auth_cache_seconds="3600",
         max_batch_size=str(MAX_BATCH),
         max_subscriptions_per_connection=str(MAX_SUBSCRIPTIONS),
+        max_response_bytes=str(MAX_RESPONSE),
         allowed_origins="https://shop.example.com",
     )
     try:
-        world = World(server, url, roles)
+        world = World(server, url, roles, log)
         with httpx.Client(base_url=server.url, headers=server.headers, timeout=TIMEOUT) as client:
             skus = [{"code": c, "name": c} for c in ("SKU-1", "SKU-2")]
             assert _post(client, UPSERT_SKUS, input=skus)["upsertSkus"]["userErrors"] == []
@@ -157,6 +172,7 @@ def _world(url: str) -> Iterator[World]:
         yield world
     finally:
         stop_server(server)
+        log_file.close()
 
 
 def _settle(url: str) -> None:
@@ -175,8 +191,8 @@ def _settle(url: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(new_database: Callable[[], str]) -> Iterator[World]:
-    yield from _world(new_database())
+def world(new_database: Callable[[], str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    yield from _world(new_database(), tmp_path_factory.mktemp("hostile") / "server.log")
 
 
 # -- the HTTP cases -------------------------------------------------------------------------------
@@ -354,8 +370,8 @@ HTTP_CASES = [
     Http(
         "40,000 location codes",
         gql("query($s: [String!]) { locations(codes: $s) { code } }", s=WIDE_LIST),
-        200,
-        "INPUT_TOO_LARGE",
+        400,
+        "QUERY_TOO_COSTLY",  # 40,000 rows to read: refused before the arguments are looked at
         postgres=True,
     ),
     Http(
@@ -390,7 +406,7 @@ HTTP_CASES = [
         "BAD_REQUEST",
         postgres=True,
     ),
-    Http("NUL in a string", gql(RESERVE, input={"lines": [], "idempotencyKey": "a\x00b"}), 400, "BAD_REQUEST"),
+    Http("NUL in a string", gql(RESERVE, input={"lines": [], "idempotencyKey": "a\x00b"}), 400, "BAD_USER_INPUT"),
     Http("a JSON array (batch)", [gql(AVAILABILITY_Q), gql(AVAILABILITY_Q)], 400, "BAD_REQUEST"),
     Http("query not a string", {"query": 42}, 400, "BAD_REQUEST"),
     Http(
@@ -430,6 +446,209 @@ HTTP_CASES = [
 ]
 
 
+# -- issue 12 (hostile input, round 2): each case answered INTERNAL_SERVER_ERROR, ran something it
+# should not have, or answered megabytes before its fix
+
+LOCATION_FIELDS = (
+    "skuCode locationCode onHand committed reserved unavailable safetyStock incoming available oversold version"
+)
+COSTLY = (
+    "query($c: [String!]!) { "
+    + " ".join(
+        f"a{i}: availability(skuCodes: $c) {{ skuCode available oversold version locations {{ {LOCATION_FIELDS} }} }}"
+        for i in range(20)
+    )
+    + " }"
+)
+EXTERNAL_HOLDS = """mutation($input: [ExternalHoldInput!]!) { recordExternalHolds(input: $input) {
+  results { index status } userErrors { code message field } } }"""
+IMPORT_SNAPSHOT = """mutation($takenAt: DateTime!) { importSnapshot(source: "erp", takenAt: $takenAt,
+  input: [{skuCode: "SKU-1", locationCode: "WH-1", onHand: 3}], apply: true) { rows userErrors { code field } } }"""
+LEDGER_AFTER = "query($a: String) { inventoryEvents(after: $a) { nodes { id } } }"
+LEVELS_AFTER = "query($a: String) { stockLevels(after: $a) { skuCode } }"
+YEAR_1 = "0001-01-01T00:30:00+01:00"  # year 0 in UTC: out of Python's range
+YEAR_9999 = "9999-12-31T23:30:00-01:00"  # year 10000 in UTC
+
+
+def cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def hold(**overrides: Any) -> dict[str, Any]:
+    h = {"source": "market", "externalId": "h-1", "action": "PLACE", "skuCode": "SKU-1", "locationCode": "WH-1"}
+    return {**h, "quantity": 1, **overrides}
+
+
+ISSUE_12_HTTP_CASES = [
+    # 1: one request's cost as a whole (aliases x codes x locations), refused before anything runs
+    Http(
+        "20 aliases x 1,000 copies of a code, with locations (storefront key)",
+        gql(COSTLY, c=["SKU-1"] * 1000),
+        400,
+        "QUERY_TOO_COSTLY",
+        role="storefront",
+        postgres=True,
+    ),
+    Http(
+        "an answer over max_response_bytes",
+        gql("{ __schema { types { name description fields { name description } } } }"),
+        200,
+        "RESPONSE_TOO_LARGE",
+    ),
+    # 5: JSON bodies that are not objects
+    Http("a JSON string body", b'"x"', 400, "BAD_REQUEST", postgres=True),
+    Http("a JSON null body", b"null", 400, "BAD_REQUEST"),
+    Http("a JSON number body", b"42", 400, "BAD_REQUEST"),
+    Http("a JSON boolean body", b"true", 400, "BAD_REQUEST"),
+    # 6: NUL, whichever way it comes, and lone surrogates
+    Http(
+        "NUL in a GET query string",
+        {"query": 'query { availability(skuCodes: ["SKU\x00"]) { available } }'},
+        200,
+        "BAD_USER_INPUT",
+        method="GET",
+        postgres=True,
+    ),
+    Http(
+        "NUL as a \\u{0} escape in the document",
+        gql('query { availability(skuCodes: ["SKU\\u{0}"]) { available } }'),
+        200,
+        "BAD_USER_INPUT",
+        postgres=True,
+    ),
+    Http(
+        "NUL as a \\u0000 escape in a mutation's document",
+        gql('mutation { upsertSkus(input: [{code: "A\\u0000", name: "a"}]) { userErrors { code } } }'),
+        200,
+        "INVALID_INPUT",
+        postgres=True,
+    ),
+    Http(
+        "a cursor that decodes to NUL",
+        gql(LEVELS_AFTER, a=cursor("SKU\x00\x1fWH")),
+        200,
+        "INVALID_CURSOR",
+        postgres=True,
+    ),
+    Http(
+        "a lone surrogate in a variable",
+        b'{"query": "query($s: [String!]!) { availability(skuCodes: $s) { available } }", '
+        b'"variables": {"s": ["\\ud800"]}}',
+        400,
+        "BAD_USER_INPUT",
+        postgres=True,
+    ),
+    Http(
+        "a lone surrogate in the document",
+        gql('query { availability(skuCodes: ["\\ud800"]) { available } }'),
+        400,
+        "GRAPHQL_PARSE_FAILED",
+        postgres=True,
+    ),
+    # 7: lengths the database alone checked (varchar(100), varchar(200))
+    Http(
+        "channelCode of 101 characters",
+        reserve(("SKU-1", 1, None), channelCode="c" * 101),
+        200,
+        "INVALID_INPUT",
+        postgres=True,
+    ),
+    Http(
+        "external hold channelCode of 101 characters",
+        gql(EXTERNAL_HOLDS, input=[hold(channelCode="c" * 101)]),
+        200,
+        "INVALID_INPUT",
+        postgres=True,
+    ),
+    Http(
+        "external hold id of 201 characters",
+        gql(EXTERNAL_HOLDS, input=[hold(externalId="h" * 201)]),
+        200,
+        "INVALID_INPUT",
+        postgres=True,
+    ),
+    Http(
+        "event source of 101 characters",
+        gql(RECORD, input=[event(source="s" * 101)]),
+        200,
+        "INVALID_INPUT",
+        postgres=True,
+    ),
+    Http(
+        "idempotency key of 201 characters",
+        reserve(("SKU-1", 1, "WH-1"), key="k" * 201),
+        200,
+        "INVALID_INPUT",
+        postgres=True,
+    ),
+    # 8: times out of range, or without a time zone
+    Http(
+        "occurredAt in year 1 (+01:00)",
+        gql(RECORD, input=[event(occurredAt=YEAR_1)]),
+        200,
+        "INVALID_INPUT",
+        postgres=True,
+    ),
+    Http(
+        "occurredAt in year 1 (Z), applied as -infinity before",
+        gql(RECORD, input=[event(occurredAt="0001-01-01T00:00:00Z")]),
+        200,
+        "INVALID_INPUT",
+        postgres=True,
+    ),
+    Http(
+        "expectedAt in year 9999 (-01:00)",
+        gql(RECORD, input=[event(type="INCOMING", expectedAt=YEAR_9999)]),
+        200,
+        "INVALID_INPUT",
+        postgres=True,
+    ),
+    Http("importSnapshot takenAt in year 1", gql(IMPORT_SNAPSHOT, takenAt=YEAR_1), 200, "INVALID_INPUT", postgres=True),
+    Http("importSnapshot takenAt in year 9999", gql(IMPORT_SNAPSHOT, takenAt=YEAR_9999), 200, "INVALID_INPUT"),
+    Http(
+        "external hold expiresAt in year 1",
+        gql(EXTERNAL_HOLDS, input=[hold(expiresAt=YEAR_1)]),
+        200,
+        "INVALID_INPUT",
+        postgres=True,
+    ),
+    Http(
+        "external hold expiresAt in year 9999",
+        gql(EXTERNAL_HOLDS, input=[hold(expiresAt=YEAR_9999)]),
+        200,
+        "INVALID_INPUT",
+    ),
+    Http(
+        "external hold expiresAt without a time zone",
+        gql(EXTERNAL_HOLDS, input=[hold(expiresAt="2026-06-01T09:00:00")]),
+        200,
+        "INVALID_INPUT",
+        postgres=True,
+    ),
+    # 9: numbers past what dates and BIGINT hold
+    Http(
+        "orphanedHolds a million days back",
+        gql("{ orphanedHolds(committedOlderThanDays: 1000000) { id } }"),
+        200,
+        "BAD_USER_INPUT",
+        postgres=True,
+    ),
+    Http("a ledger cursor past 64 bits", gql(LEDGER_AFTER, a=cursor(str(2**70))), 200, "INVALID_CURSOR", postgres=True),
+    Http(
+        "a ledger cursor of a superscript two", gql(LEDGER_AFTER, a=cursor("²")), 200, "INVALID_CURSOR", postgres=True
+    ),
+    # 11: the GraphQL-over-HTTP answer, not the first operation run
+    Http(
+        "several operations and no operationName",
+        gql('query A { __typename } mutation B { releaseReservation(id: "x") { userErrors { code } } }'),
+        400,
+        "BAD_REQUEST",
+        postgres=True,
+    ),
+]
+HTTP_CASES += ISSUE_12_HTTP_CASES
+
+
 def _fill(value: Any, ids: dict[str, str]) -> Any:
     if isinstance(value, str):
         for state, rid in ids.items():
@@ -463,8 +682,11 @@ def _codes(body: dict[str, Any]) -> list[str]:
 
 async def _check_http(world: World, case: Http) -> None:
     before = await snapshot(world.url)
+    logged = world.log_size()
     response = await _send(world, case)
     after = await snapshot(world.url)
+    log = world.log_since(logged)
+    assert "Traceback" not in log and "unexpected error" not in log, log[-3000:]
     assert response.status_code < 500, response.text
     assert response.status_code == case.status, response.text[:500]
     body = response.json()  # every answer is a GraphQL response, errors included
@@ -714,3 +936,22 @@ async def test_websocket(world: World, case: Ws) -> None:
     after = await snapshot(world.url)
     assert (sorted(set(got)) if isinstance(got, list) else got) == case.expect  # some rules report twice
     assert after == before, f"{case.name} changed the database"
+
+
+async def test_codes_asked_twice_are_read_once_and_a_big_honest_request_passes(world: World) -> None:
+    """Item 1's other halves: duplicates are dropped before reading, and the cost limit leaves room for
+    a storefront's real request (1,000 distinct codes with their locations costs 21,000)."""
+    # what a storefront key may read per location (README, Security)
+    query = "query($c: [String!]!) { availability(skuCodes: $c) { skuCode locations { locationCode available } } }"
+    async with httpx.AsyncClient(base_url=world.server.url, timeout=TIMEOUT) as client:
+        twice = await client.post(
+            "/graphql", json=gql(query, c=["SKU-1", "SKU-2", "SKU-1"]), headers=world.headers("storefront")
+        )
+        assert [a["skuCode"] for a in twice.json()["data"]["availability"]] == ["SKU-1", "SKU-2"]
+        wide = await client.post(
+            "/graphql",
+            json=gql(query, c=["SKU-1", *(f"NO-{i}" for i in range(999))]),
+            headers=world.headers("storefront"),
+        )
+        assert wide.status_code == 200, wide.text[:500]
+        assert [a["skuCode"] for a in wide.json()["data"]["availability"]] == ["SKU-1"]

@@ -68,7 +68,7 @@ async def test_the_ledger_filters_by_type_source_reference_and_time(api: Api) ->
     assert ids(more) == ["r1"] and not more["inventoryEvents"]["pageInfo"]["hasNextPage"]
 
     naive = (await api.raw(LEDGER, **{"from": "2026-01-01T09:00:00"})).json()
-    assert naive["data"] is None and "timezone" in naive["errors"][0]["message"]
+    assert naive["data"] is None and "time zone" in naive["errors"][0]["message"]
 
 
 async def test_oversold_positions_and_a_skus_active_holds(api: Api) -> None:

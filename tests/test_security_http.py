@@ -53,7 +53,7 @@ async def test_graphql_response_json_gets_the_specs_status_codes(api: Api) -> No
     started = await post(api, {"query": 'query { inventoryEvents(after: "zzz") { nodes { id } } }'})
     assert started.status_code == 200
     assert started.json()["data"] is None
-    assert started.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert started.json()["errors"][0]["extensions"]["code"] == "INVALID_CURSOR"
 
 
 async def test_no_accept_header_means_graphql_response_json(api: Api) -> None:
@@ -171,7 +171,7 @@ async def strict(tmp_path: Path, new_database: Callable[[], str]) -> AsyncIterat
         max_query_depth=1,  # the root field's own selections are depth 1
         max_aliases=2,
         max_query_tokens=60,
-        max_body_bytes=2048,
+        max_request_bytes=2048,
         max_input_items=3,
     )
     key = await create_test_key(url)
@@ -217,7 +217,7 @@ async def test_a_body_that_lies_about_its_length_is_still_cut_off(strict: Api) -
 def test_the_defaults_suit_a_public_storefront() -> None:
     s = Settings()
     assert (s.max_query_depth, s.max_aliases, s.max_query_tokens) == (10, 20, 2000)
-    assert s.max_body_bytes == 1_048_576 and s.max_input_items == 10_000 and s.max_batch_size == 1000
+    assert s.max_request_bytes == 1_048_576 and s.max_input_items == 10_000 and s.max_batch_size == 1000
     assert s.allowed_origins == []  # same-origin pages and non-browser clients only, until listed
 
 

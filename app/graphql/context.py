@@ -19,3 +19,4 @@ class Context:
     security: Any = None  # app.security.runtime.Security
     request_id: str | None = None  # in X-Request-Id and in masked errors, so a log line can be found
     connection_params: Any = None  # the websocket connection_init payload (Strawberry sets it)
+    operation: str | None = None  # "query", "mutation" or "subscription", once execution starts

@@ -15,11 +15,12 @@ from contextlib import aclosing
 from functools import cached_property
 from typing import Any
 
-from graphql import ASTValidationRule, GraphQLError, GraphQLSyntaxError
+from graphql import ASTValidationRule, GraphQLError, GraphQLSyntaxError, OperationDefinitionNode
 from strawberry import Schema
 from strawberry.extensions import MaskErrors, SchemaExtension
 from strawberry.extensions.context import StreamResultContextManager
 from strawberry.extensions.runner import SchemaExtensionsRunner
+from strawberry.schema.exceptions import CannotGetOperationTypeError
 from strawberry.types import ExecutionContext
 from strawberry.types.execution import PreExecutionError, StreamExecutionResult
 from strawberry.utils.await_maybe import await_maybe
@@ -155,6 +156,18 @@ class _LeanRunner(SchemaExtensionsRunner):
         return data
 
 
+class AmbiguousOperationError(CannotGetOperationTypeError):
+    """A document with several operations and no operationName: GraphQL-over-HTTP wants a request
+    error, where Strawberry would run the first one."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(None)
+        self.count = count
+
+    def as_http_error_reason(self) -> str:
+        return f"the document has {self.count} operations: say which one to run with operationName"
+
+
 class StockwireSchema(Schema):
     """Logs faults once, with the request id and traceback; client errors only at debug level.
 
@@ -177,6 +190,17 @@ class StockwireSchema(Schema):
             context.parse_options["max_tokens"] = self.max_query_tokens
         context.validation_rules = context.validation_rules + self.extra_validation_rules
         return context
+
+    async def _prepare_operation_async(
+        self, context: ExecutionContext, extensions_runner: SchemaExtensionsRunner
+    ) -> PreExecutionError | None:
+        rejected = await super()._prepare_operation_async(context, extensions_runner)
+        document = context.graphql_document
+        if rejected is None and document is not None and context._provided_operation_name is None:
+            count = sum(isinstance(d, OperationDefinitionNode) for d in document.definitions)
+            if count > 1:
+                raise AmbiguousOperationError(count)
+        return rejected
 
     def create_extensions_runner(
         self, execution_context: ExecutionContext, extensions: list[SchemaExtension]

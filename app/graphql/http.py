@@ -49,6 +49,7 @@ from strawberry.types.unset import UNSET, UnsetType
 
 from app.graphql.context import Context
 from app.graphql.errors import INTERNAL
+from app.graphql.limits import RESPONSE_TOO_LARGE, max_request_bytes
 from app.graphql.persisted import Refused, TrustedDocuments, socket_caller
 from app.security.auth import Principal, bearer_token
 from app.security.runtime import Security
@@ -62,6 +63,8 @@ _ACCEPTABLE = {GRAPHQL_RESPONSE: GRAPHQL_RESPONSE, JSON: JSON, "application/*": 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # the media type chosen for the request being answered (set per request in __call__)
 _MEDIA: ContextVar[str] = ContextVar("stockwire_media_type", default=JSON)
+# the most bytes the answer being built may have (set once a query has executed; None: no cap)
+_ANSWER_CAP: ContextVar[int | None] = ContextVar("stockwire_answer_cap", default=None)
 
 
 class Problem(Exception):
@@ -79,10 +82,12 @@ class _BodyTooLarge(Exception):
 
 class BadBody(json.JSONDecodeError):
     """A body or websocket message that is JSON-shaped but unacceptable. A JSONDecodeError so that
-    Strawberry's own handling applies: HTTP 400, and on websockets close 4400 (graphql-transport-ws)."""
+    Strawberry's own handling applies: HTTP 400, and on websockets close 4400 (graphql-transport-ws).
+    `code`: BAD_REQUEST for a malformed request, BAD_USER_INPUT for a value nothing could store."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, code: str = "BAD_REQUEST") -> None:
         super().__init__(message, "", 0)
+        self.code = code
 
 
 def negotiate(accept: str | None) -> str | None:
@@ -130,15 +135,40 @@ def _limit_body(receive: Receive, limit: int) -> Receive:
     return receive_limited
 
 
-def _contains_nul(value: object, key: object = None) -> bool:
-    """NUL in any string, or a GraphQL document (a "query" value) that would unescape to one."""
+def _unstorable(value: object) -> str | None:
+    """What no database column could take in any string of a decoded body: NUL (PostgreSQL refuses
+    it in text) or a lone surrogate (`"\\ud800"`: not encodable as UTF-8). Values a document's literals
+    unescape to are checked per argument (app/graphql/input_guard.py)."""
     if isinstance(value, str):
-        return "\x00" in value or (key == "query" and "\\u0000" in value)
+        if "\x00" in value:
+            return "strings may not contain NUL characters"
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "strings may not contain lone surrogates (not valid Unicode)"
+        return None
     if isinstance(value, dict):
-        return any(_contains_nul(k) or _contains_nul(v, k) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_contains_nul(v) for v in value)
-    return False
+        for k, v in value.items():
+            found = _unstorable(k) or _unstorable(v)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for v in value:
+            found = _unstorable(v)
+            if found:
+                return found
+    return None
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    return "a number"
 
 
 def principal_of(request: Request | WebSocket) -> Principal | None:
@@ -158,12 +188,14 @@ class SecureGraphQLView(GraphQL[Context, None]):
 
     max_body_bytes = 1_048_576
     trusted_documents = TrustedDocuments()
+    max_response_bytes = 8 * 1_048_576
 
     def security_runtime(self) -> Security | None:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def configure_security(self, settings: Settings) -> None:
-        self.max_body_bytes = settings.max_body_bytes
+        self.max_body_bytes = max_request_bytes(settings)  # the websocket handler reads the same limit
+        self.max_response_bytes = settings.max_response_bytes
         # pitfalls.md #10: a page on another origin may only open a websocket if listed here
         self.allowed_origins = normalize_allowed_origins(settings.allowed_origins)
         self.connection_init_wait_timeout = timedelta(seconds=settings.ws_init_timeout_seconds)
@@ -210,14 +242,16 @@ class SecureGraphQLView(GraphQL[Context, None]):
         request.state.principal = principal
         limited = Request(scope, _limit_body(receive, self.max_body_bytes))
         limited.state.request_id, limited.state.principal = request.state.request_id, principal
-        token = _MEDIA.set(media)
+        token, cap = _MEDIA.set(media), _ANSWER_CAP.set(None)
         try:
             return cast(Response, await self.run(limited))
         except _BodyTooLarge:
             raise self._too_large() from None
         except HTTPException as exc:
-            reason = exc.__cause__.msg if isinstance(exc.__cause__, BadBody) else exc.reason
-            raise Problem(exc.status_code, "BAD_REQUEST", reason) from exc
+            cause = exc.__cause__
+            if isinstance(cause, BadBody):
+                raise Problem(exc.status_code, cause.code, cause.msg) from exc
+            raise Problem(exc.status_code, "BAD_REQUEST", exc.reason) from exc
         except Problem:
             raise
         except Exception as exc:
@@ -225,6 +259,7 @@ class SecureGraphQLView(GraphQL[Context, None]):
             raise Problem(500, INTERNAL, "Unexpected error.") from exc
         finally:
             _MEDIA.reset(token)
+            _ANSWER_CAP.reset(cap)
 
     def _check_body_headers(self, request: Request) -> None:
         length = request.headers.get("content-length")
@@ -262,13 +297,30 @@ class SecureGraphQLView(GraphQL[Context, None]):
                 raise BadBody("the request body is not valid UTF-8") from None
         try:
             decoded = json.loads(data)
-            # PostgreSQL cannot store NUL in text; refusing it here keeps it from surfacing as a fault later
-            has_nul = _contains_nul(decoded)
+            unstorable = _unstorable(decoded)
         except RecursionError:
             raise BadBody("the JSON is nested too deeply") from None
-        if has_nul:
-            raise BadBody("strings may not contain NUL characters")
+        if unstorable:
+            raise BadBody(unstorable, "BAD_USER_INPUT")
         return self.trusted_documents.admit_message(decoded)  # websocket subscribes by hash
+
+    def parse_json(self, data: str | bytes) -> Any:
+        """A POST body: a GraphQL request is a JSON object (an array is a batch, refused later)."""
+        decoded = super().parse_json(data)
+        if not isinstance(decoded, (dict, list)):
+            raise HTTPException(400, f"the request body must be a JSON object, not {_json_kind(decoded)}")
+        return decoded
+
+    def parse_query_params(self, params: Any) -> dict[str, Any]:
+        # GET's `variables` and `extensions` are any JSON (Strawberry checks their type), not a body
+        parsed = dict(params)
+        for name in ("variables", "extensions"):
+            if parsed.get(name):
+                try:
+                    parsed[name] = self.decode_json(parsed[name])
+                except json.JSONDecodeError as e:
+                    raise HTTPException(400, f"{name} is not JSON") from e
+        return parsed
 
     async def execute_single(
         self,
@@ -286,7 +338,7 @@ class SecureGraphQLView(GraphQL[Context, None]):
         allowed = {OperationType.QUERY} if method == "GET" else {OperationType.QUERY, OperationType.MUTATION}
         try:
             request_data = self.trusted_documents.admit(request_data, principal_of(request))  # by hash
-            return await self.schema.execute(
+            result: ExecutionResult = await self.schema.execute(
                 request_data.query,
                 root_value=root_value,
                 variable_values=request_data.variables,
@@ -295,6 +347,9 @@ class SecureGraphQLView(GraphQL[Context, None]):
                 allowed_operation_types=allowed,
                 operation_extensions=request_data.extensions,
             )
+            if context.operation == "query":  # a mutation's answer is never dropped: its changes are made
+                _ANSWER_CAP.set(self.max_response_bytes)
+            return result
         except InvalidOperationTypeError as exc:
             if method == "GET":
                 allow = {"Allow": "POST"}
@@ -324,7 +379,16 @@ class SecureGraphQLView(GraphQL[Context, None]):
             errors = cast(list[dict[str, Any]], response_data.get("errors") or [])
             codes = {(e.get("extensions") or {}).get("code") for e in errors}
             status = 500 if INTERNAL in codes else 400
-        response = Response(self.encode_json(response_data), status_code=status, media_type=f"{media}; charset=utf-8")
+        body = self.encode_json(response_data)
+        cap = _ANSWER_CAP.get()
+        if cap is not None and len(body) > cap:
+            # the cost limit bounds what is read; this bounds what one answer may pin in memory
+            error = {
+                "message": f"the answer is over {cap} bytes; ask for fewer codes or fields",
+                "extensions": {"code": RESPONSE_TOO_LARGE, "limit": cap},
+            }
+            body = self.encode_json({"data": None, "errors": [error]})
+        response = Response(body, status_code=status, media_type=f"{media}; charset=utf-8")
         response.headers.raw.extend(sub_response.headers.raw)
         if sub_response.background:
             response.background = sub_response.background

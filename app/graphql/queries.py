@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated
 
@@ -28,7 +29,20 @@ DEFAULT_PAGE = 100
 
 
 class BadCursorError(ValueError):
-    """Raised for an `after` value this server did not hand out."""
+    """Raised for an `after` value this server did not hand out (extensions.code INVALID_CURSOR)."""
+
+    extensions = {"code": "INVALID_CURSOR"}  # graphql-core copies these onto the GraphQL error
+
+
+_LEDGER_ID = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() also takes "²"
+_MAX_ID = 2**63 - 1  # a BIGINT
+
+
+def _ledger_cursor(after: str) -> int:
+    decoded = decode_cursor(after)
+    if decoded is None or not _LEDGER_ID.fullmatch(decoded) or int(decoded) > _MAX_ID:
+        raise BadCursorError("after is not a cursor returned by inventoryEvents")
+    return int(decoded)
 
 
 def page_size(first: int | None) -> int:
@@ -53,7 +67,8 @@ class Query:
         key: tuple[str, str] | None = None
         if after is not None:
             decoded = decode_cursor(after)
-            if decoded is None or "\x1f" not in decoded:
+            # a cursor decoding to NUL would reach PostgreSQL, which cannot take it in text
+            if decoded is None or "\x1f" not in decoded or "\x00" in decoded:
                 raise BadCursorError("after is not a cursor returned by stockLevels")
             sku, loc = decoded.split("\x1f", 1)
             key = (sku, loc)
@@ -106,12 +121,7 @@ class Query:
         occurred_from: Annotated[datetime | None, strawberry.argument(description="Inclusive")] = None,
         occurred_before: Annotated[datetime | None, strawberry.argument(description="Exclusive")] = None,
     ) -> InventoryEventConnection:
-        after_id: int | None = None
-        if after is not None:
-            decoded = decode_cursor(after)
-            if decoded is None or not decoded.isdigit():
-                raise BadCursorError("after is not a cursor returned by inventoryEvents")
-            after_id = int(decoded)
+        after_id = None if after is None else _ledger_cursor(after)
         for name, when in (("occurredFrom", occurred_from), ("occurredBefore", occurred_before)):
             if when is not None and when.tzinfo is None:
                 raise ValueError(f"{name} needs a timezone offset (e.g. 2026-01-01T09:00:00Z)")

@@ -13,11 +13,12 @@ from strawberry.tools import merge_types
 from app.graphql.channels import ChannelMutation, ChannelQuery, ChannelSubscription
 from app.graphql.deliveries import DeliveryMutation, DeliveryQuery
 from app.graphql.errors import ClientErrors, ErrorPolicy, StockwireSchema
-from app.graphql.fanout import SharedEventExecutor
+from app.graphql.input_guard import guard
 from app.graphql.keys import KeyMutation, KeyQuery
+from app.graphql.limits import executor_for
 from app.graphql.mutations import Mutation
 from app.graphql.ops import OpsQuery
-from app.graphql.permissions import secure
+from app.graphql.permissions import root_fields, secure
 from app.graphql.queries import BadCursorError, Query
 from app.graphql.routing import RoutingMutation, RoutingQuery
 from app.graphql.subscriptions import Subscription
@@ -52,11 +53,13 @@ def build_schema(settings: Settings | None = None) -> Schema:
     mutation = merge_types("Mutation", (Mutation, RoutingMutation, ChannelMutation, KeyMutation, DeliveryMutation))
     subscription = merge_types("Subscription", (Subscription, ChannelSubscription))
     secure(query, mutation, subscription)  # the scope every operation needs (app/graphql/permissions.py)
+    guard(root_fields(query, mutation, subscription))  # what the database can store (app/graphql/input_guard.py)
     built = StockwireSchema(
         query=query,
         mutation=mutation,
         subscription=subscription,
-        execution_context_class=SharedEventExecutor,  # one rendering per subscription event (fanout.py)
+        # one rendering per subscription event (fanout.py); queries and mutations over the cost limit refused
+        execution_context_class=executor_for(s.max_query_cost, s.query_cost_list_size),
         extensions=[
             # without these Strawberry parses and validates every request again (pitfalls.md #6)
             # factories: a fresh extension per request; the caches themselves are module-level and shared
