@@ -25,6 +25,9 @@ class ErrorCode(StrEnum):
     BATCH_TOO_LARGE = "BATCH_TOO_LARGE"
     NOT_APPLIED = "NOT_APPLIED"
     RATE_LIMITED = "RATE_LIMITED"
+    # B2B (issue 19)
+    UNKNOWN_UNIT = "UNKNOWN_UNIT"
+    UNKNOWN_ACCOUNT = "UNKNOWN_ACCOUNT"
 
 
 @dataclass(frozen=True, slots=True)

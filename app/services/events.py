@@ -15,6 +15,7 @@ from app.db.tables import inventory_events, locations, skus
 from app.domain.errors import ErrorCode, Refused, UserError
 from app.domain.events import EventStatus, EventType, InventoryEvent, LedgerKind, decide, validate
 from app.domain.quantities import Delta
+from app.services import units
 from app.services.context import Ctx
 
 
@@ -131,6 +132,9 @@ async def _apply_batch(
                 )
             )
 
+    # B2B (issue 19): quantities reported in a named unit become base units (the unit is kept on the row)
+    events, unit_problems = await units.events_in_base_units(conn, events)
+    errors += unit_problems
     results: dict[int, EventResult] = {}
     first_in_batch: dict[tuple[str, str], tuple[int, str]] = {}
     for i, e in enumerate(events):
@@ -206,6 +210,7 @@ async def _apply_batch(
                 to_location_id=to_id,
                 expected_at=e.expected_at,
                 fingerprint=e.fingerprint(),
+                unit=e.unit,
             )
         )
         results[i] = EventResult(i, decision.status, versions[pair], decision.effect.drift)
