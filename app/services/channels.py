@@ -549,7 +549,10 @@ async def availability_in(
     narrowed, account_version = await accounts.narrow(
         conn, channel.id, {k: v.figure for k, v in inputs.items()}, account_code
     )
-    inputs = {k: dc_replace(v, figure=narrowed[k], version_parts=v.version_parts + account_version) for k, v in inputs.items()}
+    inputs = {
+        k: dc_replace(v, figure=narrowed[k], version_parts=v.version_parts + account_version)
+        for k, v in inputs.items()
+    }
     result: list[ChannelAvailabilityView] = []
     for code in sku_codes:
         sku = known.get(code)
@@ -728,11 +731,14 @@ async def hold_under_channel(
                 ]
             )
     if allow_partial and not (any(out.held.values()) or any(out.backordered.values())):
-        raise Refused([UserError(ErrorCode.INSUFFICIENT_STOCK, f"channel {channel_code} has nothing to hold", ("lines",))])
+        nothing = f"channel {channel_code} has nothing to hold"
+        raise Refused([UserError(ErrorCode.INSUFFICIENT_STOCK, nothing, ("lines",))])
     return out
 
 
-async def _for_account(conn: AsyncConnection, channel_id: int, sku_id: int, got: _Inputs, account_code: str | None) -> _Inputs:
+async def _for_account(
+    conn: AsyncConnection, channel_id: int, sku_id: int, got: _Inputs, account_code: str | None
+) -> _Inputs:
     """B2B (issue 19): the inputs with step 7 applied to the figure (the guard row is locked already)."""
     narrowed, _ = await accounts.narrow(conn, channel_id, {sku_id: got.figure}, account_code)
     return dc_replace(got, figure=narrowed[sku_id])
