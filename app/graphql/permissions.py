@@ -79,6 +79,12 @@ REQUIRED: dict[str, frozenset[Scope]] = {
     "Query.apiKeyEvents": frozenset({S.ADMIN}),
     "Mutation.createApiKey": frozenset({S.ADMIN}),
     "Mutation.revokeApiKey": frozenset({S.ADMIN}),
+    # B2B (issue 19): units and accounts are configured by operators; a key reads the accounts it serves
+    "Mutation.setSellUnits": frozenset({S.ADMIN}),
+    "Mutation.upsertAccounts": frozenset({S.ADMIN}),
+    "Mutation.setKeyAccounts": frozenset({S.ADMIN}),
+    "Query.accounts": frozenset({S.STOREFRONT, S.CHECKOUT, S.ADMIN}),
+    "Query.sellUnits": frozenset({S.STOREFRONT, S.CHECKOUT, S.ADMIN}),
 }
 
 # Fields a storefront key may reach (availability, stockLevelChanged) but not read: a browser sees
@@ -92,14 +98,24 @@ FIELDS: dict[str, frozenset[Scope]] = {
     },
     "Availability.oversold": _INTERNALS,
     "Availability.explain": _INTERNALS,
+    # an account's allocation is the merchant's terms with that buyer, not for its browser
+    **{f"Account.{n}": _INTERNALS for n in ("ringFencedUnits", "allocationCap", "allocationPercent")},
 }
 # What a browser (a key with only `storefront`) may read of the types its operations return; every
 # other field of those types is in FIELDS. tests/test_security_scopes.py walks the schema and fails
 # on a field that is in neither, so a new field on them cannot ship without a decision.
 STOREFRONT_FIELDS: frozenset[str] = frozenset(
     {
-        *(f"Availability.{n}" for n in ("skuCode", "channelCode", "available", "locations", "version")),
+        *(
+            f"Availability.{n}"
+            for n in ("skuCode", "channelCode", "available", "locations", "version", "accountCode", "unit")
+        ),
         *(f"StockLevel.{n}" for n in ("skuCode", "locationCode", "available", "version", "updatedAt", "cursor")),
+        *(f"Account.{n}" for n in ("code", "name", "channelCode", "version")),
+        "SellUnit.name",
+        "SellUnit.size",
+        "SkuSellUnits.skuCode",
+        "SkuSellUnits.units",
         *(
             f"ChannelAlert.{n}"
             for n in ("channelCode", "skuCode", "kind", "available", "previous", "lowStockThreshold", "version")
