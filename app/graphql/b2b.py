@@ -253,8 +253,20 @@ class AccountInput:
     clear_percent: bool = False
 
 
-@strawberry.type
+@strawberry.type(description="A B2B buyer company, as the keys serving it see it")
 class Account:
+    code: str
+    name: str
+    channel_code: str
+    version: int
+
+    @classmethod
+    def of(cls, v: accounts.AccountView) -> Account:
+        return cls(code=v.code, name=v.name, channel_code=v.channel_code, version=v.version)
+
+
+@strawberry.type(description="An account with its allocation: the merchant's terms, for operators only")
+class AccountAllocation:
     code: str
     name: str
     channel_code: str
@@ -264,7 +276,7 @@ class Account:
     version: int
 
     @classmethod
-    def of(cls, v: accounts.AccountView) -> Account:
+    def of(cls, v: accounts.AccountView) -> AccountAllocation:
         return cls(
             code=v.code,
             name=v.name,
@@ -278,7 +290,7 @@ class Account:
 
 @strawberry.type
 class UpsertAccountsPayload:
-    accounts: list[Account]
+    accounts: list[AccountAllocation]
     user_errors: list[UserError]
 
 
@@ -318,7 +330,7 @@ class B2bMutation:
             views = await accounts.upsert_accounts(info.context.ctx, items)
         except Refused as r:
             return UpsertAccountsPayload(accounts=[], user_errors=_errors(r))
-        return UpsertAccountsPayload(accounts=[Account.of(v) for v in views], user_errors=[])
+        return UpsertAccountsPayload(accounts=[AccountAllocation.of(v) for v in views], user_errors=[])
 
     @strawberry.mutation(
         description="Bind a key (id or prefix) to the accounts it serves: one for an account's storefront, "

@@ -83,7 +83,7 @@ REQUIRED: dict[str, frozenset[Scope]] = {
     "Mutation.setSellUnits": frozenset({S.ADMIN}),
     "Mutation.upsertAccounts": frozenset({S.ADMIN}),
     "Mutation.setKeyAccounts": frozenset({S.ADMIN}),
-    "Query.accounts": frozenset({S.STOREFRONT, S.CHECKOUT, S.ROUTER, S.ADMIN}),
+    "Query.accounts": frozenset({S.STOREFRONT, S.CHECKOUT, S.ADMIN}),
     "Query.sellUnits": frozenset({S.STOREFRONT, S.CHECKOUT, S.ADMIN}),
 }
 
@@ -98,8 +98,6 @@ FIELDS: dict[str, frozenset[Scope]] = {
     },
     "Availability.oversold": _INTERNALS,
     "Availability.explain": _INTERNALS,
-    # an account's allocation is the merchant's terms with that buyer: for its rep, not for its browser
-    **{f"Account.{n}": _INTERNALS | {S.CHECKOUT} for n in ("ringFencedUnits", "allocationCap", "allocationPercent")},
 }
 # What a browser (a key with only `storefront`) may read of the types its operations return; every
 # other field of those types is in FIELDS. tests/test_security_scopes.py walks the schema and fails
