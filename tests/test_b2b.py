@@ -16,7 +16,7 @@ import pytest
 
 from app.security.scopes import Scope
 from tests.conftest import Api, create_test_key
-from tests.helpers import at, catalogue, event, record
+from tests.helpers import catalogue, event, record
 from tests.live import start_server, stop_server
 from tests.subscribers import Http, Subscriber, first_messages, http_client
 
@@ -43,6 +43,8 @@ SUB = """subscription($skus: [String!], $channel: String, $account: String) {
   availabilityChanged(skuCodes: $skus, channelCode: $channel, accountCode: $account) {
     skuCode channelCode accountCode available version } }"""
 
+RECORD_EVENTS = """mutation($input: [InventoryEventInput!]!) {
+  recordInventoryEvents(input: $input) { userErrors { code } } }"""
 SKU = "BOLT-M8"
 JAN_10 = "2099-01-10T00:00:00+00:00"
 
@@ -55,7 +57,7 @@ async def _wholesale(api: Api | Http) -> None:
     assert data["setSellUnits"]["userErrors"] == []
     # the ERP counts cases, the WMS eaches: both are stored in base units
     result = await api.ok(
-        """mutation($input: [InventoryEventInput!]!) { recordInventoryEvents(input: $input) { userErrors { code } } }""",
+        RECORD_EVENTS,
         input=[
             event("RECEIVED", SKU, "WH-1", 8, unit="case"),
             event("RECEIVED", SKU, "WH-1", 4, 1),
@@ -236,7 +238,7 @@ async def test_account_figures_are_pushed_when_the_channels_stock_moves(new_data
                 assert acme.payloads[0]["available"] == 124
                 # stock moves at the channel's location: 40 sold at a counter
                 await http.ok(
-                    """mutation($input: [InventoryEventInput!]!) { recordInventoryEvents(input: $input) { userErrors { code } } }""",
+                    RECORD_EVENTS,
                     input=[event("SOLD", SKU, "WH-1", 40, 5)],
                 )
                 # BOLT: 84 - 24 = 60, floor(25 % of 84) = 21; ACME: 60 + 24 = 84
