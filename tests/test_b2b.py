@@ -111,6 +111,12 @@ async def test_the_readme_b2b_worked_example(api: Api) -> None:
         ("ACCOUNT_CAP", 0, 31),
     ]
 
+    # reserve holds at most those figures: BOLT's 3 cases (36 > 31) and 101 units for no account are refused
+    for account, quantity, unit in (("BOLT", 3, "case"), (None, 101, None)):
+        line = {"skuCode": SKU, "quantity": quantity, "unit": unit}
+        ask = {"lines": [line], "channelCode": "WHOLESALE", "accountCode": account, "idempotencyKey": f"x{account}"}
+        data = (await api.ok(RESERVE, input=ask))["reserve"]
+        assert [e["code"] for e in data["userErrors"]] == ["INSUFFICIENT_STOCK"], account
     # without allowPartial, 12 cases (144) for ACME is refused, all-or-nothing
     reserve = {
         "lines": [{"skuCode": SKU, "quantity": 12, "unit": "case"}],
