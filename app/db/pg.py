@@ -187,6 +187,7 @@ LEDGER_COLUMNS = (
     "reservation_id",
     "fingerprint",
     "actor_key_id",
+    "unit",
     "d_on_hand",
     "d_committed",
     "d_reserved",

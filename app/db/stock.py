@@ -386,6 +386,7 @@ def ledger_row(
         "reservation_id": extra.get("reservation_id"),
         "fingerprint": extra.get("fingerprint"),
         "actor_key_id": _ledger_actor.get(),
+        "unit": extra.get("unit"),
         "d_on_hand": delta.on_hand,
         "d_committed": delta.committed,
         "d_reserved": delta.reserved,

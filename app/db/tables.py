@@ -43,7 +43,7 @@ skus = Table(
     Column("version", BigInteger, nullable=False, default=1),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
-    # preorders (migration 0006_h18): before `launch_at` the SKU sells only as preorders against incoming
+    # preorders (migration 0008): before `launch_at` the SKU sells only as preorders against incoming
     # stock, at most `preorder_limit` units (NULL: none); `preordered` counts those sold and not given back
     Column("launch_at", UTCDateTime, nullable=True),
     Column("preorder_limit", Integer, nullable=True),
@@ -101,7 +101,7 @@ stock_levels = Table(
     CheckConstraint("unavailable >= 0", name="unavailable_not_negative"),
     CheckConstraint("incoming >= 0", name="incoming_not_negative"),
     CheckConstraint("safety_stock >= 0", name="safety_stock_not_negative"),
-    # no write can promise more units against incoming stock than are expected (migration 0005_h11a)
+    # no write can promise more units against incoming stock than are expected (migration 0005)
     CheckConstraint("backordered >= 0 AND backordered <= incoming", name="backordered_within_incoming"),
     Index("ix_stock_levels_location_id", "location_id"),
 )
@@ -135,6 +135,8 @@ inventory_events = Table(
     # the API key that recorded the row (its id, never the secret); NULL: Stockwire itself (the expiry
     # sweeper) or a row older than migration 0005
     Column("actor_key_id", String(36), nullable=True),
+    # the sell unit the event was reported in (issue 19); quantities are stored in base units
+    Column("unit", String(50), nullable=True),
     # what the row did to the position: the position is the sum of these over its ledger
     Column("d_on_hand", BigInteger, nullable=False, default=0),
     Column("d_committed", BigInteger, nullable=False, default=0),
@@ -151,7 +153,7 @@ inventory_events = Table(
     Index("ix_inventory_events_location_id", "location_id"),
     Index("ix_inventory_events_reservation_id", "reservation_id"),
     # one row per change of a position at each version (rows that change nothing keep the version they
-    # saw); on PostgreSQL a deferred trigger also requires a row for every version reached (0005_h11b)
+    # saw); on PostgreSQL a deferred trigger also requires a row for every version reached (migration 0009)
     Index(
         "ux_inventory_events_position_version",
         "sku_id",
@@ -181,6 +183,9 @@ reservations = Table(
     # the API key that made it: only that key (or an admin) may read, list, extend, commit or release it;
     # NULL: made without a key (by a service call, not over the API): an admin's only
     Column("owner_key_id", String(36), nullable=True),
+    # the B2B account the hold was made for (issue 19): it counts against that account's allocation
+    Column("account_code", String(100), nullable=True),
+    Index("ix_reservations_account_code_status", "account_code", "status"),
     UniqueConstraint("idempotency_scope", "idempotency_key"),
     Index("ix_reservations_status_expires_at", "status", "expires_at"),
     Index("ix_reservations_cart_ref", "cart_ref"),
@@ -200,7 +205,7 @@ reservation_lines = Table(
     Column("backorder_open", BigInteger, nullable=False, default=0, server_default="0"),
     # the expected arrival the backordered units were promised against
     Column("expected_at", UTCDateTime, nullable=True),
-    # units of this line sold as preorders before the SKU's launch (migration 0006_h18); they were
+    # units of this line sold as preorders before the SKU's launch (migration 0008); they were
     # backordered when sold, and stay preorders after their stock arrives and `backordered` falls
     Column("preordered", BigInteger, nullable=False, default=0, server_default="0"),
     CheckConstraint("preordered >= 0", name="preordered_not_negative"),
@@ -244,7 +249,7 @@ channels = Table(
     # where changed availability is pushed (HMAC-SHA256 signed with endpoint_secret)
     Column("endpoint_url", Text, nullable=True),
     Column("endpoint_secret", Text, nullable=True),
-    # the buffer that follows demand (migration 0006_h18): clamp(ceil(velocity x lag x factor), min, max),
+    # the buffer that follows demand (migration 0008): clamp(ceil(velocity x lag x factor), min, max),
     # factor NULL: none; the lag is the longer of sync_lag_seconds (channels that poll) and the measured one
     Column("sync_lag_seconds", Float, nullable=True),
     Column("dynamic_buffer_factor", Numeric(9, 4), nullable=True),
@@ -446,4 +451,42 @@ api_key_events = Table(
     Column("actor_key_id", String(36), nullable=True),
     Column("at", UTCDateTime, nullable=False),
     Index("ix_api_key_events_key_id", "key_id"),
+)
+
+
+# --- B2B (issue 19) ------------------------------------------------------------------------------
+
+# Named packs a SKU is sold in (each, inner of 6, case of 12): `size` base units each.
+sku_units = Table(
+    "sku_units",
+    metadata,
+    Column("sku_id", Integer, ForeignKey("skus.id"), primary_key=True),
+    Column("name", String(50), primary_key=True),
+    Column("size", Integer, nullable=False),
+    CheckConstraint("size >= 1", name="size_positive"),
+)
+
+# B2B buyer companies under a channel, each with an optional allocation applied after the channel's
+# rules (app/domain/accounts.py): units ring-fenced for it, a cap, a share of the channel's figure.
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("channel_id", Integer, ForeignKey("channels.id"), nullable=False),
+    Column("code", String(100), nullable=False, unique=True),
+    Column("name", String(300), nullable=False),
+    Column("ring_fenced_units", Integer, nullable=False, default=0, server_default="0"),
+    Column("allocation_cap", Integer, nullable=True),
+    Column("allocation_percent", Numeric(9, 4), nullable=True),
+    Column("version", BigInteger, nullable=False, default=1, server_default="1"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# The accounts a key serves: a sales rep's key (several), an account's own storefront key (one).
+api_key_accounts = Table(
+    "api_key_accounts",
+    metadata,
+    Column("key_id", String(36), ForeignKey("api_keys.id"), primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), primary_key=True),
 )

@@ -26,6 +26,9 @@ class ErrorCode(StrEnum):
     NOT_APPLIED = "NOT_APPLIED"
     QUANTITY_OUT_OF_RANGE = "QUANTITY_OUT_OF_RANGE"
     RATE_LIMITED = "RATE_LIMITED"
+    # B2B (issue 19)
+    UNKNOWN_UNIT = "UNKNOWN_UNIT"
+    UNKNOWN_ACCOUNT = "UNKNOWN_ACCOUNT"
 
 
 @dataclass(frozen=True, slots=True)

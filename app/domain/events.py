@@ -90,6 +90,7 @@ class InventoryEvent:
     reference: str | None = None
     to_location_code: str | None = None
     expected_at: datetime | None = None
+    unit: str | None = None  # the sell unit `quantity` is in (issue 19); base units once recorded
 
     def fingerprint(self) -> str:
         """Same pair, same fingerprint: a DUPLICATE; same pair, other fingerprint: an EVENT_CONFLICT."""

@@ -76,6 +76,7 @@ class InventoryEventInput:
     reference: str | None = None
     to_location_code: str | None = None
     expected_at: datetime | None = None
+    unit: str | None = strawberry.field(default=None, description="Sell unit of `quantity`; stored in base units")
 
 
 @flat_input
@@ -84,6 +85,7 @@ class ReserveLineInput:
     sku_code: str
     quantity: int
     location_code: str | None = None
+    unit: str | None = strawberry.field(default=None, description="Sell unit of `quantity` (default: each)")
 
 
 @strawberry.input
@@ -93,6 +95,10 @@ class ReserveInput:
     ttl_seconds: int | None = None
     channel_code: str | None = None
     cart_ref: str | None = None
+    account_code: str | None = strawberry.field(default=None, description="The B2B account the hold is for")
+    allow_partial: bool = strawberry.field(
+        default=False, description="Hold what the channel's figure allows and backorder within its rules"
+    )
 
 
 def given(value: T_co) -> T_co | None:

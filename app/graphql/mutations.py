@@ -8,6 +8,7 @@ from app.domain.errors import Refused
 from app.domain.events import EventType
 from app.domain.events import InventoryEvent as DomainEvent
 from app.domain.reservations import RequestedLine
+from app.graphql import b2b
 from app.graphql.context import Context
 from app.graphql.inputs import InventoryEventInput, LocationInput, ReserveInput, SkuInput, given, nulled
 from app.graphql.permissions import acting, idempotency_scope
@@ -45,6 +46,7 @@ def _event(i: InventoryEventInput) -> DomainEvent:
         reference=i.reference,
         to_location_code=i.to_location_code,
         expected_at=i.expected_at,
+        unit=i.unit,
     )
 
 
@@ -108,10 +110,12 @@ class Mutation:
             idempotency_scope=idempotency_scope(info),  # per API key
         )
         try:
+            request = await b2b.reserve_request(info, input, request)  # issue 19: units, account, partial
             view = await reservations.reserve(acting(info), request)
         except Refused as r:
             return ReservePayload(reservation=None, user_errors=_errors(r))
-        return ReservePayload(reservation=Reservation.of(view), user_errors=[])
+        outcomes = b2b.line_outcomes(input, request.lines, view)
+        return ReservePayload(reservation=Reservation.of(view), user_errors=[], lines=outcomes)
 
     @strawberry.mutation(description="An order was placed: the held units become committed")
     async def commit_reservation(self, info: Info, id: strawberry.ID, order_ref: str) -> ReservationPayload:

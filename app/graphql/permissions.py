@@ -91,6 +91,12 @@ REQUIRED: dict[str, frozenset[Scope]] = {
     "Query.apiKeyEvents": frozenset({S.ADMIN}),
     "Mutation.createApiKey": frozenset({S.ADMIN}),
     "Mutation.revokeApiKey": frozenset({S.ADMIN}),
+    # B2B (issue 19): units and accounts are configured by operators; a key reads the accounts it serves
+    "Mutation.setSellUnits": frozenset({S.ADMIN}),
+    "Mutation.upsertAccounts": frozenset({S.ADMIN}),
+    "Mutation.setKeyAccounts": frozenset({S.ADMIN}),
+    "Query.accounts": frozenset({S.STOREFRONT, S.CHECKOUT, S.ADMIN}),
+    "Query.sellUnits": frozenset({S.STOREFRONT, S.CHECKOUT, S.ADMIN}),
 }
 
 # Fields a storefront key may reach (availability, stockLevelChanged) but not read: a browser sees
@@ -110,8 +116,16 @@ FIELDS: dict[str, frozenset[Scope]] = {
 # on a field that is in neither, so a new field on them cannot ship without a decision.
 STOREFRONT_FIELDS: frozenset[str] = frozenset(
     {
-        *(f"Availability.{n}" for n in ("skuCode", "channelCode", "available", "locations", "version")),
+        *(
+            f"Availability.{n}"
+            for n in ("skuCode", "channelCode", "available", "locations", "version", "accountCode", "unit")
+        ),
         *(f"StockLevel.{n}" for n in ("skuCode", "locationCode", "available", "version", "updatedAt", "cursor")),
+        *(f"Account.{n}" for n in ("code", "name", "channelCode", "version")),
+        "SellUnit.name",
+        "SellUnit.size",
+        "SkuSellUnits.skuCode",
+        "SkuSellUnits.units",
         *(
             f"ChannelAlert.{n}"
             for n in ("channelCode", "skuCode", "kind", "available", "previous", "lowStockThreshold", "version")

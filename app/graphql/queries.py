@@ -7,6 +7,7 @@ from typing import Annotated
 import strawberry
 
 from app.domain.errors import Refused
+from app.graphql import b2b
 from app.graphql.context import Context
 from app.graphql.permissions import acting
 from app.graphql.types import (
@@ -77,10 +78,18 @@ class Query:
 
     @strawberry.field(description="What may be sold now, per SKU; unknown SKU codes are left out (ask unknownSkuCodes)")
     async def availability(
-        self, info: Info, sku_codes: list[str], channel_code: str | None = None
+        self,
+        info: Info,
+        sku_codes: list[str],
+        channel_code: str | None = None,
+        account_code: Annotated[str | None, strawberry.argument(description="A B2B account of the channel")] = None,
+        unit: Annotated[str | None, strawberry.argument(description="Count `available` in this sell unit")] = None,
     ) -> list[Availability]:
         if len(sku_codes) > queries.MAX_PAGE:
             raise ValueError(f"at most {queries.MAX_PAGE} skuCodes per call")
+        b2b_rows = await b2b.availability(info, sku_codes, channel_code, account_code, unit)
+        if b2b_rows is not None:  # an account (a key bound to one always is) or a sell unit: issue 19
+            return b2b_rows
         if channel_code is not None:
             try:
                 views = await channels.availability(info.context.ctx, channel_code, sku_codes)

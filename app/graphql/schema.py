@@ -10,6 +10,7 @@ from strawberry import Schema
 from strawberry.extensions import ParserCache, ValidationCache, max_aliases, query_depth_limiter
 from strawberry.tools import merge_types
 
+from app.graphql.b2b import B2bMutation, B2bQuery
 from app.graphql.channels import ChannelMutation, ChannelQuery, ChannelSubscription
 from app.graphql.deliveries import DeliveryMutation, DeliveryQuery
 from app.graphql.errors import ClientErrors, ErrorPolicy, StockwireSchema
@@ -49,8 +50,10 @@ def _limit_rules(max_depth: int, max_aliases_count: int) -> tuple[type[ASTValida
 def build_schema(settings: Settings | None = None) -> Schema:
     s = settings or Settings()
     rules = list(_limit_rules(s.max_query_depth, s.max_aliases))
-    query = merge_types("Query", (Query, RoutingQuery, ChannelQuery, KeyQuery, DeliveryQuery, OpsQuery))
-    mutation = merge_types("Mutation", (Mutation, RoutingMutation, ChannelMutation, KeyMutation, DeliveryMutation))
+    query = merge_types("Query", (Query, RoutingQuery, ChannelQuery, KeyQuery, DeliveryQuery, OpsQuery, B2bQuery))
+    mutation = merge_types(
+        "Mutation", (Mutation, RoutingMutation, ChannelMutation, KeyMutation, DeliveryMutation, B2bMutation)
+    )
     subscription = merge_types("Subscription", (Subscription, ChannelSubscription))
     secure(query, mutation, subscription)  # the scope every operation needs (app/graphql/permissions.py)
     guard(root_fields(query, mutation, subscription))  # what the database can store (app/graphql/input_guard.py)

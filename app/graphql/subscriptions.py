@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from typing import Annotated
 
 import strawberry
 from graphql import GraphQLError
 
+from app.graphql import b2b
 from app.graphql.context import Context
 from app.graphql.fanout import shared_root
 from app.graphql.types import Availability, StockLevel
@@ -22,8 +24,22 @@ class Subscription:
         description="Availability of these SKUs (all SKUs if omitted: changes only, no initial state)"
     )
     async def availability_changed(
-        self, info: Info, sku_codes: list[str] | None = None, channel_code: str | None = None
+        self,
+        info: Info,
+        sku_codes: list[str] | None = None,
+        channel_code: str | None = None,
+        account_code: Annotated[str | None, strawberry.argument(description="A B2B account of the channel")] = None,
     ) -> AsyncGenerator[Availability, None]:
+        scope = await b2b.account_scope(info, channel_code, account_code)
+        if scope.account_code is not None:  # issue 19: the account's figure, pushed when the channel's moves
+            try:
+                account_stream = b2b.account_availability_changed(info, sku_codes, channel_code, scope.account_code)
+            except LimitExceeded as refused:
+                raise _limit_error(refused) from None
+            async with aclosing(account_stream) as rows:
+                async for row in rows:
+                    yield row
+            return
         # aclosing: when the client completes, the stream unsubscribes now, not when collected
         try:
             stream = info.context.realtime.availability(sku_codes, channel_code)

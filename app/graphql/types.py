@@ -188,6 +188,11 @@ class Availability:
     explain: ChannelExplanation | None = strawberry.field(
         default=None, description="With a channel: which rule took how many units"
     )
+    # B2B (issue 19)
+    account_code: str | None = strawberry.field(default=None, description="The B2B account the figure is for")
+    unit: str = strawberry.field(
+        default="each", description="The sell unit `available` is counted in: floor(base units / its size)"
+    )
 
     @classmethod
     def of(cls, v: AvailabilityView) -> Availability:
@@ -216,6 +221,10 @@ class ReservationLine:
         default=None, description="The expected arrival the backordered units were promised against, when known"
     )
     preordered: int = strawberry.field(default=0, description="Of backordered: units sold as preorders before launch")
+
+    @strawberry.field(description="Units held from stock now: quantity - backordered")
+    def held(self) -> int:
+        return self.quantity - self.backordered
 
 
 @strawberry.type
@@ -374,10 +383,25 @@ class RecordInventoryEventsPayload:
     user_errors: list[UserError]
 
 
+@strawberry.type(description="B2B (issue 19): what one requested line got (a partial hold may get less)")
+class ReserveLineOutcome:
+    index: int = strawberry.field(description="The line's position in the request")
+    sku_code: str
+    unit: str = strawberry.field(description="The unit the line was requested in")
+    requested: int = strawberry.field(description="Base units asked for (quantity x the unit's size)")
+    held: int = strawberry.field(description="Base units held from stock now")
+    backordered: int = strawberry.field(description="Base units promised against incoming stock")
+    unfilled: int = strawberry.field(description="Base units neither held nor backordered (partial holds only)")
+    expected_at: datetime | None = strawberry.field(description="Expected arrival of the stock covering the backorder")
+
+
 @strawberry.type
 class ReservePayload:
     reservation: Reservation | None
     user_errors: list[UserError]
+    lines: list[ReserveLineOutcome] = strawberry.field(
+        default_factory=list, description="Per requested line: held now, backordered, when expected"
+    )
 
 
 @strawberry.type

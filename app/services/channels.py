@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from dataclasses import replace as dc_replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -37,6 +38,7 @@ from app.db.tables import (
     stock_levels,
 )
 from app.domain import demand as demand_rules
+from app.domain.accounts import partial_quantities
 from app.domain.channel_rules import (
     ChannelFigure,
     ChannelRules,
@@ -49,7 +51,7 @@ from app.domain.channel_rules import (
 )
 from app.domain.errors import ErrorCode, Refused, UserError
 from app.domain.reservations import RequestedLine, ReservationStatus, plan_split
-from app.services import demand
+from app.services import accounts, demand
 from app.services.context import Ctx
 from app.services.queries import level_view, levels_query
 from app.services.views import AvailabilityView, StockLevelView
@@ -608,14 +610,23 @@ def _preorder(sku: Any, now: datetime) -> Preorder | None:
 
 
 async def availability_in(
-    conn: AsyncConnection, channel_code: str, sku_codes: list[str], now: datetime
+    conn: AsyncConnection, channel_code: str, sku_codes: list[str], now: datetime, account_code: str | None = None
 ) -> list[ChannelAvailabilityView]:
-    """A channel's figure per SKU; unknown SKU codes are left out. Raises Refused for an unknown channel."""
+    """A channel's figure per SKU (for one of its B2B accounts: after step 7); unknown SKU codes are left
+    out. Raises Refused for an unknown channel or account."""
     channel = await channel_row(conn, channel_code)
     if channel is None:
         raise Refused([UserError(ErrorCode.UNKNOWN_CHANNEL, f"no channel {channel_code!r}", ("channelCode",))])
     known = {r.code: r for r in await conn.execute(select(skus).where(skus.c.code.in_(sku_codes)))}
     inputs = await _inputs(conn, channel, list(known.values()), now)
+    # B2B (issue 19): step 7, the account's allocation (or, for no account, what accounts keep)
+    narrowed, account_version = await accounts.narrow(
+        conn, channel.id, {k: v.figure for k, v in inputs.items()}, account_code
+    )
+    inputs = {
+        k: dc_replace(v, figure=narrowed[k], version_parts=v.version_parts + account_version)
+        for k, v in inputs.items()
+    }
     result: list[ChannelAvailabilityView] = []
     for code in sku_codes:
         sku = known.get(code)
@@ -638,9 +649,11 @@ async def availability_in(
     return result
 
 
-async def availability(ctx: Ctx, channel_code: str, sku_codes: list[str]) -> list[ChannelAvailabilityView]:
+async def availability(
+    ctx: Ctx, channel_code: str, sku_codes: list[str], account_code: str | None = None
+) -> list[ChannelAvailabilityView]:
     async with ctx.db.read() as conn:
-        return await availability_in(conn, channel_code, sku_codes, ctx.clock())
+        return await availability_in(conn, channel_code, sku_codes, ctx.clock(), account_code)
 
 
 # --- holding under a channel --------------------------------------------------------------------
@@ -695,6 +708,8 @@ async def hold_under_channel(
     sku_rows: dict[str, Any],
     loc_rows: dict[str, Any],
     expire: Callable[[AsyncConnection, datetime, list[int]], Awaitable[int]],
+    account_code: str | None = None,
+    allow_partial: bool = False,
 ) -> ChannelHold:
     """Hold `lines` under a channel, never more per SKU than the channel's figure. Raises Refused."""
     channel = await channel_row(conn, channel_code)
@@ -725,9 +740,15 @@ async def hold_under_channel(
         sku_full = (await conn.execute(select(skus).where(skus.c.id == sku_id))).one()
         sku = sku_full
         got = (await _inputs(conn, channel, [sku_full], now))[sku_id]
+        got = await _for_account(conn, channel.id, sku_id, got, account_code)
         if total > got.figure.available and await expire(conn, now, [sku_id]):
             # holds past their expiry never block a new reservation, even before the sweeper runs
             got = (await _inputs(conn, channel, [sku_full], now))[sku_id]
+            got = await _for_account(conn, channel.id, sku_id, got, account_code)
+        if allow_partial:
+            # B2B (issue 19): hold what the figure allows, in line order, instead of refusing
+            sku_lines = _partial(sku_lines, got.figure.available)
+            total = sum(ln.quantity for ln in sku_lines)
         try:
             from_stock, _ = split_hold(got.figure, total)
         except ExceedsChannelFigure as exc:
@@ -790,7 +811,23 @@ async def hold_under_channel(
                     )
                 ]
             )
+    if allow_partial and not (any(out.held.values()) or any(out.backordered.values())):
+        nothing = f"channel {channel_code} has nothing to hold"
+        raise Refused([UserError(ErrorCode.INSUFFICIENT_STOCK, nothing, ("lines",))])
     return out
+
+
+async def _for_account(
+    conn: AsyncConnection, channel_id: int, sku_id: int, got: _Inputs, account_code: str | None
+) -> _Inputs:
+    """B2B (issue 19): the inputs with step 7 applied to the figure (the guard row is locked already)."""
+    narrowed, _ = await accounts.narrow(conn, channel_id, {sku_id: got.figure}, account_code)
+    return dc_replace(got, figure=narrowed[sku_id])
+
+
+def _partial(lines: list[RequestedLine], available: int) -> list[RequestedLine]:
+    shares = partial_quantities([ln.quantity for ln in lines], available)
+    return [dc_replace(ln, quantity=q) for ln, q in zip(lines, shares, strict=True)]
 
 
 async def _count_holds(

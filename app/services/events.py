@@ -25,7 +25,7 @@ from app.domain.events import (
     validate,
 )
 from app.domain.quantities import INT_MAX, INT_MIN, Delta, Magnitude, Position, excess, grows_out_of_range
-from app.services import demand
+from app.services import demand, units
 from app.services.context import Ctx
 
 
@@ -165,6 +165,9 @@ async def _apply_batch(
                 )
             )
 
+    # B2B (issue 19): quantities reported in a named unit become base units (the unit is kept on the row)
+    events, unit_problems = await units.events_in_base_units(conn, events)
+    errors += unit_problems
     results: dict[int, EventResult] = {}
     first_in_batch: dict[tuple[str, str], tuple[int, str]] = {}
     repeats: dict[int, int] = {}  # a repeat inside the batch -> the index of its first occurrence
@@ -261,6 +264,7 @@ async def _apply_batch(
                 to_location_id=to_id,
                 expected_at=e.expected_at,
                 fingerprint=e.fingerprint(),
+                unit=e.unit,
             )
         )
         results[i] = EventResult(i, decision.status, versions[pair], decision.effect.drift)

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.db import stock
 from app.db.engine import is_unique_violation
 from app.db.tables import inventory_events, locations, reservation_lines, reservations, skus, stock_levels
+from app.domain.accounts import b2b_fingerprint, b2b_request_errors
 from app.domain.errors import ErrorCode, Refused, UserError
 from app.domain.events import EventStatus, LedgerKind
 from app.domain.quantities import Delta
@@ -80,6 +81,10 @@ class ReserveRequest:
     channel_code: str | None = None
     cart_ref: str | None = None
     idempotency_scope: str = ""
+    # B2B (issue 19): the account the hold is for (under `channel_code`), and whether to hold what the
+    # figure allows instead of refusing (a partial hold)
+    account_code: str | None = None
+    allow_partial: bool = False
 
 
 async def reserve(ctx: Ctx, req: ReserveRequest) -> ReservationView:
@@ -95,10 +100,13 @@ async def reserve(ctx: Ctx, req: ReserveRequest) -> ReservationView:
         )
     if req.cart_ref is not None and len(req.cart_ref) > 200:
         errors.append(UserError(ErrorCode.INVALID_INPUT, "cartRef is at most 200 characters", ("cartRef",)))
+    errors += b2b_request_errors(req.channel_code, req.account_code, req.allow_partial)
     if errors:
         raise Refused(errors)
     assert isinstance(ttl, int)
-    fingerprint = lines_fingerprint(req.lines, req.channel_code, req.cart_ref)
+    fingerprint = b2b_fingerprint(
+        lines_fingerprint(req.lines, req.channel_code, req.cart_ref), req.account_code, req.allow_partial
+    )
 
     async def work(conn: AsyncConnection) -> ReservationView:
         now = ctx.clock()
@@ -146,6 +154,7 @@ async def _claim_key(
     A refusal later in the transaction rolls the row back, so a refused attempt is not remembered."""
     row = _active_row(now, ttl, req.idempotency_scope, req.idempotency_key, fingerprint, req.channel_code, req.cart_ref)
     row["owner_key_id"] = owner_key_id
+    row["account_code"] = req.account_code
     stmt = _CLAIM_POSTGRES if conn.dialect.name == "postgresql" else _CLAIM_SQLITE
     return cast(str | None, (await conn.execute(stmt, row)).scalar_one_or_none())
 
@@ -168,7 +177,15 @@ async def _hold_all(
     if req.channel_code is not None:
         # under a channel: at most its figure per SKU, enforced behind the (channel, SKU) guard row
         taken = await channels.hold_under_channel(
-            conn, now, req.channel_code, ordered, sku_rows, loc_rows, lambda c, t, ids: expire_due(c, t, sku_ids=ids)
+            conn,
+            now,
+            req.channel_code,
+            ordered,
+            sku_rows,
+            loc_rows,
+            lambda c, t, ids: expire_due(c, t, sku_ids=ids),
+            account_code=req.account_code,
+            allow_partial=req.allow_partial,
         )
         held, holds, backordered = taken.held, taken.holds, taken.backordered
         preordered = taken.preordered  # issue 18

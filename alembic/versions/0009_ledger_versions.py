@@ -1,7 +1,7 @@
 """versions without gaps: one ledger row per change of a position, at exactly the version it made
 
-Revision ID: 0005_h11b
-Revises: 0004
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-11-24 10:00:00
 
 Every change of a position bumps its version by 1 and writes one ledger row carrying the version
@@ -24,8 +24,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0005_h11b"
-down_revision: str | None = "0006_h18"
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """isolation between keys: owners of reservations and routing decisions, the ledger's actor, key audit
 
-Revision ID: 0005_h11c
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-02 10:00:00
 """
 
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0005_h11c"
-down_revision: str | None = "0005_h11a"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """channel deliveries: one row per push attempt to a channel's endpoint (issue 16, the delivery log)
 
-Revision ID: 0005_h16b
-Revises: 0005_h11c
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-01 10:00:00
 """
 
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0005_h16b"
-down_revision: str | None = "0005_h11c"
+revision: str = "0007"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -5,7 +5,7 @@ any state) that have not arrived; never more than `incoming` (a constraint, so n
 more than is expected). `reservation_lines.backorder_open`: the line's backordered units still waiting
 for stock; `reservation_lines.expected_at`: the arrival they were promised against.
 
-Revision ID: 0005_h11a
+Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-01 10:00:00
 """
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0005_h11a"
+revision: str = "0005"
 down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

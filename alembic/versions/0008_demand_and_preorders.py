@@ -6,8 +6,8 @@ keeps the sales velocity per SKU and channel as a decayed count; `dynamic_buffer
 per (channel, SKU). SKUs get a launch date and a preorder limit; reservation lines say how many of
 their backordered units are preorders.
 
-Revision ID: 0006_h18
-Revises: 0005_h11a
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-08 10:00:00
 """
 
@@ -19,8 +19,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0006_h18"
-down_revision: str | None = "0005_h16b"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
