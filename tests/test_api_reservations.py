@@ -217,7 +217,7 @@ async def test_positions_equal_the_fold_of_the_ledger_after_a_mixed_history(api:
     await record(api, event("SHIPPED", "SKU-1", "WH-1", 5, minutes=3))
     assert await integrity.check(api.ctx) == []
     # and the check does catch a position changed behind the ledger's back
-    async with api.ctx.db.engine.begin() as conn:
+    async with api.ctx.db.begin() as conn:
         from sqlalchemy import text
 
         await conn.execute(text("UPDATE stock_levels SET on_hand = on_hand + 1 WHERE location_id = 1"))

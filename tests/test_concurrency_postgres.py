@@ -70,7 +70,7 @@ async def test_concurrent_reserves_across_two_processes_never_oversell(postgres_
     assert set(refusals) == {"INSUFFICIENT_STOCK"}, refusals
     db = Database(postgres_url)
     try:
-        async with db.engine.connect() as conn:
+        async with db.read() as conn:
             rows = {
                 r.code: r
                 for r in await conn.execute(

@@ -207,7 +207,7 @@ async def test_the_check_reports_a_version_gap(api: Api) -> None:
     assert await integrity.check(api.ctx) == []
     # make the history of the issue by hand: rows at 1, 3, 4 for a position at 4 (sums still agree, and
     # the highest row equals the version: only the gap is wrong)
-    async with api.ctx.db.engine.begin() as conn:
+    async with api.ctx.db.begin() as conn:
         if conn.dialect.name == "postgresql":
             await conn.execute(text("SET LOCAL session_replication_role = replica"))  # the trigger would refuse
         await conn.execute(text("UPDATE inventory_events SET version = -version WHERE version >= 2"))
@@ -220,10 +220,10 @@ async def test_postgres_refuses_a_version_without_its_ledger_row(pg_api: Api) ->
     await catalogue(pg_api)
     await receive(pg_api, "SKU-1", "WH-1", 1)
     with pytest.raises(IntegrityError, match="without a ledger row"):
-        async with pg_api.ctx.db.engine.begin() as conn:
+        async with pg_api.ctx.db.begin() as conn:
             await conn.execute(text("UPDATE stock_levels SET version = version + 1, on_hand = on_hand + 1"))
     with pytest.raises(IntegrityError, match="ux_inventory_events_position_version"):
-        async with pg_api.ctx.db.engine.begin() as conn:
+        async with pg_api.ctx.db.begin() as conn:
             # a row at a version another change row of the position already holds (a stale version)
             await conn.execute(
                 text(

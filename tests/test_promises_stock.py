@@ -324,14 +324,13 @@ async def test_a_reserve_waits_for_a_sweeper_expiring_the_hold_instead_of_refusi
     rid = old["reservation"]["id"]
     api.now[0] += timedelta(seconds=2)
     now = api.now[0]
-    async with api.ctx.db.engine.connect() as sweeper:
-        async with sweeper.begin():
-            await sweeper.execute(text("SELECT id FROM reservations WHERE id = :r FOR UPDATE"), {"r": rid})
-            pending = asyncio.create_task(_reserve(api, 3, "second", channel=None))
-            await asyncio.sleep(0.3)
-            assert not pending.done()  # waiting for the sweeper, not refused
-            assert await reservations.expire_due(sweeper, now) == 1
-        again = await pending
+    async with api.ctx.db.begin() as sweeper:
+        await sweeper.execute(text("SELECT id FROM reservations WHERE id = :r FOR UPDATE"), {"r": rid})
+        pending = asyncio.create_task(_reserve(api, 3, "second", channel=None))
+        await asyncio.sleep(0.3)
+        assert not pending.done()  # waiting for the sweeper, not refused
+        assert await reservations.expire_due(sweeper, now) == 1
+    again = await pending
     assert again["userErrors"] == []
     assert await _one(api, "SELECT status FROM reservations WHERE id = :r", r=rid) == ("EXPIRED",)
     assert await _one(api, "SELECT reserved FROM stock_levels") == (3,)

@@ -213,7 +213,7 @@ async def test_changes_nobody_can_see_publish_nothing(rig: Rig) -> None:
     assert await rig.settle() == {}
 
     # even rows that reach the outbox for positions that did not move publish nothing
-    async with rig.runtime.ctx.db.engine.begin() as conn:  # type: ignore[union-attr]
+    async with rig.runtime.ctx.db.begin() as conn:  # type: ignore[union-attr]
         sku_id = (await conn.execute(select(skus.c.id).where(skus.c.code == SKU))).scalar_one()
         await conn.execute(insert(outbox), [{"sku_id": sku_id, "location_id": None, "created_at": utc_now()}])
     assert rig.runtime.relay is not None
@@ -245,7 +245,7 @@ async def test_two_relays_share_the_outbox_and_publish_each_row_once(rig: Rig) -
     await catalogue(rig.api, codes, [(WH1, 10)])
     await rig.settle()
     # rows committed by a process that then died before publishing: no poke, nobody local to relay them
-    async with runtime.ctx.db.engine.begin() as conn:
+    async with runtime.ctx.db.begin() as conn:
         ids = [r.id for r in await conn.execute(select(skus.c.id).where(skus.c.code.in_(codes)))]
         await conn.execute(insert(outbox), [{"sku_id": i, "location_id": None, "created_at": utc_now()} for i in ids])
 

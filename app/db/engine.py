@@ -13,6 +13,8 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from app.db import tenancy
+
 log = logging.getLogger("stockwire.db")
 T = TypeVar("T")
 
@@ -73,7 +75,13 @@ def is_unique_violation(exc: DBAPIError) -> bool:
 
 
 class Database:
-    def __init__(self, url: str, pool_size: int = 10, max_overflow: int = 10) -> None:
+    """`role`: the role every pooled connection switches to (`SET ROLE`), so that row-level security
+    applies even when the login is a superuser (tests, the embedded default); None keeps the login's
+    own rights (migrations, maintenance)."""
+
+    def __init__(
+        self, url: str, pool_size: int = 10, max_overflow: int = 10, role: str | None = tenancy.APP_ROLE
+    ) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
@@ -81,6 +89,9 @@ class Database:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=False)
+            if role is not None:
+                event.listen(self.engine.sync_engine, "connect", _switch_role(role))
+        self.scoped = not self.is_sqlite  # transactions are scoped to a tenant (app/db/tenancy.py)
         # SQLite allows one writer: writers in this process queue here instead of failing with
         # "database is locked". Postgres needs no such thing: its row locks and conditional updates do it.
         self._sqlite_writer = asyncio.Lock()
@@ -92,12 +103,19 @@ class Database:
         self._commit_listeners.append(listener)
 
     @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction scoped to the current tenant, committed at the end (no retry: see `write`)."""
+        async with self._begin() as conn:
+            yield conn
+
+    @asynccontextmanager
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
         if self.is_sqlite:
             async with self._sqlite_writer, self.engine.begin() as conn:
                 yield conn
         else:
             async with self.engine.begin() as conn:
+                await scope_transaction(conn)
                 yield conn
 
     async def write(self, work: Callable[[AsyncConnection], Awaitable[T]], notify: bool = True) -> T:
@@ -124,7 +142,11 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a transaction scoped to the current tenant (rolled back when done)."""
         async with self.engine.connect() as conn:
+            if self.scoped:
+                await conn.begin()
+                await scope_transaction(conn)
             yield conn
 
     async def ping(self) -> None:
@@ -135,6 +157,26 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def scope_transaction(conn: AsyncConnection) -> None:
+    """Scope the transaction `conn` has begun to the current tenant, or to system mode
+    (app/db/tenancy.py): one statement, sent straight to asyncpg (it costs every transaction)."""
+    from app.db import pg  # pg imports this module
+
+    raw = await pg.driver(conn)
+    await raw.execute(tenancy.transaction_prelude())
+
+
+def _switch_role(role: str) -> Callable[[Any, Any], None]:
+    # only once the role exists: before migration 0011 has run anywhere there is none (and no policy)
+    sql = f"SELECT set_config('role', rolname, false) FROM pg_roles WHERE rolname = '{role}'"
+
+    def switch(dbapi_connection: Any, _record: Any) -> None:
+        # on the asyncpg connection itself: outside SQLAlchemy's transaction, so it lasts the session
+        dbapi_connection.run_async(lambda connection: connection.execute(sql))
+
+    return switch
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

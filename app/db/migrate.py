@@ -22,6 +22,8 @@ def alembic_config(url: str) -> Config:
 
 async def upgrade(engine: AsyncEngine) -> None:
     def run(connection: Connection) -> None:
+        # as the login itself, not the application role pooled connections switch to (app/db/engine.py)
+        connection.exec_driver_sql("SET LOCAL ROLE NONE")
         cfg = alembic_config(str(engine.url.render_as_string(hide_password=False)))
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")

@@ -9,6 +9,7 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -19,6 +20,8 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+
+from typing import Any
 
 from app.db.types import BigId, UTCDateTime
 
@@ -32,11 +35,67 @@ metadata = MetaData(
     }
 )
 
-skus = Table(
-    "skus",
+# --- tenants (issue 14) ---------------------------------------------------------------------------
+# Every table below `tenants`, `sites` and `site_daily_orders` belongs to one tenant: `tenant_id` leads
+# its primary key and every unique and foreign key (so each could be distributed by tenant with Citus,
+# README "Tenants"), and row-level security shows a transaction only its tenant's rows (migration 0011,
+# app/db/tenancy.py). The column fills itself from the transaction's tenant; a session that never set
+# one (a superuser's direct SQL, as the benchmarks load data) writes into the default tenant.
+TENANT_DEFAULT = "COALESCE(NULLIF(current_setting('stockwire.tenant_id', true), '')::int, 1)"
+
+
+def tenant_key(root: bool = False) -> Column[int]:
+    """`tenant_id`, first column of the primary key. `root`: a table no other tenant table's key
+    reaches, which names `tenants` itself (the others get their tenant through a composite key)."""
+    args: list[Any] = [ForeignKey("tenants.id")] if root else []
+    return Column(
+        "tenant_id", Integer, *args, primary_key=True, autoincrement=False, server_default=text(TENANT_DEFAULT)
+    )
+
+
+def tenant_fk(columns: list[str], table: str, referred: list[str]) -> ForeignKeyConstraint:
+    """A foreign key within one tenant: (tenant_id, columns) -> table (tenant_id, referred)."""
+    return ForeignKeyConstraint(
+        ["tenant_id", *columns], [f"{table}.tenant_id", *(f"{table}.{c}" for c in referred)]
+    )
+
+
+tenants = Table(
+    "tenants",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("code", String(100), nullable=False, unique=True),
+    Column("name", String(300), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False, server_default=text("(now() AT TIME ZONE 'utc')")),
+)
+
+# Physical places several tenants may share (a 3PL's warehouse): not tenant data, a reference table.
+# A tenant's location names its site; its positions stay its own. `daily_order_capacity` is the site's
+# as a whole: routing counts every tenant's orders there against it (site_daily_orders).
+sites = Table(
+    "sites",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("code", String(100), nullable=False, unique=True),
+    Column("name", String(300), nullable=False),
+    Column("daily_order_capacity", Integer, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False, server_default=text("(now() AT TIME ZONE 'utc')")),
+)
+
+site_daily_orders = Table(
+    "site_daily_orders",
+    metadata,
+    Column("site_id", Integer, ForeignKey("sites.id"), primary_key=True),
+    Column("day", String(10), primary_key=True),  # ISO date, UTC
+    Column("orders", Integer, nullable=False, default=0),
+)
+
+skus = Table(
+    "skus",
+    metadata,
+    tenant_key(root=True),
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("code", String(100), nullable=False),
     Column("name", String(300), nullable=False),
     Column("active", Boolean, nullable=False, default=True),
     # bumped on every change of the SKU itself: part of Availability.version
@@ -49,13 +108,15 @@ skus = Table(
     Column("preorder_limit", Integer, nullable=True),
     Column("preordered", BigInteger, nullable=False, default=0, server_default="0"),
     CheckConstraint("preordered >= 0", name="preordered_not_negative"),
+    UniqueConstraint("tenant_id", "code"),
 )
 
 locations = Table(
     "locations",
     metadata,
+    tenant_key(root=True),
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("code", String(100), nullable=False, unique=True),
+    Column("code", String(100), nullable=False),
     Column("name", String(300), nullable=False),
     Column("kind", String(20), nullable=False),
     Column("latitude", Float, nullable=True),
@@ -64,8 +125,11 @@ locations = Table(
     Column("active", Boolean, nullable=False, default=True),
     # the source whose COUNTED events this location trusts; NULL: counts from every source apply
     Column("count_authority", String(100), nullable=True),
+    # the physical site this location is part of, when it is shared with other tenants (a 3PL's warehouse)
+    Column("site_id", Integer, ForeignKey("sites.id"), nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("tenant_id", "code"),
 )
 
 # Named monotonic counters; "locations" moves whenever any location changes, which moves every
@@ -73,6 +137,7 @@ locations = Table(
 counters = Table(
     "counters",
     metadata,
+    tenant_key(root=True),
     Column("name", String(50), primary_key=True),
     Column("value", BigInteger, nullable=False),
 )
@@ -80,8 +145,9 @@ counters = Table(
 stock_levels = Table(
     "stock_levels",
     metadata,
-    Column("sku_id", Integer, ForeignKey("skus.id"), primary_key=True),
-    Column("location_id", Integer, ForeignKey("locations.id"), primary_key=True),
+    tenant_key(),
+    Column("sku_id", Integer, primary_key=True),
+    Column("location_id", Integer, primary_key=True),
     Column("on_hand", BigInteger, nullable=False, default=0),
     Column("committed", BigInteger, nullable=False, default=0),
     Column("reserved", BigInteger, nullable=False, default=0),
@@ -104,6 +170,8 @@ stock_levels = Table(
     # no write can promise more units against incoming stock than are expected (migration 0005)
     CheckConstraint("backordered >= 0 AND backordered <= incoming", name="backordered_within_incoming"),
     Index("ix_stock_levels_location_id", "location_id"),
+    tenant_fk(["sku_id"], "skus", ["id"]),
+    tenant_fk(["location_id"], "locations", ["id"]),
 )
 
 # a ledger row that changes a quantity (the others record what happened and keep the version they saw)
@@ -115,20 +183,21 @@ LEDGER_ROW_CHANGES = (
 inventory_events = Table(
     "inventory_events",
     metadata,
+    tenant_key(),
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("source", String(100), nullable=False),
     # NULL for movements Stockwire makes itself (reservations, the far side of a transfer)
     Column("external_id", String(200), nullable=True),
     Column("kind", String(40), nullable=False),
     Column("status", String(20), nullable=False),
-    Column("sku_id", Integer, ForeignKey("skus.id"), nullable=False),
-    Column("location_id", Integer, ForeignKey("locations.id"), nullable=False),
+    Column("sku_id", Integer, nullable=False),
+    Column("location_id", Integer, nullable=False),
     Column("quantity", BigInteger, nullable=False),
     Column("occurred_at", UTCDateTime, nullable=False),
     Column("received_at", UTCDateTime, nullable=False),
     Column("reason", Text, nullable=True),
     Column("reference", Text, nullable=True),
-    Column("to_location_id", Integer, ForeignKey("locations.id"), nullable=True),
+    Column("to_location_id", Integer, nullable=True),
     Column("expected_at", UTCDateTime, nullable=True),
     Column("reservation_id", String(36), nullable=True),
     Column("fingerprint", String(64), nullable=True),
@@ -148,7 +217,7 @@ inventory_events = Table(
     Column("drift", BigInteger, nullable=False, default=0),
     # the position's version after this row
     Column("version", BigInteger, nullable=False),
-    UniqueConstraint("source", "external_id"),
+    UniqueConstraint("tenant_id", "source", "external_id"),
     Index("ix_inventory_events_position", "sku_id", "location_id", "occurred_at"),
     Index("ix_inventory_events_location_id", "location_id"),
     Index("ix_inventory_events_reservation_id", "reservation_id"),
@@ -156,6 +225,7 @@ inventory_events = Table(
     # saw); on PostgreSQL a deferred trigger also requires a row for every version reached (migration 0009)
     Index(
         "ux_inventory_events_position_version",
+        "tenant_id",
         "sku_id",
         "location_id",
         "version",
@@ -163,11 +233,15 @@ inventory_events = Table(
         postgresql_where=text(LEDGER_ROW_CHANGES),
         sqlite_where=text(LEDGER_ROW_CHANGES),
     ),
+    tenant_fk(["sku_id"], "skus", ["id"]),
+    tenant_fk(["location_id"], "locations", ["id"]),
+    tenant_fk(["to_location_id"], "locations", ["id"]),
 )
 
 reservations = Table(
     "reservations",
     metadata,
+    tenant_key(root=True),
     Column("id", String(36), primary_key=True),
     Column("status", String(20), nullable=False),
     # who the idempotency key belongs to ('' until API keys exist)
@@ -186,7 +260,7 @@ reservations = Table(
     # the B2B account the hold was made for (issue 19): it counts against that account's allocation
     Column("account_code", String(100), nullable=True),
     Index("ix_reservations_account_code_status", "account_code", "status"),
-    UniqueConstraint("idempotency_scope", "idempotency_key"),
+    UniqueConstraint("tenant_id", "idempotency_scope", "idempotency_key"),
     Index("ix_reservations_status_expires_at", "status", "expires_at"),
     Index("ix_reservations_cart_ref", "cart_ref"),
     Index("ix_reservations_owner_key_id_cart_ref", "owner_key_id", "cart_ref"),
@@ -195,9 +269,10 @@ reservations = Table(
 reservation_lines = Table(
     "reservation_lines",
     metadata,
-    Column("reservation_id", String(36), ForeignKey("reservations.id"), primary_key=True),
-    Column("sku_id", Integer, ForeignKey("skus.id"), primary_key=True),
-    Column("location_id", Integer, ForeignKey("locations.id"), primary_key=True),
+    tenant_key(),
+    Column("reservation_id", String(36), primary_key=True),
+    Column("sku_id", Integer, primary_key=True),
+    Column("location_id", Integer, primary_key=True),
     Column("quantity", BigInteger, nullable=False),
     # units taken under a channel's backorder allowance (against incoming): not in stock_levels.reserved
     Column("backordered", BigInteger, nullable=False, default=0),
@@ -214,16 +289,22 @@ reservation_lines = Table(
     CheckConstraint("backordered >= 0", name="backordered_not_negative"),
     CheckConstraint("quantity + backordered > 0", name="holds_something"),
     Index("ix_reservation_lines_sku_id", "sku_id"),
+    tenant_fk(["reservation_id"], "reservations", ["id"]),
+    tenant_fk(["sku_id"], "skus", ["id"]),
+    tenant_fk(["location_id"], "locations", ["id"]),
 )
 
 # Transactional outbox: written in the same transaction as the change, relayed after commit.
 outbox = Table(
     "outbox",
     metadata,
+    tenant_key(root=True),
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("sku_id", Integer, nullable=False),
     Column("location_id", Integer, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
+    # the relays claim the oldest rows of every tenant (in system mode)
+    Index("ix_outbox_id", "id"),
 )
 
 # --- channels (issue: channels) ----------------------------------------------------------------
@@ -231,8 +312,9 @@ outbox = Table(
 channels = Table(
     "channels",
     metadata,
+    tenant_key(root=True),
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("code", String(100), nullable=False, unique=True),
+    Column("code", String(100), nullable=False),
     Column("name", String(300), nullable=False),
     Column("active", Boolean, nullable=False, default=True),
     # the rules, in the order app.domain.channel_rules applies them; percentages as exact decimals
@@ -260,24 +342,32 @@ channels = Table(
     Column("version", BigInteger, nullable=False, default=1),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("tenant_id", "code"),
 )
 
 channel_locations = Table(
     "channel_locations",
     metadata,
-    Column("channel_id", Integer, ForeignKey("channels.id"), primary_key=True),
-    Column("location_id", Integer, ForeignKey("locations.id"), primary_key=True),
+    tenant_key(),
+    Column("channel_id", Integer, primary_key=True),
+    Column("location_id", Integer, primary_key=True),
+    tenant_fk(["channel_id"], "channels", ["id"]),
+    tenant_fk(["location_id"], "locations", ["id"]),
 )
 
 # Units at a location kept exclusively for one channel: invisible to every other channel.
 ring_fences = Table(
     "ring_fences",
     metadata,
-    Column("channel_id", Integer, ForeignKey("channels.id"), primary_key=True),
-    Column("sku_id", Integer, ForeignKey("skus.id"), primary_key=True),
-    Column("location_id", Integer, ForeignKey("locations.id"), primary_key=True),
+    tenant_key(),
+    Column("channel_id", Integer, primary_key=True),
+    Column("sku_id", Integer, primary_key=True),
+    Column("location_id", Integer, primary_key=True),
     Column("units", BigInteger, nullable=False),
     CheckConstraint("units >= 0", name="units_not_negative"),
+    tenant_fk(["channel_id"], "channels", ["id"]),
+    tenant_fk(["sku_id"], "skus", ["id"]),
+    tenant_fk(["location_id"], "locations", ["id"]),
 )
 
 # One row per (channel, SKU) that has ever held stock: what the channel holds now, and the row every
@@ -286,13 +376,16 @@ ring_fences = Table(
 channel_holds = Table(
     "channel_holds",
     metadata,
-    Column("channel_id", Integer, ForeignKey("channels.id"), primary_key=True),
-    Column("sku_id", Integer, ForeignKey("skus.id"), primary_key=True),
+    tenant_key(),
+    Column("channel_id", Integer, primary_key=True),
+    Column("sku_id", Integer, primary_key=True),
     Column("reserved", BigInteger, nullable=False, default=0),
     Column("backordered", BigInteger, nullable=False, default=0),
     Column("version", BigInteger, nullable=False, default=0),
     CheckConstraint("reserved >= 0", name="reserved_not_negative"),
     CheckConstraint("backordered >= 0", name="backordered_not_negative"),
+    tenant_fk(["channel_id"], "channels", ["id"]),
+    tenant_fk(["sku_id"], "skus", ["id"]),
 )
 
 # Checkouts in progress on other platforms, counted in `reserved` at their location until released,
@@ -300,27 +393,31 @@ channel_holds = Table(
 external_holds = Table(
     "external_holds",
     metadata,
+    tenant_key(),
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("source", String(100), nullable=False),
     Column("external_id", String(200), nullable=False),
-    Column("sku_id", Integer, ForeignKey("skus.id"), nullable=False),
-    Column("location_id", Integer, ForeignKey("locations.id"), nullable=False),
+    Column("sku_id", Integer, nullable=False),
+    Column("location_id", Integer, nullable=False),
     Column("quantity", BigInteger, nullable=False),
     Column("status", String(20), nullable=False),
     Column("channel_code", String(100), nullable=True),
     Column("expires_at", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
-    UniqueConstraint("source", "external_id"),
+    UniqueConstraint("tenant_id", "source", "external_id"),
     Index("ix_external_holds_status_expires_at", "status", "expires_at"),
+    tenant_fk(["sku_id"], "skus", ["id"]),
+    tenant_fk(["location_id"], "locations", ["id"]),
 )
 
 # What each channel endpoint was last told and acknowledged, per SKU.
 channel_publications = Table(
     "channel_publications",
     metadata,
-    Column("channel_id", Integer, ForeignKey("channels.id"), primary_key=True),
-    Column("sku_id", Integer, ForeignKey("skus.id"), primary_key=True),
+    tenant_key(),
+    Column("channel_id", Integer, primary_key=True),
+    Column("sku_id", Integer, primary_key=True),
     Column("acked_version", BigInteger, nullable=True),
     Column("acked_available", BigInteger, nullable=True),
     Column("acked_at", UTCDateTime, nullable=True),
@@ -328,14 +425,17 @@ channel_publications = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("last_error", Text, nullable=True),
     Column("next_attempt_at", UTCDateTime, nullable=True),
+    tenant_fk(["channel_id"], "channels", ["id"]),
+    tenant_fk(["sku_id"], "skus", ["id"]),
 )
 
 # one row per push attempt to a channel's endpoint: the delivery log an operator reads (issue 16)
 channel_deliveries = Table(
     "channel_deliveries",
     metadata,
+    tenant_key(),
     Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("channel_id", Integer, ForeignKey("channels.id"), nullable=False),
+    Column("channel_id", Integer, nullable=False),
     Column("attempted_at", UTCDateTime, nullable=False),
     Column("items", Integer, nullable=False),
     Column("min_version", BigInteger, nullable=False),
@@ -345,20 +445,23 @@ channel_deliveries = Table(
     Column("error", Text, nullable=True),
     Column("publisher", String(128), nullable=False),  # host:pid of the process that pushed
     Index("ix_channel_deliveries_channel_id_id", "channel_id", "id"),
+    tenant_fk(["channel_id"], "channels", ["id"]),
 )
 
 # --- demand (issue 18: buffers that follow demand) ------------------------------------------------
 
 # Sales velocity per SKU and channel ('' : sales under no channel): a count of units sold, each weighted
 # by 2^(-age / half-life), as of `last_at`. One upsert per sale in the sale's own transaction keeps it
-# current; readers decay it with the clock (app.domain.demand). Not per tenant yet.
+# current; readers decay it with the clock (app.domain.demand).
 sku_demand = Table(
     "sku_demand",
     metadata,
-    Column("sku_id", Integer, ForeignKey("skus.id"), primary_key=True),
+    tenant_key(),
+    Column("sku_id", Integer, primary_key=True),
     Column("channel_code", String(100), primary_key=True),
     Column("units", Float, nullable=False),
     Column("last_at", UTCDateTime, nullable=False),
+    tenant_fk(["sku_id"], "skus", ["id"]),
 )
 
 # Per channel: the measured push -> acknowledgement lag (an EWMA over samples), and since when a push
@@ -366,11 +469,13 @@ sku_demand = Table(
 channel_sync_lag = Table(
     "channel_sync_lag",
     metadata,
-    Column("channel_id", Integer, ForeignKey("channels.id"), primary_key=True),
+    tenant_key(),
+    Column("channel_id", Integer, primary_key=True),
     Column("measured_seconds", Float, nullable=True),
     Column("samples", BigInteger, nullable=False, default=0),
     Column("waiting_since", UTCDateTime, nullable=True),
     Column("measured_at", UTCDateTime, nullable=True),
+    tenant_fk(["channel_id"], "channels", ["id"]),
 )
 
 # The dynamic buffer applied per (channel, SKU): moved with hysteresis in the transactions that change
@@ -379,8 +484,9 @@ channel_sync_lag = Table(
 dynamic_buffers = Table(
     "dynamic_buffers",
     metadata,
-    Column("channel_id", Integer, ForeignKey("channels.id"), primary_key=True),
-    Column("sku_id", Integer, ForeignKey("skus.id"), primary_key=True),
+    tenant_key(),
+    Column("channel_id", Integer, primary_key=True),
+    Column("sku_id", Integer, primary_key=True),
     Column("applied", Integer, nullable=False),
     Column("target", Integer, nullable=False),
     Column("version", BigInteger, nullable=False, default=1),
@@ -388,6 +494,8 @@ dynamic_buffers = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     CheckConstraint("applied >= 0", name="applied_not_negative"),
     Index("ix_dynamic_buffers_review_at", "review_at"),
+    tenant_fk(["channel_id"], "channels", ["id"]),
+    tenant_fk(["sku_id"], "skus", ["id"]),
 )
 
 # --- routing (issue: order routing) ------------------------------------------------------------
@@ -395,22 +503,27 @@ dynamic_buffers = Table(
 location_routing = Table(
     "location_routing",
     metadata,
-    Column("location_id", Integer, ForeignKey("locations.id"), primary_key=True),
+    tenant_key(),
+    Column("location_id", Integer, primary_key=True),
     Column("daily_order_capacity", Integer, nullable=True),
     Column("shipping_cost", Numeric(12, 4), nullable=True),
+    tenant_fk(["location_id"], "locations", ["id"]),
 )
 
 location_daily_orders = Table(
     "location_daily_orders",
     metadata,
-    Column("location_id", Integer, ForeignKey("locations.id"), primary_key=True),
+    tenant_key(),
+    Column("location_id", Integer, primary_key=True),
     Column("day", String(10), primary_key=True),  # ISO date, UTC
     Column("orders", Integer, nullable=False, default=0),
+    tenant_fk(["location_id"], "locations", ["id"]),
 )
 
 routing_decisions = Table(
     "routing_decisions",
     metadata,
+    tenant_key(root=True),
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("order_ref", String(200), nullable=False),
     Column("channel_code", String(100), nullable=True),
@@ -428,9 +541,10 @@ routing_decisions = Table(
 api_keys = Table(
     "api_keys",
     metadata,
+    tenant_key(root=True),
     Column("id", String(36), primary_key=True),
     Column("name", String(100), nullable=False),
-    Column("prefix", String(20), nullable=False, unique=True),
+    Column("prefix", String(20), nullable=False),
     Column("hash", String(64), nullable=False),
     # comma-separated scope names, sorted (app/security/scopes.py)
     Column("scopes", String(200), nullable=False),
@@ -438,6 +552,12 @@ api_keys = Table(
     Column("revoked_at", UTCDateTime, nullable=True),
     # refreshed at most once a minute per process, so it costs the hot path nothing
     Column("last_used_at", UTCDateTime, nullable=True),
+    # a 3PL operator's key: the codes of the tenants it may act for (comma-separated, sorted), naming
+    # one in every request; NULL: a key of its own tenant only
+    Column("acts_for", Text, nullable=True),
+    UniqueConstraint("tenant_id", "prefix"),
+    # authentication finds a key by its prefix before it knows the tenant (in system mode)
+    Index("ix_api_keys_prefix", "prefix"),
 )
 
 # Who created and who revoked each key (app/security/keys.py): `actor_key_id` is the admin key that did
@@ -445,12 +565,14 @@ api_keys = Table(
 api_key_events = Table(
     "api_key_events",
     metadata,
+    tenant_key(),
     Column("id", BigId, primary_key=True, autoincrement=True),
-    Column("key_id", String(36), ForeignKey("api_keys.id"), nullable=False),
+    Column("key_id", String(36), nullable=False),
     Column("action", String(20), nullable=False),  # CREATED, REVOKED
     Column("actor_key_id", String(36), nullable=True),
     Column("at", UTCDateTime, nullable=False),
     Index("ix_api_key_events_key_id", "key_id"),
+    tenant_fk(["key_id"], "api_keys", ["id"]),
 )
 
 
@@ -460,10 +582,12 @@ api_key_events = Table(
 sku_units = Table(
     "sku_units",
     metadata,
-    Column("sku_id", Integer, ForeignKey("skus.id"), primary_key=True),
+    tenant_key(),
+    Column("sku_id", Integer, primary_key=True),
     Column("name", String(50), primary_key=True),
     Column("size", Integer, nullable=False),
     CheckConstraint("size >= 1", name="size_positive"),
+    tenant_fk(["sku_id"], "skus", ["id"]),
 )
 
 # B2B buyer companies under a channel, each with an optional allocation applied after the channel's
@@ -471,9 +595,10 @@ sku_units = Table(
 accounts = Table(
     "accounts",
     metadata,
+    tenant_key(),
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("channel_id", Integer, ForeignKey("channels.id"), nullable=False),
-    Column("code", String(100), nullable=False, unique=True),
+    Column("channel_id", Integer, nullable=False),
+    Column("code", String(100), nullable=False),
     Column("name", String(300), nullable=False),
     Column("ring_fenced_units", Integer, nullable=False, default=0, server_default="0"),
     Column("allocation_cap", Integer, nullable=True),
@@ -481,12 +606,17 @@ accounts = Table(
     Column("version", BigInteger, nullable=False, default=1, server_default="1"),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    tenant_fk(["channel_id"], "channels", ["id"]),
+    UniqueConstraint("tenant_id", "code"),
 )
 
 # The accounts a key serves: a sales rep's key (several), an account's own storefront key (one).
 api_key_accounts = Table(
     "api_key_accounts",
     metadata,
-    Column("key_id", String(36), ForeignKey("api_keys.id"), primary_key=True),
-    Column("account_id", Integer, ForeignKey("accounts.id"), primary_key=True),
+    tenant_key(),
+    Column("key_id", String(36), primary_key=True),
+    Column("account_id", Integer, primary_key=True),
+    tenant_fk(["key_id"], "api_keys", ["id"]),
+    tenant_fk(["account_id"], "accounts", ["id"]),
 )

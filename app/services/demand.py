@@ -78,7 +78,7 @@ async def note_sales(conn: AsyncConnection, now: datetime, sales: Mapping[tuple[
     age = _seconds_between(sku_demand.c.last_at, ins.excluded.last_at)
     await conn.execute(
         ins.on_conflict_do_update(
-            index_elements=[sku_demand.c.sku_id, sku_demand.c.channel_code],
+            index_elements=[sku_demand.c.tenant_id, sku_demand.c.sku_id, sku_demand.c.channel_code],
             set_={
                 "units": sku_demand.c.units * _pow2(-age / h) + ins.excluded.units,
                 "last_at": _greatest(sku_demand.c.last_at, ins.excluded.last_at),

@@ -53,12 +53,12 @@ _MAX_REPLANS = 8
 # Claiming an idempotency key: the reservation row, unless the key is taken (then no row comes back).
 _CLAIM_POSTGRES = (
     postgresql.insert(r_)
-    .on_conflict_do_nothing(index_elements=[r_.c.idempotency_scope, r_.c.idempotency_key])
+    .on_conflict_do_nothing(index_elements=[r_.c.tenant_id, r_.c.idempotency_scope, r_.c.idempotency_key])
     .returning(r_.c.id)
 )
 _CLAIM_SQLITE = (
     sqlite.insert(r_)
-    .on_conflict_do_nothing(index_elements=[r_.c.idempotency_scope, r_.c.idempotency_key])
+    .on_conflict_do_nothing(index_elements=[r_.c.tenant_id, r_.c.idempotency_scope, r_.c.idempotency_key])
     .returning(r_.c.id)
 )
 # SKUs and locations of a request in one round trip

@@ -836,7 +836,7 @@ async def _count_orders(conn: AsyncConnection, now: datetime, location_ids: list
         limit = capacity.get(location_id)
         stmt = insert_(ldo).values(location_id=location_id, day=day, orders=1)
         stmt = stmt.on_conflict_do_update(
-            index_elements=[ldo.c.location_id, ldo.c.day],
+            index_elements=[ldo.c.tenant_id, ldo.c.location_id, ldo.c.day],
             set_={"orders": ldo.c.orders + 1},
             where=(ldo.c.orders < limit) if limit is not None else None,
         ).returning(ldo.c.orders)
@@ -1039,7 +1039,7 @@ async def set_location_routing(ctx: Ctx, items: Sequence[LocationRoutingInput]) 
                 values["shipping_cost"] = item.shipping_cost
             stmt = insert_(lr).values(location_id=ids[item.location_code], **values)
             if values:
-                stmt = stmt.on_conflict_do_update(index_elements=[lr.c.location_id], set_=values)
+                stmt = stmt.on_conflict_do_update(index_elements=[lr.c.tenant_id, lr.c.location_id], set_=values)
             else:
                 stmt = stmt.on_conflict_do_nothing()
             await conn.execute(stmt)
