@@ -509,11 +509,8 @@ async def route_order(ctx: Ctx, req: RouteOrderRequest) -> DecisionView:
     if errors:
         raise Refused(errors)
     now = ctx.clock()
+    # in a transaction (no AUTOCOMMIT): the tenant it reads for is set per transaction (app/db/tenancy.py)
     async with ctx.db.read() as conn:
-        if conn.dialect.name == "postgresql":
-            # a dry run writes nothing and its two reads need no common snapshot: no BEGIN/ROLLBACK
-            # round trips (two of the four a routeOrder costs)
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
         setting = await _load(conn, req, now)
         routing = _routing_request(req, setting, destination)
         decision = route(routing, setting.candidates)
