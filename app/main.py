@@ -25,11 +25,13 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 from strawberry.types.unset import UNSET, UnsetType
 
+from app.db import tenancy
 from app.db.engine import Database
 from app.db.migrate import upgrade
 from app.db.tables import outbox
+from app.db.tenancy import DEFAULT_TENANT
 from app.graphql.context import Context
-from app.graphql.http import Problem, SecureGraphQLView, principal_of, request_id_of
+from app.graphql.http import Problem, SecureGraphQLView, principal_of, request_id_of, tenant_of
 from app.graphql.schema import build_schema
 from app.observability import metrics
 from app.observability.logging import configure_logging
@@ -49,9 +51,10 @@ from app.realtime.ws import (
     StockwireWebSocketAdapter,
 )
 from app.security.runtime import Security, make_security, require_a_key
-from app.services import reservations
+from app.services import reservations, tenants
 from app.services.channel_publication import PublicationWorker
 from app.services.context import Ctx
+from app.services.tenants import PerTenant
 from app.settings import Settings
 
 log = logging.getLogger("stockwire")
@@ -69,7 +72,7 @@ class Runtime:
     relay: OutboxRelay | None = None
     streams: Streams | None = None
     security: Security | None = None
-    publication: PublicationWorker | None = None
+    publication: PerTenant[PublicationWorker] | None = None
     admission: Admission = field(init=False)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     outbox_rows: int = 0  # sampled by _sample_outbox for /metrics
@@ -127,22 +130,24 @@ class Runtime:
             )
             failing = 1.0 if self.relay.last_error else 0.0
             out.append(("stockwire_relay_failing", "1 while the outbox relay's last attempt failed", {}, failing))
-        if self.publication is not None:
-            for code, leads in self.publication.leadership().items():
+        for tenant_id, worker in (self.publication.workers if self.publication else {}).items():
+            # channel codes are per tenant: the default tenant's keep their plain label
+            prefix = "" if tenant_id == DEFAULT_TENANT else f"{tenant_id}:"
+            for code, leads in worker.leadership().items():
                 out.append(
                     (
                         "stockwire_publication_leader",
                         "1 where this process is the channel's elected publisher",
-                        {"channel": code},
+                        {"channel": prefix + code},
                         1.0 if leads else 0.0,
                     )
                 )
-            for code, lag in self.publication.lag_seconds().items():
+            for code, lag in worker.lag_seconds().items():
                 out.append(
                     (
                         "stockwire_publication_lag_seconds",
                         "How long the channel's endpoint has been behind (0: in sync); leader only",
-                        {"channel": code},
+                        {"channel": prefix + code},
                         lag,
                     )
                 )
@@ -207,7 +212,7 @@ class StockwireGraphQL(SecureGraphQLView):
         scope = context.request.scope
         assert context.principal is not None
         try:
-            ticket = self.admission.connection_of_key(context.principal.key_id)
+            ticket = self.admission.connection_of_key(context.principal.key_id, context.tenant_id)
         except LimitExceeded as refused:
             scope[CLOSE_AS] = (4429, f"{refused.code}: {refused.setting}")
             raise ConnectionRejectionError({"message": str(refused), "code": refused.code}) from None
@@ -226,6 +231,7 @@ class StockwireGraphQL(SecureGraphQLView):
             response=response,
             realtime=self.runtime.streams,
             principal=principal_of(request),  # HTTP: authenticated at the edge; websockets: at connection_init
+            tenant_id=tenant_of(request),
             security=self.runtime.security,
             request_id=request_id_of(request),
         )
@@ -235,8 +241,10 @@ async def _sweep_expired(ctx: Ctx) -> None:
     """Releases holds past expiry within about a second, even for SKUs nobody touches."""
     while True:
         try:
-            while expired := await reservations.sweep_expired(ctx):
-                metrics.SWEEPER_EXPIRED.inc(expired)
+            for tenant in await tenants.list_tenants(ctx.db):  # each tenant's holds, as that tenant
+                with tenancy.acting_for(tenant.id):
+                    while expired := await reservations.sweep_expired(ctx):
+                        metrics.SWEEPER_EXPIRED.inc(expired)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -250,8 +258,9 @@ async def _sample_outbox(runtime: Runtime, every: float = 5.0) -> None:
     assert runtime.ctx is not None
     while True:
         try:
-            async with runtime.ctx.db.read() as conn:
-                row = (await conn.execute(select(func.count(), func.min(outbox.c.created_at)))).one()
+            with tenancy.system():  # every tenant's rows
+                async with runtime.ctx.db.read() as conn:
+                    row = (await conn.execute(select(func.count(), func.min(outbox.c.created_at)))).one()
             runtime.outbox_rows, runtime.outbox_oldest = int(row[0]), row[1]
         except asyncio.CancelledError:
             raise
@@ -305,7 +314,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         runtime.streams = Streams(ctx, hub, runtime.realtime)
         runtime.tasks = [asyncio.create_task(relay.run()), asyncio.create_task(_sweep_expired(ctx))]
         # pushes changed channel availability to channel endpoints (the channels issue)
-        runtime.publication = PublicationWorker(ctx, hub)  # follows the relay's channel changes
+        # follows the relay's channel changes: one worker per tenant, each acting for its tenant
+        runtime.publication = PerTenant(db, lambda: PublicationWorker(ctx, hub), lambda worker: worker.run())
         runtime.tasks.append(asyncio.create_task(runtime.publication.run()))
         runtime.tasks.append(asyncio.create_task(_sample_outbox(runtime)))
         metrics.watch(runtime)

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     ws_init_timeout_seconds: float = Field(10.0, gt=0)  # connection_init must arrive within this
     hold_rate_limit: int = Field(2000, ge=0)  # reserve/routeAndReserve calls per key per window; 0: unlimited
     hold_rate_window_seconds: float = Field(10.0, gt=0)
+    # the same calls per tenant (all its keys together) per window; 0: unlimited (README Tenants)
+    tenant_hold_rate_limit: int = Field(10_000, ge=0)
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

@@ -239,6 +239,6 @@ def _rebuild_keys(columns_of: Callable[[list[str]], list[str]]) -> None:
         listed = columns_of([c.strip() for c in cols.split(",")])
         op.execute(f"DROP INDEX {name}")
         op.execute(f"{head} USING btree ({', '.join(listed)}){tail}")
-    for table, name, referred, cols, referred_cols in foreign:
+    for table, _, referred, cols, referred_cols in foreign:
         local, remote = columns_of(list(cols)), columns_of(list(referred_cols))
         op.create_foreign_key(f"fk_{table}_{cols[-1]}_{referred}", table, referred, local, remote)

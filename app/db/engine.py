@@ -24,8 +24,9 @@ _MAX_ATTEMPTS = 5
 
 
 Pair = tuple[int, int]  # (sku_id, location_id)
-# after a commit: the positions it changed, and whether it wrote outbox rows of other kinds
-CommitListener = Callable[[frozenset[Pair], bool], None]
+# after a commit: the positions it changed, whether it wrote outbox rows of other kinds, and the
+# tenant it ran for (None: system mode)
+CommitListener = Callable[[frozenset[Pair], bool, int | None], None]
 
 
 class _Written:
@@ -120,6 +121,7 @@ class Database:
 
     async def write(self, work: Callable[[AsyncConnection], Awaitable[T]], notify: bool = True) -> T:
         """Run `work` in one transaction, retried from the start if Postgres picks it as a deadlock victim."""
+        tenant_id = None if tenancy.in_system_mode() else tenancy.current()
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             written = _Written()
             token = _written.set(written)
@@ -136,7 +138,7 @@ class Database:
                 _written.reset(token)
             if notify and (written.pairs or written.other_rows):
                 for listener in self._commit_listeners:
-                    listener(frozenset(written.pairs), written.other_rows)
+                    listener(frozenset(written.pairs), written.other_rows, tenant_id)
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -166,6 +168,14 @@ async def scope_transaction(conn: AsyncConnection) -> None:
 
     raw = await pg.driver(conn)
     await raw.execute(tenancy.transaction_prelude())
+
+
+async def act_for(conn: AsyncConnection, tenant_id: int) -> None:
+    """Switch the running transaction to the application's role acting for `tenant_id` (the relay
+    claims outbox rows of every tenant in system mode, then reads each tenant's changes as that tenant)."""
+    from app.db import pg
+
+    await (await pg.driver(conn)).execute(tenancy.tenant_prelude(tenant_id))
 
 
 def _switch_role(role: str) -> Callable[[Any, Any], None]:

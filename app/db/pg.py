@@ -249,7 +249,7 @@ def aware(value: datetime) -> datetime:
 
 _CLAIM = (
     "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) "
-    "RETURNING id, sku_id, location_id"
+    "RETURNING id, sku_id, location_id, tenant_id"
 )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -20,8 +22,6 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-
-from typing import Any
 
 from app.db.types import BigId, UTCDateTime
 
@@ -55,9 +55,7 @@ def tenant_key(root: bool = False) -> Column[int]:
 
 def tenant_fk(columns: list[str], table: str, referred: list[str]) -> ForeignKeyConstraint:
     """A foreign key within one tenant: (tenant_id, columns) -> table (tenant_id, referred)."""
-    return ForeignKeyConstraint(
-        ["tenant_id", *columns], [f"{table}.tenant_id", *(f"{table}.{c}" for c in referred)]
-    )
+    return ForeignKeyConstraint(["tenant_id", *columns], [f"{table}.tenant_id", *(f"{table}.{c}" for c in referred)])
 
 
 tenants = Table(

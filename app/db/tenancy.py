@@ -36,6 +36,11 @@ def current() -> int | None:
     return _tenant.get()
 
 
+def enter(tenant_id: int | None) -> None:
+    """Act for this tenant from now on in the running context (one made for a task of its own)."""
+    _tenant.set(tenant_id)
+
+
 def in_system_mode() -> bool:
     return _system.get()
 
@@ -58,6 +63,11 @@ def system() -> Iterator[None]:
         yield
     finally:
         _system.reset(token)
+
+
+def tenant_prelude(tenant_id: int) -> str:
+    """Switch a running transaction (e.g. a system one) to the application's role, for one tenant."""
+    return f"SELECT set_config('role', '{APP_ROLE}', true), set_config('{SETTING}', '{int(tenant_id)}', true)"
 
 
 def transaction_prelude() -> str:

@@ -47,12 +47,16 @@ from strawberry.types import ExecutionResult
 from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UNSET, UnsetType
 
+from app.db import tenancy
 from app.graphql.context import Context
 from app.graphql.errors import INTERNAL
 from app.graphql.limits import RESPONSE_TOO_LARGE, max_request_bytes
 from app.graphql.persisted import Refused, TrustedDocuments, socket_caller
 from app.security.auth import Principal, bearer_token
 from app.security.runtime import Security
+from app.security.tenants import HEADER as TENANT_HEADER
+from app.security.tenants import PAYLOAD_FIELD as TENANT_FIELD
+from app.security.tenants import TenantRefused
 from app.settings import Settings
 
 log = logging.getLogger("stockwire.http")
@@ -175,6 +179,12 @@ def principal_of(request: Request | WebSocket) -> Principal | None:
     return getattr(request.state, "principal", None)
 
 
+def tenant_of(request: Request | WebSocket) -> int | None:
+    """The tenant the request acts for (HTTP: resolved at the edge; websockets: at connection_init)."""
+    tenant_id = getattr(request.state, "tenant_id", None)
+    return tenant_id if isinstance(tenant_id, int) else None
+
+
 def request_id_of(request: Request | WebSocket) -> str:
     rid = getattr(request.state, "request_id", None)
     if not isinstance(rid, str):
@@ -240,11 +250,17 @@ class SecureGraphQLView(GraphQL[Context, None]):
                 message = "unknown or revoked API key"
             raise Problem(401, "UNAUTHENTICATED", message, {"WWW-Authenticate": 'Bearer realm="stockwire"'})
         request.state.principal = principal
+        try:
+            tenant_id = await security.tenants.resolve(principal, request.headers.get(TENANT_HEADER))
+        except TenantRefused as refused:
+            raise Problem(refused.status, refused.code, refused.message) from None
         limited = Request(scope, _limit_body(receive, self.max_body_bytes))
         limited.state.request_id, limited.state.principal = request.state.request_id, principal
+        request.state.tenant_id = limited.state.tenant_id = tenant_id
         token, cap = _MEDIA.set(media), _ANSWER_CAP.set(None)
         try:
-            return cast(Response, await self.run(limited))
+            with tenancy.acting_for(tenant_id):  # every transaction of this request
+                return cast(Response, await self.run(limited))
         except _BodyTooLarge:
             raise self._too_large() from None
         except HTTPException as exc:
@@ -422,6 +438,10 @@ class SecureGraphQLView(GraphQL[Context, None]):
                 "code": "UNAUTHENTICATED",
             }
             raise ConnectionRejectionError(refusal)
+        try:
+            context.tenant_id = await security.tenants.resolve(principal, _ws_tenant(context))
+        except TenantRefused as refused:
+            raise ConnectionRejectionError({"message": refused.message, "code": refused.code}) from None
         context.principal = principal
         socket_caller.set(principal)  # for the trusted documents check of this socket's messages
         websocket: WebSocket = context.request
@@ -440,6 +460,19 @@ def _ws_token(context: Context) -> str | None:
     request = context.request
     if isinstance(request, WebSocket):  # a server-side client may authenticate the handshake instead
         return bearer_token(request.headers.get("authorization"))
+    return None
+
+
+def _ws_tenant(context: Context) -> str | None:
+    """The tenant a websocket names: `tenant` in connection_init's payload, or the handshake's header."""
+    params = context.connection_params
+    if isinstance(params, dict):
+        value = params.get(TENANT_FIELD)
+        if isinstance(value, str):
+            return value
+    request = context.request
+    if isinstance(request, WebSocket):
+        return request.headers.get(TENANT_HEADER)
     return None
 
 

@@ -16,6 +16,7 @@ a RATE_LIMITED userError, as the contract wants expected refusals reported.
 from __future__ import annotations
 
 import inspect
+from collections.abc import AsyncGenerator
 from dataclasses import replace
 from functools import cache
 from typing import Any
@@ -34,6 +35,7 @@ from strawberry.types.field import StrawberryField
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 from strawberry.utils.str_converters import to_camel_case
 
+from app.db import tenancy
 from app.graphql.types import UserError
 from app.security.scopes import Scope
 from app.services.context import Actor, Ctx, acting_on_ledger
@@ -176,7 +178,7 @@ class ScopeCheck(PermissionExtension):
                 return self._on_unauthorized(permission)
         _check_fields(self.root, info)
         _check_input_items(info, kwargs)
-        with acting_on_ledger(actor_of(info)):
+        with acting_on_ledger(actor_of(info)), tenancy.acting_for(tenant_of(info)):
             return next_(source, info, **kwargs)
 
     async def resolve_async(  # type: ignore[override]
@@ -187,9 +189,32 @@ class ScopeCheck(PermissionExtension):
                 return self._on_unauthorized(permission)
         _check_fields(self.root, info)
         _check_input_items(info, kwargs)
-        with acting_on_ledger(actor_of(info)):
+        tenant_id = tenant_of(info)
+        with acting_on_ledger(actor_of(info)), tenancy.acting_for(tenant_id):
             result = next_(source, info, **kwargs)
-            return result if inspect.isasyncgen(result) else await result
+            return _in_tenant(result, tenant_id) if inspect.isasyncgen(result) else await result
+
+
+def tenant_of(info: Info[Any, Any]) -> int | None:
+    """The tenant the caller acts for (None: none, so the database shows nothing)."""
+    tenant_id = getattr(info.context, "tenant_id", None)
+    return tenant_id if isinstance(tenant_id, int) else None
+
+
+async def _in_tenant(stream: AsyncGenerator[Any, None], tenant_id: int | None) -> AsyncGenerator[Any, None]:
+    """A subscription's stream, each step run for the caller's tenant (its reads happen as it is
+    iterated, long after the resolver returned)."""
+    try:
+        while True:
+            with tenancy.acting_for(tenant_id):
+                try:
+                    item = await anext(stream)
+                except StopAsyncIteration:
+                    return
+            yield item
+    finally:
+        with tenancy.acting_for(tenant_id):
+            await stream.aclose()
 
 
 # --- field-level scopes ----------------------------------------------------------------------------
@@ -375,18 +400,26 @@ class HoldRateLimit(FieldExtension):
     ) -> Any:
         security = getattr(info.context, "security", None)
         principal = getattr(info.context, "principal", None)
-        if security is not None and principal is not None and not security.holds.allow(principal.key_id):
-            wait = security.holds.retry_after(principal.key_id)
-            error = UserError(
-                code="RATE_LIMITED",
-                message=f"this key made more than {security.holds.limit} holds in "
-                f"{security.settings.hold_rate_window_seconds:g} s; retry in {wait:.1f} s",
-                field=None,
-            )
+        refusal = _hold_refusal(security, principal, tenant_of(info)) if security and principal else None
+        if refusal is not None:
+            error = UserError(code="RATE_LIMITED", message=refusal, field=None)
             return self.payload(
                 **{name: empty if empty is None else [] for name, empty in self.others.items()}, user_errors=[error]
             )
         return await next_(source, info, **kwargs)
+
+
+def _hold_refusal(security: Any, principal: Any, tenant_id: int | None) -> str | None:
+    """Why one more hold is refused now (the key's bucket, then its tenant's), or None: taken."""
+    window = security.settings.hold_rate_window_seconds
+    if not security.holds.allow(principal.key_id):
+        wait = security.holds.retry_after(principal.key_id)
+        return f"this key made more than {security.holds.limit} holds in {window:g} s; retry in {wait:.1f} s"
+    tenant = str(tenant_id)
+    if not security.tenant_holds.allow(tenant):
+        wait = security.tenant_holds.retry_after(tenant)
+        return f"this tenant made more than {security.tenant_holds.limit} holds in {window:g} s; retry in {wait:.1f} s"
+    return None
 
 
 def graphql_name(field: StrawberryField) -> str:

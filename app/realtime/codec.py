@@ -1,6 +1,8 @@
 """Read models to and from the JSON that travels through the outbox relay and Redis.
 
-Kinds and keys (the Hub indexes mailboxes by both):
+Kinds and keys (the Hub indexes mailboxes by both). Every kind ends in "@<tenant id>" (`scoped`), so
+a subscriber of one tenant is never offered another tenant's messages, in any process: two brands
+may both sell `TEE-M`, and their keys are the same SKU code.
 * availability across all active locations: kind "availability", key the SKU code;
 * a channel's availability: kind "availability:<channel code>", key the SKU code, so a subscriber to
   one channel never sees another's figures and needs no key parsing;
@@ -17,6 +19,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
+from app.db import tenancy
 from app.domain.channel_rules import ChannelFigure, RuleStep
 from app.domain.quantities import Position
 from app.services.channels import ChannelAvailabilityView
@@ -29,12 +32,34 @@ _SEP = "\x1f"
 Content = tuple[Any, ...]
 
 
-def availability_kind(channel_code: str | None) -> str:
-    return AVAILABILITY if channel_code is None else f"{AVAILABILITY}:{channel_code}"
+def scoped(kind: str, tenant_id: int | None = None) -> str:
+    """`kind` of one tenant (None: the tenant the running code acts for, app/db/tenancy.py)."""
+    tenant = tenancy.current() if tenant_id is None else tenant_id
+    if tenant is None:
+        raise RuntimeError("no tenant: a change message always belongs to one")
+    return f"{kind}@{tenant}"
+
+
+def unscoped(kind: str) -> str:
+    """The kind without its tenant."""
+    return kind.rpartition("@")[0] or kind
+
+
+def availability_kind(channel_code: str | None, tenant_id: int | None = None) -> str:
+    return scoped(AVAILABILITY if channel_code is None else f"{AVAILABILITY}:{channel_code}", tenant_id)
+
+
+def stock_level_kind(tenant_id: int | None = None) -> str:
+    return scoped(STOCK_LEVEL, tenant_id)
 
 
 def is_availability(kind: str) -> bool:
-    return kind == AVAILABILITY or kind.startswith(f"{AVAILABILITY}:")
+    base = unscoped(kind)
+    return base == AVAILABILITY or base.startswith(f"{AVAILABILITY}:")
+
+
+def is_stock_level(kind: str) -> bool:
+    return unscoped(kind) == STOCK_LEVEL
 
 
 def stock_level_key(sku_code: str, location_code: str) -> str:

@@ -22,5 +22,8 @@ class RealtimeSettings(BaseSettings):
     max_connections_per_key: int = Field(20_000, ge=1)
     max_subscriptions_per_address: int = Field(1000, ge=1)
     max_subscriptions_per_key: int = Field(100_000, ge=1)
+    # per tenant (all its keys together, per process): one brand cannot take a process's every socket
+    max_connections_per_tenant: int = Field(50_000, ge=1)
+    max_subscriptions_per_tenant: int = Field(250_000, ge=1)
     # Server keepalive: graphql-ws "ka" and graphql-transport-ws "ping" this often, in seconds.
     keepalive_seconds: float = Field(15.0, gt=0)

@@ -78,10 +78,12 @@ class Admission:
         self._connections = (
             _Counts("max_connections_per_address", settings.max_connections_per_address),
             _Counts("max_connections_per_key", settings.max_connections_per_key),
+            _Counts("max_connections_per_tenant", settings.max_connections_per_tenant),
         )
         self._subscriptions = (
             _Counts("max_subscriptions_per_address", settings.max_subscriptions_per_address),
             _Counts("max_subscriptions_per_key", settings.max_subscriptions_per_key),
+            _Counts("max_subscriptions_per_tenant", settings.max_subscriptions_per_tenant),
         )
 
     def sizes(self) -> dict[str, int]:
@@ -92,11 +94,22 @@ class Admission:
         """Admit a connection from `address` (at the handshake: its key is not known yet)."""
         return self._admit(self._connections[0], address, TOO_MANY_CONNECTIONS, "connections from this address")
 
-    def connection_of_key(self, key_id: str) -> Ticket:
-        """Admit an authenticated connection under key `key_id`."""
-        return self._admit(self._connections[1], key_id, TOO_MANY_CONNECTIONS, "connections with this API key")
+    def connection_of_key(self, key_id: str, tenant_id: int | None = None) -> Ticket:
+        """Admit an authenticated connection under key `key_id`, acting for `tenant_id`."""
+        ticket = self._admit(self._connections[1], key_id, TOO_MANY_CONNECTIONS, "connections with this API key")
+        if tenant_id is not None:
+            try:
+                ticket._give += self._admit(
+                    self._connections[2], str(tenant_id), TOO_MANY_CONNECTIONS, "connections for this tenant"
+                )._give
+            except LimitExceeded:
+                ticket.release()
+                raise
+        return ticket
 
-    def operation(self, address: str, key_id: str | None, open_on_connection: int) -> Ticket:
+    def operation(
+        self, address: str, key_id: str | None, open_on_connection: int, tenant_id: int | None = None
+    ) -> Ticket:
         """Admit one more operation (subscription, or query/mutation in flight) on a connection."""
         per_connection = self.settings.max_subscriptions_per_connection
         if open_on_connection >= per_connection:
@@ -106,15 +119,20 @@ class Admission:
                 f"Subscription limit reached: at most {per_connection} operations open on one connection "
                 "(max_subscriptions_per_connection)",
             )
-        by_address, by_key = self._subscriptions
+        by_address, by_key, by_tenant = self._subscriptions
         ticket = self._admit(by_address, address, TOO_MANY_SUBSCRIPTIONS, "subscriptions from this address")
-        if key_id is not None:
+        held = [
+            (by_key, key_id, "subscriptions with this API key"),
+            (by_tenant, tenant_id, "subscriptions for this tenant"),
+        ]
+        for counts, holder, what in held:
+            if holder is None:
+                continue
             try:
-                of_key = self._admit(by_key, key_id, TOO_MANY_SUBSCRIPTIONS, "subscriptions with this API key")
+                ticket._give += self._admit(counts, str(holder), TOO_MANY_SUBSCRIPTIONS, what)._give
             except LimitExceeded:
                 ticket.release()
                 raise
-            ticket._give += of_key._give
         return ticket
 
     def _admit(self, counts: _Counts, holder: str, code: str, what: str) -> Ticket:

@@ -39,8 +39,8 @@ from typing import Any
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import pg
-from app.db.engine import Pair
+from app.db import pg, tenancy
+from app.db.engine import Pair, act_for
 from app.db.tables import channels, outbox
 from app.realtime import codec
 from app.realtime.hub import Change, Hub
@@ -64,8 +64,8 @@ class OutboxRelay:
         self.hub = hub
         self.batch_size = batch_size
         self._wake = asyncio.Event()
-        # positions commits of this process changed, not yet published (see poke)
-        self._hinted: set[Pair] = set()
+        # per tenant: positions commits of this process changed, not yet published (see poke)
+        self._hinted: dict[int, set[Pair]] = {}
         self._drain_now = False
         self._drain_due: float | None = None  # when rows published from hints get claimed
         self._memory = memory
@@ -79,10 +79,16 @@ class OutboxRelay:
         self.republished_count = 0  # skipped states published after all (see the module docstring)
         hub.observe(self.observe)
 
-    def poke(self, changed: frozenset[Pair] = frozenset(), other_rows: bool = True) -> None:
+    def poke(
+        self, changed: frozenset[Pair] = frozenset(), other_rows: bool = True, tenant_id: int | None = None
+    ) -> None:
         """Called after a commit in this process that queued changes (Database.on_commit): publish now
         rather than at the next poll, from the positions it names, and claim other rows at once."""
-        self._hinted |= changed
+        if changed:
+            if tenant_id is None:
+                other_rows = True  # a system transaction's positions: found through the outbox
+            else:
+                self._hinted.setdefault(tenant_id, set()).update(changed)
         if other_rows:
             self._drain_now = True
         self._wake.set()
@@ -93,9 +99,9 @@ class OutboxRelay:
         next_poll = loop.time()  # drain at once on start: rows a stopped process left
         while True:
             try:
-                hinted, self._hinted = self._hinted, set()
-                if hinted:
-                    await self.publish_hinted(hinted)
+                hinted, self._hinted = self._hinted, {}
+                for tenant_id, pairs in hinted.items():
+                    await self.publish_hinted(pairs, tenant_id)
                     if self._drain_due is None:
                         self._drain_due = loop.time() + _DRAIN_EVERY
                 # The outbox stays the guarantee: drained at once when a commit did not say what it
@@ -129,11 +135,12 @@ class OutboxRelay:
                     await self._wake.wait()
             self._wake.clear()
 
-    async def publish_hinted(self, pairs: set[Pair]) -> None:
+    async def publish_hinted(self, pairs: set[Pair], tenant_id: int) -> None:
         """Publish the current state of positions a commit of this process changed, without claiming
-        their outbox rows: one read, outside any transaction (the rows follow in the next drain)."""
-        async with self.ctx.db.read() as conn:
-            changes = await _read_changes(conn, {s for s, _ in pairs}, pairs, self.ctx.clock())
+        their outbox rows: one read (the rows follow in the next drain)."""
+        with tenancy.acting_for(tenant_id):
+            async with self.ctx.db.read() as conn:
+                changes = await _read_changes(conn, {s for s, _ in pairs}, pairs, self.ctx.clock(), tenant_id)
         await self._publish_news(changes)
 
     async def drain_once(self) -> int:
@@ -144,19 +151,28 @@ class OutboxRelay:
                 rows: list[Any] = await pg.claim_outbox(await pg.driver(conn), self.batch_size)
             else:
                 rows = list(await conn.execute(_CLAIM_SQLITE, {"batch_size": self.batch_size}))
-            # rows are (id, sku_id, location_id), asyncpg records or SQLAlchemy rows: read by position
+            # rows are (id, sku_id, location_id, tenant_id), asyncpg records or SQLAlchemy rows: by position
             if not rows:
                 return 0
-            changes = await _read_changes(
-                conn,
-                {r[1] for r in rows},
-                {(r[1], r[2]) for r in rows if r[2]},
-                self.ctx.clock(),
-            )
+            by_tenant: dict[int, list[Any]] = {}
+            for r in rows:
+                by_tenant.setdefault(r[3] if len(r) > 3 else tenancy.DEFAULT_TENANT, []).append(r)
+            changes: list[Change] = []
+            for tenant_id, claimed in sorted(by_tenant.items()):
+                if conn.dialect.name == "postgresql":
+                    await act_for(conn, tenant_id)  # from here on the reads see this tenant's rows only
+                changes += await _read_changes(
+                    conn,
+                    {r[1] for r in claimed},
+                    {(r[1], r[2]) for r in claimed if r[2]},
+                    self.ctx.clock(),
+                    tenant_id,
+                )
             await self._publish_news(changes)
             return len(rows)
 
-        return await self.ctx.db.write(work, notify=False)
+        with tenancy.system():  # the outbox rows of every tenant
+            return await self.ctx.db.write(work, notify=False)
 
     async def _publish_news(self, changes: list[Change]) -> None:
         """Publish what subscribers have not seen (raises like Hub.publish_many: the caller retries)."""
@@ -171,7 +187,7 @@ class OutboxRelay:
         """Every message on the channel, whoever published it (wired to the hub in __init__)."""
         overtaken = False
         for change in changes:
-            if not (codec.is_availability(change.kind) or change.kind == codec.STOCK_LEVEL):
+            if not (codec.is_availability(change.kind) or codec.is_stock_level(change.kind)):
                 continue  # not a relay's message
             slot = (change.kind, change.key)
             last = self._published.get(slot)
@@ -238,8 +254,11 @@ _CLAIM_SQLITE = _claim_statement()
 _CHANNEL_CODES = select(channels.c.code).order_by(channels.c.code)
 
 
-async def _read_changes(conn: AsyncConnection, sku_ids: set[int], pairs: set[Pair], now: datetime) -> list[Change]:
-    """The current state of every availability and stock level the claimed rows touched.
+async def _read_changes(
+    conn: AsyncConnection, sku_ids: set[int], pairs: set[Pair], now: datetime, tenant_id: int
+) -> list[Change]:
+    """The current state of every availability and stock level the claimed rows touched, in one tenant
+    (the transaction's: the messages carry it in their kinds).
 
     Every channel's figure is read for the touched SKUs, not only the channels linked to the touched
     locations: a location just unlinked from a channel (or a ring-fence elsewhere) moves that
@@ -254,11 +273,11 @@ async def _read_changes(conn: AsyncConnection, sku_ids: set[int], pairs: set[Pai
     for channel_code in channel_codes:
         views += await channel_service.availability_in(conn, channel_code, codes, now)
     changes = [
-        Change(codec.availability_kind(v.channel_code), v.sku_code, v.version, codec.availability_to_data(v))
+        Change(codec.availability_kind(v.channel_code, tenant_id), v.sku_code, v.version, codec.availability_to_data(v))
         for v in views
     ]
     touched = sorted((levels[p] for p in pairs if p in levels), key=lambda lv: (lv.sku_code, lv.location_code))
     for level in touched:
         key = codec.stock_level_key(level.sku_code, level.location_code)
-        changes.append(Change(codec.STOCK_LEVEL, key, level.version, codec.level_to_data(level)))
+        changes.append(Change(codec.stock_level_kind(tenant_id), key, level.version, codec.level_to_data(level)))
     return changes

@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from typing import Any, Generic, TypeVar
 
+from app.db import tenancy
 from app.domain.errors import Refused
 from app.realtime import codec
 from app.realtime.config import RealtimeSettings
@@ -135,8 +136,9 @@ class Streams:
         self.settings = settings or RealtimeSettings()
         # per kind: the shared decoder and how many open streams use it
         self._decoders: dict[str, tuple[_SharedDecoder[Any], int]] = {}
-        # per channel (None: all active locations), while a read runs: concurrent snapshot reads share queries
-        self._snapshots: dict[str | None, _SnapshotBatcher[AvailabilityView]] = {}
+        # per (tenant, channel; None: all active locations), while a read runs: concurrent snapshot
+        # reads share queries (of one tenant: each read runs as that tenant)
+        self._snapshots: dict[tuple[int | None, str | None], _SnapshotBatcher[AvailabilityView]] = {}
 
     def sizes(self) -> dict[str, int]:
         return {"decoders": len(self._decoders), "snapshot_batchers": len(self._snapshots)}
@@ -144,10 +146,12 @@ class Streams:
     def availability(
         self, sku_codes: list[str] | None, channel_code: str | None = None
     ) -> AsyncGenerator[AvailabilityView, None]:
-        """Raises LimitExceeded (a ValueError) at once (before subscribing) for too many codes."""
+        """Raises LimitExceeded (a ValueError) at once (before subscribing) for too many codes.
+        The stream is the current tenant's (app/db/tenancy.py), whoever iterates it."""
         self._check_codes("skuCodes", sku_codes)
         codes = _unique(sku_codes)
-        kind = codec.availability_kind(channel_code)
+        tenant_id = tenancy.current()
+        kind = codec.availability_kind(channel_code, tenant_id)
         narrowed = False
 
         async def subscribe() -> Mailbox:
@@ -158,9 +162,10 @@ class Streams:
             wanted = codes if codes is not None else sorted(seen)
             if not wanted:
                 if channel_code is not None:
-                    await self._check_channel(channel_code)  # even for no SKUs: an unknown channel is an error
+                    with tenancy.acting_for(tenant_id):  # even for no SKUs: an unknown channel is an error
+                        await self._check_channel(channel_code)
                 return []
-            views = await self._snapshots_of(channel_code).read(wanted)
+            views = await self._snapshots_of(tenant_id, channel_code).read(wanted)
             if codes is not None and not narrowed:
                 # a code that names no SKU costs nothing from here on (a SKU made later needs a new subscription)
                 narrowed = True
@@ -175,18 +180,20 @@ class Streams:
 
         return self._watch(kind, codec.availability_from_data, subscribe, snapshot, key_of, codec.availability_to_data)
 
-    def _snapshots_of(self, channel_code: str | None) -> _SnapshotBatcher[AvailabilityView]:
-        batcher = self._snapshots.get(channel_code)
+    def _snapshots_of(self, tenant_id: int | None, channel_code: str | None) -> _SnapshotBatcher[AvailabilityView]:
+        slot = (tenant_id, channel_code)
+        batcher = self._snapshots.get(slot)
         if batcher is None:
 
             async def read(codes: list[str]) -> list[AvailabilityView]:
-                return await self._read_availability(codes, channel_code)
+                with tenancy.acting_for(tenant_id):
+                    return await self._read_availability(codes, channel_code)
 
             def idle(done: _SnapshotBatcher[AvailabilityView]) -> None:
-                if self._snapshots.get(channel_code) is done:
-                    del self._snapshots[channel_code]
+                if self._snapshots.get(slot) is done:
+                    del self._snapshots[slot]
 
-            batcher = self._snapshots[channel_code] = _SnapshotBatcher(read, lambda v: v.sku_code, idle)
+            batcher = self._snapshots[slot] = _SnapshotBatcher(read, lambda v: v.sku_code, idle)
         return batcher
 
     async def _read_availability(self, codes: list[str], channel_code: str | None) -> list[AvailabilityView]:
@@ -209,18 +216,21 @@ class Streams:
         self._check_codes("skuCodes", sku_codes)
         self._check_codes("locationCodes", location_codes)
         skus, locs = _unique(sku_codes), _unique(location_codes)
+        tenant_id = tenancy.current()
+        kind = codec.stock_level_kind(tenant_id)
 
         async def subscribe() -> Mailbox:
             nonlocal skus, locs
             # only codes that exist are watched: unknown ones would each cost an index entry (or, as
             # pairs, codes x codes of them) for the life of the subscription
             if skus:
-                skus = [v.sku_code for v in await self._snapshots_of(None).read(skus)]
+                skus = [v.sku_code for v in await self._snapshots_of(tenant_id, None).read(skus)]
             if locs:
-                locs = [loc.code for loc in await catalog_read.locations(self.ctx, locs)]
+                with tenancy.acting_for(tenant_id):
+                    locs = [loc.code for loc in await catalog_read.locations(self.ctx, locs)]
             if skus is not None and locs is not None and len(skus) * len(locs) <= _MAX_EXACT_PAIRS:
                 exact = {codec.stock_level_key(s, loc) for s in skus for loc in locs}
-                return self.hub.subscribe(codec.STOCK_LEVEL, exact)
+                return self.hub.subscribe(kind, exact)
             sku_set, loc_set = set(skus or ()), set(locs or ())
             any_sku, any_loc = skus is None, locs is None
 
@@ -228,9 +238,13 @@ class Streams:
                 sku, loc = codec.split_stock_level_key(key)
                 return (any_sku or sku in sku_set) and (any_loc or loc in loc_set)
 
-            return self.hub.subscribe(codec.STOCK_LEVEL, None, match=wanted)
+            return self.hub.subscribe(kind, None, match=wanted)
 
         async def snapshot(_: Mailbox, seen: Iterable[str]) -> list[StockLevelView]:
+            with tenancy.acting_for(tenant_id):
+                return await read_levels(seen)
+
+        async def read_levels(seen: Iterable[str]) -> list[StockLevelView]:
             if skus is None and locs is None:
                 # everything: no initial state, and a resync re-reads only what this stream has sent
                 keys = set(seen)
@@ -244,7 +258,7 @@ class Streams:
         def key_of(v: StockLevelView) -> str:
             return codec.stock_level_key(v.sku_code, v.location_code)
 
-        return self._watch(codec.STOCK_LEVEL, codec.level_from_data, subscribe, snapshot, key_of, codec.level_to_data)
+        return self._watch(kind, codec.level_from_data, subscribe, snapshot, key_of, codec.level_to_data)
 
     def _check_codes(self, name: str, codes: list[str] | None) -> None:
         check_codes(name, codes, self.settings.max_codes_per_subscription)

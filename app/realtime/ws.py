@@ -118,7 +118,8 @@ def _admit_operation(view: object, context: object, open_now: int) -> Ticket:
     client = request.client if isinstance(request, WebSocket) else None
     principal = getattr(context, "principal", None)
     key_id = getattr(principal, "key_id", None)
-    return admission.operation(client.host if client else "unknown", key_id, open_now)
+    tenant_id = getattr(context, "tenant_id", None)
+    return admission.operation(client.host if client else "unknown", key_id, open_now, tenant_id)
 
 
 def _operation_shape_error(message: Mapping[str, object]) -> str | None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from app.db.engine import Database
+from app.db.tenancy import DEFAULT_TENANT
 from app.security import keys
 from app.security.scopes import Scope
 from app.services.context import utc_now
@@ -33,6 +34,13 @@ class Principal:
     name: str
     prefix: str
     scopes: frozenset[Scope]
+    tenant_id: int = DEFAULT_TENANT  # the tenant the key belongs to
+    # an operator's key: the tenants (ids) it may act for, one named per request (empty: its own only)
+    acts_for: frozenset[int] = frozenset()
+
+    @property
+    def is_operator(self) -> bool:
+        return bool(self.acts_for)
 
     def has_any(self, scopes: frozenset[Scope]) -> bool:
         return not self.scopes.isdisjoint(scopes)
@@ -121,7 +129,17 @@ class Authenticator:
         now = self.wall_clock()
         if found.last_used_at is None or now - found.last_used_at >= _TOUCH_EVERY:
             await keys.touch(self.db, found.id, now)
-        principal = Principal(key_id=found.id, name=found.name, prefix=found.prefix, scopes=found.scopes)
+        acts_for = (
+            frozenset((await keys.tenant_ids(self.db, found.acts_for)).values()) if found.acts_for else frozenset()
+        )
+        principal = Principal(
+            key_id=found.id,
+            name=found.name,
+            prefix=found.prefix,
+            scopes=found.scopes,
+            tenant_id=found.tenant_id,
+            acts_for=acts_for,
+        )
         if generation == self._generation:
             self._known.put(cache_key, principal, expires)
         return principal

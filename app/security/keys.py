@@ -23,8 +23,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 
+from app.db import tenancy
 from app.db.engine import Database, is_unique_violation
-from app.db.tables import api_key_events, api_keys
+from app.db.tables import api_key_events, api_keys, tenants
 from app.security.scopes import Scope, format_scopes, parse_scopes
 from app.services.context import utc_now
 
@@ -46,6 +47,9 @@ class ApiKeyView:
     created_at: datetime
     revoked_at: datetime | None
     last_used_at: datetime | None
+    tenant_id: int = tenancy.DEFAULT_TENANT  # the tenant the key belongs to
+    # a 3PL operator's key: the codes of the tenants it may act for, one named per request (empty: none)
+    acts_for: frozenset[str] = frozenset()
 
     @property
     def active(self) -> bool:
@@ -103,7 +107,15 @@ def _view(row: Any) -> ApiKeyView:
         created_at=row.created_at,
         revoked_at=row.revoked_at,
         last_used_at=row.last_used_at,
+        tenant_id=row.tenant_id,
+        acts_for=frozenset(row.acts_for.split(",")) if row.acts_for else frozenset(),
     )
+
+
+async def _check_tenants(conn: AsyncConnection, codes: frozenset[str]) -> None:
+    known = set(await conn.scalars(select(tenants.c.code).where(tenants.c.code.in_(sorted(codes)))))
+    if known != codes:
+        raise KeyInputError(f"no tenant {', '.join(sorted(codes - known))}")
 
 
 def _check(name: str, scopes: Iterable[Scope]) -> frozenset[Scope]:
@@ -121,9 +133,13 @@ async def create_key(
     scopes: Iterable[Scope],
     clock: Callable[[], datetime] = utc_now,
     actor_key_id: str | None = None,
+    acts_for: Iterable[str] = (),
 ) -> CreatedKey:
-    """`actor_key_id`: the admin key that asks (None: the command line), kept in the audit."""
+    """`actor_key_id`: the admin key that asks (None: the command line), kept in the audit. The key
+    belongs to the current tenant (app/db/tenancy.py); `acts_for`: tenant codes an operator's key may
+    act for (then every request must name one)."""
     wanted = _check(name, scopes)
+    operator = frozenset(acts_for)
     for _ in range(3):  # a prefix collision (1 in 2^48 per pair of keys) just draws again
         prefix = secrets.token_hex(PREFIX_HEX // 2)
         secret = f"sw_{prefix}_{secrets.token_urlsafe(32)}"
@@ -136,9 +152,12 @@ async def create_key(
             "created_at": clock(),
             "revoked_at": None,
             "last_used_at": None,
+            "acts_for": ",".join(sorted(operator)) or None,
         }
 
         async def work(conn: AsyncConnection, values: dict[str, Any] = values) -> None:
+            if operator:
+                await _check_tenants(conn, operator)
             await conn.execute(api_keys.insert().values(**values))
             await _audit(conn, values["id"], CREATED, actor_key_id, values["created_at"])
 
@@ -156,28 +175,43 @@ async def create_key(
             created_at=values["created_at"],
             revoked_at=None,
             last_used_at=None,
+            tenant_id=tenancy.current() or tenancy.DEFAULT_TENANT,
+            acts_for=operator,
         )
         return CreatedKey(key=view, secret=secret)
     raise RuntimeError("could not draw a unique key prefix")  # pragma: no cover
 
 
 async def find_key(db: Database, token: str) -> ApiKeyView | None:
-    """The key this token is (revoked or not), or None. Compares hashes in constant time."""
+    """The key this token is (revoked or not), or None. Compares hashes in constant time.
+
+    Before a request's tenant is known, so in system mode (the prefix is unique per tenant only)."""
     prefix = prefix_of(token)
     if prefix is None:
         return None
-    async with db.read() as conn:
-        row = (await conn.execute(select(api_keys).where(api_keys.c.prefix == prefix))).first()
-    if row is None or not hmac.compare_digest(row.hash, digest(token)):
-        return None
-    return _view(row)
+    with tenancy.system():
+        async with db.read() as conn:
+            rows = (await conn.execute(select(api_keys).where(api_keys.c.prefix == prefix))).all()
+    wanted = digest(token)
+    for row in rows:
+        if hmac.compare_digest(row.hash, wanted):
+            return _view(row)
+    return None
 
 
 async def touch(db: Database, key_id: str, now: datetime) -> None:
     async def work(conn: AsyncConnection) -> None:
         await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=now))
 
-    await db.write(work, notify=False)
+    with tenancy.system():
+        await db.write(work, notify=False)
+
+
+async def tenant_ids(db: Database, codes: Iterable[str]) -> dict[str, int]:
+    """Tenant code -> id, for the codes that name a tenant (tenants are not tenant data: any role reads them)."""
+    async with db.read() as conn:
+        rows = await conn.execute(select(tenants.c.code, tenants.c.id).where(tenants.c.code.in_(sorted(set(codes)))))
+        return {code: tenant_id for code, tenant_id in rows}
 
 
 async def revoke_key(

@@ -11,6 +11,7 @@ from app.security import keys
 from app.security.auth import Authenticator
 from app.security.ratelimit import TokenBucketLimiter
 from app.security.scopes import ALL_SCOPES
+from app.security.tenants import TenantDirectory
 from app.settings import Settings
 
 log = logging.getLogger("stockwire.security")
@@ -25,6 +26,9 @@ class Security:
     settings: Settings
     authenticator: Authenticator
     holds: TokenBucketLimiter
+    tenants: TenantDirectory
+    # the same holds counted per tenant: one brand's keys together cannot take every slot (issue 14)
+    tenant_holds: TokenBucketLimiter
 
 
 def make_security(db: Database, settings: Settings) -> Security:
@@ -32,6 +36,8 @@ def make_security(db: Database, settings: Settings) -> Security:
         settings=settings,
         authenticator=Authenticator(db, ttl_seconds=settings.auth_cache_seconds),
         holds=TokenBucketLimiter(settings.hold_rate_limit, settings.hold_rate_window_seconds),
+        tenants=TenantDirectory(db, ttl_seconds=settings.auth_cache_seconds),
+        tenant_holds=TokenBucketLimiter(settings.tenant_hold_rate_limit, settings.hold_rate_window_seconds),
     )
 
 

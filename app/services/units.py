@@ -59,7 +59,9 @@ async def set_units(ctx: Ctx, items: list[SellUnitInput]) -> dict[str, list[Sell
                 continue
             row = {"sku_id": ids[item.sku_code], "name": item.name, "size": item.size}
             stmt = postgresql.insert(sku_units).values(**row)
-            await conn.execute(stmt.on_conflict_do_update(index_elements=["tenant_id", "sku_id", "name"], set_={"size": item.size}))
+            await conn.execute(
+                stmt.on_conflict_do_update(index_elements=["tenant_id", "sku_id", "name"], set_={"size": item.size})
+            )
         return await units_of(conn, list(ids))
 
     return await ctx.db.write(work)
