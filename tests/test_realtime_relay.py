@@ -21,6 +21,7 @@ from sqlalchemy import insert, select
 from app.db.engine import Database
 from app.db.tables import outbox, skus
 from app.main import Runtime, create_app
+from app.db.tenancy import DEFAULT_TENANT
 from app.realtime import codec
 from app.realtime.hub import Change, decode_message
 from app.realtime.relay import OutboxRelay
@@ -134,10 +135,12 @@ async def _rig(settings: Settings) -> AsyncIterator[Rig]:
 
 
 def _level_key(sku: str, loc: str) -> tuple[str, str]:
-    return codec.STOCK_LEVEL, codec.stock_level_key(sku, loc)
+    return codec.stock_level_kind(DEFAULT_TENANT), codec.stock_level_key(sku, loc)
 
 
-AVAIL = (codec.AVAILABILITY, SKU)
+# every message names its tenant in its kind (app/realtime/codec.py); these tests run in the default one
+AVAILABILITY = codec.availability_kind(None, DEFAULT_TENANT)
+AVAIL = (AVAILABILITY, SKU)
 
 
 def _only(published: dict[tuple[str, str], list[Change]], key: tuple[str, str]) -> dict[str, Any]:
@@ -282,13 +285,13 @@ async def test_two_relays_share_the_outbox_and_publish_each_row_once(rig: Rig) -
         for db in dbs:
             await db.dispose()
     published = captures[0].keys + captures[1].keys
-    assert sorted(published) == sorted((codec.AVAILABILITY, c) for c in codes)  # each once, none lost
+    assert sorted(published) == sorted((AVAILABILITY, c) for c in codes)  # each once, none lost
     assert captures[0].keys and captures[1].keys  # and both relays did part of the work
 
 
 def _availability(version: int, available: int) -> Change:
     data = {"sku": SKU, "channel": None, "available": available, "oversold": 0, "version": version, "locations": []}
-    return Change(codec.AVAILABILITY, SKU, version, data)
+    return Change(AVAILABILITY, SKU, version, data)
 
 
 async def test_a_skipped_state_overtaken_by_another_relays_older_message_goes_out_again() -> None:
@@ -306,13 +309,13 @@ async def test_a_skipped_state_overtaken_by_another_relays_older_message_goes_ou
     try:
         ctx = Ctx(db=Database("postgresql+asyncpg://never-connected/none"), settings=Settings())
         relay_a = OutboxRelay(ctx, hub)
-        subscriber = hub.subscribe(codec.AVAILABILITY, {SKU})
+        subscriber = hub.subscribe(AVAILABILITY, {SKU})
         relay_a._remember([_availability(1, 20)])  # A published v1
         assert relay_a._is_news(_availability(3, 20)) is False  # same figures as A's last: skipped
         await hub.publish_many([_availability(2, 17)])  # B's v2 arrives (through the hub) only now
         got = [await asyncio.wait_for(subscriber.get(), TIMEOUT)]
         assert got[0][1:] == (2, _availability(2, 17).data)
-        assert list(relay_a._republish) == [(codec.AVAILABILITY, SKU)]
+        assert list(relay_a._republish) == [(AVAILABILITY, SKU)]
         await relay_a._publish_overtaken()
         got.append(await asyncio.wait_for(subscriber.get(), TIMEOUT))
         assert (got[1][1], got[1][2]["available"]) == (3, 20)  # subscribers end at the true figures

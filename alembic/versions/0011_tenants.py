@@ -69,7 +69,7 @@ TENANT_TABLES = (
 # tables no other tenant table's key reaches: they name `tenants` themselves
 ROOT_TABLES = ("skus", "locations", "counters", "reservations", "outbox", "channels", "routing_decisions", "api_keys")
 # what cross-tenant background work may do (policies for SYSTEM_ROLE)
-SYSTEM_GRANTS = {"outbox": "SELECT, DELETE", "api_keys": "SELECT, UPDATE"}
+SYSTEM_GRANTS = {"outbox": "SELECT, UPDATE, DELETE", "api_keys": "SELECT, UPDATE"}  # FOR UPDATE needs UPDATE
 
 _TABLE_LIST = ", ".join(f"'{t}'" for t in TENANT_TABLES)
 
