@@ -20,8 +20,8 @@ from sqlalchemy import insert, select
 
 from app.db.engine import Database
 from app.db.tables import outbox, skus
-from app.main import Runtime, create_app
 from app.db.tenancy import DEFAULT_TENANT
+from app.main import Runtime, create_app
 from app.realtime import codec
 from app.realtime.hub import Change, decode_message
 from app.realtime.relay import OutboxRelay

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (a table of GraphQL documents, one per root field: kept one per line)
 """The schema walk of issue 14: every root query and mutation, called with tenant A's key, neither
 reads nor changes anything of tenant B, although both tenants use the very same codes (SKU-1, WH-1,
 WEB, ACME, ...), so a lookup by code that forgot its tenant would find B's rows. (Subscriptions: in

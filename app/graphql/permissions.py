@@ -178,8 +178,11 @@ class ScopeCheck(PermissionExtension):
                 return self._on_unauthorized(permission)
         _check_fields(self.root, info)
         _check_input_items(info, kwargs)
-        with acting_on_ledger(actor_of(info)), tenancy.acting_for(tenant_of(info)):
-            return next_(source, info, **kwargs)
+        tenant_id = tenant_of(info)
+        with acting_on_ledger(actor_of(info)), tenancy.acting_for(tenant_id):
+            result = next_(source, info, **kwargs)
+            # a subscription's resolver (an async generator function) comes through here
+            return _in_tenant(result, tenant_id) if inspect.isasyncgen(result) else result
 
     async def resolve_async(  # type: ignore[override]
         self, next_: AsyncExtensionResolver, source: Any, info: Info[Any, Any], /, **kwargs: Any
@@ -192,7 +195,9 @@ class ScopeCheck(PermissionExtension):
         tenant_id = tenant_of(info)
         with acting_on_ledger(actor_of(info)), tenancy.acting_for(tenant_id):
             result = next_(source, info, **kwargs)
-            return _in_tenant(result, tenant_id) if inspect.isasyncgen(result) else await result
+            if not inspect.isasyncgen(result):
+                result = await result  # an inner extension's coroutine may hand back the stream
+            return _in_tenant(result, tenant_id) if inspect.isasyncgen(result) else result
 
 
 def tenant_of(info: Info[Any, Any]) -> int | None:
