@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from app.importer import import_cli
-from app.security.cli import keys_cli
+from app.security.cli import keys_cli, tenants_cli
 from app.settings import Settings
 
 cli = typer.Typer(
@@ -23,6 +23,7 @@ cli = typer.Typer(
     no_args_is_help=True,
 )
 cli.add_typer(keys_cli, name="keys")  # stockwire keys create|list|revoke (docs/security.md)
+cli.add_typer(tenants_cli, name="tenants")  # stockwire tenants create|list|site|place (README Tenants)
 cli.add_typer(import_cli, name="import")  # stockwire import skus|events FILE.csv (app/importer.py)
 
 

@@ -206,7 +206,7 @@ def tenant_of(info: Info[Any, Any]) -> int | None:
     return tenant_id if isinstance(tenant_id, int) else None
 
 
-async def _in_tenant(stream: AsyncGenerator[Any, None], tenant_id: int | None) -> AsyncGenerator[Any, None]:
+async def _in_tenant(stream: AsyncGenerator[Any, Any], tenant_id: int | None) -> AsyncGenerator[Any, None]:
     """A subscription's stream, each step run for the caller's tenant (its reads happen as it is
     iterated, long after the resolver returned)."""
     try:

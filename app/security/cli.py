@@ -15,7 +15,29 @@ T = TypeVar("T")
 keys_cli = typer.Typer(help="API keys: create (prints the key last), list, revoke, audit.", no_args_is_help=True)
 
 
-def _with_db(work: Callable[..., Awaitable[T]]) -> T:
+tenants_cli = typer.Typer(help="Tenants and the sites they share: create, list, site, place.", no_args_is_help=True)
+
+
+def _in_tenant(code: str | None, work: Callable[[Any], Awaitable[T]], role: str | None = "app") -> T:
+    """`work(db)` acting for the tenant with this code (None: the default tenant)."""
+    from app.db import tenancy
+    from app.security import keys
+
+    async def run(db: Any) -> T:
+        tenant_id = tenancy.DEFAULT_TENANT
+        if code is not None:
+            found = (await keys.tenant_ids(db, [code])).get(code)
+            if found is None:
+                typer.echo(f"no tenant {code!r} (stockwire tenants list)", err=True)
+                raise typer.Exit(2)
+            tenant_id = found
+        with tenancy.acting_for(tenant_id):
+            return await work(db)
+
+    return _with_db(run, role)
+
+
+def _with_db(work: Callable[..., Awaitable[T]], role: str | None = "app") -> T:
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
     from app.cli import database_or_exit
@@ -23,7 +45,8 @@ def _with_db(work: Callable[..., Awaitable[T]]) -> T:
     from app.db.migrate import upgrade
 
     async def run(settings: Settings) -> T:
-        db = Database(settings.database)
+        # role None: as the login itself (tenants and sites are made by operators, not the application)
+        db = Database(settings.database) if role == "app" else Database(settings.database, role=None)
         try:
             if db.is_sqlite:
                 await upgrade(db.engine)  # the embedded default migrates itself, as `serve` does
@@ -44,6 +67,8 @@ def _with_db(work: Callable[..., Awaitable[T]]) -> T:
 def create(
     scopes: str = typer.Option(..., help="Comma-separated: storefront, checkout, router, integration, admin"),
     name: str = typer.Option("", help="What the key is for (default: its scopes)"),
+    tenant: str | None = typer.Option(None, help="The tenant (code) the key belongs to (default: the default tenant)"),
+    acts_for: str = typer.Option("", help="An operator's key: comma-separated tenant codes it may act for"),
 ) -> None:
     """Create a key. Its last line of output is the key itself, shown only this once."""
     from app.security import keys
@@ -55,7 +80,10 @@ def create(
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     try:
-        created = _with_db(lambda db: keys.create_key(db, name or format_scopes(wanted), wanted))
+        operator = [c.strip() for c in acts_for.split(",") if c.strip()]
+        created = _in_tenant(
+            tenant, lambda db: keys.create_key(db, name or format_scopes(wanted), wanted, acts_for=operator)
+        )
     except keys.KeyInputError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
@@ -110,3 +138,54 @@ def revoke(key: str = typer.Argument(..., help="The key's prefix or id")) -> Non
         typer.echo(f"no API key {key!r}", err=True)
         raise typer.Exit(1)
     typer.echo(f"revoked {revoked.prefix} ({revoked.name}) at {revoked.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
+
+
+@tenants_cli.command("create")
+def create_tenant(code: str = typer.Argument(...), name: str = typer.Option("", help="Default: the code")) -> None:
+    """Make a tenant; then `stockwire keys create --tenant CODE` makes its first admin key."""
+    from app.services import tenants
+
+    try:
+        made = _with_db(lambda db: tenants.create_tenant(db, code, name), role=None)
+    except tenants.TenantInputError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"created tenant {made.code} (id {made.id})")
+
+
+@tenants_cli.command("list")
+def list_tenants() -> None:
+    from app.services import tenants
+
+    for t in _with_db(tenants.list_tenants):
+        typer.echo(f"{t.id:>6}  {t.code:<30}  {t.name}")
+
+
+@tenants_cli.command("site")
+def create_site(
+    code: str = typer.Argument(...),
+    name: str = typer.Option("", help="Default: the code"),
+    capacity: int | None = typer.Option(None, help="Orders per day at the site, every tenant's together"),
+) -> None:
+    """Make a physical site several tenants' locations may share (a 3PL's warehouse)."""
+    from app.services import tenants
+
+    site_id = _with_db(lambda db: tenants.create_site(db, code, name, capacity), role=None)
+    typer.echo(f"created site {code} (id {site_id})")
+
+
+@tenants_cli.command("place")
+def place(
+    location: str = typer.Argument(..., help="A location code of the tenant"),
+    site: str = typer.Argument(..., help="The site code ('-' to take the location out of its site)"),
+    tenant: str | None = typer.Option(None, help="The tenant (code) the location belongs to"),
+) -> None:
+    """Put a tenant's location at a shared site: its stock stays the tenant's, the site's capacity is shared."""
+    from app.services import tenants
+
+    try:
+        _in_tenant(tenant, lambda db: tenants.place_location(db, location, None if site == "-" else site))
+    except tenants.TenantInputError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"location {location} is at site {site}")

@@ -75,7 +75,7 @@ from app.domain.routing import (
     route,
 )
 from app.services import channels as channels_service
-from app.services import reservations
+from app.services import reservations, tenants
 from app.services.context import Ctx
 from app.services.views import ReservationView
 
@@ -349,10 +349,11 @@ _Row = tuple[int, str, bool, int, float | None, float | None, Any, int | None, i
 # call's time went.
 _CANDIDATES_PG = (
     "SELECT l.id, l.code, l.active, l.priority, l.latitude, l.longitude, lr.shipping_cost, "
-    "lr.daily_order_capacity, ldo.orders, h.sku_ids, h.units, {linked} AS linked "
+    f"{tenants.SITE_CAPACITY_SQL}, {tenants.SITE_ORDERS_SQL}, h.sku_ids, h.units, {{linked}} AS linked "
     "FROM locations l "
     "LEFT JOIN location_routing lr ON lr.location_id = l.id "
     "LEFT JOIN location_daily_orders ldo ON ldo.location_id = l.id AND ldo.day = :day "
+    f"{tenants.SITE_JOIN_SQL} "
     "LEFT JOIN (SELECT stock_levels.location_id, array_agg(stock_levels.sku_id) AS sku_ids, "
     f"array_agg({_AVAILABLE_PG}) AS units FROM stock_levels "
     f"WHERE stock_levels.sku_id = ANY(CAST(:skus AS integer[])) AND {_AVAILABLE_PG} > 0 "
@@ -839,6 +840,8 @@ async def _count_orders(conn: AsyncConnection, now: datetime, location_ids: list
         ).returning(ldo.c.orders)
         if (await conn.execute(stmt)).first() is None:
             raise _Contended
+    if conn.dialect.name == "postgresql" and not await tenants.count_site_orders(conn, location_ids, day):
+        raise _Contended  # a shared site filled up with other tenants' orders since the read
 
 
 # --- storing and reading decisions ---------------------------------------------------------------
