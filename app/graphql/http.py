@@ -49,7 +49,7 @@ from strawberry.types.unset import UNSET, UnsetType
 
 from app.graphql.context import Context
 from app.graphql.errors import INTERNAL
-from app.graphql.limits import RESPONSE_TOO_LARGE, max_request_bytes
+from app.graphql.limits import RESPONSE_TOO_LARGE, max_request_bytes, wait_penalty
 from app.graphql.persisted import Refused, TrustedDocuments, socket_caller
 from app.security.auth import Principal, bearer_token
 from app.security.runtime import Security
@@ -347,6 +347,7 @@ class SecureGraphQLView(GraphQL[Context, None]):
                 allowed_operation_types=allowed,
                 operation_extensions=request_data.extensions,
             )
+            await wait_penalty(result.errors)  # a repeated too-costly request (app/graphql/limits.py)
             if context.operation == "query":  # a mutation's answer is never dropped: its changes are made
                 _ANSWER_CAP.set(self.max_response_bytes)
             return result
