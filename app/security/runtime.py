@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from app.db.engine import Database
 from app.security import keys
 from app.security.auth import Authenticator
-from app.security.ratelimit import TokenBucketLimiter
+from app.security.ratelimit import RepeatPenalty, TokenBucketLimiter
 from app.security.scopes import ALL_SCOPES
 from app.settings import Settings
 
@@ -25,6 +25,7 @@ class Security:
     settings: Settings
     authenticator: Authenticator
     holds: TokenBucketLimiter
+    costly: RepeatPenalty  # repeated too-costly requests (app/graphql/limits.py)
 
 
 def make_security(db: Database, settings: Settings) -> Security:
@@ -32,6 +33,7 @@ def make_security(db: Database, settings: Settings) -> Security:
         settings=settings,
         authenticator=Authenticator(db, ttl_seconds=settings.auth_cache_seconds),
         holds=TokenBucketLimiter(settings.hold_rate_limit, settings.hold_rate_window_seconds),
+        costly=RepeatPenalty(settings.cost_penalty_seconds, settings.cost_penalty_window_seconds),
     )
 
 
