@@ -26,11 +26,12 @@ from strawberry.utils.await_maybe import await_maybe
 async def begin_driver_transaction(dbapi_connection: Any) -> None:
     """Send the BEGIN SQLAlchemy's asyncpg adapter owes `dbapi_connection`, if it has not yet.
 
-    Checked against SQLAlchemy 2.0.30-2.1.9 (`AsyncAdapt_asyncpg_connection._transaction` and
-    `_start_transaction`). SQLAlchemy begins the database transaction lazily, with the first
-    statement sent through its cursor; a statement sent on the asyncpg connection before that would
-    run outside the transaction. The DBAPI has no begin() (PEP 249), and making SQLAlchemy send a
-    statement first costs a round trip and its ~200 us of statement overhead on every write.
+    Checked against SQLAlchemy 2.1.9, the locked version; pyproject.toml allows <2.2
+    (`AsyncAdapt_asyncpg_connection._transaction` and `_start_transaction`). SQLAlchemy begins the
+    database transaction lazily, with the first statement sent through its cursor; a statement sent
+    on the asyncpg connection before that would run outside the transaction. The DBAPI has no
+    begin() (PEP 249), and making SQLAlchemy send a statement first costs a round trip and its
+    ~200 us of statement overhead on every write.
     """
     if dbapi_connection._transaction is None:
         await dbapi_connection._start_transaction()
@@ -42,7 +43,8 @@ async def begin_driver_transaction(dbapi_connection: Any) -> None:
 def provided_operation_name(context: ExecutionContext) -> str | None:
     """The operationName the client sent (None if none), not the one Strawberry picked for it.
 
-    Checked against strawberry-graphql 0.312-0.341 (`ExecutionContext._provided_operation_name`).
+    Checked against strawberry-graphql 0.341.2, the locked version; pyproject.toml allows <0.342
+    (`ExecutionContext._provided_operation_name`).
     The public `operation_name` falls back to the first operation's name, so it cannot tell "the
     client named the first operation" from "the client named none" in a document with several.
     """
@@ -51,7 +53,7 @@ def provided_operation_name(context: ExecutionContext) -> str | None:
 
 
 # Strawberry's resolve info for graphql-core executors of our own: keeps `operation_extensions` and the
-# plain variables dict resolvers expect. Checked against strawberry-graphql 0.312-0.341: the class lives
+# plain variables dict resolvers expect. Checked against strawberry-graphql 0.341.2 (locked): the class lives
 # in strawberry.schema.schema, outside Strawberry's exported names, and its info class is private.
 build_strawberry_resolve_info = StrawberryGraphQLCoreExecutionContext.build_resolve_info
 
@@ -59,7 +61,7 @@ build_strawberry_resolve_info = StrawberryGraphQLCoreExecutionContext.build_reso
 class LeanExtensionsRunner(SchemaExtensionsRunner):
     """Strawberry's runner, asking only the extensions that implement a hook.
 
-    Checked against strawberry-graphql 0.312-0.341 (`Schema.create_extensions_runner`,
+    Checked against strawberry-graphql 0.341.2, the locked version (`Schema.create_extensions_runner`,
     `SchemaExtensionsRunner`, `StreamResultContextManager`, none documented). Strawberry builds a
     context over every extension for each streamed result and asks every one for results, hooks or
     not: for a subscription message that cost about as much as executing it (profiled under the
@@ -93,3 +95,27 @@ class LeanExtensionsSchema(Schema):
         self, execution_context: ExecutionContext, extensions: list[SchemaExtension]
     ) -> SchemaExtensionsRunner:
         return LeanExtensionsRunner(execution_context=execution_context, extensions=extensions)
+
+
+def refuse(extension: Any, permission: Any) -> Any:
+    """What Strawberry's PermissionExtension does when `permission` refuses a field: raise its error
+    (or return None for an optional field, when the permission says so).
+
+    Checked against strawberry-graphql 0.341.2, the locked version (`PermissionExtension._on_unauthorized`).
+    app/graphql/permissions.py replaces the extension's resolve to check scopes in one pass; Strawberry
+    has no public method that turns a refusing permission into its error.
+    """
+    return extension._on_unauthorized(permission)
+
+
+# --- uvicorn --------------------------------------------------------------------------------------
+
+
+def upgrading_to_websocket(protocol: Any) -> bool:
+    """Whether the request uvicorn's httptools protocol has just read is a websocket upgrade it will accept.
+
+    Checked against uvicorn 0.55.0, the locked version (`HttpToolsProtocol._should_upgrade`, the test
+    uvicorn itself makes in `on_headers_complete`). app/serving.py must know it to stop the body
+    deadline for an upgraded connection; uvicorn exposes no public flag.
+    """
+    return bool(protocol.parser.should_upgrade() and protocol._should_upgrade())

@@ -10,6 +10,7 @@ import ast
 import importlib
 import inspect
 import pkgutil
+import textwrap
 from collections.abc import AsyncGenerator, Iterator
 from functools import cached_property
 from pathlib import Path
@@ -20,8 +21,10 @@ import strawberry
 from graphql.execution import Executor
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
+from strawberry.exceptions import StrawberryGraphQLError
 from strawberry.extensions import SchemaExtension
 from strawberry.extensions.runner import SchemaExtensionsRunner
+from strawberry.permission import BasePermission, PermissionExtension
 
 import app
 from app import compat
@@ -155,6 +158,40 @@ async def test_the_lean_runner_is_strawberrys_runner_and_asks_only_extensions_wi
     assert _Streams.seen == got  # every streamed result went through the runner's on_stream_result
 
 
+async def test_refuse_is_the_error_strawberrys_permission_extension_raises() -> None:
+    class Never(BasePermission):
+        message = "not for you"
+
+        def has_permission(self, source: Any, info: Any, **kwargs: Any) -> bool:
+            return False
+
+    extension = PermissionExtension(permissions=[Never()])
+    with pytest.raises(StrawberryGraphQLError, match="not for you"):
+        compat.refuse(extension, extension.permissions[0])
+
+
+# --- uvicorn --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("upgrade", "expected"), [(b"websocket", True), (b"h2c", False), (None, False)])
+async def test_upgrading_to_websocket_is_uvicorns_own_test(upgrade: bytes | None, expected: bool) -> None:
+    from uvicorn.config import Config
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    config = Config(app=None, ws="websockets-sansio")
+    config.load()
+    protocol = HttpToolsProtocol(config, ServerState(), app_state={})
+
+    class Parser:
+        def should_upgrade(self) -> bool:
+            return upgrade is not None
+
+    protocol.parser = Parser()  # type: ignore[assignment]
+    protocol.headers = [(b"connection", b"upgrade")] + ([(b"upgrade", upgrade)] if upgrade else [])
+    assert compat.upgrading_to_websocket(protocol) is expected
+
+
 # --- nothing else in app/ touches a library's internals --------------------------------------------
 # (ruff's SLF001 refuses `obj._name` in app/ outside app/compat.py; these catch what it cannot see)
 
@@ -223,14 +260,49 @@ def _code(value: object) -> bool:
 
 def test_no_class_in_app_overrides_a_librarys_private_method() -> None:
     """A class of ours redefining `_name` of a library base class relies on that base's internals."""
-    found = []
+    found = [f"{cls.__module__}.{cls.__name__}.{hit}" for cls in _app_classes() for hit in _overrides(cls)]
+    assert found == []
+
+
+def _app_classes() -> Iterator[type]:
     for info in pkgutil.walk_packages([str(APP)], "app."):
         if info.name == "app.compat":
             continue
         module = importlib.import_module(info.name)
         for cls in vars(module).values():
             if inspect.isclass(cls) and cls.__module__ == info.name:
-                found += [f"{info.name}.{cls.__name__}.{hit}" for hit in _overrides(cls)]
+                yield cls
+
+
+def _inherited_internals(cls: type) -> list[str]:
+    """`self._name` read in `cls`'s own code where `_name` comes from a library base class
+    (no app class of its MRO defines or assigns it)."""
+    home = cls.__module__.split(".")[0]  # app (or tests, for the guard's own test)
+    ours = [b for b in cls.__mro__ if b.__module__.split(".")[0] == home]
+    if len(ours) + 1 == len(cls.__mro__):
+        return []  # no library base
+    own: set[str] = set()
+    for base in ours:
+        own |= set(vars(base))
+        for node in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(base)))):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                own.add(node.attr)
+    return [
+        f"{node.value.id}.{node.attr}"
+        for node in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(cls))))
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.ctx, ast.Load)
+        and _private(node.attr)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in ("self", "cls")
+        and node.attr not in own
+    ]
+
+
+def test_no_class_in_app_reads_a_library_base_classs_private_attribute() -> None:
+    found = [
+        f"{cls.__module__}.{cls.__name__}: {hit}" for cls in _app_classes() for hit in _inherited_internals(cls)
+    ]
     assert found == []
 
 
@@ -261,3 +333,11 @@ def test_the_guard_sees_what_it_looks_for() -> None:
 
     assert _overrides(Overriding) == ["_process_result (from strawberry.extensions.mask_errors.MaskErrors)"]
     assert _overrides(Masking) == []
+
+    class Reading(MaskErrors):
+        def on_operation(self) -> Iterator[None]:
+            self._mine = 1
+            self._process_result(self._mine)
+            yield
+
+    assert _inherited_internals(Reading) == ["self._process_result"]
