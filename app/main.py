@@ -38,7 +38,7 @@ from app.ops.routes import ops_routes
 from app.realtime.config import RealtimeSettings
 from app.realtime.hub import Hub
 from app.realtime.limits import Admission, LimitExceeded, Ticket
-from app.realtime.redis_backend import make_backend
+from app.realtime.redis_backend import Backend, make_backend
 from app.realtime.relay import OutboxRelay
 from app.realtime.streams import Streams
 from app.realtime.ws import (
@@ -65,6 +65,7 @@ class Runtime:
     realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     ctx: Ctx | None = None
     broadcast: Broadcast | None = None
+    backend: Backend | None = None  # the one `broadcast` was built with (broadcaster does not expose it)
     hub: Hub | None = None
     relay: OutboxRelay | None = None
     streams: Streams | None = None
@@ -80,9 +81,9 @@ class Runtime:
 
     def broadcast_state(self) -> str:
         """ "ok", or "degraded: <why>" while changes cannot be pushed (queries and reserves still work)."""
-        backend = getattr(self.broadcast, "_backend", None)
-        if backend is not None and not getattr(backend, "listener_alive", True):
-            return f"degraded: {getattr(backend, 'last_error', None) or 'listener not running'}"
+        backend = self.backend
+        if backend is not None and not backend.listener_alive:
+            return f"degraded: {backend.last_error or 'listener not running'}"
         if self.hub is None or not self.hub.alive:
             return "degraded: change subscription not running"
         return "ok"
@@ -295,13 +296,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ctx = Ctx(db=db, settings=s)
         runtime.security = make_security(db, s)
         # Redis down at start is not fatal: queries and reserves work, push resumes when it answers
-        broadcast = Broadcast(backend=make_backend(s.broadcast_url, start_while_down=True))
+        backend = make_backend(s.broadcast_url, start_while_down=True)
+        broadcast = Broadcast(backend=backend)
         await broadcast.connect()
-        hub = Hub(broadcast, channel=runtime.realtime.broadcast_channel)
+        hub = Hub(broadcast, channel=runtime.realtime.broadcast_channel, backend=backend)
         await hub.start()
         relay = OutboxRelay(ctx, hub)
         db.on_commit(relay.poke)
         runtime.ctx, runtime.broadcast, runtime.hub, runtime.relay = ctx, broadcast, hub, relay
+        runtime.backend = backend
         runtime.streams = Streams(ctx, hub, runtime.realtime)
         runtime.tasks = [asyncio.create_task(relay.run()), asyncio.create_task(_sweep_expired(ctx))]
         # pushes changed channel availability to channel endpoints (the channels issue)

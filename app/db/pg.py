@@ -26,6 +26,7 @@ import asyncpg
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.compat import begin_driver_transaction
 from app.db.engine import Pair
 from app.domain.quantities import Position
 
@@ -39,13 +40,11 @@ async def driver(conn: AsyncConnection) -> asyncpg.Connection:
     statements run on their own, each with its own snapshot, like single reads do anyway.
     """
     raw = await conn.get_raw_connection()
-    adapted: Any = raw.dbapi_connection
-    connection: asyncpg.Connection = adapted._connection
+    connection: asyncpg.Connection = raw.driver_connection
     if conn.in_transaction():
         # SQLAlchemy's asyncpg adapter sends BEGIN with its first statement; without this, statements
         # sent here first would run outside the transaction (each committed on its own)
-        if adapted._transaction is None:
-            await adapted._start_transaction()
+        await begin_driver_transaction(raw.dbapi_connection)
         if not connection.is_in_transaction():
             raise RuntimeError("pg.driver(): the asyncpg connection is not in the transaction")
     return connection

@@ -34,6 +34,7 @@ from strawberry.types.field import StrawberryField
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 from strawberry.utils.str_converters import to_camel_case
 
+from app.compat import refuse
 from app.graphql.types import UserError
 from app.security.scopes import Scope
 from app.services.context import Actor, Ctx, acting_on_ledger
@@ -173,7 +174,7 @@ class ScopeCheck(PermissionExtension):
     def resolve(self, next_: Any, source: Any, info: Info[Any, Any], /, **kwargs: Any) -> Any:  # type: ignore[override]
         for permission in self.permissions:
             if not permission.has_permission(source, info):
-                return self._on_unauthorized(permission)
+                return refuse(self, permission)
         _check_fields(self.root, info)
         _check_input_items(info, kwargs)
         with acting_on_ledger(actor_of(info)):
@@ -184,7 +185,7 @@ class ScopeCheck(PermissionExtension):
     ) -> Any:
         for permission in self.permissions:
             if not permission.has_permission(source, info):
-                return self._on_unauthorized(permission)
+                return refuse(self, permission)
         _check_fields(self.root, info)
         _check_input_items(info, kwargs)
         with acting_on_ledger(actor_of(info)):

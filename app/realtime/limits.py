@@ -69,6 +69,11 @@ class Ticket:
         for back in give:
             back()
 
+    def joined(self, other: Ticket) -> Ticket:
+        """This ticket, now also releasing what `other` holds (`other` is emptied)."""
+        self._give, other._give = self._give + other._give, []
+        return self
+
 
 class Admission:
     """The per-process counts behind the caps (one instance per process, shared by every socket)."""
@@ -114,7 +119,7 @@ class Admission:
             except LimitExceeded:
                 ticket.release()
                 raise
-            ticket._give += of_key._give
+            ticket.joined(of_key)
         return ticket
 
     def _admit(self, counts: _Counts, holder: str, code: str, what: str) -> Ticket:
