@@ -113,18 +113,11 @@ async def route_and_reserve(ctx: Ctx, req: RouteOrderRequest) -> RouteAndReserve
 
 async def _repeat(conn: AsyncConnection, ctx: Ctx, row: Any, fingerprint: str) -> tuple[DecisionView, ReservationView]:
     stored = await decisions.decision_for_reservation(conn, row.id)
-    if row.fingerprint != fingerprint or stored is None:
-        # a key used by reserve (no decision) or by another order is not this order's key
-        raise Refused(
-            [
-                UserError(
-                    ErrorCode.IDEMPOTENCY_CONFLICT,
-                    "this idempotencyKey was used for a different order or reservation",
-                    ("idempotencyKey",),
-                )
-            ]
-        )
-    view = (await reservations.load_views(conn, ctx.clock(), [row.id]))[0]
+    # a key used by reserve (no decision) or by another order is not this order's key
+    view = await reservations.repeat(
+        conn, ctx.clock(), row, fingerprint, same_operation=stored is not None, used_for="order or reservation"
+    )
+    assert stored is not None
     return stored, view
 
 
