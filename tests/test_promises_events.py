@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from app.main import create_app
 from app.services import integrity
 from app.services import reservations as reservations_service
-from app.services import routing as routing_service
+from app.services.routing import decisions as routing_decisions
 from app.settings import Settings
 from tests.conftest import Api, _truncate, create_test_key
 from tests.helpers import AVAILABILITY, catalogue, event, level, receive, record
@@ -62,14 +62,14 @@ async def test_a_refused_decision_stores_the_stock_it_was_routed_on(api: Api, mo
     await catalogue(api, skus=["A"], locations=[("WH-1", 10), ("WH-2", 20)])
     await receive(api, "A", "WH-1", 2)
     await receive(api, "A", "WH-2", 1)
-    store_refusal = routing_service._store_refusal
+    store_refusal = routing_decisions.store_refusal
 
     async def stock_arrives_first(*args: Any) -> Any:
         # another integration's receipt lands between the refused routing and the storing of its decision
         await receive(api, "A", "WH-1", 5)
         return await store_refusal(*args)
 
-    monkeypatch.setattr(routing_service, "_store_refusal", stock_arrives_first)
+    monkeypatch.setattr(routing_decisions, "store_refusal", stock_arrives_first)
     result = (await api.ok(ROUTE_AND_RESERVE, input={"orderRef": "o-1", "lines": [{"skuCode": "A", "quantity": 4}]}))[
         "routeAndReserve"
     ]

@@ -42,6 +42,12 @@ def available_sql() -> ColumnElement[int]:
     return sl.c.on_hand - sl.c.committed - sl.c.reserved - sl.c.unavailable - sl.c.safety_stock
 
 
+def can_hold(units: ColumnElement[Any]) -> ColumnElement[bool]:
+    """The condition every hold is written under (`hold`, a channel's hold, routing's batch hold): the
+    position has `units` available when the database applies the change, so no hold can oversell."""
+    return available_sql() >= units
+
+
 # one hold as the database applied it: (position, units, the position's version after it). A position
 # held twice in one transaction (a line at a location and a line anywhere, a re-plan) has two: each
 # bumped the version and needs its own ledger row.
@@ -73,7 +79,7 @@ _HOLD = (
     .where(
         sl.c.sku_id == bindparam("b_sku"),
         sl.c.location_id == bindparam("b_location"),
-        available_sql() >= bindparam("b_quantity"),
+        can_hold(bindparam("b_need")),
     )
     .values(
         reserved=sl.c.reserved + bindparam("b_quantity"),
@@ -86,10 +92,14 @@ _INSERT_LEDGER = insert(inventory_events)
 _INSERT_OUTBOX = insert(outbox)
 
 
-async def hold(conn: AsyncConnection, sku_id: int, location_id: int, quantity: int, now: datetime) -> int | None:
-    """Reserve `quantity` at one position if, and only if, it is available there. Returns the new version."""
+async def hold(
+    conn: AsyncConnection, sku_id: int, location_id: int, quantity: int, now: datetime, keep: int = 0
+) -> int | None:
+    """Reserve `quantity` at one position if, and only if, it is available there with `keep` units left
+    untouched (units fenced for other channels). Returns the new version."""
     result = await conn.execute(
-        _HOLD, {"b_sku": sku_id, "b_location": location_id, "b_quantity": quantity, "b_now": now}
+        _HOLD,
+        {"b_sku": sku_id, "b_location": location_id, "b_quantity": quantity, "b_need": quantity + keep, "b_now": now},
     )
     version = result.scalar_one_or_none()
     return None if version is None else int(version)
