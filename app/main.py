@@ -26,7 +26,6 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_P
 from strawberry.types.unset import UNSET, UnsetType
 
 from app.db.engine import Database
-from app.db.migrate import upgrade
 from app.db.tables import outbox
 from app.graphql.context import Context
 from app.graphql.http import Problem, SecureGraphQLView, principal_of, request_id_of
@@ -285,11 +284,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         s = runtime.settings
         configure_logging()  # here, not at import: uvicorn configures its loggers before the lifespan
         db = Database(s.database, s.db_pool_size, s.db_max_overflow)
-        if db.is_sqlite:
-            await upgrade(db.engine)  # the embedded default migrates itself; Postgres uses `stockwire migrate`
         try:
-            # the embedded default makes and prints a development key; a deployment refuses to start
-            await require_a_key(db, development=s.development_key or db.is_sqlite)
+            # `development_key` (set for the embedded default by app/db/embedded.py) makes and prints a key
+            # with every scope when there is none; a deployment refuses to start instead
+            await require_a_key(db, development=s.development_key)
         except Exception:
             await db.dispose()
             raise

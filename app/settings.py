@@ -74,10 +74,6 @@ class Settings(BaseSettings):
         return value
 
     @property
-    def is_sqlite(self) -> bool:
-        return (self.database_url or "").startswith("sqlite")
-
-    @property
     def database(self) -> str:
         """The database URL, for code that runs after `stockwire` (app/db/embedded.py) settled on one."""
         if self.database_url is None:

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
-from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -68,22 +67,17 @@ def _sqlstate(exc: DBAPIError) -> str | None:
 
 
 def is_unique_violation(exc: DBAPIError) -> bool:
-    state = _sqlstate(exc)
-    return state == "23505" or "UNIQUE constraint failed" in str(exc.orig)
+    return _sqlstate(exc) == "23505"
 
 
 class Database:
     def __init__(self, url: str, pool_size: int = 10, max_overflow: int = 10) -> None:
         self.url = url
-        self.is_sqlite = url.startswith("sqlite")
-        if self.is_sqlite:
-            self.engine: AsyncEngine = create_async_engine(url)
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        else:
-            self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=False)
-        # SQLite allows one writer: writers in this process queue here instead of failing with
-        # "database is locked". Postgres needs no such thing: its row locks and conditional updates do it.
-        self._sqlite_writer = asyncio.Lock()
+        # PostgreSQL only (the embedded default is one too, app/db/embedded.py): concurrent writers are
+        # ordered by its row locks and conditional updates, nothing in this process has to queue them
+        self.engine: AsyncEngine = create_async_engine(
+            url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=False
+        )
         self._commit_listeners: list[CommitListener] = []
 
     def on_commit(self, listener: CommitListener) -> None:
@@ -91,22 +85,13 @@ class Database:
         (`note_changed`, `note_outbox_rows`): the outbox relay wakes on it."""
         self._commit_listeners.append(listener)
 
-    @asynccontextmanager
-    async def _begin(self) -> AsyncIterator[AsyncConnection]:
-        if self.is_sqlite:
-            async with self._sqlite_writer, self.engine.begin() as conn:
-                yield conn
-        else:
-            async with self.engine.begin() as conn:
-                yield conn
-
     async def write(self, work: Callable[[AsyncConnection], Awaitable[T]], notify: bool = True) -> T:
         """Run `work` in one transaction, retried from the start if Postgres picks it as a deadlock victim."""
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             written = _Written()
             token = _written.set(written)
             try:
-                async with self._begin() as conn:
+                async with self.engine.begin() as conn:
                     result = await work(conn)
             except DBAPIError as exc:
                 if _sqlstate(exc) in _RETRYABLE_SQLSTATES and attempt < _MAX_ATTEMPTS:
@@ -135,11 +120,3 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()

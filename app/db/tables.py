@@ -20,7 +20,7 @@ from sqlalchemy import (
     text,
 )
 
-from app.db.types import BigId, UTCDateTime
+from app.db.types import UTCDateTime
 
 metadata = MetaData(
     naming_convention={
@@ -115,7 +115,7 @@ LEDGER_ROW_CHANGES = (
 inventory_events = Table(
     "inventory_events",
     metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("source", String(100), nullable=False),
     # NULL for movements Stockwire makes itself (reservations, the far side of a transfer)
     Column("external_id", String(200), nullable=True),
@@ -153,7 +153,7 @@ inventory_events = Table(
     Index("ix_inventory_events_location_id", "location_id"),
     Index("ix_inventory_events_reservation_id", "reservation_id"),
     # one row per change of a position at each version (rows that change nothing keep the version they
-    # saw); on PostgreSQL a deferred trigger also requires a row for every version reached (migration 0009)
+    # saw); a deferred trigger also requires a row for every version reached (migration 0009)
     Index(
         "ux_inventory_events_position_version",
         "sku_id",
@@ -161,7 +161,6 @@ inventory_events = Table(
         "version",
         unique=True,
         postgresql_where=text(LEDGER_ROW_CHANGES),
-        sqlite_where=text(LEDGER_ROW_CHANGES),
     ),
 )
 
@@ -220,7 +219,7 @@ reservation_lines = Table(
 outbox = Table(
     "outbox",
     metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("sku_id", Integer, nullable=False),
     Column("location_id", Integer, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
@@ -300,7 +299,7 @@ channel_holds = Table(
 external_holds = Table(
     "external_holds",
     metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("source", String(100), nullable=False),
     Column("external_id", String(200), nullable=False),
     Column("sku_id", Integer, ForeignKey("skus.id"), nullable=False),
@@ -334,7 +333,7 @@ channel_publications = Table(
 channel_deliveries = Table(
     "channel_deliveries",
     metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("channel_id", Integer, ForeignKey("channels.id"), nullable=False),
     Column("attempted_at", UTCDateTime, nullable=False),
     Column("items", Integer, nullable=False),
@@ -411,7 +410,7 @@ location_daily_orders = Table(
 routing_decisions = Table(
     "routing_decisions",
     metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("order_ref", String(200), nullable=False),
     Column("channel_code", String(100), nullable=True),
     Column("reservation_id", String(36), nullable=True),
@@ -445,7 +444,7 @@ api_keys = Table(
 api_key_events = Table(
     "api_key_events",
     metadata,
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("key_id", String(36), ForeignKey("api_keys.id"), nullable=False),
     Column("action", String(20), nullable=False),  # CREATED, REVOKED
     Column("actor_key_id", String(36), nullable=True),

@@ -34,14 +34,11 @@ import contextlib
 import logging
 from collections import OrderedDict
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg
 from app.db.engine import Pair
-from app.db.tables import channels, outbox
 from app.realtime import codec
 from app.realtime.hub import Change, Hub
 from app.services import channels as channel_service
@@ -140,17 +137,14 @@ class OutboxRelay:
         """Publish one batch. Returns how many outbox rows it took (0: nothing to do)."""
 
         async def work(conn: AsyncConnection) -> int:
-            if conn.dialect.name == "postgresql":  # asyncpg directly (app/db/pg.py)
-                rows: list[Any] = await pg.claim_outbox(await pg.driver(conn), self.batch_size)
-            else:
-                rows = list(await conn.execute(_CLAIM_SQLITE, {"batch_size": self.batch_size}))
-            # rows are (id, sku_id, location_id), asyncpg records or SQLAlchemy rows: read by position
+            # asyncpg directly (app/db/pg.py); skips rows another process's relay has claimed
+            rows = await pg.claim_outbox(await pg.driver(conn), self.batch_size)
             if not rows:
                 return 0
             changes = await _read_changes(
                 conn,
-                {r[1] for r in rows},
-                {(r[1], r[2]) for r in rows if r[2]},
+                {r["sku_id"] for r in rows},
+                {(r["sku_id"], r["location_id"]) for r in rows if r["location_id"]},
                 self.ctx.clock(),
             )
             await self._publish_news(changes)
@@ -222,22 +216,6 @@ class OutboxRelay:
             self._published.popitem(last=False)
 
 
-def _claim_statement() -> Any:
-    """Take the oldest outbox rows in one statement: deleted now, restored by the rollback if publishing
-    fails. (On Postgres, app/db/pg.py claim_outbox, which skips rows another relay is working on.)"""
-    oldest = select(outbox.c.id).order_by(outbox.c.id).limit(bindparam("batch_size"))
-    return (
-        delete(outbox)
-        .where(outbox.c.id.in_(oldest.scalar_subquery()))
-        .returning(outbox.c.id, outbox.c.sku_id, outbox.c.location_id)
-    )
-
-
-# built once: the relay runs these for every batch
-_CLAIM_SQLITE = _claim_statement()
-_CHANNEL_CODES = select(channels.c.code).order_by(channels.c.code)
-
-
 async def _read_changes(conn: AsyncConnection, sku_ids: set[int], pairs: set[Pair], now: datetime) -> list[Change]:
     """The current state of every availability and stock level the claimed rows touched.
 
@@ -247,11 +225,7 @@ async def _read_changes(conn: AsyncConnection, sku_ids: set[int], pairs: set[Pai
     """
     views, levels = await queries.availability_and_levels(conn, sku_ids=sku_ids)
     codes = [v.sku_code for v in views]
-    if conn.dialect.name == "postgresql":
-        channel_codes = await pg.channel_codes(await pg.driver(conn))
-    else:
-        channel_codes = list(await conn.scalars(_CHANNEL_CODES))
-    for channel_code in channel_codes:
+    for channel_code in await pg.channel_codes(await pg.driver(conn)):
         views += await channel_service.availability_in(conn, channel_code, codes, now)
     changes = [
         Change(codec.availability_kind(v.channel_code), v.sku_code, v.version, codec.availability_to_data(v))

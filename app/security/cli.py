@@ -20,13 +20,10 @@ def _with_db(work: Callable[..., Awaitable[T]]) -> T:
 
     from app.cli import database_or_exit
     from app.db.engine import Database
-    from app.db.migrate import upgrade
 
     async def run(settings: Settings) -> T:
         db = Database(settings.database)
         try:
-            if db.is_sqlite:
-                await upgrade(db.engine)  # the embedded default migrates itself, as `serve` does
             return await work(db)
         finally:
             await db.dispose()
