@@ -1,9 +1,7 @@
 """Disagreements the differential test (tests/test_differential.py) found between the service and the
 contract, each reduced to its smallest reproduction, on PostgreSQL.
 
-A finding whose fix belongs to a file another helper of issue 11 owns is marked xfail(strict=True): the
-test documents the contract's answer, fails today as expected, and turns red (XPASS) the moment the fix
-lands, so whoever fixes it removes the mark.
+Each test fails without its fix (named in its docstring).
 """
 
 from __future__ import annotations
@@ -30,18 +28,19 @@ async def pg_api(postgres_url: str) -> AsyncIterator[Api]:
             yield Api(client, app.state.runtime.ctx, key)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding F1: EventResult.version 0 for a position no event ever changed; fix in app/services/events.py",
-)
 async def test_an_event_that_changes_nothing_on_a_new_position_answers_no_version(pg_api: Api) -> None:
-    """Versions start at 1 (contract, StockLevel.version); 0 is a version no StockLevel ever shows.
+    """F1 (fix: app/services/events.py `_answered`). Versions start at 1 (contract, StockLevel.version);
+    0 is a version no StockLevel ever shows.
 
     REPAIRED 5 where nothing was ever recorded clips at 0 (drift 5) and changes nothing: the position
     does not exist for stockLevels, so the event's `version` is null, not 0.
     """
     await catalogue(pg_api, ["SKU-1"], [("WH-1", 10)])
-    result = await record(pg_api, event("REPAIRED", "SKU-1", "WH-1", 5))
+    repaired = event("REPAIRED", "SKU-1", "WH-1", 5)
+    result = await record(pg_api, repaired)
     assert result["userErrors"] == []
     assert (await pg_api.ok(LEVELS, skus=["SKU-1"], locs=["WH-1"]))["stockLevels"] == []
     assert result["results"] == [{"index": 0, "status": "APPLIED", "version": None, "drift": 5}]
+    # a repeat answers the version its first occurrence recorded: none either
+    again = await record(pg_api, repaired)
+    assert again["results"] == [{"index": 0, "status": "DUPLICATE", "version": None, "drift": 0}]
