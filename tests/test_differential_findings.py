@@ -44,3 +44,46 @@ async def test_an_event_that_changes_nothing_on_a_new_position_answers_no_versio
     # a repeat answers the version its first occurrence recorded: none either
     again = await record(pg_api, repaired)
     assert again["results"] == [{"index": 0, "status": "DUPLICATE", "version": None, "drift": 0}]
+
+
+CHANNEL_FIGURE = """query($skus: [String!]!, $channel: String) {
+  availability(skuCodes: $skus, channelCode: $channel) { skuCode available version } }"""
+UPSERT_CHANNELS = """mutation($input: [ChannelInput!]!) { upsertChannels(input: $input) {
+  channels { code } userErrors { code message field } } }"""
+RESERVE_UNDER = """mutation($input: ReserveInput!) { reserve(input: $input) {
+  reservation { id lines { locationCode quantity backordered } } userErrors { code } } }"""
+RELEASE_IT = """mutation($id: ID!) { releaseReservation(id: $id) { reservation { status } userErrors { code } } }"""
+
+
+async def test_a_backorder_under_one_channel_moves_the_version_of_every_channel_it_changes(pg_api: Api) -> None:
+    """F2, seed 2 of the differential test (fix: app/db/stock.py `_note_promises`, read in
+    app/services/channels.py `_inputs`). Contract: Availability.version moves whenever the figure moves.
+
+    WEB and POS sell from WH-1, which has no stock and 1 unit incoming. A backorder promises an expected
+    unit to one channel only (README, Channels), so POS taking it as a backorder takes WEB's figure from 1
+    to 0, and POS releasing it gives it back; the promise changes no StockLevel field (no ledger row, no
+    position version), and WEB's own counters do not move either: WEB's version stayed where it was.
+    """
+    await catalogue(pg_api, ["SKU-1"], [("WH-1", 10)])
+    assert (await record(pg_api, event("INCOMING", "SKU-1", "WH-1", 1)))["userErrors"] == []
+    channels = [{"code": c, "name": c, "locationCodes": ["WH-1"], "backorderLimit": 5} for c in ("WEB", "POS")]
+    assert (await pg_api.ok(UPSERT_CHANNELS, input=channels))["upsertChannels"]["userErrors"] == []
+
+    async def web() -> tuple[int, int]:
+        (a,) = (await pg_api.ok(CHANNEL_FIGURE, skus=["SKU-1"], channel="WEB"))["availability"]
+        return a["available"], a["version"]
+
+    available, before = await web()
+    assert available == 1
+    reserve = {"lines": [{"skuCode": "SKU-1", "quantity": 1}], "idempotencyKey": "k1", "channelCode": "POS"}
+    got = (await pg_api.ok(RESERVE_UNDER, input=reserve))["reserve"]
+    assert got["userErrors"] == []
+    assert got["reservation"]["lines"] == [{"locationCode": "WH-1", "quantity": 1, "backordered": 1}]
+    available, promised = await web()
+    assert available == 0
+    assert promised > before
+    released = (await pg_api.ok(RELEASE_IT, id=got["reservation"]["id"]))["releaseReservation"]
+    assert released["reservation"]["status"] == "RELEASED"
+    available, after = await web()
+    assert available == 1
+    assert after > promised
