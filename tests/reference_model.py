@@ -20,6 +20,7 @@ from typing import Any
 Pair = tuple[str, str]  # (sku code, location code)
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1  # every figure the API returns is a GraphQL Int
 MAX_QUANTITY = 1_000_000_000  # README, Events: |quantity| of one event at most this (INVALID_QUANTITY)
+MAX_UNITS_PER_RESERVATION = 1000  # README, Limits: the default of STOCKWIRE_MAX_UNITS_PER_RESERVATION
 
 
 class OutOfRange(Exception):
@@ -450,24 +451,30 @@ class Model:
         cart_ref: str | None = None,
     ) -> Outcome:
         """`rid`: the id the service gave (the model cannot invent the service's ids)."""
+        # OPEN: the request's own shape is checked before its idempotency key is looked up
+        malformed = set()
+        if not 1 <= ttl <= 3600:
+            malformed.add("INVALID_TTL")
+        if any(ln["quantity"] <= 0 for ln in lines):
+            malformed.add("INVALID_QUANTITY")
+        if sum(max(0, ln["quantity"]) for ln in lines) > MAX_UNITS_PER_RESERVATION:
+            malformed.add("INVALID_QUANTITY")  # README, Limits
+        named = [(ln["skuCode"], ln.get("locationCode")) for ln in lines]
+        if len(set(named)) < len(named):
+            malformed.add("DUPLICATE_LINE")
+        if malformed:
+            return Outcome(tuple(sorted(malformed)))
         fingerprint = self.lines_key(lines)
         if key in self.idempotency:
             first, first_id = self.idempotency[key]
             if first != fingerprint:
                 return Outcome(("IDEMPOTENCY_CONFLICT",))
             return Outcome((), first_id)
-        if not 1 <= ttl <= 3600:
-            return Outcome(("INVALID_TTL",))
         for ln in lines:
-            if ln["quantity"] <= 0:
-                return Outcome(("INVALID_QUANTITY",))
             if ln["skuCode"] not in self.skus:
                 return Outcome(("UNKNOWN_SKU",))
             if ln.get("locationCode") is not None and ln["locationCode"] not in self.locations:
                 return Outcome(("UNKNOWN_LOCATION",))
-        named = [(ln["skuCode"], ln.get("locationCode")) for ln in lines]
-        if len(set(named)) < len(named):
-            return Outcome(("DUPLICATE_LINE",))
         if channel is not None and channel not in self.channels:
             return Outcome(("UNKNOWN_CHANNEL",))
         for ln in lines:
