@@ -28,6 +28,7 @@ from app.db.engine import note_changed
 from app.db.tables import (
     channel_holds,
     channels,
+    counters,
     inventory_events,
     reservation_lines,
     reservations,
@@ -112,7 +113,26 @@ async def promise_backorder(conn: AsyncConnection, pair: Pair, quantity: int) ->
     """Promise `quantity` of the position's incoming units to a backorder if, and only if, that many
     expected units are not promised yet. False when they are (nothing changed)."""
     result = await conn.execute(_PROMISE, {"b_sku": pair[0], "b_location": pair[1], "b_quantity": quantity})
-    return result.first() is not None
+    if result.first() is None:
+        return False
+    await _note_promises(conn, pair[0])
+    return True
+
+
+def promises_counter(sku_id: int) -> str:
+    """The `counters` row that moves whenever a backorder is promised or forgotten for this SKU."""
+    return f"promises:{sku_id}"
+
+
+async def _note_promises(conn: AsyncConnection, sku_id: int) -> None:
+    """A promise moves every channel's figure over that incoming (one expected unit is promised once)
+    but no StockLevel field, so no position version: channel versions add this counter instead."""
+    ins: Any = postgresql.insert(counters)
+    await conn.execute(
+        ins.values(name=promises_counter(sku_id), value=1).on_conflict_do_update(
+            index_elements=[counters.c.name], set_={"value": counters.c.value + 1}
+        )
+    )
 
 
 async def forget_backorder(conn: AsyncConnection, pair: Pair, quantity: int) -> None:
@@ -122,6 +142,7 @@ async def forget_backorder(conn: AsyncConnection, pair: Pair, quantity: int) -> 
         .where(sl.c.sku_id == pair[0], sl.c.location_id == pair[1])
         .values(backordered=sl.c.backordered - quantity)
     )
+    await _note_promises(conn, pair[0])
 
 
 async def _cover_backorders(conn: AsyncConnection, pair: Pair, arrived: int, now: datetime) -> None:

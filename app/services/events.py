@@ -35,6 +35,11 @@ class EventResult:
     drift: int = 0
 
 
+def _answered(version: int) -> int | None:
+    """Versions start at 1: a position no event ever changed (version 0) has no version to answer."""
+    return version or None
+
+
 class _Location(NamedTuple):
     id: int
     count_authority: str | None
@@ -165,7 +170,8 @@ async def _apply_batch(
                     )
                 )
             else:
-                results[i] = EventResult(i, EventStatus.DUPLICATE, int(seen.version) if seen is not None else None)
+                version = _answered(int(seen.version)) if seen is not None else None
+                results[i] = EventResult(i, EventStatus.DUPLICATE, version)
                 if seen is None:
                     repeats[i] = earlier[0]  # type: ignore[index]
             continue
@@ -245,7 +251,7 @@ async def _apply_batch(
                 unit=e.unit,
             )
         )
-        results[i] = EventResult(i, decision.status, versions[pair], decision.effect.drift)
+        results[i] = EventResult(i, decision.status, _answered(versions[pair]), decision.effect.drift)
         if e.type is EventType.TRANSFER_OUT and to_id is not None:
             # the far side: the units are now expected at the destination
             dest = (pair[0], to_id)

@@ -173,6 +173,12 @@ async def figure_inputs(
         await conn.scalar(select(func.coalesce(func.max(counters.c.value), 0)).where(counters.c.name == "locations"))
         or 0
     )
+    promised = {  # backorders promised or forgotten move the figure but no position version
+        r.name: int(r.value)
+        for r in await conn.execute(
+            select(counters).where(counters.c.name.in_([stock.promises_counter(s) for s in sku_ids]))
+        )
+    }
     out: dict[int, FigureInputs] = {}
     for sku in sku_rows:
         here = [levels[sku.id][loc] for loc in active_ids if loc in levels[sku.id]] if sku.active else []
@@ -209,7 +215,8 @@ async def figure_inputs(
             + epoch
             + int(channel.version)
             + (int(hold_row.version) if hold_row is not None else 0)
-            + buffer_version,
+            + buffer_version
+            + promised.get(stock.promises_counter(sku.id), 0),
         )
     return out
 
