@@ -253,7 +253,8 @@ class Model:
 
     def _check_range(self, sku: str, after: dict[Pair, Position]) -> None:
         """README, Events: no figure of a position, nor a sum over the SKU's positions (on hand above 0,
-        claims, incoming), beyond ±2,147,483,647. The model never stores one out of range, so any figure
+        claims plus on hand below 0, which bound the summed oversold; incoming), beyond
+        ±2,147,483,647. The model never stores one out of range, so any figure
         out of range after the event means the event takes it there."""
         for p in after.values():
             figures = (p.on_hand, p.committed, p.reserved, p.unavailable, p.safety_stock, p.incoming)
@@ -264,7 +265,8 @@ class Model:
         on_hand = sum(max(0, p.on_hand) for p in rows)
         claims = sum(p.committed + p.reserved + p.unavailable + p.safety_stock for p in rows)
         incoming = sum(p.incoming for p in rows)
-        if max(on_hand, claims, incoming) > INT_MAX:
+        below_zero = sum(max(0, -p.on_hand) for p in rows)
+        if max(on_hand, claims + below_zero, incoming) > INT_MAX:
             raise OutOfRange
 
     def _apply(self, e: dict[str, Any], at: datetime) -> tuple[str, int | None, int]:

@@ -89,11 +89,6 @@ async def test_a_backorder_under_one_channel_moves_the_version_of_every_channel_
     assert after > promised
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding F3 (not fixed): the per-SKU bound counts claims, but oversold also grows with negative "
-    "on hand; fix in app/domain/quantities.py Magnitude and app/db/stock.py _MAGNITUDES",
-)
 async def test_oversold_summed_over_locations_never_blanks_availability(pg_api: Api) -> None:
     """Seed 25 of the differential test at 300 steps. README, Events: no sum over a SKU's positions may
     pass what an Int holds (item 7: one SKU must never blank the answer). Each position here fits

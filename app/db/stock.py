@@ -282,6 +282,7 @@ _MAGNITUDES = (
         func.sum(case((sl.c.on_hand > 0, sl.c.on_hand), else_=0)).label("on_hand"),
         func.sum(sl.c.committed + sl.c.reserved + sl.c.unavailable + sl.c.safety_stock).label("claims"),
         func.sum(sl.c.incoming).label("incoming"),
+        func.sum(case((sl.c.on_hand < 0, -sl.c.on_hand), else_=0)).label("below_zero"),
     )
     .where(sl.c.sku_id.in_(bindparam("sku_ids", expanding=True)))
     .group_by(sl.c.sku_id)
@@ -295,7 +296,7 @@ async def magnitudes(conn: AsyncConnection, sku_ids: Iterable[int]) -> dict[int,
     if not wanted:
         return {}
     rows = await conn.execute(_MAGNITUDES, {"sku_ids": wanted})
-    found = {r.sku_id: Magnitude(int(r.on_hand), int(r.claims), int(r.incoming)) for r in rows}
+    found = {r.sku_id: Magnitude(int(r.on_hand), int(r.claims), int(r.incoming), int(r.below_zero)) for r in rows}
     return {s: found.get(s, Magnitude()) for s in wanted}
 
 
