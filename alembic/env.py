@@ -1,4 +1,4 @@
-"""Alembic environment: the same migrations on SQLite and PostgreSQL, run with the async drivers."""
+"""Alembic environment: PostgreSQL, run with the async driver (asyncpg)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,6 @@ def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        # SQLite cannot ALTER most things in place: batch mode rebuilds tables for it
-        render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )
     with context.begin_transaction():

@@ -54,9 +54,6 @@ def serve(
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     embedded = None if configured.database_url else configured.data_dir.absolute()
     with database_or_exit(configured, share=False) as settings:
-        if workers > 1 and settings.is_sqlite:
-            typer.echo("several workers need PostgreSQL (STOCKWIRE_DATABASE_URL, or the embedded one)", err=True)
-            raise typer.Exit(2)
         if demo:
             asyncio.run(_load_demo(settings))
         where = _safe(settings.database) if embedded is None else f"embedded PostgreSQL in {embedded}"
@@ -102,14 +99,11 @@ def database_or_exit(settings: Settings, share: bool = True) -> Iterator[Setting
 
 async def _load_demo(settings: Settings) -> None:
     from app.db.engine import Database
-    from app.db.migrate import upgrade
     from app.services import demo
     from app.services.context import Ctx
 
     db = Database(settings.database)
     try:
-        if db.is_sqlite:
-            await upgrade(db.engine)
         ctx = Ctx(db=db, settings=settings)
         if await demo.is_empty(ctx):
             n = await demo.load(ctx)

@@ -27,7 +27,6 @@ from strawberry.types.unset import UNSET, UnsetType
 
 from app.db import tenancy
 from app.db.engine import Database
-from app.db.migrate import upgrade
 from app.db.tables import outbox
 from app.db.tenancy import DEFAULT_TENANT
 from app.graphql.context import Context
@@ -40,7 +39,7 @@ from app.ops.routes import ops_routes
 from app.realtime.config import RealtimeSettings
 from app.realtime.hub import Hub
 from app.realtime.limits import Admission, LimitExceeded, Ticket
-from app.realtime.redis_backend import make_backend
+from app.realtime.redis_backend import Backend, make_backend
 from app.realtime.relay import OutboxRelay
 from app.realtime.streams import Streams
 from app.realtime.ws import (
@@ -68,6 +67,7 @@ class Runtime:
     realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     ctx: Ctx | None = None
     broadcast: Broadcast | None = None
+    backend: Backend | None = None  # the one `broadcast` was built with (broadcaster does not expose it)
     hub: Hub | None = None
     relay: OutboxRelay | None = None
     streams: Streams | None = None
@@ -83,9 +83,9 @@ class Runtime:
 
     def broadcast_state(self) -> str:
         """ "ok", or "degraded: <why>" while changes cannot be pushed (queries and reserves still work)."""
-        backend = getattr(self.broadcast, "_backend", None)
-        if backend is not None and not getattr(backend, "listener_alive", True):
-            return f"degraded: {getattr(backend, 'last_error', None) or 'listener not running'}"
+        backend = self.backend
+        if backend is not None and not backend.listener_alive:
+            return f"degraded: {backend.last_error or 'listener not running'}"
         if self.hub is None or not self.hub.alive:
             return "degraded: change subscription not running"
         return "ok"
@@ -293,24 +293,25 @@ def create_app(settings: Settings | None = None) -> Starlette:
         s = runtime.settings
         configure_logging()  # here, not at import: uvicorn configures its loggers before the lifespan
         db = Database(s.database, s.db_pool_size, s.db_max_overflow)
-        if db.is_sqlite:
-            await upgrade(db.engine)  # the embedded default migrates itself; Postgres uses `stockwire migrate`
         try:
-            # the embedded default makes and prints a development key; a deployment refuses to start
-            await require_a_key(db, development=s.development_key or db.is_sqlite)
+            # `development_key` (set for the embedded default by app/db/embedded.py) makes and prints a key
+            # with every scope when there is none; a deployment refuses to start instead
+            await require_a_key(db, development=s.development_key)
         except Exception:
             await db.dispose()
             raise
         ctx = Ctx(db=db, settings=s)
         runtime.security = make_security(db, s)
         # Redis down at start is not fatal: queries and reserves work, push resumes when it answers
-        broadcast = Broadcast(backend=make_backend(s.broadcast_url, start_while_down=True))
+        backend = make_backend(s.broadcast_url, start_while_down=True)
+        broadcast = Broadcast(backend=backend)
         await broadcast.connect()
-        hub = Hub(broadcast, channel=runtime.realtime.broadcast_channel)
+        hub = Hub(broadcast, channel=runtime.realtime.broadcast_channel, backend=backend)
         await hub.start()
         relay = OutboxRelay(ctx, hub)
         db.on_commit(relay.poke)
         runtime.ctx, runtime.broadcast, runtime.hub, runtime.relay = ctx, broadcast, hub, relay
+        runtime.backend = backend
         runtime.streams = Streams(ctx, hub, runtime.realtime)
         runtime.tasks = [asyncio.create_task(relay.run()), asyncio.create_task(_sweep_expired(ctx))]
         # pushes changed channel availability to channel endpoints (the channels issue)

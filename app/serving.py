@@ -26,6 +26,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from app.compat import upgrading_to_websocket
 from app.settings import Settings
 
 HEAD = "head"
@@ -147,7 +148,7 @@ else:
             self._enter(HEAD)
 
         def on_headers_complete(self) -> None:
-            upgrading = bool(self.parser.should_upgrade() and self._should_upgrade())
+            upgrading = upgrading_to_websocket(self)
             super().on_headers_complete()
             self._enter(None if upgrading else BODY)
 

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     # rows one query or mutation may make resolvers read (app/graphql/limits.py says how they are counted)
     max_query_cost: int = Field(25_000, ge=0)  # 0: no limit
     query_cost_list_size: int = Field(20, ge=1)  # what a list of unknown length counts as
+    # a request refused as too costly again within the window of the previous refusal from its key or
+    # its address is answered only after this many seconds (0: at once); README Limits
+    cost_penalty_seconds: float = Field(1.0, ge=0, le=30)
+    cost_penalty_window_seconds: float = Field(60.0, gt=0)
     max_response_bytes: int = Field(8 * 1_048_576, ge=1024)  # a query's encoded answer
     max_query_depth: int = Field(10, ge=1)
     max_query_tokens: int = Field(2000, ge=50)
@@ -70,10 +74,6 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
-
-    @property
-    def is_sqlite(self) -> bool:
-        return (self.database_url or "").startswith("sqlite")
 
     @property
     def database(self) -> str:

@@ -5,9 +5,11 @@ The costly request: 20 aliases of `availability(skuCodes: $c) { ... locations { 
 clients sending it in a loop took a one-code `availability` from 5-16 ms to 2-16 s.
 
 Prints:
-- how long the refusal (QUERY_TOO_COSTLY) takes, median and worst of `--refusals` calls (goal: < 50 ms);
+- how long the refusal (QUERY_TOO_COSTLY) takes, median and worst of `--refusals` calls (goal: < 50 ms),
+  each from a key and a client address of its own (127.0.1.x): each is a first refusal, answered at once;
+- how long a repeat from the same key and address takes: the penalty (`cost_penalty_seconds`, 1 s);
 - the p95 of a plain one-code `availability` idle, and while four clients send the costly request in a
-  loop, and their ratio (goal: < 2);
+  loop, and their ratio (goal: < 2): their repeats wait the penalty, so they keep nobody else waiting;
 - with `--without-limit`, the same costly request on a server with the limit off, for comparison.
 
     .venv/bin/python bench/cost_limit.py [--samples 300] [--without-limit]
@@ -20,6 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    PYTHON,
+    ROOT,
     RawHttp,
     Server,
     create_api_key,
@@ -36,6 +43,7 @@ from _common import (
     recreate_database,
     run_bench,
     run_database,
+    sa_url,
     say,
     set_api_key,
     start_server,
@@ -56,6 +64,55 @@ COSTLY = (
 )
 COSTLY_BODY = json.dumps({"query": COSTLY, "variables": {"c": ["SKU-1"] * 1000}}).encode()
 PLAIN = json.dumps({"query": 'query { availability(skuCodes: ["SKU-2"]) { skuCode available } }'}).encode()
+
+
+_CREATE_KEYS_PY = """
+import asyncio, sys
+from app.db.engine import Database
+from app.security import keys
+from app.security.scopes import parse_scopes
+
+async def main():
+    db = Database(sys.argv[1])
+    try:
+        for _ in range(int(sys.argv[3])):
+            print((await keys.create_key(db, "bench", parse_scopes(sys.argv[2].split(",")))).secret)
+    finally:
+        await db.dispose()
+
+asyncio.run(main())
+"""
+
+
+def create_keys(db: str, scopes: str, n: int) -> list[str]:
+    """`n` API keys in one process (`stockwire keys create` starts one per key)."""
+    env = {**os.environ, "STOCKWIRE_DATABASE_URL": sa_url(db)}
+    out = subprocess.run(
+        [PYTHON, "-c", _CREATE_KEYS_PY, sa_url(db), scopes, str(n)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"creating API keys failed:\n{out.stdout}\n{out.stderr}")
+    return out.stdout.split()[-n:]
+
+
+class ClientAt(RawHttp):
+    """A connection from a given loopback address (all of 127/8 is local on Linux) with a given key:
+    a client the server has not seen before, so the cost penalty does not apply to its first refusal."""
+
+    def __init__(self, port: int, key: str, address: str) -> None:
+        super().__init__("127.0.0.1", port, {"Authorization": f"Bearer {key}"})
+        self.address = address
+
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port, local_addr=(self.address, 0))
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def p95(samples: list[float]) -> float:
@@ -131,6 +188,7 @@ async def hammer(port: int, stop: asyncio.Event, sent: list[int]) -> None:
             _, _, data = await timed(client, COSTLY_BODY)
             assert b"QUERY_TOO_COSTLY" in data, data[:300]
             sent[0] += 1
+            sent[1] += b'"penaltySeconds"' in data
     finally:
         await client.close()
 
@@ -164,28 +222,34 @@ async def main(args: argparse.Namespace) -> int:
         await seed(server.port)
         set_api_key(create_api_key(db, "storefront"))  # every request below: the public key
 
-        client = RawHttp("127.0.0.1", server.port)
-        await client.connect()
         refusals = []
-        try:
-            for _ in range(args.refusals):
+        for n, key in enumerate(create_keys(db, "storefront", args.refusals)):
+            client = ClientAt(server.port, key, f"127.0.1.{n + 1}")
+            await client.connect()
+            try:
+                await timed(client, PLAIN)  # the key's lookup (cached afterwards) is not the refusal's
                 ms, _status, data = await timed(client, COSTLY_BODY)
                 error = json.loads(data)["errors"][0]
                 assert error["extensions"]["code"] == "QUERY_TOO_COSTLY", data[:300]
+                assert "penaltySeconds" not in error["extensions"], data[:300]
                 refusals.append(ms)
-        finally:
-            await client.close()
+                if n == args.refusals - 1:  # the same request again from the same client: a repeat
+                    repeat_ms, _status, data = await timed(client, COSTLY_BODY)
+                    penalty = json.loads(data)["errors"][0]["extensions"].get("penaltySeconds")
+            finally:
+                await client.close()
         refusals.sort()
         median = refusals[len(refusals) // 2]
         ext = error["extensions"]
         say(
             f"costly request ({len(COSTLY_BODY)} bytes, cost {ext['cost']} > limit {ext['limit']}): refused "
-            f"in median {median:.1f} ms, worst {refusals[-1]:.1f} ms over {len(refusals)} "
-            f"({'ok' if refusals[-1] < 50 else 'OVER'} < 50 ms)"
+            f"in median {median:.1f} ms, worst {refusals[-1]:.1f} ms over {len(refusals)} keys and addresses "
+            f"({'ok' if refusals[-1] < 50 else 'OVER'} < 50 ms); a repeat from the same key and address: "
+            f"answered after {repeat_ms:.0f} ms (penaltySeconds {penalty})"
         )
 
         idle = await plain_p95(server.port, args.samples)
-        stop, sent = asyncio.Event(), [0]
+        stop, sent = asyncio.Event(), [0, 0]
         hammers = [asyncio.create_task(hammer(server.port, stop, sent)) for _ in range(4)]
         try:
             await asyncio.sleep(0.5)
@@ -194,9 +258,12 @@ async def main(args: argparse.Namespace) -> int:
             stop.set()
             await asyncio.gather(*hammers)
         ratio = loaded / idle
+        load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
         say(
             f"one-code availability p95: idle {idle:.2f} ms, with 4 clients looping the costly request "
-            f"{loaded:.2f} ms ({sent[0]} refused meanwhile); ratio {ratio:.2f} ({'ok' if ratio < 2 else 'OVER'} < 2)"
+            f"{loaded:.2f} ms ({sent[0]} refused meanwhile, {sent[1]} of them after the penalty)"
+            f"; ratio {ratio:.2f} ({'ok' if ratio < 2 else 'OVER'} < 2)"
+            f"; load average {load}"
         )
         if args.without_limit:
             server.stop()

@@ -212,7 +212,7 @@ _AVAILABLE = (
 )
 BASELINE_SQL = {
     "skus": "SELECT id, code, active FROM skus WHERE code = ANY($1::text[])",
-    # the service's candidate read (app/services/routing.py, _CANDIDATES_PG), positional parameters
+    # the service's candidate read (app/db/routing.py, _CANDIDATES), positional parameters
     "candidates": (
         "SELECT l.id, l.code, l.active, l.priority, l.latitude, l.longitude, lr.shipping_cost, "
         "lr.daily_order_capacity, ldo.orders, h.sku_ids, h.units "

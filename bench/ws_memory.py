@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ws_memory.py [--sockets 40] [--subscriptions 100] [--codes 1000]
 
-Starts `stockwire serve` on a throw-away SQLite database (in-memory broadcast), then opens `--sockets`
+Starts `stockwire serve` on a throw-away embedded PostgreSQL (in-memory broadcast), then opens `--sockets`
 websockets (each from its own loopback address, 127.0.0.x, so the per-address caps do not refuse
 them), each with `--subscriptions` availability subscriptions of `--codes` random unknown SKU codes
 plus one known SKU (whose snapshot message says the subscription is in place). Prints the server's
@@ -28,6 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.db.embedded import EmbeddedPostgres  # noqa: E402
 from app.db.engine import Database  # noqa: E402
 from app.db.migrate import upgrade  # noqa: E402
 from app.security import keys  # noqa: E402
@@ -78,8 +79,8 @@ async def main() -> None:
     parser.add_argument("--subscriptions", type=int, default=100)
     parser.add_argument("--codes", type=int, default=1000)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite+aiosqlite:///{tmp}/stockwire.db"
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedPostgres(tmp) as embedded:
+        url = embedded.start()
         key = await prepare(url)
         port = free_port()
         env = {**os.environ, "STOCKWIRE_DATABASE_URL": url, "STOCKWIRE_BROADCAST_URL": "memory://"}

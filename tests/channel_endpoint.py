@@ -1,6 +1,7 @@
 """A channel's endpoint for the publication tests: a real HTTP server (uvicorn on a free port, in the
-test's event loop) that checks every signature itself, can fail its first responses, and keeps what a
-careful receiver would: per SKU the value with the highest version it has acknowledged."""
+test's event loop) that checks every signature itself, can fail its first responses, can be slow, and
+keeps what a careful receiver would: per SKU the value with the highest version it has acknowledged.
+Every push is kept with the process that sent it (X-Stockwire-Publisher) and when it was being handled."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,12 +30,16 @@ class Received:
     body: dict[str, Any]
     signature_ok: bool
     status: int
+    publisher: str = ""  # X-Stockwire-Publisher: which process pushed (host:pid)
+    started: float = 0.0  # time.monotonic() when the request arrived
+    ended: float = 0.0  # and when its answer was ready
 
 
 @dataclass
 class Endpoint:
     secret: str
     fail_first: int = 0
+    delay: float = 0.0  # seconds each push takes to handle: a slow endpoint acknowledges late
     # per SKU: (version, available) of the newest value acknowledged with a 2xx
     shows: dict[str, tuple[int, int]] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
@@ -51,7 +57,10 @@ class Endpoint:
             self.release_first_failure.set()
 
     async def push(self, request: Request) -> Response:
+        started = time.monotonic()
         raw = await request.body()
+        if self.delay:
+            await asyncio.sleep(self.delay)
         expected = "sha256=" + hmac.new(self.secret.encode(), raw, hashlib.sha256).hexdigest()
         signature_ok = hmac.compare_digest(expected, request.headers.get("X-Stockwire-Signature", ""))
         body = json.loads(raw)
@@ -64,7 +73,8 @@ class Endpoint:
             status = 503
         else:
             status = 200
-        self.received.append(Received(body, signature_ok, status))
+        received = Received(body, signature_ok, status, request.headers.get("X-Stockwire-Publisher", ""), started)
+        self.received.append(received)
         if status == 503 and not self.first_failure.is_set():
             self.first_failure.set()
             await self.release_first_failure.wait()
@@ -73,6 +83,7 @@ class Endpoint:
                 if item["version"] > self.shows.get(item["sku"], (0, 0))[0]:  # never go back to an older value
                     self.shows[item["sku"]] = (item["version"], item["available"])
             self.alerts += body["alerts"]
+        received.ended = time.monotonic()
         self.changed.set()
         return JSONResponse({"ok": status == 200}, status_code=status)
 

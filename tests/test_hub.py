@@ -253,7 +253,7 @@ class RecordingMemoryBackend(InMemoryBackend):
 async def test_backend_reconnect_asks_every_mailbox_to_resync() -> None:
     backend = RecordingMemoryBackend("memory://")
     async with Broadcast(backend=backend) as broadcast:
-        hub = Hub(broadcast)
+        hub = Hub(broadcast, backend=backend)
         await hub.start()
         try:
             keyed, wildcard = hub.subscribe(KIND, {"SKU-1"}), hub.subscribe("stock_level", None)
@@ -274,10 +274,10 @@ async def test_two_processes_share_changes_through_redis() -> None:
     require_redis()
     channel = f"stockwire.test.{uuid4().hex}"
     # Two Broadcast objects with their own connections stand for two processes.
-    sender = Broadcast(backend=ReconnectingRedisBackend(REDIS_URL))
-    receiver = Broadcast(backend=ReconnectingRedisBackend(REDIS_URL))
+    backend_a, backend_b = ReconnectingRedisBackend(REDIS_URL), ReconnectingRedisBackend(REDIS_URL)
+    sender, receiver = Broadcast(backend=backend_a), Broadcast(backend=backend_b)
     async with sender, receiver:
-        hub_a, hub_b = Hub(sender, channel), Hub(receiver, channel)
+        hub_a, hub_b = Hub(sender, channel, backend_a), Hub(receiver, channel, backend_b)
         await hub_a.start()
         await hub_b.start()
         try:

@@ -103,5 +103,7 @@ def test_the_grid_changes_live_when_an_event_is_recorded(server: Server, postgre
         ledger.first.wait_for()
         first = ledger.first.text_content() or ""
         assert "SOLD" in first and "wms" in first and "browser test" in first
+        # who: the reporting system and the key that recorded it (the ledger's actor)
+        assert "wms by tests (every scope)" in first, first
         assert ledger.count() == 3
         page.screenshot(path=screenshot_path("ops_sku.png"), full_page=True)

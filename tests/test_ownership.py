@@ -1,6 +1,6 @@
 """Isolation between keys: reservations, carts and routing decisions belong to the key that made them
 (an admin key sees and acts on all; to any other key they do not exist), and the ledger and the key
-audit record which key did what. On SQLite and PostgreSQL."""
+audit record which key did what."""
 
 from __future__ import annotations
 

@@ -130,3 +130,40 @@ async def test_other_database_errors_are_sqlalchemys_dbapi_error(db: Database) -
         await db.write(bad_sql)
     assert not isinstance(caught.value, IntegrityError)
     assert _sqlstate(caught.value) == "42601"  # what Database.write reads to retry deadlocks (40P01)
+
+
+def test_the_ledger_insert_names_every_column_of_the_table() -> None:
+    # pg.LEDGER_COLUMNS once was a hand-kept list: a new inventory_events column would have been left
+    # out of every insert, silently
+    from app.db.tables import inventory_events
+
+    assert set(pg.LEDGER_COLUMNS) == {c.name for c in inventory_events.columns} - {"id"}
+    row = stock.ledger_row(
+        kind="RECEIVED", status="APPLIED", pair=(1, 1), quantity=1, delta=Delta(), version=1, now=NOW
+    )
+    assert list(row) == list(pg.LEDGER_COLUMNS)
+
+
+def test_a_ledger_row_with_a_key_that_names_no_column_is_refused() -> None:
+    with pytest.raises(TypeError, match="no such column"):
+        stock.ledger_row(
+            kind="RECEIVED", status="APPLIED", pair=(1, 1), quantity=1, delta=Delta(), version=1, now=NOW, referece="x"
+        )
+
+
+async def test_the_migrations_make_the_tables_app_db_tables_defines(postgres_url: str) -> None:
+    # the table definitions are what SQLAlchemy keeps earning its place for: they must be what Alembic built
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from app.db.tables import metadata
+
+    database = Database(postgres_url)
+    try:
+        async with database.engine.connect() as conn:
+            diff = await conn.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync, opts={"compare_type": True}), metadata)
+            )
+    finally:
+        await database.dispose()
+    assert diff == []

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from app.main import create_app
 from app.services import integrity
 from app.services import reservations as reservations_service
-from app.services import routing as routing_service
+from app.services.routing import decisions as routing_decisions
 from app.settings import Settings
 from tests.conftest import Api, _truncate, create_test_key
 from tests.helpers import AVAILABILITY, catalogue, event, level, receive, record
@@ -62,14 +62,14 @@ async def test_a_refused_decision_stores_the_stock_it_was_routed_on(api: Api, mo
     await catalogue(api, skus=["A"], locations=[("WH-1", 10), ("WH-2", 20)])
     await receive(api, "A", "WH-1", 2)
     await receive(api, "A", "WH-2", 1)
-    store_refusal = routing_service._store_refusal
+    store_refusal = routing_decisions.store_refusal
 
     async def stock_arrives_first(*args: Any) -> Any:
         # another integration's receipt lands between the refused routing and the storing of its decision
         await receive(api, "A", "WH-1", 5)
         return await store_refusal(*args)
 
-    monkeypatch.setattr(routing_service, "_store_refusal", stock_arrives_first)
+    monkeypatch.setattr(routing_decisions, "store_refusal", stock_arrives_first)
     result = (await api.ok(ROUTE_AND_RESERVE, input={"orderRef": "o-1", "lines": [{"skuCode": "A", "quantity": 4}]}))[
         "routeAndReserve"
     ]
@@ -208,10 +208,9 @@ async def test_the_check_reports_a_version_gap(api: Api) -> None:
     # make the history of the issue by hand: rows at 1, 3, 4 for a position at 4 (sums still agree, and
     # the highest row equals the version: only the gap is wrong)
     async with api.ctx.db.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # the trigger would refuse; switching it off takes the login's own rights (a superuser's here)
-            await conn.execute(text("SET LOCAL ROLE NONE"))
-            await conn.execute(text("SET LOCAL session_replication_role = replica"))
+        # the trigger would refuse; switching it off takes the login's own rights (a superuser's here)
+        await conn.execute(text("SET LOCAL ROLE NONE"))
+        await conn.execute(text("SET LOCAL session_replication_role = replica"))
         await conn.execute(text("UPDATE inventory_events SET version = -version WHERE version >= 2"))
         await conn.execute(text("UPDATE inventory_events SET version = 1 - version WHERE version < 0"))
         await conn.execute(text("UPDATE stock_levels SET version = 4"))

@@ -266,7 +266,7 @@ async def test_hub_mailboxes_are_asked_to_resync_after_redis_restart() -> None:
     async with private_redis() as server:
         backend = ReconnectingRedisBackend(server.url)
         async with Broadcast(backend=backend) as broadcast:
-            hub = Hub(broadcast, channel=_channel())
+            hub = Hub(broadcast, channel=_channel(), backend=backend)
             await hub.start()
             try:
                 mailbox = hub.subscribe("availability", {"SKU-1"})

@@ -18,6 +18,7 @@ import pytest
 from app.domain.reservations import RequestedLine
 from app.services import integrity, routing
 from app.services.routing import RouteOrderRequest
+from app.services.routing import inputs as routing_inputs
 from tests.conftest import Api
 from tests.helpers import UPSERT_LOCATIONS, catalogue, level, receive
 
@@ -33,7 +34,7 @@ PLACES = [
 @pytest.fixture
 def both_read_first(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The first read of each of two calls waits for the other's: both route on the same stock."""
-    original = routing._load
+    original = routing_inputs.load
     barrier = asyncio.Barrier(2)
     reads: list[str] = []
 
@@ -45,7 +46,7 @@ def both_read_first(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
             await asyncio.wait_for(barrier.wait(), timeout=10)
         return setting
 
-    monkeypatch.setattr(routing, "_load", load)
+    monkeypatch.setattr(routing_inputs, "load", load)
     yield reads
 
 

@@ -44,7 +44,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "outbox",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
         sa.Column("sku_id", sa.Integer(), nullable=False),
         sa.Column("location_id", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
@@ -88,7 +88,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "inventory_events",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
         sa.Column("source", sa.String(length=100), nullable=False),
         sa.Column("external_id", sa.String(length=200), nullable=True),
         sa.Column("kind", sa.String(length=40), nullable=False),

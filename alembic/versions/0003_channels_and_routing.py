@@ -43,7 +43,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "routing_decisions",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
         sa.Column("order_ref", sa.String(length=200), nullable=False),
         sa.Column("channel_code", sa.String(length=100), nullable=True),
         sa.Column("reservation_id", sa.String(length=36), nullable=True),
@@ -97,7 +97,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "external_holds",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
         sa.Column("source", sa.String(length=100), nullable=False),
         sa.Column("external_id", sa.String(length=200), nullable=False),
         sa.Column("sku_id", sa.Integer(), nullable=False),

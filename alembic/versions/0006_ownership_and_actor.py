@@ -32,7 +32,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("actor_key_id", sa.String(length=36), nullable=True))
     op.create_table(
         "api_key_events",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
         sa.Column("key_id", sa.String(length=36), nullable=False),
         sa.Column("action", sa.String(length=20), nullable=False),
         sa.Column("actor_key_id", sa.String(length=36), nullable=True),

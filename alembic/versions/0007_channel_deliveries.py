@@ -22,7 +22,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table(
         "channel_deliveries",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=True),
         sa.Column("channel_id", sa.Integer(), sa.ForeignKey("channels.id"), nullable=False),
         sa.Column("attempted_at", sa.DateTime(), nullable=False),
         sa.Column("items", sa.Integer(), nullable=False),

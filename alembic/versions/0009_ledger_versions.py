@@ -67,15 +67,12 @@ def upgrade() -> None:
         ["sku_id", "location_id", "version"],
         unique=True,
         postgresql_where=sa.text(CHANGES),
-        sqlite_where=sa.text(CHANGES),
     )
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute(_CHECK_FUNCTION)
-        op.execute(_CHECK_TRIGGER)
+    op.execute(_CHECK_FUNCTION)
+    op.execute(_CHECK_TRIGGER)
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP TRIGGER IF EXISTS stock_version_has_ledger_row ON stock_levels")
-        op.execute("DROP FUNCTION IF EXISTS stock_version_has_ledger_row()")
+    op.execute("DROP TRIGGER IF EXISTS stock_version_has_ledger_row ON stock_levels")
+    op.execute("DROP FUNCTION IF EXISTS stock_version_has_ledger_row()")
     op.drop_index("ux_inventory_events_position_version", table_name="inventory_events")

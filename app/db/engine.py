@@ -71,8 +71,7 @@ def _sqlstate(exc: DBAPIError) -> str | None:
 
 
 def is_unique_violation(exc: DBAPIError) -> bool:
-    state = _sqlstate(exc)
-    return state == "23505" or "UNIQUE constraint failed" in str(exc.orig)
+    return _sqlstate(exc) == "23505"
 
 
 class Database:
@@ -84,18 +83,13 @@ class Database:
         self, url: str, pool_size: int = 10, max_overflow: int = 10, role: str | None = tenancy.APP_ROLE
     ) -> None:
         self.url = url
-        self.is_sqlite = url.startswith("sqlite")
-        if self.is_sqlite:
-            self.engine: AsyncEngine = create_async_engine(url)
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        else:
-            self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=False)
-            if role is not None:
-                event.listen(self.engine.sync_engine, "connect", _switch_role(role))
-        self.scoped = not self.is_sqlite  # transactions are scoped to a tenant (app/db/tenancy.py)
-        # SQLite allows one writer: writers in this process queue here instead of failing with
-        # "database is locked". Postgres needs no such thing: its row locks and conditional updates do it.
-        self._sqlite_writer = asyncio.Lock()
+        # PostgreSQL only (the embedded default is one too, app/db/embedded.py): concurrent writers are
+        # ordered by its row locks and conditional updates, nothing in this process has to queue them
+        self.engine: AsyncEngine = create_async_engine(
+            url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=False
+        )
+        if role is not None:
+            event.listen(self.engine.sync_engine, "connect", _switch_role(role))
         self._commit_listeners: list[CommitListener] = []
 
     def on_commit(self, listener: CommitListener) -> None:
@@ -106,18 +100,9 @@ class Database:
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         """One transaction scoped to the current tenant, committed at the end (no retry: see `write`)."""
-        async with self._begin() as conn:
+        async with self.engine.begin() as conn:
+            await scope_transaction(conn)
             yield conn
-
-    @asynccontextmanager
-    async def _begin(self) -> AsyncIterator[AsyncConnection]:
-        if self.is_sqlite:
-            async with self._sqlite_writer, self.engine.begin() as conn:
-                yield conn
-        else:
-            async with self.engine.begin() as conn:
-                await scope_transaction(conn)
-                yield conn
 
     async def write(self, work: Callable[[AsyncConnection], Awaitable[T]], notify: bool = True) -> T:
         """Run `work` in one transaction, retried from the start if Postgres picks it as a deadlock victim."""
@@ -126,7 +111,7 @@ class Database:
             written = _Written()
             token = _written.set(written)
             try:
-                async with self._begin() as conn:
+                async with self.begin() as conn:
                     result = await work(conn)
             except DBAPIError as exc:
                 if _sqlstate(exc) in _RETRYABLE_SQLSTATES and attempt < _MAX_ATTEMPTS:
@@ -146,9 +131,8 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A connection in a transaction scoped to the current tenant (rolled back when done)."""
         async with self.engine.connect() as conn:
-            if self.scoped:
-                await conn.begin()
-                await scope_transaction(conn)
+            await conn.begin()
+            await scope_transaction(conn)
             yield conn
 
     async def ping(self) -> None:
@@ -187,11 +171,3 @@ def _switch_role(role: str) -> Callable[[Any, Any], None]:
         dbapi_connection.run_async(lambda connection: connection.execute(sql))
 
     return switch
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()

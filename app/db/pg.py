@@ -3,10 +3,10 @@
 Why: SQLAlchemy Core spends 200-280 us of CPU per statement (cache key, parameter and result
 processing) against about 60 us for a prepared asyncpg statement (measured on these machines). A
 stock change runs about eight statements, so on a two-core host at a few hundred changes per second
-that overhead alone decides how fast changes are published. These statements are the same SQL the
-SQLAlchemy versions in stock.py produce; SQLite keeps using those.
+that overhead alone decides how fast changes are published. stock.py calls these; it has no second,
+SQLAlchemy copy of them.
 
-Only on PostgreSQL, and within the transaction `Database.write` opened: `driver()` begins it on the
+Within the transaction `Database.write` opened: `driver()` begins it on the
 asyncpg connection if SQLAlchemy has not sent a statement yet (it begins lazily), so a rollback undoes
 these statements like any other. asyncpg prepares each text once per connection.
 
@@ -26,7 +26,10 @@ import asyncpg
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.compat import begin_driver_transaction
 from app.db.engine import Pair
+from app.db.tables import inventory_events
+from app.db.types import UTCDateTime
 from app.domain.quantities import Position
 
 T = TypeVar("T")
@@ -39,13 +42,11 @@ async def driver(conn: AsyncConnection) -> asyncpg.Connection:
     statements run on their own, each with its own snapshot, like single reads do anyway.
     """
     raw = await conn.get_raw_connection()
-    adapted: Any = raw.dbapi_connection
-    connection: asyncpg.Connection = adapted._connection
+    connection: asyncpg.Connection = raw.driver_connection
     if conn.in_transaction():
         # SQLAlchemy's asyncpg adapter sends BEGIN with its first statement; without this, statements
         # sent here first would run outside the transaction (each committed on its own)
-        if adapted._transaction is None:
-            await adapted._start_transaction()
+        await begin_driver_transaction(raw.dbapi_connection)
         if not connection.is_in_transaction():
             raise RuntimeError("pg.driver(): the asyncpg connection is not in the transaction")
     return connection
@@ -167,37 +168,24 @@ async def apply_delta(
     return int(version)
 
 
+async def fetch_value(db: asyncpg.Connection, sql: str, *args: Any) -> Any:
+    """The first column of the first row of `sql` (prepared once per connection), None without a row;
+    errors raised as SQLAlchemy's, like every statement here. Datetimes must be given naive (`naive`)."""
+    return await _run(db.fetchval, sql, *args)
+
+
+def naive(value: datetime) -> datetime:
+    """A UTC datetime as asyncpg takes it for a `timestamp without time zone` column."""
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
 # --- ledger and outbox ----------------------------------------------------------------------------
 
-# the keys of stock.ledger_row, in its order
-LEDGER_COLUMNS = (
-    "source",
-    "external_id",
-    "kind",
-    "status",
-    "sku_id",
-    "location_id",
-    "quantity",
-    "occurred_at",
-    "received_at",
-    "reason",
-    "reference",
-    "to_location_id",
-    "expected_at",
-    "reservation_id",
-    "fingerprint",
-    "actor_key_id",
-    "unit",
-    "d_on_hand",
-    "d_committed",
-    "d_reserved",
-    "d_unavailable",
-    "d_safety_stock",
-    "d_incoming",
-    "drift",
-    "version",
-)
-_TIMES = {"occurred_at", "received_at", "expected_at"}
+# Every column of inventory_events but its generated id, read from the table definition so a new
+# column cannot be left out of the insert; stock.ledger_row must give each one (checked at its import).
+LEDGER_COLUMNS = tuple(c.name for c in inventory_events.columns if not c.primary_key)
+# asyncpg takes naive datetimes for `timestamp without time zone`: these get `_naive`
+_TIMES = frozenset(c.name for c in inventory_events.columns if isinstance(c.type, UTCDateTime))
 _INSERT_LEDGER = (
     f"INSERT INTO inventory_events ({', '.join(LEDGER_COLUMNS)}) "
     f"VALUES ({', '.join(f'${i}' for i in range(1, len(LEDGER_COLUMNS) + 1))})"

@@ -1,9 +1,12 @@
 """The SQL that must be atomic. Overselling is prevented here, by the database, not by Python checks.
 
 `hold` is a single conditional UPDATE: the row changes only if the units are available at the moment
-the database applies it. On Postgres, concurrent holds on one row queue on its row lock and each
-re-checks the condition against the latest committed row; on SQLite writers are serialised. Either
-way, two buyers can never both take the last unit.
+the database applies it. Concurrent holds on one row queue on its row lock and each re-checks the
+condition against the latest committed row, so two buyers can never both take the last unit.
+
+The statements every stock change runs (hold, lock, apply, ledger, outbox) go to asyncpg as prepared
+statements (app/db/pg.py, for the CPU SQLAlchemy spends per statement); the rarer ones here stay
+SQLAlchemy Core, written against the table definitions Alembic migrates.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, case, func, insert, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, bindparam, case, func, literal_column, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg
@@ -25,13 +28,12 @@ from app.db.engine import note_changed
 from app.db.tables import (
     channel_holds,
     channels,
+    counters,
     inventory_events,
-    outbox,
     reservation_lines,
     reservations,
     stock_levels,
 )
-from app.db.types import UTCDateTime
 from app.domain.events import EventStatus, LedgerKind
 from app.domain.quantities import Delta, Magnitude, Position
 
@@ -40,6 +42,12 @@ sl = stock_levels
 
 def available_sql() -> ColumnElement[int]:
     return sl.c.on_hand - sl.c.committed - sl.c.reserved - sl.c.unavailable - sl.c.safety_stock
+
+
+def can_hold(units: ColumnElement[Any]) -> ColumnElement[bool]:
+    """The condition every hold is written under (`hold`, a channel's hold, routing's batch hold): the
+    position has `units` available when the database applies the change, so no hold can oversell."""
+    return available_sql() >= units
 
 
 # one hold as the database applied it: (position, units, the position's version after it). A position
@@ -66,32 +74,24 @@ def position_of(row: Any) -> Position:
     )
 
 
-# Statements on the checkout path are built once, with named parameters: building a SQLAlchemy
-# statement per call costs about as much CPU as executing it (measured: 588 vs 280 us per statement).
+# The checkout's statement, prepared on asyncpg (pg.py says why), with the condition compiled from its
+# one definition above
 _HOLD = (
-    update(sl)
-    .where(
-        sl.c.sku_id == bindparam("b_sku"),
-        sl.c.location_id == bindparam("b_location"),
-        available_sql() >= bindparam("b_quantity"),
-    )
-    .values(
-        reserved=sl.c.reserved + bindparam("b_quantity"),
-        version=sl.c.version + 1,
-        updated_at=bindparam("b_now", type_=UTCDateTime()),
-    )
-    .returning(sl.c.version)
+    "UPDATE stock_levels SET reserved = reserved + $3, version = version + 1, updated_at = $4 "
+    "WHERE sku_id = $1 AND location_id = $2 AND "
+    # can_hold($5): $5 is the quantity plus the units to leave untouched
+    f"{can_hold(literal_column('$5')).compile(dialect=postgresql.dialect())} RETURNING version"  # type: ignore[no-untyped-call]
 )
-_INSERT_LEDGER = insert(inventory_events)
-_INSERT_OUTBOX = insert(outbox)
 
 
-async def hold(conn: AsyncConnection, sku_id: int, location_id: int, quantity: int, now: datetime) -> int | None:
-    """Reserve `quantity` at one position if, and only if, it is available there. Returns the new version."""
-    result = await conn.execute(
-        _HOLD, {"b_sku": sku_id, "b_location": location_id, "b_quantity": quantity, "b_now": now}
+async def hold(
+    conn: AsyncConnection, sku_id: int, location_id: int, quantity: int, now: datetime, keep: int = 0
+) -> int | None:
+    """Reserve `quantity` at one position if, and only if, it is available there with `keep` units left
+    untouched (units fenced for other channels). Returns the new version."""
+    version = await pg.fetch_value(
+        await pg.driver(conn), _HOLD, sku_id, location_id, quantity, pg.naive(now), quantity + keep
     )
-    version = result.scalar_one_or_none()
     return None if version is None else int(version)
 
 
@@ -113,7 +113,26 @@ async def promise_backorder(conn: AsyncConnection, pair: Pair, quantity: int) ->
     """Promise `quantity` of the position's incoming units to a backorder if, and only if, that many
     expected units are not promised yet. False when they are (nothing changed)."""
     result = await conn.execute(_PROMISE, {"b_sku": pair[0], "b_location": pair[1], "b_quantity": quantity})
-    return result.first() is not None
+    if result.first() is None:
+        return False
+    await _note_promises(conn, pair[0])
+    return True
+
+
+def promises_counter(sku_id: int) -> str:
+    """The `counters` row that moves whenever a backorder is promised or forgotten for this SKU."""
+    return f"promises:{sku_id}"
+
+
+async def _note_promises(conn: AsyncConnection, sku_id: int) -> None:
+    """A promise moves every channel's figure over that incoming (one expected unit is promised once)
+    but no StockLevel field, so no position version: channel versions add this counter instead."""
+    ins: Any = postgresql.insert(counters)
+    await conn.execute(
+        ins.values(name=promises_counter(sku_id), value=1).on_conflict_do_update(
+            index_elements=[counters.c.tenant_id, counters.c.name], set_={"value": counters.c.value + 1}
+        )
+    )
 
 
 async def forget_backorder(conn: AsyncConnection, pair: Pair, quantity: int) -> None:
@@ -123,6 +142,7 @@ async def forget_backorder(conn: AsyncConnection, pair: Pair, quantity: int) -> 
         .where(sl.c.sku_id == pair[0], sl.c.location_id == pair[1])
         .values(backordered=sl.c.backordered - quantity)
     )
+    await _note_promises(conn, pair[0])
 
 
 async def _cover_backorders(conn: AsyncConnection, pair: Pair, arrived: int, now: datetime) -> None:
@@ -202,20 +222,13 @@ async def _cover_backorders(conn: AsyncConnection, pair: Pair, arrived: int, now
     await write_ledger(conn, ledger)
 
 
-# a row-value IN with an expanding parameter, not one OR per pair: SQLite refuses expression trees deeper
-# than 1,000, which a legal batch of 1,000 events at distinct positions would reach
-_PAIRS = tuple_(sl.c.sku_id, sl.c.location_id).in_(bindparam("pairs", expanding=True))
-_LOCK = select(sl).where(_PAIRS).order_by(sl.c.sku_id, sl.c.location_id).with_for_update()
-_CREATE = {
-    "postgresql": postgresql.insert(sl).on_conflict_do_nothing(),
-    "sqlite": sqlite.insert(sl).on_conflict_do_nothing(),
-}
+_CREATE = postgresql.insert(sl).on_conflict_do_nothing()
 
 
 async def ensure_positions(conn: AsyncConnection, pairs: Iterable[Pair], now: datetime) -> None:
     """Create empty positions that do not exist yet (version 0: the first change makes it 1)."""
     rows = [{"sku_id": s, "location_id": loc, "updated_at": now} for s, loc in sorted(set(pairs))]
-    await insert_rows(conn, _CREATE[conn.dialect.name], rows)
+    await insert_rows(conn, _CREATE, rows)
 
 
 async def lock_positions(conn: AsyncConnection, pairs: Iterable[Pair]) -> dict[Pair, LockedPosition]:
@@ -223,14 +236,10 @@ async def lock_positions(conn: AsyncConnection, pairs: Iterable[Pair]) -> dict[P
     wanted = sorted(set(pairs))
     if not wanted:
         return {}
-    if conn.dialect.name == "postgresql":
-        locked = await pg.lock_positions(await pg.driver(conn), wanted)
-        return {
-            (r["sku_id"], r["location_id"]): LockedPosition(pg.position(r), r["version"], pg.counted_at(r))
-            for r in locked
-        }
-    rows = await conn.execute(_LOCK, {"pairs": wanted})
-    return {(r.sku_id, r.location_id): LockedPosition(position_of(r), r.version, r.counted_at) for r in rows}
+    locked = await pg.lock_positions(await pg.driver(conn), wanted)
+    return {
+        (r["sku_id"], r["location_id"]): LockedPosition(pg.position(r), r["version"], pg.counted_at(r)) for r in locked
+    }
 
 
 async def lock_or_create_positions(
@@ -251,28 +260,6 @@ async def lock_or_create_positions(
     return locked
 
 
-def _apply_statement(with_delta: bool, with_count: bool) -> Any:
-    values: dict[str, Any] = {"updated_at": bindparam("a_now", type_=UTCDateTime())}
-    if with_count:
-        values["counted_at"] = bindparam("a_counted", type_=UTCDateTime())
-    if with_delta:
-        values.update(
-            on_hand=sl.c.on_hand + bindparam("a_on_hand"),
-            committed=sl.c.committed + bindparam("a_committed"),
-            reserved=sl.c.reserved + bindparam("a_reserved"),
-            unavailable=sl.c.unavailable + bindparam("a_unavailable"),
-            safety_stock=sl.c.safety_stock + bindparam("a_safety_stock"),
-            incoming=sl.c.incoming + bindparam("a_incoming"),
-            version=sl.c.version + 1,
-        )
-    where = (sl.c.sku_id == bindparam("a_sku"), sl.c.location_id == bindparam("a_location"))
-    return update(sl).where(*where).values(**values).returning(sl.c.version)
-
-
-# (delta not zero, counted_at given) -> statement, built once (see _HOLD)
-_APPLY = {(d, c): _apply_statement(d, c) for d in (True, False) for c in (True, False)}
-
-
 async def apply_delta(
     conn: AsyncConnection,
     pair: Pair,
@@ -284,24 +271,9 @@ async def apply_delta(
     if delta.incoming < 0:
         # expected units arrived: they go to the backorders promised against them first
         await _cover_backorders(conn, pair, -delta.incoming, now)
-    if conn.dialect.name == "postgresql":
-        d = delta
-        parts = None if d.is_zero else (d.on_hand, d.committed, d.reserved, d.unavailable, d.safety_stock, d.incoming)
-        return await pg.apply_delta(await pg.driver(conn), pair, parts, now, counted_at)
-    params: dict[str, Any] = {"a_sku": pair[0], "a_location": pair[1], "a_now": now}
-    if counted_at is not None:
-        params["a_counted"] = counted_at
-    if not delta.is_zero:
-        params.update(
-            a_on_hand=delta.on_hand,
-            a_committed=delta.committed,
-            a_reserved=delta.reserved,
-            a_unavailable=delta.unavailable,
-            a_safety_stock=delta.safety_stock,
-            a_incoming=delta.incoming,
-        )
-    result = await conn.execute(_APPLY[(not delta.is_zero, counted_at is not None)], params)
-    return int(result.scalar_one())
+    d = delta
+    parts = None if d.is_zero else (d.on_hand, d.committed, d.reserved, d.unavailable, d.safety_stock, d.incoming)
+    return await pg.apply_delta(await pg.driver(conn), pair, parts, now, counted_at)
 
 
 _MAGNITUDES = (
@@ -310,6 +282,7 @@ _MAGNITUDES = (
         func.sum(case((sl.c.on_hand > 0, sl.c.on_hand), else_=0)).label("on_hand"),
         func.sum(sl.c.committed + sl.c.reserved + sl.c.unavailable + sl.c.safety_stock).label("claims"),
         func.sum(sl.c.incoming).label("incoming"),
+        func.sum(case((sl.c.on_hand < 0, -sl.c.on_hand), else_=0)).label("below_zero"),
     )
     .where(sl.c.sku_id.in_(bindparam("sku_ids", expanding=True)))
     .group_by(sl.c.sku_id)
@@ -323,7 +296,7 @@ async def magnitudes(conn: AsyncConnection, sku_ids: Iterable[int]) -> dict[int,
     if not wanted:
         return {}
     rows = await conn.execute(_MAGNITUDES, {"sku_ids": wanted})
-    found = {r.sku_id: Magnitude(int(r.on_hand), int(r.claims), int(r.incoming)) for r in rows}
+    found = {r.sku_id: Magnitude(int(r.on_hand), int(r.claims), int(r.incoming), int(r.below_zero)) for r in rows}
     return {s: found.get(s, Magnitude()) for s in wanted}
 
 
@@ -354,6 +327,12 @@ def ledger_actor(key_id: str | None) -> Iterator[None]:
         _ledger_actor.reset(token)
 
 
+# what `ledger_row` takes by name beyond its own parameters: the optional columns of inventory_events
+_LEDGER_EXTRAS = frozenset(
+    ("reason", "reference", "to_location_id", "expected_at", "reservation_id", "fingerprint", "unit")
+)
+
+
 def ledger_row(
     *,
     kind: str,
@@ -369,6 +348,9 @@ def ledger_row(
     drift: int = 0,
     **extra: Any,
 ) -> dict[str, Any]:
+    """One inventory_events row (pg.write_ledger inserts every column of the table, by name)."""
+    if not extra.keys() <= _LEDGER_EXTRAS:
+        raise TypeError(f"ledger_row() got no such column: {sorted(extra.keys() - _LEDGER_EXTRAS)}")
     return {
         "source": source,
         "external_id": external_id,
@@ -398,6 +380,14 @@ def ledger_row(
     }
 
 
+# A column added to inventory_events without a value here (or a key here with no column) fails at
+# import, not at the first write, and not by silently leaving it out of the insert
+if ledger_row(kind="", status="", pair=(0, 0), quantity=0, delta=Delta(), version=0, now=datetime.min).keys() != set(
+    pg.LEDGER_COLUMNS
+):
+    raise RuntimeError("stock.ledger_row and the inventory_events table disagree on the ledger's columns")
+
+
 async def insert_rows(conn: AsyncConnection, stmt: Any, rows: list[dict[str, Any]]) -> None:
     """One row as a plain execute (a list of one takes SQLAlchemy's costlier executemany path)."""
     if len(rows) == 1:
@@ -407,21 +397,15 @@ async def insert_rows(conn: AsyncConnection, stmt: Any, rows: list[dict[str, Any
 
 
 async def write_ledger(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    if conn.dialect.name == "postgresql" and rows:
+    """Ledger rows made by `ledger_row`."""
+    if rows:
         await pg.write_ledger(await pg.driver(conn), rows)
-        return
-    await insert_rows(conn, _INSERT_LEDGER, rows)
 
 
 async def enqueue_changes(conn: AsyncConnection, pairs: Iterable[Pair], now: datetime) -> None:
     """Outbox rows, in the change's own transaction: a crash after commit cannot lose the publication."""
     pairs = list(pairs)
     note_changed(pairs)  # and a hint for the relay, which can then publish without claiming first
-    if conn.dialect.name == "postgresql":
-        wanted = sorted(set(pairs))
-        if wanted:
-            await pg.enqueue_changes(await pg.driver(conn), wanted, now)
-        return
-    await insert_rows(
-        conn, _INSERT_OUTBOX, [{"sku_id": s, "location_id": loc, "created_at": now} for s, loc in sorted(set(pairs))]
-    )
+    wanted = sorted(set(pairs))
+    if wanted:
+        await pg.enqueue_changes(await pg.driver(conn), wanted, now)

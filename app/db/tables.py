@@ -23,7 +23,7 @@ from sqlalchemy import (
     text,
 )
 
-from app.db.types import BigId, UTCDateTime
+from app.db.types import UTCDateTime
 
 metadata = MetaData(
     naming_convention={
@@ -182,7 +182,7 @@ inventory_events = Table(
     "inventory_events",
     metadata,
     tenant_key(),
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("source", String(100), nullable=False),
     # NULL for movements Stockwire makes itself (reservations, the far side of a transfer)
     Column("external_id", String(200), nullable=True),
@@ -220,7 +220,7 @@ inventory_events = Table(
     Index("ix_inventory_events_location_id", "location_id"),
     Index("ix_inventory_events_reservation_id", "reservation_id"),
     # one row per change of a position at each version (rows that change nothing keep the version they
-    # saw); on PostgreSQL a deferred trigger also requires a row for every version reached (migration 0009)
+    # saw); a deferred trigger also requires a row for every version reached (migration 0009)
     Index(
         "ux_inventory_events_position_version",
         "tenant_id",
@@ -229,7 +229,6 @@ inventory_events = Table(
         "version",
         unique=True,
         postgresql_where=text(LEDGER_ROW_CHANGES),
-        sqlite_where=text(LEDGER_ROW_CHANGES),
     ),
     tenant_fk(["sku_id"], "skus", ["id"]),
     tenant_fk(["location_id"], "locations", ["id"]),
@@ -297,7 +296,7 @@ outbox = Table(
     "outbox",
     metadata,
     tenant_key(root=True),
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("sku_id", Integer, nullable=False),
     Column("location_id", Integer, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
@@ -392,7 +391,7 @@ external_holds = Table(
     "external_holds",
     metadata,
     tenant_key(),
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("source", String(100), nullable=False),
     Column("external_id", String(200), nullable=False),
     Column("sku_id", Integer, nullable=False),
@@ -432,7 +431,7 @@ channel_deliveries = Table(
     "channel_deliveries",
     metadata,
     tenant_key(),
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("channel_id", Integer, nullable=False),
     Column("attempted_at", UTCDateTime, nullable=False),
     Column("items", Integer, nullable=False),
@@ -522,7 +521,7 @@ routing_decisions = Table(
     "routing_decisions",
     metadata,
     tenant_key(root=True),
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("order_ref", String(200), nullable=False),
     Column("channel_code", String(100), nullable=True),
     Column("reservation_id", String(36), nullable=True),
@@ -564,7 +563,7 @@ api_key_events = Table(
     "api_key_events",
     metadata,
     tenant_key(),
-    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("key_id", String(36), nullable=False),
     Column("action", String(20), nullable=False),  # CREATED, REVOKED
     Column("actor_key_id", String(36), nullable=True),

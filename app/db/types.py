@@ -3,16 +3,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer
+from sqlalchemy import DateTime
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """Stored as naive UTC on every database; always aware UTC in Python.
+    """Stored as naive UTC (`timestamp without time zone`); always aware UTC in Python.
 
-    SQLite has no time zones, so storing naive UTC everywhere keeps comparisons in SQL identical on
-    both databases.
+    One representation for every column, so the raw asyncpg statements (app/db/pg.py) and SQLAlchemy's
+    compare and convert them the same way without a session time zone.
     """
 
     impl = DateTime
@@ -30,7 +30,3 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC)
-
-
-# SQLite only auto-increments INTEGER PRIMARY KEY; Postgres wants BIGINT for a ledger that grows.
-BigId = BigInteger().with_variant(Integer, "sqlite")

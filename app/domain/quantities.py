@@ -84,16 +84,23 @@ INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 @dataclass(frozen=True, slots=True)
 class Magnitude:
     """What bounds every figure of a SKU that adds positions up (availability, oversold, a channel's
-    base and incoming): on hand above 0, claims (committed + reserved + unavailable + safety stock) and
-    incoming, each summed over its positions. Additive, so a change is old - before + after."""
+    base and incoming): on hand above 0, claims (committed + reserved + unavailable + safety stock),
+    on hand below 0, and incoming, each summed over its positions. Additive, so a change is
+    old - before + after."""
 
     on_hand: int = 0
     claims: int = 0
     incoming: int = 0
+    below_zero: int = 0  # units of on hand below 0: an oversold position counts them on top of its claims
 
     @staticmethod
     def of(p: Position) -> Magnitude:
-        return Magnitude(max(0, p.on_hand), p.committed + p.reserved + p.unavailable + p.safety_stock, p.incoming)
+        return Magnitude(
+            max(0, p.on_hand),
+            p.committed + p.reserved + p.unavailable + p.safety_stock,
+            p.incoming,
+            max(0, -p.on_hand),
+        )
 
     def replacing(self, before: Position, after: Position) -> Magnitude:
         old, new = Magnitude.of(before), Magnitude.of(after)
@@ -101,13 +108,15 @@ class Magnitude:
             self.on_hand - old.on_hand + new.on_hand,
             self.claims - old.claims + new.claims,
             self.incoming - old.incoming + new.incoming,
+            self.below_zero - old.below_zero + new.below_zero,
         )
 
     @property
     def excess(self) -> int:
         """How far the largest sum is beyond INT_MAX (0 when every sum fits). Σ max(0, available) <=
-        Σ on hand above 0 and Σ oversold <= Σ claims, so these three bound every sum."""
-        return max(0, max(self.on_hand, self.claims, self.incoming) - INT_MAX)
+        Σ on hand above 0, Σ oversold <= Σ claims + Σ on hand below 0 (oversold is claims - on hand, and
+        on hand may be negative: finding F3), and Σ incoming: these bound every sum."""
+        return max(0, max(self.on_hand, self.claims + self.below_zero, self.incoming) - INT_MAX)
 
 
 def excess(p: Position) -> int:

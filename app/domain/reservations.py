@@ -99,6 +99,18 @@ def validate_ttl(ttl_seconds: int | None, default: int, maximum: int) -> int | U
     return ttl_seconds
 
 
+def key_and_cart_errors(idempotency_key: str, cart_ref: str | None) -> list[UserError]:
+    """The checks reserve and routeAndReserve share: both open a reservation under a key, for a cart."""
+    errors: list[UserError] = []
+    if not idempotency_key.strip() or len(idempotency_key) > 200:
+        errors.append(
+            UserError(ErrorCode.INVALID_INPUT, "idempotencyKey must be 1-200 characters", ("idempotencyKey",))
+        )
+    if cart_ref is not None and len(cart_ref) > 200:
+        errors.append(UserError(ErrorCode.INVALID_INPUT, "cartRef is at most 200 characters", ("cartRef",)))
+    return errors
+
+
 def lines_fingerprint(lines: list[RequestedLine], channel_code: str | None, cart_ref: str | None) -> str:
     """What makes two reserve calls with one idempotency key 'the same request' (line order aside)."""
     parts = sorted(f"{ln.sku_code}\x1f{ln.location_code or ''}\x1f{ln.quantity}" for ln in lines)

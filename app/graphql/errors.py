@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
-from functools import cached_property
 from typing import Any
 
 from graphql import ASTValidationRule, GraphQLError, GraphQLSyntaxError, OperationDefinitionNode
-from strawberry import Schema
-from strawberry.extensions import MaskErrors, SchemaExtension
-from strawberry.extensions.context import StreamResultContextManager
-from strawberry.extensions.runner import SchemaExtensionsRunner
+from strawberry.extensions import SchemaExtension
 from strawberry.schema.exceptions import CannotGetOperationTypeError
 from strawberry.types import ExecutionContext
-from strawberry.types.execution import PreExecutionError, StreamExecutionResult
-from strawberry.utils.await_maybe import await_maybe
+from strawberry.types.execution import PreExecutionError
+
+from app.compat import LeanExtensionsSchema, provided_operation_name
 
 log = logging.getLogger("stockwire.errors")
 
@@ -101,59 +98,55 @@ def request_id_of(context: Any) -> str | None:
     return rid if isinstance(rid, str) else None
 
 
-class ClientErrors(MaskErrors):
-    """MaskErrors that leaves the request id in a masked error and a code in every other one."""
+class ClientErrors(SchemaExtension):
+    """Masks faults (keeping the request id) and gives every other error of an operation its code.
 
-    # Not per streamed result: StockwireSchema._guarded gives every websocket result the same codes
-    # and masking (`_finish`) before it is sent, and this hook, run by Strawberry for each
-    # subscription message of each subscriber, was a tenth of the fan-out's cost (profiled).
-    on_stream_result = SchemaExtension.on_stream_result  # type: ignore[assignment]
-
-    def __init__(self, policy: ErrorPolicy) -> None:
-        super().__init__(should_mask_error=policy.is_fault, error_message=MASKED_MESSAGE)
-        self.policy = policy
-
-    def anonymise_error(self, error: GraphQLError) -> GraphQLError:
-        return self.policy.masked(error, self.execution_context.context)
-
-    def _process_result(self, result: object) -> None:
-        # MaskErrors checks `isinstance(result, <runtime Protocol>)`, which costs more than the rest of
-        # its work for every subscription message; the attribute itself is all that check looks at
-        errors = getattr(result, "errors", None)
-        if errors:
-            result.errors = self._process_errors(errors)  # type: ignore[attr-defined]
-
-    def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
-        processed = super()._process_errors(errors)
-        return [e if (e.extensions or {}).get("code") else self.policy.with_code(e) for e in processed]
-
-
-class _LeanRunner(SchemaExtensionsRunner):
-    """Strawberry's runner, asking only the extensions that implement a hook.
-
-    Strawberry builds a context over every extension for each streamed result and asks every one
-    for results, hooks or not: for a subscription message that cost about as much as executing it
-    (profiled under the fan-out benchmark). Which extensions implement `on_stream_result` and
-    `get_results` is decided by their class, so it is looked up once per operation.
+    Strawberry's MaskErrors, on its documented `on_operation` hook alone: not per streamed result,
+    because StockwireSchema._guarded gives every websocket result the same codes and masking
+    (`_finish`) before it is sent, and a per-result hook, run by Strawberry for each subscription
+    message of each subscriber, was a tenth of the fan-out's cost (profiled).
     """
 
-    @cached_property
-    def _streaming(self) -> list[SchemaExtension]:
-        return [e for e in self.extensions if type(e).on_stream_result is not SchemaExtension.on_stream_result]
+    def __init__(self, policy: ErrorPolicy) -> None:
+        self.policy = policy
 
-    @cached_property
-    def _reporting(self) -> list[SchemaExtension]:
-        return [e for e in self.extensions if type(e).get_results is not SchemaExtension.get_results]
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        errors = getattr(result, "errors", None)  # also a PreExecutionError's
+        if errors:
+            context = self.execution_context.context
+            result.errors = [self.policy.for_client(e, context) for e in errors]  # type: ignore[union-attr]
 
-    def on_stream_result(self, result: StreamExecutionResult) -> StreamResultContextManager:
-        return StreamResultContextManager(self._streaming, result)
 
-    async def get_extensions_results(self, ctx: ExecutionContext) -> dict[str, Any]:
-        data: dict[str, Any] = {}
-        for extension in self._reporting:
-            data.update(await await_maybe(extension.get_results()))
-        data.update(ctx.extensions_results)
-        return data
+class OperationLimits(SchemaExtension):
+    """The token limit and the limit rules on each operation, and one operation per request.
+
+    What MaxTokensLimiter and AddValidationRules do in their `on_operation` hooks, here in
+    `on_parse` and `on_validate`, which close when parsing and validation end: an `on_operation`
+    hook stays open for a subscription's lifetime. Listed before ParserCache and ValidationCache,
+    which read what these set.
+    """
+
+    def __init__(self, max_tokens: int | None, rules: tuple[type[ASTValidationRule], ...]) -> None:
+        self.max_tokens = max_tokens
+        self.rules = rules
+
+    def on_parse(self) -> Iterator[None]:
+        if self.max_tokens is not None:
+            self.execution_context.parse_options["max_tokens"] = self.max_tokens
+        yield
+
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        context.validation_rules = context.validation_rules + self.rules
+        yield
+        document = context.graphql_document
+        if context.pre_execution_errors or document is None or provided_operation_name(context) is not None:
+            return
+        count = sum(isinstance(d, OperationDefinitionNode) for d in document.definitions)
+        if count > 1:
+            raise AmbiguousOperationError(count)
 
 
 class AmbiguousOperationError(CannotGetOperationTypeError):
@@ -168,7 +161,7 @@ class AmbiguousOperationError(CannotGetOperationTypeError):
         return f"the document has {self.count} operations: say which one to run with operationName"
 
 
-class StockwireSchema(Schema):
+class StockwireSchema(LeanExtensionsSchema):
     """Logs faults once, with the request id and traceback; client errors only at debug level.
 
     (Strawberry's default logs every error with a traceback, so any client sending bad queries
@@ -180,32 +173,6 @@ class StockwireSchema(Schema):
     """
 
     error_policy: ErrorPolicy
-    max_query_tokens: int | None = None
-    extra_validation_rules: tuple[type[ASTValidationRule], ...] = ()
-
-    def _create_execution_context(self, *args: Any, **kwargs: Any) -> ExecutionContext:
-        # what MaxTokensLimiter and AddValidationRules would do in their on_operation hooks
-        context = super()._create_execution_context(*args, **kwargs)
-        if self.max_query_tokens is not None:
-            context.parse_options["max_tokens"] = self.max_query_tokens
-        context.validation_rules = context.validation_rules + self.extra_validation_rules
-        return context
-
-    async def _prepare_operation_async(
-        self, context: ExecutionContext, extensions_runner: SchemaExtensionsRunner
-    ) -> PreExecutionError | None:
-        rejected = await super()._prepare_operation_async(context, extensions_runner)
-        document = context.graphql_document
-        if rejected is None and document is not None and context._provided_operation_name is None:
-            count = sum(isinstance(d, OperationDefinitionNode) for d in document.definitions)
-            if count > 1:
-                raise AmbiguousOperationError(count)
-        return rejected
-
-    def create_extensions_runner(
-        self, execution_context: ExecutionContext, extensions: list[SchemaExtension]
-    ) -> SchemaExtensionsRunner:
-        return _LeanRunner(execution_context=execution_context, extensions=extensions)
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         result = await super().execute(*args, **kwargs)

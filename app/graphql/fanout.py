@@ -27,7 +27,8 @@ from typing import Any, Generic, TypeVar
 
 from graphql import ExecutionResult, FieldNode, OperationDefinitionNode, OperationType, print_ast
 from graphql.execution import Executor
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+from app.compat import build_strawberry_resolve_info
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -109,13 +110,15 @@ class _Rendered:
 class SharedEventExecutor(Executor):  # type: ignore[type-arg]
     """Strawberry's executor, with each subscription event's result shared by equal subscriptions.
 
-    Built on graphql-core's plain Executor, not the IncrementalExecutor Strawberry's own class extends:
+    graphql-core's public executor API (`Executor`, `build`, `build_per_event_executor`,
+    `execute_operation`, given to Strawberry as its public `execution_context_class`), on its plain
+    Executor, not the IncrementalExecutor Strawberry's own class extends:
     this schema does not enable @defer/@stream, and the incremental executor's per-operation plan
     maps cost about 1.6 KB for every open subscription (tracemalloc, 2,000 idle subscribers).
     Strawberry's two additions are kept: `operation_extensions` and its resolve info.
     """
 
-    build_resolve_info = StrawberryGraphQLCoreExecutionContext.build_resolve_info
+    build_resolve_info = build_strawberry_resolve_info
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         operation_extensions = kwargs.pop("operation_extensions", None)

@@ -50,7 +50,7 @@ from strawberry.types.unset import UNSET, UnsetType
 from app.db import tenancy
 from app.graphql.context import Context
 from app.graphql.errors import INTERNAL
-from app.graphql.limits import RESPONSE_TOO_LARGE, max_request_bytes
+from app.graphql.limits import RESPONSE_TOO_LARGE, max_request_bytes, wait_penalty
 from app.graphql.persisted import Refused, TrustedDocuments, socket_caller
 from app.security.auth import Principal, bearer_token
 from app.security.runtime import Security
@@ -313,7 +313,9 @@ class SecureGraphQLView(GraphQL[Context, None]):
                 raise BadBody("the request body is not valid UTF-8") from None
         try:
             decoded = json.loads(data)
-            unstorable = _unstorable(decoded)
+            # NUL and lone surrogates can only come from \u escapes (json.loads refuses raw control
+            # characters): most bodies skip the walk over every string (a refusal's largest cost)
+            unstorable = _unstorable(decoded) if "\\u" in data or not data.isascii() else None
         except RecursionError:
             raise BadBody("the JSON is nested too deeply") from None
         if unstorable:
@@ -363,6 +365,7 @@ class SecureGraphQLView(GraphQL[Context, None]):
                 allowed_operation_types=allowed,
                 operation_extensions=request_data.extensions,
             )
+            await wait_penalty(result.errors)  # a repeated too-costly request (app/graphql/limits.py)
             if context.operation == "query":  # a mutation's answer is never dropped: its changes are made
                 _ANSWER_CAP.set(self.max_response_bytes)
             return result

@@ -10,10 +10,18 @@ the request does not fix (an SKU's locations, a payload's results) counts as `qu
 So `availability(skuCodes: <1,000 codes>) { locations { ... } }` costs 1,000 x (1 + 20) = 21,000,
 and twenty aliases of it 420,000. Over `max_query_cost`, the request is refused at once with
 QUERY_TOO_COSTLY, its limit and its cost, before any resolver runs.
+
+A refusal still costs reading, parsing and counting the whole request, so a client sending it in a
+loop would keep the (single-threaded) server busy and everyone else's requests queued behind it. Over
+HTTP, a request refused as too costly within `cost_penalty_window_seconds` of an earlier one from the
+same API key or the same client address is answered only after `cost_penalty_seconds` (its error says
+so in `extensions.penaltySeconds`): the first refusal is answered at once, a looping client gets one
+answer per penalty, and waiting costs nothing. Requests within the limit are never delayed.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from functools import cache
 from typing import Any
@@ -187,12 +195,40 @@ def query_cost(
     return coster.selection_set(operation.selection_set, root, list_size)
 
 
-def too_costly(cost: int, limit: int) -> GraphQLError:
-    return GraphQLError(
+def too_costly(cost: int, limit: int, penalty: float = 0.0) -> GraphQLError:
+    extensions: dict[str, Any] = {"code": QUERY_TOO_COSTLY, "limit": limit, "cost": cost}
+    message = (
         f"this request would read about {cost} rows; at most {limit} per request "
-        "(ask for fewer codes, aliases or nested lists, or split the request)",
-        extensions={"code": QUERY_TOO_COSTLY, "limit": limit, "cost": cost},
+        "(ask for fewer codes, aliases or nested lists, or split the request)"
     )
+    if penalty > 0:
+        extensions["penaltySeconds"] = penalty
+        message += f"; answered after {penalty:g} s, as a repeat of a refused request"
+    return GraphQLError(message, extensions=extensions)
+
+
+def refusal_penalty(context: Any) -> float:
+    """Notes a too-costly refusal for the caller's key and address; the seconds its answer waits.
+
+    HTTP only: a websocket's refusals are answered in its own stream (the HTTP view does the wait)."""
+    security = getattr(context, "security", None)
+    request = getattr(context, "request", None)
+    scope = getattr(request, "scope", None)
+    if security is None or not isinstance(scope, dict) or scope.get("type") != "http":
+        return 0.0
+    principal = getattr(context, "principal", None)
+    client = scope.get("client")
+    penalty: float = security.costly.refused(getattr(principal, "key_id", None), client[0] if client else None)
+    return penalty
+
+
+async def wait_penalty(errors: list[GraphQLError] | None) -> None:
+    """Waits the penalty a repeated too-costly refusal earned (refusal_penalty) before it is answered."""
+    for error in errors or ():
+        delay = (error.extensions or {}).get("penaltySeconds")
+        if isinstance(delay, (int, float)) and delay > 0:
+            await asyncio.sleep(delay)
+            return
 
 
 class CostLimitedExecutor(SharedEventExecutor):
@@ -221,7 +257,7 @@ class CostLimitedExecutor(SharedEventExecutor):
         if cls.max_cost and operation is not None and operation.operation is not OperationType.SUBSCRIPTION:
             cost = query_cost(schema, document, operation, raw_variable_values, cls.list_size)
             if cost > cls.max_cost:
-                return [too_costly(cost, cls.max_cost)]
+                return [too_costly(cost, cls.max_cost, refusal_penalty(context_value))]
         return super().build(
             schema, document, root_value, context_value, raw_variable_values, operation_name, *args, **kwargs
         )

@@ -35,6 +35,7 @@ from strawberry.types.field import StrawberryField
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 from strawberry.utils.str_converters import to_camel_case
 
+from app.compat import refuse
 from app.db import tenancy
 from app.graphql.types import UserError
 from app.security.scopes import Scope
@@ -175,7 +176,7 @@ class ScopeCheck(PermissionExtension):
     def resolve(self, next_: Any, source: Any, info: Info[Any, Any], /, **kwargs: Any) -> Any:  # type: ignore[override]
         for permission in self.permissions:
             if not permission.has_permission(source, info):
-                return self._on_unauthorized(permission)
+                return refuse(self, permission)
         _check_fields(self.root, info)
         _check_input_items(info, kwargs)
         tenant_id = tenant_of(info)
@@ -189,7 +190,7 @@ class ScopeCheck(PermissionExtension):
     ) -> Any:
         for permission in self.permissions:
             if not permission.has_permission(source, info):
-                return self._on_unauthorized(permission)
+                return refuse(self, permission)
         _check_fields(self.root, info)
         _check_input_items(info, kwargs)
         tenant_id = tenant_of(info)

@@ -13,7 +13,7 @@ from strawberry.tools import merge_types
 from app.graphql.b2b import B2bMutation, B2bQuery
 from app.graphql.channels import ChannelMutation, ChannelQuery, ChannelSubscription
 from app.graphql.deliveries import DeliveryMutation, DeliveryQuery
-from app.graphql.errors import ClientErrors, ErrorPolicy, StockwireSchema
+from app.graphql.errors import ClientErrors, ErrorPolicy, OperationLimits, StockwireSchema
 from app.graphql.input_guard import guard
 from app.graphql.keys import KeyMutation, KeyQuery
 from app.graphql.limits import executor_for
@@ -64,6 +64,8 @@ def build_schema(settings: Settings | None = None) -> Schema:
         # one rendering per subscription event (fanout.py); queries and mutations over the cost limit refused
         execution_context_class=executor_for(s.max_query_cost, s.query_cost_list_size),
         extensions=[
+            # the token limit and the limit rules; before the caches, which read them
+            lambda: OperationLimits(s.max_query_tokens, tuple(rules)),
             # without these Strawberry parses and validates every request again (pitfalls.md #6)
             # factories: a fresh extension per request; the caches themselves are module-level and shared
             lambda: ParserCache(maxsize=1024),
@@ -73,10 +75,6 @@ def build_schema(settings: Settings | None = None) -> Schema:
         ],
     )
     built.error_policy = ERROR_POLICY
-    # the token limit and the limit rules, set on each operation by StockwireSchema itself rather than
-    # by MaxTokensLimiter and AddValidationRules, whose hooks stay open for a subscription's lifetime
-    built.max_query_tokens = s.max_query_tokens
-    built.extra_validation_rules = tuple(rules)
     return built
 
 

@@ -193,7 +193,11 @@ class Mailbox:
 class Hub:
     """One broadcaster subscription per process, fanned out to local mailboxes by (kind, key)."""
 
-    def __init__(self, broadcast: Broadcast, channel: str = DEFAULT_CHANNEL) -> None:
+    def __init__(
+        self, broadcast: Broadcast, channel: str = DEFAULT_CHANNEL, backend: MonitoredBackend | None = None
+    ) -> None:
+        """`backend`: the one `broadcast` was built with, if it reports its health (broadcaster has no
+        public accessor for it, so the caller that built both hands it over)."""
         self._broadcast = broadcast
         self._channel = channel
         self._by_key: dict[tuple[str, str], set[Mailbox]] = {}
@@ -201,7 +205,7 @@ class Hub:
         self._mailboxes: set[Mailbox] = set()
         self._task: asyncio.Task[None] | None = None
         self._subscribed = False
-        self._backend = _monitored_backend(broadcast)
+        self._backend = backend
         self._observers: list[Callable[[list[Change]], None]] = []
         self.delivered_total = 0  # messages handed to subscribers' mailboxes (a metric)
 
@@ -414,9 +418,3 @@ def _discard_from(index: dict[_Slot, set[Mailbox]], slot: _Slot, mailbox: Mailbo
     mailboxes.discard(mailbox)
     if not mailboxes:
         del index[slot]  # an empty slot per departed key would leak
-
-
-def _monitored_backend(broadcast: Broadcast) -> MonitoredBackend | None:
-    # broadcaster 0.3.1 (pinned) has no public accessor for the backend it was given.
-    backend = getattr(broadcast, "_backend", None)
-    return backend if isinstance(backend, MonitoredBackend) else None

@@ -69,6 +69,11 @@ class Ticket:
         for back in give:
             back()
 
+    def joined(self, other: Ticket) -> Ticket:
+        """This ticket, now also releasing what `other` holds (`other` is emptied)."""
+        self._give, other._give = self._give + other._give, []
+        return self
+
 
 class Admission:
     """The per-process counts behind the caps (one instance per process, shared by every socket)."""
@@ -99,9 +104,11 @@ class Admission:
         ticket = self._admit(self._connections[1], key_id, TOO_MANY_CONNECTIONS, "connections with this API key")
         if tenant_id is not None:
             try:
-                ticket._give += self._admit(
-                    self._connections[2], str(tenant_id), TOO_MANY_CONNECTIONS, "connections for this tenant"
-                )._give
+                ticket.joined(
+                    self._admit(
+                        self._connections[2], str(tenant_id), TOO_MANY_CONNECTIONS, "connections for this tenant"
+                    )
+                )
             except LimitExceeded:
                 ticket.release()
                 raise
@@ -129,7 +136,7 @@ class Admission:
             if holder is None:
                 continue
             try:
-                ticket._give += self._admit(counts, str(holder), TOO_MANY_SUBSCRIPTIONS, what)._give
+                ticket.joined(self._admit(counts, str(holder), TOO_MANY_SUBSCRIPTIONS, what))
             except LimitExceeded:
                 ticket.release()
                 raise

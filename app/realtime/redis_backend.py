@@ -13,7 +13,7 @@ reconnects: after a Redis restart its listener dies and every subscriber waits f
 * `publish` goes through a separate client with socket timeouts and an overall deadline, and
   raises `PublishError` instead of hanging, so an outbox relay keeps its rows and retries.
 
-`InMemoryBackend` is broadcaster's memory backend with the same health interface, so the app
+`InMemoryBackend` is a single-process backend with the same health interface, so the app
 treats both alike; `make_backend(url)` picks one from the URL.
 """
 
@@ -29,7 +29,6 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 from broadcaster import BroadcastBackend, Event
-from broadcaster._backends.memory import MemoryBackend
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
@@ -376,8 +375,38 @@ class ReconnectingRedisBackend(BroadcastBackend):
             self._resolve_waiters(channel, confirmed)
 
 
-class InMemoryBackend(MemoryBackend):
-    """broadcaster's single-process memory backend, with the health interface of the Redis one."""
+class InMemoryBackend(BroadcastBackend):
+    """A single-process broadcaster backend, with the health interface of the Redis one.
+
+    broadcaster's own memory backend is not part of its public API (it lives in a private module),
+    and this is all of it: a queue of published events, handed on for the subscribed channels.
+    """
+
+    def __init__(self, url: str) -> None:
+        # BroadcastBackend.__init__ only raises NotImplementedError, so it is not called.
+        self._subscribed: set[str] = set()
+        self._published: asyncio.Queue[Event] = asyncio.Queue()
+
+    async def connect(self) -> None:
+        """Nothing to connect to."""
+
+    async def disconnect(self) -> None:
+        """Nothing to disconnect from."""
+
+    async def subscribe(self, channel: str) -> None:
+        self._subscribed.add(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._subscribed.discard(channel)
+
+    async def publish(self, channel: str, message: Any) -> None:
+        self._published.put_nowait(Event(channel=channel, message=message))
+
+    async def next_published(self) -> Event:
+        while True:
+            event = await self._published.get()
+            if event.channel in self._subscribed:
+                return event
 
     @property
     def listener_alive(self) -> bool:

@@ -36,12 +36,10 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg, tenancy
 from app.db.engine import Pair, act_for
-from app.db.tables import channels, outbox
 from app.realtime import codec
 from app.realtime.hub import Change, Hub
 from app.services import channels as channel_service
@@ -147,24 +145,20 @@ class OutboxRelay:
         """Publish one batch. Returns how many outbox rows it took (0: nothing to do)."""
 
         async def work(conn: AsyncConnection) -> int:
-            if conn.dialect.name == "postgresql":  # asyncpg directly (app/db/pg.py)
-                rows: list[Any] = await pg.claim_outbox(await pg.driver(conn), self.batch_size)
-            else:
-                rows = list(await conn.execute(_CLAIM_SQLITE, {"batch_size": self.batch_size}))
-            # rows are (id, sku_id, location_id, tenant_id), asyncpg records or SQLAlchemy rows: by position
+            # asyncpg directly (app/db/pg.py); skips rows another process's relay has claimed
+            rows = await pg.claim_outbox(await pg.driver(conn), self.batch_size)
             if not rows:
                 return 0
             by_tenant: dict[int, list[Any]] = {}
             for r in rows:
-                by_tenant.setdefault(r[3] if len(r) > 3 else tenancy.DEFAULT_TENANT, []).append(r)
+                by_tenant.setdefault(r["tenant_id"], []).append(r)
             changes: list[Change] = []
             for tenant_id, claimed in sorted(by_tenant.items()):
-                if conn.dialect.name == "postgresql":
-                    await act_for(conn, tenant_id)  # from here on the reads see this tenant's rows only
+                await act_for(conn, tenant_id)  # from here on the reads see this tenant's rows only
                 changes += await _read_changes(
                     conn,
-                    {r[1] for r in claimed},
-                    {(r[1], r[2]) for r in claimed if r[2]},
+                    {r["sku_id"] for r in claimed},
+                    {(r["sku_id"], r["location_id"]) for r in claimed if r["location_id"]},
                     self.ctx.clock(),
                     tenant_id,
                 )
@@ -238,22 +232,6 @@ class OutboxRelay:
             self._published.popitem(last=False)
 
 
-def _claim_statement() -> Any:
-    """Take the oldest outbox rows in one statement: deleted now, restored by the rollback if publishing
-    fails. (On Postgres, app/db/pg.py claim_outbox, which skips rows another relay is working on.)"""
-    oldest = select(outbox.c.id).order_by(outbox.c.id).limit(bindparam("batch_size"))
-    return (
-        delete(outbox)
-        .where(outbox.c.id.in_(oldest.scalar_subquery()))
-        .returning(outbox.c.id, outbox.c.sku_id, outbox.c.location_id)
-    )
-
-
-# built once: the relay runs these for every batch
-_CLAIM_SQLITE = _claim_statement()
-_CHANNEL_CODES = select(channels.c.code).order_by(channels.c.code)
-
-
 async def _read_changes(
     conn: AsyncConnection, sku_ids: set[int], pairs: set[Pair], now: datetime, tenant_id: int
 ) -> list[Change]:
@@ -266,11 +244,7 @@ async def _read_changes(
     """
     views, levels = await queries.availability_and_levels(conn, sku_ids=sku_ids)
     codes = [v.sku_code for v in views]
-    if conn.dialect.name == "postgresql":
-        channel_codes = await pg.channel_codes(await pg.driver(conn))
-    else:
-        channel_codes = list(await conn.scalars(_CHANNEL_CODES))
-    for channel_code in channel_codes:
+    for channel_code in await pg.channel_codes(await pg.driver(conn)):
         views += await channel_service.availability_in(conn, channel_code, codes, now)
     changes = [
         Change(codec.availability_kind(v.channel_code, tenant_id), v.sku_code, v.version, codec.availability_to_data(v))

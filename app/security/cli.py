@@ -42,14 +42,11 @@ def _with_db(work: Callable[..., Awaitable[T]], role: str | None = "app") -> T:
 
     from app.cli import database_or_exit
     from app.db.engine import Database
-    from app.db.migrate import upgrade
 
     async def run(settings: Settings) -> T:
         # role None: as the login itself (tenants and sites are made by operators, not the application)
         db = Database(settings.database) if role == "app" else Database(settings.database, role=None)
         try:
-            if db.is_sqlite:
-                await upgrade(db.engine)  # the embedded default migrates itself, as `serve` does
             return await work(db)
         finally:
             await db.dispose()

@@ -46,3 +46,40 @@ class TokenBucketLimiter:
         tokens, at = self._buckets[key]
         tokens = min(float(self.limit), tokens + (self.clock() - at) * self.rate)
         return max(0.0, (cost - tokens) / self.rate)
+
+
+class RepeatPenalty:
+    """Who was refused lately, by API key and by client address: a refusal repeated within
+    `window_seconds` of the previous one from the same key or the same address earns `delay_seconds`
+    (the caller waits that long before answering it; a waiting coroutine costs the server nothing).
+
+    Used for requests refused as too costly (app/graphql/limits.py): refusing one takes parsing and
+    counting its whole body, so a client looping such a request would otherwise keep the event loop
+    busy and every other request queued behind it. The first refusal is answered at once; only the
+    repeats wait, and only those: the key's other requests are not touched (the storefront key is
+    shared by every shopper, so penalising all its requests would let anyone slow everyone down).
+    """
+
+    def __init__(
+        self, delay_seconds: float, window_seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.delay = delay_seconds  # 0: no penalty
+        self.window = window_seconds
+        self.clock = clock
+        self._last: OrderedDict[str, float] = OrderedDict()  # "key:<id>" / "address:<host>" -> last refusal
+
+    def refused(self, key: str | None, address: str | None) -> float:
+        """Note a refusal from this key and address; the seconds its answer is to wait (0: the first)."""
+        if self.delay <= 0:
+            return 0.0
+        now = self.clock()
+        repeat = False
+        for who in (f"key:{key}" if key else None, f"address:{address}" if address else None):
+            if who is None:
+                continue
+            last = self._last.pop(who, None)
+            repeat = repeat or (last is not None and now - last < self.window)
+            self._last[who] = now  # a client that keeps trying keeps its penalty
+        while len(self._last) > _MAX_KEYS:
+            self._last.popitem(last=False)
+        return self.delay if repeat else 0.0

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from app.db.engine import Database
 from app.security import keys
 from app.security.auth import Authenticator
-from app.security.ratelimit import TokenBucketLimiter
+from app.security.ratelimit import RepeatPenalty, TokenBucketLimiter
 from app.security.scopes import ALL_SCOPES
 from app.security.tenants import TenantDirectory
 from app.settings import Settings
@@ -26,6 +26,7 @@ class Security:
     settings: Settings
     authenticator: Authenticator
     holds: TokenBucketLimiter
+    costly: RepeatPenalty  # repeated too-costly requests (app/graphql/limits.py)
     tenants: TenantDirectory
     # the same holds counted per tenant: one brand's keys together cannot take every slot (issue 14)
     tenant_holds: TokenBucketLimiter
@@ -36,6 +37,7 @@ def make_security(db: Database, settings: Settings) -> Security:
         settings=settings,
         authenticator=Authenticator(db, ttl_seconds=settings.auth_cache_seconds),
         holds=TokenBucketLimiter(settings.hold_rate_limit, settings.hold_rate_window_seconds),
+        costly=RepeatPenalty(settings.cost_penalty_seconds, settings.cost_penalty_window_seconds),
         tenants=TenantDirectory(db, ttl_seconds=settings.auth_cache_seconds),
         tenant_holds=TokenBucketLimiter(settings.tenant_hold_rate_limit, settings.hold_rate_window_seconds),
     )

@@ -115,9 +115,7 @@ async def _apply(conn: AsyncConnection, ctx: Ctx, commands: list[HoldCommand]) -
     }
     keys = list({(c.source, c.external_id) for c in commands})
     # locked: a concurrent CONVERT and RELEASE of one hold queue here, and exactly one wins
-    q = select(eh).where(tuple_(eh.c.source, eh.c.external_id).in_(keys))
-    if conn.dialect.name == "postgresql":
-        q = q.with_for_update()
+    q = select(eh).where(tuple_(eh.c.source, eh.c.external_id).in_(keys)).with_for_update()
     rows: dict[tuple[str, str], Any] = {(r.source, r.external_id): r for r in await conn.execute(q)}
     errors: list[UserError] = []
     results: list[HoldResult] = []
@@ -234,9 +232,8 @@ async def expire_due(conn: AsyncConnection, now: datetime, limit: int = 500) -> 
         .where(eh.c.status == HoldStatus.ACTIVE.value, eh.c.expires_at <= now)
         .order_by(eh.c.expires_at)
         .limit(limit)
+        .with_for_update(skip_locked=True)
     )
-    if conn.dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
     ids = [r.id for r in await conn.execute(due)]
     if not ids:
         return 0

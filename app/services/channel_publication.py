@@ -26,7 +26,6 @@ closes and PostgreSQL releases the lock; another worker takes it at its next pas
 and first compares every SKU with what was acknowledged, so nothing acknowledged is lost and nothing
 unacknowledged is forgotten. A process killed between a POST and recording its answer leaves that one
 batch unacknowledged: the new publisher sends it again (at least once; the versions make it harmless).
-SQLite has one process: it always publishes.
 
 Every attempt is a row in `channel_deliveries` (`deliveries`): when, how many items, their versions,
 DELIVERED or FAILED, latency, error, and which process pushed. `replay` makes the publisher send a
@@ -52,7 +51,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import delete, insert, or_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.tables import channel_deliveries, channel_locations, channel_publications, channels, skus, stock_levels
@@ -283,9 +282,6 @@ class PublicationWorker:
     async def _elect(self, targets: list[Any]) -> list[Any]:
         """The channels this process publishes: it holds (or now takes) their advisory locks."""
         self._candidates = {t.id: t.code for t in targets}
-        if self.ctx.db.is_sqlite:
-            self._held = dict(self._candidates)
-            return targets
         try:
             if self._lock_conn is None:
                 conn = await self.ctx.db.engine.connect()
@@ -532,15 +528,12 @@ class PublicationWorker:
             # An answer counts only if the channel still points where it came from. FOR SHARE queues
             # behind an upsert that changes the endpoint (it updates this row, then forgets what the old
             # endpoint was told): either that upsert comes first and this answer is dropped, or it
-            # comes after and forgets this record too. (SQLite has one writer: nothing interleaves.)
-            endpoint = select(channels.c.endpoint_url).where(channels.c.id == channel_id)
-            if conn.dialect.name == "postgresql":
-                endpoint = endpoint.with_for_update(read=True)
+            # comes after and forgets this record too.
+            endpoint = select(channels.c.endpoint_url).where(channels.c.id == channel_id).with_for_update(read=True)
             if await conn.scalar(endpoint) != url:
                 return
             rows = [{"channel_id": channel_id, "sku_id": sku_id, "attempts": 0} for sku_id, _ in batch]
-            ins: Any = postgresql.insert(cp) if conn.dialect.name == "postgresql" else sqlite.insert(cp)
-            await conn.execute(ins.on_conflict_do_nothing(), rows)
+            await conn.execute(postgresql.insert(cp).on_conflict_do_nothing(), rows)
             for sku_id, s in batch:
                 key = (cp.c.channel_id == channel_id) & (cp.c.sku_id == sku_id)
                 if error is None:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import stock
@@ -164,15 +164,8 @@ async def _compare(conn: AsyncConnection, taken_at: datetime, rows: list[Snapsho
     pairs = [(sku_ids[r.sku_code], loc_ids[r.location_code]) for _, r in known]
     positions: dict[stock.Pair, Any] = {}
     if pairs:
-        # two IN lists, the pairs picked here: an OR per pair nests a level deeper per pair, and SQLite stops
-        # at 1000 levels (a 1,000-pair OR fails there; CHUNK is 500, this keeps it safe at any size)
-        wanted = set(pairs)
-        clause = and_(sl.c.sku_id.in_({s for s, _ in pairs}), sl.c.location_id.in_({loc for _, loc in pairs}))
-        positions = {
-            (p.sku_id, p.location_id): p
-            for p in await conn.execute(select(sl).where(clause))
-            if (p.sku_id, p.location_id) in wanted
-        }
+        clause = tuple_(sl.c.sku_id, sl.c.location_id).in_(sorted(set(pairs)))
+        positions = {(p.sku_id, p.location_id): p for p in await conn.execute(select(sl).where(clause))}
     for (_, r), pair in zip(known, pairs, strict=True):
         position = positions.get(pair)
         now_on_hand = int(position.on_hand) if position is not None else 0

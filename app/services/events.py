@@ -7,13 +7,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg, stock
 from app.db.engine import is_unique_violation
-from app.db.tables import inventory_events, locations, skus
 from app.domain.errors import ErrorCode, Refused, UserError
 from app.domain.events import (
     EventStatus,
@@ -37,15 +35,9 @@ class EventResult:
     drift: int = 0
 
 
-# built once, with expanding parameters: building a statement per call costs about as much as running it
-_SKU_IDS = select(skus.c.code, skus.c.id).where(skus.c.code.in_(bindparam("codes", expanding=True)))
-_LOCATIONS = select(locations).where(locations.c.code.in_(bindparam("codes", expanding=True)))
-_RECORDED = select(
-    inventory_events.c.source,
-    inventory_events.c.external_id,
-    inventory_events.c.fingerprint,
-    inventory_events.c.version,
-).where(tuple_(inventory_events.c.source, inventory_events.c.external_id).in_(bindparam("pairs", expanding=True)))
+def _answered(version: int) -> int | None:
+    """Versions start at 1: a position no event ever changed (version 0) has no version to answer."""
+    return version or None
 
 
 class _Location(NamedTuple):
@@ -62,22 +54,13 @@ async def _look_up(
     conn: AsyncConnection, sku_codes: set[str], loc_codes: set[str], keys: list[tuple[str, str]]
 ) -> tuple[dict[str, int], dict[str, _Location], dict[tuple[str, str], _Recorded]]:
     """SKU ids, locations and the events already recorded under these (source, externalId) keys."""
-    if conn.dialect.name == "postgresql":  # asyncpg directly, one round trip: see app/db/pg.py
-        ids, found, seen = await pg.look_up(await pg.driver(conn), sorted(sku_codes), sorted(loc_codes), keys)
-        return (
-            ids,
-            {code: _Location(*loc) for code, loc in found.items()},
-            {key: _Recorded(*r) for key, r in seen.items()},
-        )
-    ids = {r.code: r.id for r in await conn.execute(_SKU_IDS, {"codes": list(sku_codes)})}
-    locs = {
-        r.code: _Location(r.id, r.count_authority) for r in await conn.execute(_LOCATIONS, {"codes": list(loc_codes)})
-    }
-    recorded = {
-        (r.source, r.external_id): _Recorded(r.fingerprint, r.version)
-        for r in await conn.execute(_RECORDED, {"pairs": keys})
-    }
-    return ids, locs, recorded
+    # asyncpg directly, one round trip: see app/db/pg.py
+    ids, found, seen = await pg.look_up(await pg.driver(conn), sorted(sku_codes), sorted(loc_codes), keys)
+    return (
+        ids,
+        {code: _Location(*loc) for code, loc in found.items()},
+        {key: _Recorded(*r) for key, r in seen.items()},
+    )
 
 
 def _at(i: int, e: UserError) -> UserError:
@@ -187,7 +170,8 @@ async def _apply_batch(
                     )
                 )
             else:
-                results[i] = EventResult(i, EventStatus.DUPLICATE, int(seen.version) if seen is not None else None)
+                version = _answered(int(seen.version)) if seen is not None else None
+                results[i] = EventResult(i, EventStatus.DUPLICATE, version)
                 if seen is None:
                     repeats[i] = earlier[0]  # type: ignore[index]
             continue
@@ -267,7 +251,7 @@ async def _apply_batch(
                 unit=e.unit,
             )
         )
-        results[i] = EventResult(i, decision.status, versions[pair], decision.effect.drift)
+        results[i] = EventResult(i, decision.status, _answered(versions[pair]), decision.effect.drift)
         if e.type is EventType.TRANSFER_OUT and to_id is not None:
             # the far side: the units are now expected at the destination
             dest = (pair[0], to_id)

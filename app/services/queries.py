@@ -6,12 +6,12 @@ from collections import defaultdict
 from collections.abc import Collection
 from typing import Any, NamedTuple
 
-from sqlalchemy import Select, and_, bindparam, func, or_, select
+from sqlalchemy import Select, and_, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg
 from app.db.stock import position_of
-from app.db.tables import counters, locations, skus, stock_levels
+from app.db.tables import locations, skus, stock_levels
 from app.domain.quantities import sellable_across
 from app.services.context import Ctx
 from app.services.views import AvailabilityView, LedgerEntryView, StockLevelView
@@ -77,20 +77,6 @@ async def availability(ctx: Ctx, sku_codes: list[str]) -> list[AvailabilityView]
         return await availability_in(conn, sku_codes)
 
 
-# built once: the outbox relay runs these for every batch of changes
-_LOCATION_EPOCH = (
-    select(func.coalesce(func.max(counters.c.value), 0)).where(counters.c.name == "locations").scalar_subquery()
-)
-# the location epoch rides along with the SKU rows: one round trip fewer
-_SKUS_BY_CODE = select(skus, _LOCATION_EPOCH.label("location_epoch")).where(
-    skus.c.code.in_(bindparam("codes", expanding=True))
-)
-_SKUS_BY_ID = select(skus, _LOCATION_EPOCH.label("location_epoch")).where(
-    skus.c.id.in_(bindparam("ids", expanding=True))
-)
-_LEVELS_OF_SKUS = levels_query().where(sl.c.sku_id.in_(bindparam("sku_ids", expanding=True))).order_by(locations.c.code)
-
-
 async def availability_in(conn: AsyncConnection, sku_codes: list[str]) -> list[AvailabilityView]:
     """Across all active locations: Σ max(0, available); in the order asked, unknown codes left out."""
     views, _ = await availability_and_levels(conn, sku_codes=sku_codes)
@@ -105,20 +91,8 @@ async def availability_and_levels(
     positions by (sku_id, location_id)."""
     if not sku_codes and not sku_ids:
         return [], {}
-    if conn.dialect.name == "postgresql":
-        return _assemble(*_from_pg(await pg.availability_rows(await pg.driver(conn), list(sku_ids), list(sku_codes))))
-    # SQLite: two reads, one transaction (SQLite serialises writers, so they see one state)
-    rows: list[Any] = list(await conn.execute(_SKUS_BY_ID, {"ids": list(sku_ids)})) if sku_ids else []
-    if sku_codes:
-        rows += await conn.execute(_SKUS_BY_CODE, {"codes": list(sku_codes)})
-    known = {r.id: _Sku(r.id, r.code, bool(r.active), int(r.version) + int(r.location_epoch or 0)) for r in rows}
-    if not known:
-        return [], {}
-    levels = [
-        ((r.sku_id, r.location_id), level_view(r))
-        for r in await conn.execute(_LEVELS_OF_SKUS, {"sku_ids": list(known)})
-    ]
-    return _assemble(known, levels)
+    # one statement, so figures and versions come from one snapshot (the relay runs it for every batch)
+    return _assemble(*_from_pg(await pg.availability_rows(await pg.driver(conn), list(sku_ids), list(sku_codes))))
 
 
 class _Sku(NamedTuple):

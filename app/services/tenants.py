@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import tenancy
 from app.db.engine import Database
-from app.db.tables import locations, site_daily_orders, sites, tenants
+from app.db.tables import locations, sites, tenants
 
 log = logging.getLogger("stockwire.tenants")
 T = TypeVar("T")
@@ -85,53 +84,6 @@ async def place_location(db: Database, location_code: str, site_code: str | None
             raise TenantInputError(f"no location {location_code!r} in this tenant")
 
     await db.write(work, notify=False)
-
-
-# Routing's candidate read (app/services/routing.py), for a location at a shared site: what is left today
-# is the lesser of the location's own room and the site's (every tenant's orders there count), shown
-# as an effective capacity and orders taken. LEAST ignores NULLs: a location without a capacity of
-# its own has the site's.
-SITE_JOIN_SQL = (
-    "LEFT JOIN sites st ON st.id = l.site_id "
-    "LEFT JOIN site_daily_orders sdo ON sdo.site_id = l.site_id AND sdo.day = :day"
-)
-SITE_CAPACITY_SQL = (
-    "CASE WHEN st.daily_order_capacity IS NULL THEN lr.daily_order_capacity "
-    "ELSE LEAST(lr.daily_order_capacity, st.daily_order_capacity) END"
-)
-SITE_ORDERS_SQL = (
-    "CASE WHEN st.daily_order_capacity IS NULL THEN ldo.orders "
-    "ELSE LEAST(lr.daily_order_capacity, st.daily_order_capacity) - LEAST("
-    "lr.daily_order_capacity - coalesce(ldo.orders, 0), st.daily_order_capacity - coalesce(sdo.orders, 0)) END"
-)
-
-
-async def count_site_orders(conn: AsyncConnection, location_ids: list[int], day: str) -> bool:
-    """Count one order today at each shared site among these locations (in the order's transaction).
-    False when a site is full: the conditional upsert is checked by the database under the site row's
-    lock, so tenants racing for a site's last slot cannot both take it."""
-    rows = await conn.execute(
-        select(sites.c.id, sites.c.daily_order_capacity)
-        .join(locations, locations.c.site_id == sites.c.id)
-        .where(locations.c.id.in_(location_ids))
-        .distinct()
-        .order_by(sites.c.id)
-    )
-    sdo = site_daily_orders
-    for site_id, limit in rows.all():
-        stmt = (
-            postgresql.insert(sdo)
-            .values(site_id=site_id, day=day, orders=1)
-            .on_conflict_do_update(
-                index_elements=[sdo.c.site_id, sdo.c.day],
-                set_={"orders": sdo.c.orders + 1},
-                where=(sdo.c.orders < limit) if limit is not None else None,
-            )
-            .returning(sdo.c.orders)
-        )
-        if (await conn.execute(stmt)).first() is None:
-            return False
-    return True
 
 
 async def for_each_tenant(db: Database, work: Callable[[], Awaitable[T]]) -> dict[int, T]:

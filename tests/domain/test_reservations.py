@@ -13,6 +13,7 @@ from app.domain.reservations import (
     RequestedLine,
     ReservationStatus,
     effective_status,
+    key_and_cart_errors,
     lines_fingerprint,
     plan_split,
     repeat_commit,
@@ -319,3 +320,16 @@ def test_committing_again_is_a_repeat_only_for_the_same_order() -> None:
     assert repeat_commit("ORD-77", "ORD-77") is Outcome.NO_OP
     assert repeat_commit("ORD-77", "DIFFERENT") is ErrorCode.RESERVATION_NOT_ACTIVE
     assert repeat_commit(None, "ORD-77") is ErrorCode.RESERVATION_NOT_ACTIVE
+
+
+# --- key_and_cart_errors (shared by reserve and routeAndReserve) ----------------------------------------------
+
+
+def test_a_key_of_1_to_200_characters_and_a_cart_ref_up_to_200_pass() -> None:
+    assert key_and_cart_errors("k", None) == []
+    assert key_and_cart_errors("k" * 200, "c" * 200) == []
+
+
+def test_a_blank_or_too_long_key_and_a_too_long_cart_ref_are_refused_each_on_its_field() -> None:
+    assert [e.field for e in key_and_cart_errors("  ", "c" * 201)] == [("idempotencyKey",), ("cartRef",)]
+    assert [e.code for e in key_and_cart_errors("k" * 201, None)] == [ErrorCode.INVALID_INPUT]

@@ -402,7 +402,7 @@ async function loadLedger() {
     `query($sku: String, $after: String, $types: [LedgerEntryKind!], $source: String, $ref: String, $from: DateTime, $before: DateTime) {
        inventoryEvents(skuCode: $sku, first: 50, after: $after, types: $types, source: $source, reference: $ref,
                        occurredFrom: $from, occurredBefore: $before) {
-         nodes { id source externalId type status locationCode quantity occurredAt receivedAt reason reference onHandChange committedChange reservedChange unavailableChange drift version }
+         nodes { id source actor { keyId name prefix } externalId type status locationCode quantity occurredAt receivedAt reason reference onHandChange committedChange reservedChange unavailableChange drift version }
          pageInfo { hasNextPage endCursor }
        }
      }`,
@@ -413,12 +413,16 @@ async function loadLedger() {
     },
   );
   const change = (n) => (n > 0 ? `+${n}` : n === 0 ? "" : String(n));
+  // who: the system that reported it (source) and the key that recorded it (the ledger's actor)
+  const who = (e) =>
+    `${esc(e.source)} <span class="actor" title="${esc(e.actor.prefix ? `key ${e.actor.prefix}` : "Stockwire itself")}">` +
+    `by ${esc(e.actor.name)}</span>`;
   const rows = data.inventoryEvents.nodes.map((e) => [
-    esc(when(e.occurredAt)), esc(e.source), esc(e.type), esc(e.status), esc(e.locationCode), e.quantity,
+    esc(when(e.occurredAt)), who(e), esc(e.type), esc(e.status), esc(e.locationCode), e.quantity,
     change(e.onHandChange), change(e.committedChange), change(e.reservedChange), change(e.unavailableChange),
     e.drift ? `<b class="error">${e.drift}</b>` : "", esc(e.reason), esc(e.reference), esc(e.externalId), esc(when(e.receivedAt)),
   ]);
-  const headers = ["when", "who (source)", "what", "status", "location", "qty", "on hand", "committed", "reserved", "unavailable", "drift", "why", "reference", "external id", "received"];
+  const headers = ["when", "who (source, by key)", "what", "status", "location", "qty", "on hand", "committed", "reserved", "unavailable", "drift", "why", "reference", "external id", "received"];
   if (ledgerState.after === null) table("ledger", headers, rows, "no ledger entry matches");
   else $("ledger").querySelector("tbody").insertAdjacentHTML("beforeend", rows.map((r) => "<tr>" + r.map((c) => `<td>${c}</td>`).join("") + "</tr>").join(""));
   ledgerState.after = data.inventoryEvents.pageInfo.endCursor;

@@ -1,0 +1,121 @@
+"""The only place app/ relies on a library's internals (issue 13: no private library APIs elsewhere).
+
+Each name below says which versions it was checked against and why no public API does the job;
+tests/test_compat.py has one test per internal relied on, so an upgrade that moves one fails in CI
+instead of in production. pyproject.toml bounds these libraries to the checked ranges, and
+tests/test_compat.py::test_no_module_but_compat_touches_library_internals keeps the rest of app/ out.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from strawberry import Schema
+from strawberry.extensions import SchemaExtension
+from strawberry.extensions.context import StreamResultContextManager
+from strawberry.extensions.runner import SchemaExtensionsRunner
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from strawberry.types import ExecutionContext
+from strawberry.types.execution import StreamExecutionResult
+from strawberry.utils.await_maybe import await_maybe
+
+# --- SQLAlchemy's asyncpg adapter -----------------------------------------------------------------
+
+
+async def begin_driver_transaction(dbapi_connection: Any) -> None:
+    """Send the BEGIN SQLAlchemy's asyncpg adapter owes `dbapi_connection`, if it has not yet.
+
+    Checked against SQLAlchemy 2.1.9, the locked version; pyproject.toml allows <2.2
+    (`AsyncAdapt_asyncpg_connection._transaction` and `_start_transaction`). SQLAlchemy begins the
+    database transaction lazily, with the first statement sent through its cursor; a statement sent
+    on the asyncpg connection before that would run outside the transaction. The DBAPI has no
+    begin() (PEP 249), and making SQLAlchemy send a statement first costs a round trip and its
+    ~200 us of statement overhead on every write.
+    """
+    if dbapi_connection._transaction is None:
+        await dbapi_connection._start_transaction()
+
+
+# --- Strawberry -----------------------------------------------------------------------------------
+
+
+def provided_operation_name(context: ExecutionContext) -> str | None:
+    """The operationName the client sent (None if none), not the one Strawberry picked for it.
+
+    Checked against strawberry-graphql 0.341.2, the locked version; pyproject.toml allows <0.342
+    (`ExecutionContext._provided_operation_name`).
+    The public `operation_name` falls back to the first operation's name, so it cannot tell "the
+    client named the first operation" from "the client named none" in a document with several.
+    """
+    name = context._provided_operation_name
+    return name if isinstance(name, str) else None
+
+
+# Strawberry's resolve info for graphql-core executors of our own: keeps `operation_extensions` and the
+# plain variables dict resolvers expect. Checked against strawberry-graphql 0.341.2 (locked): the class lives
+# in strawberry.schema.schema, outside Strawberry's exported names, and its info class is private.
+build_strawberry_resolve_info = StrawberryGraphQLCoreExecutionContext.build_resolve_info
+
+
+class LeanExtensionsRunner(SchemaExtensionsRunner):
+    """Strawberry's runner, asking only the extensions that implement a hook.
+
+    Checked against strawberry-graphql 0.341.2, the locked version (`Schema.create_extensions_runner`,
+    `SchemaExtensionsRunner`, `StreamResultContextManager`, none documented). Strawberry builds a
+    context over every extension for each streamed result and asks every one for results, hooks or
+    not: for a subscription message that cost about as much as executing it (profiled under the
+    fan-out benchmark). No public option narrows that. Which extensions implement `on_stream_result`
+    and `get_results` is decided by their class, so it is looked up once per operation.
+    """
+
+    @cached_property
+    def streaming(self) -> list[SchemaExtension]:
+        return [e for e in self.extensions if type(e).on_stream_result is not SchemaExtension.on_stream_result]
+
+    @cached_property
+    def reporting(self) -> list[SchemaExtension]:
+        return [e for e in self.extensions if type(e).get_results is not SchemaExtension.get_results]
+
+    def on_stream_result(self, result: StreamExecutionResult) -> StreamResultContextManager:
+        return StreamResultContextManager(self.streaming, result)
+
+    async def get_extensions_results(self, ctx: ExecutionContext) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for extension in self.reporting:
+            data.update(await await_maybe(extension.get_results()))
+        data.update(ctx.extensions_results)
+        return data
+
+
+class LeanExtensionsSchema(Schema):
+    """A Strawberry schema whose operations run their extensions with `LeanExtensionsRunner`."""
+
+    def create_extensions_runner(
+        self, execution_context: ExecutionContext, extensions: list[SchemaExtension]
+    ) -> SchemaExtensionsRunner:
+        return LeanExtensionsRunner(execution_context=execution_context, extensions=extensions)
+
+
+def refuse(extension: Any, permission: Any) -> Any:
+    """What Strawberry's PermissionExtension does when `permission` refuses a field: raise its error
+    (or return None for an optional field, when the permission says so).
+
+    Checked against strawberry-graphql 0.341.2, the locked version (`PermissionExtension._on_unauthorized`).
+    app/graphql/permissions.py replaces the extension's resolve to check scopes in one pass; Strawberry
+    has no public method that turns a refusing permission into its error.
+    """
+    return extension._on_unauthorized(permission)
+
+
+# --- uvicorn --------------------------------------------------------------------------------------
+
+
+def upgrading_to_websocket(protocol: Any) -> bool:
+    """Whether the request uvicorn's httptools protocol has just read is a websocket upgrade it will accept.
+
+    Checked against uvicorn 0.55.0, the locked version (`HttpToolsProtocol._should_upgrade`, the test
+    uvicorn itself makes in `on_headers_complete`). app/serving.py must know it to stop the body
+    deadline for an upgraded connection; uvicorn exposes no public flag.
+    """
+    return bool(protocol.parser.should_upgrade() and protocol._should_upgrade())

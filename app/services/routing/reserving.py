@@ -1,0 +1,287 @@
+"""routeAndReserve: route an order over live stock, then hold the routed stock in the same transaction.
+
+Race-safe by construction: it reads each candidate's stock, routes with the pure
+`app.domain.routing.route`, then holds every planned (sku, location, units) in one conditional UPDATE
+(`app.db.routing.hold_planned`, under the same condition as `stock.hold`) and counts the order against
+each shipping location's daily capacity with a conditional UPSERT. There is no Python check before a
+write: if a hold or a capacity slot is gone when the database applies it (another order took it since
+the read), the whole transaction rolls back and routing runs again on a fresh read, up to `_MAX_ROUTES`
+times; the loser of a race is thus routed to the next location or refused with INSUFFICIENT_STOCK.
+Under a channel the routed lines are held through `channels.hold_under_channel`, as `reserve` with a
+channelCode does: the channel's figure bounds each SKU, the hold counts in the channel's holds, and what
+no location can serve is backordered when the channel's allowance covers it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db import routing as routing_db
+from app.db import stock
+from app.db.engine import is_unique_violation
+from app.domain.errors import ErrorCode, Refused, UserError
+from app.domain.reservations import RequestedLine, lines_fingerprint, validate_ttl
+from app.domain.routing import GeoPoint, RoutingDecision, Shipment, ShipmentLine, route
+from app.services import channels as channels_service
+from app.services import reservations
+from app.services.context import Ctx
+from app.services.routing import decisions, inputs
+from app.services.routing.decisions import OUTCOME_REFUSED, OUTCOME_RESERVED, DecisionView, decision_view
+from app.services.routing.inputs import Inputs, RouteOrderRequest
+from app.services.views import ReservationView
+
+log = logging.getLogger("stockwire.routing")
+
+# Routing runs again on a fresh read when a hold or a capacity slot was taken since the read; each
+# retry sees the winner's commit, so a few are enough even for a hot SKU.
+_MAX_ROUTES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAndReserveResult:
+    decision: DecisionView | None
+    reservation: ReservationView | None
+    errors: tuple[UserError, ...]
+
+
+class _Contended(Exception):
+    """A planned hold or capacity slot was taken since the read: roll back and route again."""
+
+
+class _RefusedAfterRouting(Refused):
+    """Refused with a decision worth keeping (stored after the rollback), and the inputs it was made on:
+    the candidates as the router saw them, not as a later read would find them."""
+
+    def __init__(self, errors: list[UserError], decision: DecisionView, request: dict[str, Any]) -> None:
+        super().__init__(errors)
+        self.decision = decision
+        self.request = request
+
+
+def _fingerprint(req: RouteOrderRequest) -> str:
+    """Same key, same order: lines, channel and cart as for reserve, plus what routing depends on."""
+    base = lines_fingerprint(req.lines, req.channel_code, req.cart_ref)
+    extra = f"route\x1f{req.order_ref}\x1f{req.destination}\x1f{req.allow_split}"
+    return hashlib.sha256(f"{base}\x1e{extra}".encode()).hexdigest()
+
+
+async def route_and_reserve(ctx: Ctx, req: RouteOrderRequest) -> RouteAndReserveResult:
+    """Route, then hold the routed stock in the same transaction: every line or nothing, idempotent."""
+    s = ctx.settings
+    errors, destination = inputs.validate(req, s.max_units_per_reservation)
+    ttl = validate_ttl(req.ttl_seconds, s.default_ttl_seconds, s.max_ttl_seconds)
+    if isinstance(ttl, UserError):
+        errors.append(ttl)
+    if errors:
+        return RouteAndReserveResult(None, None, tuple(errors))
+    assert isinstance(ttl, int)
+    fingerprint = _fingerprint(req)
+
+    async def work(conn: AsyncConnection) -> tuple[DecisionView, ReservationView]:
+        earlier = await reservations.by_idempotency_key(conn, req.idempotency_scope, req.key)
+        if earlier is not None:
+            return await _repeat(conn, ctx, earlier, fingerprint)
+        return await _route_and_hold(conn, ctx, req, destination, ttl, fingerprint, first_try=attempt == 1)
+
+    for attempt in range(1, _MAX_ROUTES + 1):  # `work` reads `attempt`
+        try:
+            decision, view = await ctx.db.write(work)
+        except _Contended:
+            log.info("routing %s again: stock or capacity taken since the read (attempt %d)", req.order_ref, attempt)
+            continue
+        except _RefusedAfterRouting as refused:
+            stored = await decisions.store_refusal(ctx, refused.decision, refused.request)
+            return RouteAndReserveResult(stored, None, tuple(refused.errors))
+        except Refused as refused:
+            return RouteAndReserveResult(None, None, tuple(refused.errors))
+        except IntegrityError as exc:
+            if not is_unique_violation(exc):
+                raise
+            continue  # a concurrent call with the same key won the insert: the next attempt repeats it
+        return RouteAndReserveResult(decision, view, ())
+    # every attempt lost a race: the stock is moving faster than we can route it
+    error = UserError(ErrorCode.INSUFFICIENT_STOCK, "stock changed while routing; try again", ("lines",))
+    return RouteAndReserveResult(None, None, (error,))
+
+
+async def _repeat(conn: AsyncConnection, ctx: Ctx, row: Any, fingerprint: str) -> tuple[DecisionView, ReservationView]:
+    stored = await decisions.decision_for_reservation(conn, row.id)
+    # a key used by reserve (no decision) or by another order is not this order's key
+    view = await reservations.repeat(
+        conn, ctx.clock(), row, fingerprint, same_operation=stored is not None, used_for="order or reservation"
+    )
+    assert stored is not None
+    return stored, view
+
+
+async def _route_and_hold(
+    conn: AsyncConnection,
+    ctx: Ctx,
+    req: RouteOrderRequest,
+    destination: GeoPoint | None,
+    ttl: int,
+    fingerprint: str,
+    first_try: bool = False,
+) -> tuple[DecisionView, ReservationView]:
+    now = ctx.clock()
+    # the row first: a concurrent call with the same key fails here, before holding anything
+    rid = await reservations.open_reservation(
+        conn,
+        now,
+        idempotency_scope=req.idempotency_scope,
+        idempotency_key=req.key,
+        fingerprint=fingerprint,
+        ttl_seconds=ttl,
+        channel_code=req.channel_code,
+        cart_ref=req.cart_ref,
+        order_ref=req.order_ref,
+        owner_key_id=ctx.actor.key_id,
+    )
+    if req.cart_ref is not None:
+        # the checkout's own hold is given back first, so routing sees those units and the order is
+        # never held twice; all in this transaction, so a refusal leaves the cart's hold as it was.
+        # Only this key's cart: another key's reservations are not this caller's to release.
+        await reservations.release_cart(conn, now, req.cart_ref, ctx.actor.key_id, keep=rid)
+
+    setting = await inputs.load(conn, req, now)
+    routing = inputs.routing_request(req, setting, destination)
+    decision = route(routing, setting.candidates)
+    if decision.unserved and await reservations.expire_due(conn, now, sku_ids=list(setting.sku_ids.values())):
+        # holds past their expiry never block an order, even before the sweeper runs
+        setting = await inputs.load(conn, req, now)
+        decision = route(routing, setting.candidates)
+    if decision.unserved and (req.channel_code is None or setting.channel_backorder_limit is None):
+        errors = inputs.unserved_errors(req, decision)
+        raise _RefusedAfterRouting(
+            errors,
+            decision_view(req, routing, decision, OUTCOME_REFUSED, errors, now),
+            decisions.request_record(req, setting, destination),
+        )
+
+    loc_ids = setting.location_ids
+    backordered: dict[stock.Pair, int] = {}
+    if req.channel_code is None:
+        plan = sorted(
+            ((setting.sku_ids[ln.sku_code], loc_ids[s.location_code]), ln.quantity)
+            for s in decision.shipments
+            for ln in s.lines
+        )
+        held = dict(plan)
+        versions = await routing_db.hold_planned(conn, now, plan)
+        if versions is None:
+            raise _Contended  # someone took units since the read: the transaction rolls back, we route again
+        holds = [(pair, q, versions[pair]) for pair, q in plan]
+    else:
+        try:
+            held, holds, backordered = await _hold_under_channel(conn, now, req.channel_code, setting, decision)
+        except Refused as refused:
+            if first_try:
+                # The channel's rules refuse both an order beyond its figure and a routed position
+                # whose units another order took since our read (it waited on the channel's lock
+                # while that order committed). Route once more on a fresh read: the second kind then
+                # goes to the next location; the first is refused again, for good.
+                raise _Contended from refused
+            errors = list(refused.errors)
+            reason = f"{decision.reason}; refused under channel {req.channel_code}'s rules"
+            raise _RefusedAfterRouting(
+                errors,
+                decision_view(req, routing, decision, OUTCOME_REFUSED, errors, now, reason),
+                decisions.request_record(req, setting, destination),
+            ) from refused
+        decision = _as_held(decision, setting, held, backordered)
+    # a location counts an order when it ships stock today; backordered units ship when they arrive
+    shipping = sorted({pair[1] for pair, q in held.items() if q})
+    # after the holds: the per-location day row is a hot spot, so its lock is held for as short a time
+    # as possible; stock rows then day rows, each in id order, so two orders cannot deadlock
+    await _count_orders(conn, now, shipping, setting)
+    await reservations.record_holds(conn, now, rid, held, holds, reference=req.order_ref, backordered=backordered)
+
+    view = replace(
+        decision_view(req, routing, decision, OUTCOME_RESERVED, [], now), backorders=_backorders(setting, backordered)
+    )
+    view = await decisions.store(conn, view, decisions.request_record(req, setting, destination), rid, ctx.actor.key_id)
+    reservation = (await reservations.load_views(conn, now, [rid]))[0]
+    return view, reservation
+
+
+async def _count_orders(conn: AsyncConnection, now: datetime, location_ids: list[int], setting: Inputs) -> None:
+    """One order per shipping location today; a location whose capacity filled since the read is
+    contended (the UPDATE's condition is checked by the database, under the row's lock)."""
+    capacity = {setting.location_ids[c.location_code]: c.daily_capacity for c in setting.candidates}
+    today = inputs.day(now)
+    for location_id in sorted(location_ids):
+        if not await routing_db.count_order(conn, location_id, today, capacity.get(location_id)):
+            raise _Contended
+    if not await routing_db.count_site_orders(conn, location_ids, today):
+        raise _Contended  # a shared site filled up with other tenants' orders since the read
+
+
+async def _hold_under_channel(
+    conn: AsyncConnection, now: datetime, channel_code: str, setting: Inputs, decision: RoutingDecision
+) -> tuple[dict[stock.Pair, int], list[stock.Hold], dict[stock.Pair, int]]:
+    """Hold the routed lines under the channel's rules, the same way `reserve` with a channelCode does:
+    never more per SKU than the channel's figure (safety buffers, allocation, ring fences for other
+    channels), counted in the channel's holds so commit, release and expiry give them back. What
+    routing could not serve from stock goes in as a line without a location: the channel's backorder
+    allowance takes it against incoming stock, or the whole order is refused. Raises Refused."""
+    lines = [RequestedLine(ln.sku_code, ln.quantity, s.location_code) for s in decision.shipments for ln in s.lines]
+    # the routed (located) lines of a SKU before its remainder: stock first, backorder for the rest
+    lines += [RequestedLine(u.sku_code, u.missing_quantity, None) for u in decision.unserved]
+    sku_rows = {code: _Id(sku_id) for code, sku_id in setting.sku_ids.items()}
+    loc_rows = {code: _Id(loc_id) for code, loc_id in setting.location_ids.items()}
+    taken = await channels_service.hold_under_channel(
+        conn,
+        now,
+        channel_code,
+        lines,
+        sku_rows,
+        loc_rows,
+        lambda c, t, ids: reservations.expire_due(c, t, sku_ids=ids),
+    )
+    return dict(taken.held), taken.holds, {p: q for p, q in taken.backordered.items() if q}
+
+
+@dataclass(frozen=True, slots=True)
+class _Id:
+    id: int
+
+
+def _as_held(
+    decision: RoutingDecision, setting: Inputs, held: dict[stock.Pair, int], backordered: dict[stock.Pair, int]
+) -> RoutingDecision:
+    """The decision as the channel's rules let it be held: shipments are the units taken from stock
+    (a channel may backorder part of a routed line), nothing is unserved once it is backordered."""
+    code_of_sku = {i: c for c, i in setting.sku_ids.items()}
+    code_of_loc = {i: c for c, i in setting.location_ids.items()}
+    by_location: dict[str, list[ShipmentLine]] = {}
+    for (sku_id, loc_id), q in sorted(held.items()):
+        if q:
+            by_location.setdefault(code_of_loc[loc_id], []).append(ShipmentLine(code_of_sku[sku_id], q))
+    order = [s.location_code for s in decision.shipments]
+    shipments = tuple(
+        Shipment(code, tuple(sorted(lines)))
+        for code, lines in sorted(by_location.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 1e9)
+    )
+    reason = decision.reason
+    if backordered:
+        reason += "; backordered under the channel's allowance: " + ", ".join(
+            f"{code_of_sku[sku_id]} ({q}) at {code_of_loc[loc_id]}"
+            for (sku_id, loc_id), q in sorted(backordered.items())
+        )
+    return replace(decision, shipments=shipments, unserved=(), reason=reason)
+
+
+def _backorders(setting: Inputs, backordered: dict[stock.Pair, int]) -> tuple[Shipment, ...]:
+    code_of_sku = {i: c for c, i in setting.sku_ids.items()}
+    code_of_loc = {i: c for c, i in setting.location_ids.items()}
+    by_location: dict[str, list[ShipmentLine]] = {}
+    for (sku_id, loc_id), q in sorted(backordered.items()):
+        by_location.setdefault(code_of_loc[loc_id], []).append(ShipmentLine(code_of_sku[sku_id], q))
+    return tuple(Shipment(code, tuple(sorted(lines))) for code, lines in sorted(by_location.items()))
