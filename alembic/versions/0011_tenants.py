@@ -129,9 +129,13 @@ def upgrade() -> None:
         op.execute(f"CREATE POLICY system_access ON {table} TO {SYSTEM_ROLE} USING (true) WITH CHECK (true)")
         op.execute(f"GRANT {rights} ON {table} TO {SYSTEM_ROLE}")
     _grants()
+    # the ledger-version check (migration 0009) looks its row up by the position's full key, tenant
+    # included, so the (tenant_id, sku_id, location_id, version) index serves it for any role
+    op.execute(_ledger_check("tenant_id = NEW.tenant_id AND "))
 
 
 def downgrade() -> None:
+    op.execute(_ledger_check(""))
     for table in SYSTEM_GRANTS:
         op.execute(f"DROP POLICY IF EXISTS system_access ON {table}")
     for table in TENANT_TABLES:
@@ -162,6 +166,31 @@ def downgrade() -> None:
     )
     op.execute(f"ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE USAGE, SELECT ON SEQUENCES FROM {APP_ROLE}")
     # the roles are cluster-wide (other databases may use them): they stay
+
+
+LEDGER_CHANGES = (
+    "d_on_hand <> 0 OR d_committed <> 0 OR d_reserved <> 0 OR d_unavailable <> 0 "
+    "OR d_safety_stock <> 0 OR d_incoming <> 0"
+)
+
+
+def _ledger_check(tenant: str) -> str:
+    return f"""
+CREATE OR REPLACE FUNCTION stock_version_has_ledger_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM inventory_events
+        WHERE {tenant}sku_id = NEW.sku_id AND location_id = NEW.location_id AND version = NEW.version
+          AND ({LEDGER_CHANGES})
+    ) THEN
+        RAISE EXCEPTION 'position (sku %, location %) reached version % without a ledger row for it',
+            NEW.sku_id, NEW.location_id, NEW.version
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'stock_version_has_ledger_row';
+    END IF;
+    RETURN NULL;
+END
+$$
+"""
 
 
 def _roles() -> None:
