@@ -448,6 +448,8 @@ async def set_launches(ctx: Ctx, items: list[LaunchInput]) -> int:
     ]
     if errors:
         raise Refused(errors)
+    if not items:
+        return 0  # nothing to set (an INSERT of no rows is an error to SQLAlchemy, not a no-op)
 
     async def work(conn: AsyncConnection) -> int:
         now = ctx.clock()
