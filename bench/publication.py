@@ -34,7 +34,8 @@ from app.db.tables import channel_publications, channels, skus
 from app.domain.events import EventType, InventoryEvent
 from app.services import catalog, events
 from app.services import channels as channel_service
-from app.services.channel_publication import PublicationWorker, _status
+from app.services.channel_publication.sync_status import _status
+from app.services.channel_publication.worker import PublicationWorker
 from app.services.context import Ctx
 from app.settings import Settings
 

@@ -550,6 +550,7 @@ def _seeds() -> list[int]:
     return list(range(SEEDS))
 
 
+@pytest.mark.slow  # 12 seeds x 150 steps over HTTP (./dev fast leaves it out)
 @pytest.mark.parametrize("seed", _seeds())
 async def test_service_agrees_with_the_reference_model(pg_api: Api, seed: int) -> None:
     now = [NOW0]

@@ -249,3 +249,10 @@ async def test_preorders_before_launch_up_to_the_limit_against_incoming(api: Api
     launched = await _figure(api, channel="WEB")
     assert launched["available"] == 12
     assert _steps(launched) == [("BACKORDER", -2, 12)]
+
+
+async def test_setting_no_launches_changes_nothing(api: Api) -> None:
+    """An empty input was an unexpected error (found by tests/test_fuzz_inputs.py): it sets nothing."""
+    body = (await api.raw("mutation { setSkuLaunches(input: []) { __typename } }")).json()
+    assert "errors" not in body, body
+    assert await api.sql("SELECT count(*) FROM outbox") == [(0,)]

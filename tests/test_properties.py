@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
@@ -265,6 +266,7 @@ async def run_sequence(url: str, steps: list[Any], record: Any = None) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+@pytest.mark.slow  # many examples, each on an emptied database
 @given(steps=st.lists(step, min_size=4, max_size=25))
 def test_no_sequence_holds_beyond_stock_or_drives_a_count_negative(database_url: str, steps: list[Any]) -> None:
     asyncio.run(run_sequence(database_url, steps, event))

@@ -174,6 +174,11 @@ async def fetch_value(db: asyncpg.Connection, sql: str, *args: Any) -> Any:
     return await _run(db.fetchval, sql, *args)
 
 
+async def execute(db: asyncpg.Connection, sql: str, *args: Any) -> None:
+    """Run `sql` (prepared once per connection) for its effect; errors raised as SQLAlchemy's."""
+    await _run(db.execute, sql, *args)
+
+
 def naive(value: datetime) -> datetime:
     """A UTC datetime as asyncpg takes it for a `timestamp without time zone` column."""
     return value.astimezone(UTC).replace(tzinfo=None)

@@ -1,4 +1,8 @@
-"""Channels in GraphQL: configure channels and ring-fences. Thin: parse, call one service, map."""
+"""Channels in GraphQL: configure channels, ring-fences and launches, and follow a channel's alerts.
+Thin: parse, call one service, map.
+
+External holds are in app/graphql/channel_holds.py; what each endpoint was told, demand, drift and
+orphaned holds in app/graphql/channel_reports.py (merged into the same root types in schema.py)."""
 
 from __future__ import annotations
 
@@ -13,15 +17,9 @@ from app.domain import channel_rules
 from app.domain.errors import Refused
 from app.graphql.context import Context
 from app.graphql.inputs import given, nulled
-from app.graphql.types import EventStatus, UserError
-from app.services import channel_external_holds, channel_publication, channel_reconciliation, channels, demand
-from app.services.channel_external_holds import HoldAction, HoldStatus
+from app.graphql.types import UserError
+from app.services import channels, demand
 from app.services.channels import ChannelView
-
-strawberry.enum(HoldAction, name="ExternalHoldAction")
-strawberry.enum(HoldStatus, name="ExternalHoldStatus")
-ExternalHoldAction = HoldAction
-ExternalHoldStatus = HoldStatus
 
 Info = strawberry.Info[Context, None]
 
@@ -131,125 +129,6 @@ class SetRingFencesPayload:
     user_errors: list[UserError]
 
 
-@strawberry.input(description="A hold placed, converted to an order, or released on another platform")
-class ExternalHoldInput:
-    source: str
-    external_id: str = strawberry.field(description="The hold's id on that platform; unique per source")
-    action: ExternalHoldAction
-    sku_code: str | None = strawberry.field(default=None, description="PLACE only")
-    location_code: str | None = strawberry.field(default=None, description="PLACE only")
-    quantity: int | None = strawberry.field(default=None, description="PLACE only")
-    expires_at: datetime | None = strawberry.field(
-        default=None, description="PLACE only; default now + the maximum reservation TTL"
-    )
-    channel_code: str | None = None
-
-
-@strawberry.type
-class ExternalHoldResult:
-    index: int
-    status: EventStatus = strawberry.field(description="APPLIED, or DUPLICATE when already in that state")
-    hold_status: ExternalHoldStatus
-
-
-@strawberry.type
-class RecordExternalHoldsPayload:
-    results: list[ExternalHoldResult]
-    user_errors: list[UserError]
-
-
-@strawberry.input(description="One row of a snapshot from the system of record")
-class SnapshotRowInput:
-    sku_code: str
-    location_code: str
-    on_hand: int
-
-
-@strawberry.type(description="A ledger row that explains drift: its effect was clipped, or it was not applied")
-class DriftCause:
-    id: strawberry.ID
-    source: str
-    external_id: str | None
-    type: str
-    status: str
-    occurred_at: datetime
-    quantity: int
-    on_hand_change: int
-    drift: int
-
-
-@strawberry.type(description="Where our on-hand (as of the snapshot's time) differs from the system of record's")
-class StockDrift:
-    sku_code: str
-    location_code: str
-    expected: int = strawberry.field(description="Our on-hand as of the snapshot's time")
-    reported: int
-    difference: int = strawberry.field(description="reported - expected")
-    since: datetime | None = strawberry.field(description="The last count applied here (else the first event)")
-    explained_by: list[DriftCause]
-    applied: str | None = strawberry.field(description="With apply: the status of the COUNTED event recorded")
-
-    @classmethod
-    def of(cls, d: channel_reconciliation.Drift) -> StockDrift:
-        return cls(
-            sku_code=d.sku_code,
-            location_code=d.location_code,
-            expected=d.expected,
-            reported=d.reported,
-            difference=d.difference,
-            since=d.since,
-            explained_by=[
-                DriftCause(
-                    id=strawberry.ID(str(c.id)),
-                    source=c.source,
-                    external_id=c.external_id,
-                    type=c.kind,
-                    status=c.status,
-                    occurred_at=c.occurred_at,
-                    quantity=c.quantity,
-                    on_hand_change=c.on_hand_change,
-                    drift=c.drift,
-                )
-                for c in d.causes
-            ],
-            applied=d.applied,
-        )
-
-
-@strawberry.type
-class ImportSnapshotPayload:
-    rows: int
-    matched: int
-    drift: list[StockDrift]
-    user_errors: list[UserError] = strawberry.field(description="Unknown SKUs or locations (those rows are skipped)")
-
-
-@strawberry.type(description="A hold that should be gone")
-class OrphanedHold:
-    kind: str = strawberry.field(
-        description="RESERVATION_PAST_EXPIRY, EXTERNAL_HOLD_PAST_EXPIRY or COMMITTED_NOT_SHIPPED"
-    )
-    id: str
-    sku_code: str
-    location_code: str
-    quantity: int
-    since: datetime
-
-
-@strawberry.type(description="What a channel's endpoint was last told about a SKU, and what it should show now")
-class ChannelPublication:
-    channel_code: str
-    sku_code: str
-    acked_version: int | None = strawberry.field(description="The last version the endpoint acknowledged (2xx)")
-    acked_available: int | None
-    acked_at: datetime | None
-    current_version: int
-    current_available: int
-    in_sync: bool = strawberry.field(description="False: the endpoint shows something other than the figure now")
-    attempts: int = strawberry.field(description="Failed pushes since the last acknowledgement")
-    last_error: str | None
-
-
 @strawberry.enum(description="What happened to a channel's figure for one SKU")
 class ChannelAlertKind(Enum):
     OUT_OF_STOCK = channel_rules.OUT_OF_STOCK
@@ -266,19 +145,6 @@ class ChannelAlert:
     previous: int | None = strawberry.field(description="The figure this subscriber saw before (null: none yet)")
     low_stock_threshold: int | None
     version: int = strawberry.field(description="The Availability.version the alert is about")
-
-
-@strawberry.type(description="Demand and lag behind a channel's dynamic buffer for one SKU")
-class ChannelDemand:
-    sku_code: str
-    channel_code: str
-    velocity_per_hour: float = strawberry.field(description="Units per hour sold over every channel (EWMA)")
-    channel_velocity_per_hour: float = strawberry.field(description="Units per hour sold on this channel (EWMA)")
-    configured_lag_seconds: float | None
-    measured_lag_seconds: float | None = strawberry.field(description="From push -> acknowledgement samples")
-    lag_seconds: float = strawberry.field(description="What the buffer plans for: the longer of the two")
-    target: int = strawberry.field(description="clamp(ceil(velocity x lag x factor), min, max) now")
-    applied: int = strawberry.field(description="The buffer in the figure (moves by the band, with hysteresis)")
 
 
 @strawberry.input(description="A SKU's launch: before launchAt it sells only as preorders, up to preorderLimit")
@@ -303,71 +169,6 @@ class ChannelQuery:
     @strawberry.field(description="Channels by code (all if omitted)")
     async def channels(self, info: Info, codes: list[str] | None = None) -> list[Channel]:
         return [Channel.of(v) for v in await channels.list_channels(info.context.ctx, codes)]
-
-    @strawberry.field(description="Per SKU: what the channel's endpoint was last told, and what it should show now")
-    async def channel_publications(
-        self, info: Info, channel_code: str, out_of_sync_only: bool = False
-    ) -> list[ChannelPublication]:
-        try:
-            found = await channel_publication.status(info.context.ctx, channel_code)
-        except Refused as r:
-            raise ValueError(r.errors[0].message) from None
-        return [
-            ChannelPublication(
-                channel_code=p.channel_code,
-                sku_code=p.sku_code,
-                acked_version=p.acked_version,
-                acked_available=p.acked_available,
-                acked_at=p.acked_at,
-                current_version=p.current_version,
-                current_available=p.current_available,
-                in_sync=p.in_sync,
-                attempts=p.attempts,
-                last_error=p.last_error,
-            )
-            for p in found
-            if not (out_of_sync_only and p.in_sync)
-        ]
-
-    @strawberry.field(description="Per SKU: sales velocity, sync lag and the dynamic buffer on a channel")
-    async def channel_demand(self, info: Info, channel_code: str, sku_codes: list[str]) -> list[ChannelDemand]:
-        try:
-            found = await demand.channel_demand(info.context.ctx, channel_code, sku_codes)
-        except Refused as r:
-            raise ValueError(r.errors[0].message) from None
-        return [
-            ChannelDemand(
-                sku_code=d.sku_code,
-                channel_code=d.channel_code,
-                velocity_per_hour=d.velocity_per_hour,
-                channel_velocity_per_hour=d.channel_velocity_per_hour,
-                configured_lag_seconds=d.configured_lag_seconds,
-                measured_lag_seconds=d.measured_lag_seconds,
-                lag_seconds=d.lag_seconds,
-                target=d.target,
-                applied=d.applied,
-            )
-            for d in found
-        ]
-
-    @strawberry.field(
-        description="Reservations and external holds past expiry, and commitments older than the given days"
-    )
-    async def orphaned_holds(self, info: Info, committed_older_than_days: int = 7) -> list[OrphanedHold]:
-        if committed_older_than_days < 0:
-            raise ValueError("committedOlderThanDays must be 0 or more")
-        found = await channel_reconciliation.orphaned_holds(info.context.ctx, committed_older_than_days)
-        return [
-            OrphanedHold(
-                kind=o.kind,
-                id=o.id,
-                sku_code=o.sku_code,
-                location_code=o.location_code,
-                quantity=o.quantity,
-                since=o.since,
-            )
-            for o in found
-        ]
 
 
 @strawberry.type
@@ -424,52 +225,6 @@ class ChannelMutation:
         except Refused as r:
             return SetRingFencesPayload(count=0, user_errors=_errors(r))
         return SetRingFencesPayload(count=count, user_errors=[])
-
-    @strawberry.mutation(
-        description="Holds from other platforms, by (source, externalId): counted in reserved while ACTIVE. "
-        "All-or-nothing; repeating a report is harmless (DUPLICATE)."
-    )
-    async def record_external_holds(self, info: Info, input: list[ExternalHoldInput]) -> RecordExternalHoldsPayload:
-        commands = [
-            channel_external_holds.HoldCommand(
-                source=i.source,
-                external_id=i.external_id,
-                action=HoldAction(i.action),
-                sku_code=i.sku_code,
-                location_code=i.location_code,
-                quantity=i.quantity,
-                expires_at=i.expires_at,
-                channel_code=i.channel_code,
-            )
-            for i in input
-        ]
-        try:
-            results = await channel_external_holds.record_holds(info.context.ctx, commands)
-        except Refused as r:
-            return RecordExternalHoldsPayload(results=[], user_errors=_errors(r))
-        return RecordExternalHoldsPayload(
-            results=[ExternalHoldResult(index=r.index, status=r.status, hold_status=r.hold_status) for r in results],
-            user_errors=[],
-        )
-
-    @strawberry.mutation(
-        description="Compare a snapshot from the system of record with our positions and report the drift; "
-        "with apply, record each drifting row as a COUNTED event at takenAt"
-    )
-    async def import_snapshot(
-        self, info: Info, source: str, taken_at: datetime, input: list[SnapshotRowInput], apply: bool = False
-    ) -> ImportSnapshotPayload:
-        rows = [channel_reconciliation.SnapshotRow(i.sku_code, i.location_code, i.on_hand) for i in input]
-        try:
-            report = await channel_reconciliation.compare(info.context.ctx, source, taken_at, rows, apply)
-        except Refused as r:
-            return ImportSnapshotPayload(rows=len(rows), matched=0, drift=[], user_errors=_errors(r))
-        return ImportSnapshotPayload(
-            rows=report.rows,
-            matched=report.matched,
-            drift=[StockDrift.of(d) for d in report.drift],
-            user_errors=[UserError.of(e) for e in report.unknown],
-        )
 
 
 @strawberry.type

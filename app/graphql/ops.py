@@ -7,8 +7,9 @@ from datetime import datetime
 import strawberry
 
 from app.graphql.context import Context
+from app.graphql.ledger_types import InventoryEvent, PageInfo
 from app.graphql.queries import BadCursorError, page_size
-from app.graphql.types import InventoryEvent, PageInfo, Sku, StockLevel, decode_cursor, encode_cursor
+from app.graphql.types import Sku, StockLevel, decode_cursor, encode_cursor
 from app.services import catalog_search, ledger
 
 Info = strawberry.Info[Context, None]

@@ -9,15 +9,12 @@ import strawberry
 from app.domain.errors import Refused
 from app.graphql import b2b
 from app.graphql.context import Context
+from app.graphql.ledger_types import InventoryEvent, InventoryEventConnection, InventoryEventEdge, PageInfo
 from app.graphql.permissions import acting
 from app.graphql.types import (
     Availability,
-    InventoryEvent,
-    InventoryEventConnection,
-    InventoryEventEdge,
     LedgerEntryKind,
     Location,
-    PageInfo,
     Reservation,
     StockLevel,
     decode_cursor,

@@ -11,6 +11,8 @@ from strawberry.extensions import ParserCache, ValidationCache, max_aliases, que
 from strawberry.tools import merge_types
 
 from app.graphql.b2b import B2bMutation, B2bQuery
+from app.graphql.channel_holds import ExternalHoldMutation
+from app.graphql.channel_reports import ChannelReportQuery, ReconciliationMutation
 from app.graphql.channels import ChannelMutation, ChannelQuery, ChannelSubscription
 from app.graphql.deliveries import DeliveryMutation, DeliveryQuery
 from app.graphql.errors import ClientErrors, ErrorPolicy, OperationLimits, StockwireSchema
@@ -50,9 +52,23 @@ def _limit_rules(max_depth: int, max_aliases_count: int) -> tuple[type[ASTValida
 def build_schema(settings: Settings | None = None) -> Schema:
     s = settings or Settings()
     rules = list(_limit_rules(s.max_query_depth, s.max_aliases))
-    query = merge_types("Query", (Query, RoutingQuery, ChannelQuery, KeyQuery, DeliveryQuery, OpsQuery, B2bQuery))
+    # the channel types in this order keep the served field order (schema.graphql)
+    query = merge_types(
+        "Query",
+        (Query, RoutingQuery, ChannelQuery, ChannelReportQuery, KeyQuery, DeliveryQuery, OpsQuery, B2bQuery),
+    )
     mutation = merge_types(
-        "Mutation", (Mutation, RoutingMutation, ChannelMutation, KeyMutation, DeliveryMutation, B2bMutation)
+        "Mutation",
+        (
+            Mutation,
+            RoutingMutation,
+            ChannelMutation,
+            ExternalHoldMutation,
+            ReconciliationMutation,
+            KeyMutation,
+            DeliveryMutation,
+            B2bMutation,
+        ),
     )
     subscription = merge_types("Subscription", (Subscription, ChannelSubscription))
     secure(query, mutation, subscription)  # the scope every operation needs (app/graphql/permissions.py)

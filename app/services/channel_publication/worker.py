@@ -1,230 +1,41 @@
-"""Publication: push each channel's changed availability to its endpoint, and remember what was acknowledged.
-
-For every channel with an `endpoint_url`, a worker compares each SKU's current channel figure (and its
-version) with the last version the endpoint acknowledged, and POSTs only the SKUs that moved, the
-latest value of each (a SKU that changed five times since is sent once), in batches. The body is JSON,
-signed with HMAC-SHA256 over the exact bytes (`X-Stockwire-Signature: sha256=<hex>`), so the endpoint
-can check it came from us. A 2xx records the versions as acknowledged; anything else (or no answer)
-is retried with exponential backoff. Every item carries its `version`, which only increases, so an
-endpoint that keeps the highest version it has applied can never go back to an older value, however
-retries and several processes interleave; our own record of acknowledgements only moves forward too.
-
-Alerts travel in the same message: each item's figure is compared with the one the endpoint last
-acknowledged (`app.domain.channel_rules.channel_alerts`), and OUT_OF_STOCK, BACK_IN_STOCK and LOW_STOCK
-(below the channel's `low_stock_threshold`) are listed under `alerts`. Because the comparison is with
-what was acknowledged, an alert in a failed push is raised again in its retry: delivered at least once.
-
-Body: {"channel": "WEB", "sentAt": "...", "items": [{"sku", "available", "version"}],
-       "alerts": [{"sku", "kind", "available", "previous", "version"}]}
-
-`status` shows, per channel and SKU, what the endpoint was last told and what it should show now.
+"""The publication worker: one per process, pushing the channels whose advisory lock it holds.
 
 One publisher per channel across the fleet: every process runs a worker, but a channel is pushed only
 by the process holding its PostgreSQL advisory lock (`pg_try_advisory_lock(LOCK_NAMESPACE, channel
-id)`, session-level, on one connection the worker keeps). When that process dies its connection
-closes and PostgreSQL releases the lock; another worker takes it at its next pass (`interval`, 0.5 s)
-and first compares every SKU with what was acknowledged, so nothing acknowledged is lost and nothing
-unacknowledged is forgotten. A process killed between a POST and recording its answer leaves that one
-batch unacknowledged: the new publisher sends it again (at least once; the versions make it harmless).
-
-Every attempt is a row in `channel_deliveries` (`deliveries`): when, how many items, their versions,
-DELIVERED or FAILED, latency, error, and which process pushed. `replay` makes the publisher send a
-channel again from a version.
+id)`, session-level, on one connection the worker keeps); see the package docstring for takeover.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
-import json
 import logging
 import math
 import os
 import socket
 import time
 from collections import defaultdict
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import delete, insert, or_, select, text, update
+from sqlalchemy import or_, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db.tables import channel_deliveries, channel_locations, channel_publications, channels, skus, stock_levels
-from app.domain.channel_rules import channel_alerts
-from app.domain.errors import ErrorCode, Refused, UserError
+from app.db.tables import channel_publications, channels, skus
 from app.observability.metrics import PUBLICATION_ITEMS, PUBLICATION_PUSHES, PUBLICATION_SECONDS
 from app.realtime import codec
 from app.realtime.hub import Hub, Mailbox, ResyncNeeded
-from app.services import channels as channel_service
 from app.services import demand
+from app.services.channel_publication import push
+from app.services.channel_publication.delivery_log import DELIVERED, FAILED, log_attempt
+from app.services.channel_publication.sync_status import BATCH, PublicationStatus, _status
 from app.services.context import Ctx
 
 log = logging.getLogger("stockwire.publication")
 cp = channel_publications
-SIGNATURE_HEADER = "X-Stockwire-Signature"
-PUBLISHER_HEADER = "X-Stockwire-Publisher"  # which process pushed (host:pid), as in the delivery log
-BATCH = 100
 LOCK_NAMESPACE = 0x5354_5057  # the first key of pg_try_advisory_lock(int, int): ours, whatever else uses locks
-DELIVERY_LOG_DAYS = 14  # attempts older than this are pruned from the delivery log
-DELIVERED, FAILED = "DELIVERED", "FAILED"
-
-
-def sign(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def verify(secret: str, body: bytes, signature: str) -> bool:
-    return hmac.compare_digest(sign(secret, body), signature)
-
-
-@dataclass(frozen=True, slots=True)
-class PublicationStatus:
-    channel_code: str
-    sku_code: str
-    acked_version: int | None
-    acked_available: int | None
-    acked_at: datetime | None
-    current_version: int
-    current_available: int
-    attempts: int
-    last_error: str | None
-
-    @property
-    def in_sync(self) -> bool:
-        """The endpoint shows what it should. A version that moved without changing the figure is no news
-        (the relay does not publish it either), so it is not pushed on its own."""
-        return self.acked_version is not None and self.acked_available == self.current_available
-
-
-async def _sku_codes(conn: AsyncConnection, channel_id: int) -> list[str]:
-    """SKUs the channel can show: stocked at its locations, or told to the endpoint before."""
-    stocked = (
-        select(stock_levels.c.sku_id)
-        .join(channel_locations, channel_locations.c.location_id == stock_levels.c.location_id)
-        .where(channel_locations.c.channel_id == channel_id)
-    )
-    told = select(cp.c.sku_id).where(cp.c.channel_id == channel_id)
-    rows = await conn.execute(
-        select(skus.c.code).where(or_(skus.c.id.in_(stocked), skus.c.id.in_(told))).order_by(skus.c.code)
-    )
-    return [r.code for r in rows]
-
-
-async def status(ctx: Ctx, channel_code: str) -> list[PublicationStatus]:
-    async with ctx.db.read() as conn:
-        channel = await channel_service.channel_row(conn, channel_code)
-        if channel is None:
-            raise Refused([UserError(ErrorCode.UNKNOWN_CHANNEL, f"no channel {channel_code!r}", ("channelCode",))])
-        return await _status(conn, channel, ctx.clock())
-
-
-async def _status(
-    conn: AsyncConnection, channel: Any, now: datetime, only: list[str] | None = None
-) -> list[PublicationStatus]:
-    """Per SKU (all the channel can show, or `only` these): what was acknowledged and what is true now."""
-    codes = await _sku_codes(conn, channel.id) if only is None else sorted(only)
-    views: list[channel_service.ChannelAvailabilityView] = []
-    # in pages: a statement's parameter count stays bounded however large the catalogue (Postgres: 32767)
-    for start in range(0, len(codes), BATCH * 5):
-        views += await channel_service.availability_in(conn, channel.code, codes[start : start + BATCH * 5], now)
-    told = select(cp, skus.c.code).join(skus, skus.c.id == cp.c.sku_id).where(cp.c.channel_id == channel.id)
-    acked: dict[str, Any] = {}
-    for start in range(0, len(codes), BATCH * 5):
-        page = codes[start : start + BATCH * 5]
-        acked |= {r.code: r for r in await conn.execute(told.where(skus.c.code.in_(page)))}
-    out = []
-    for v in views:
-        a = acked.get(v.sku_code)
-        out.append(
-            PublicationStatus(
-                channel_code=channel.code,
-                sku_code=v.sku_code,
-                acked_version=None if a is None or a.acked_version is None else int(a.acked_version),
-                acked_available=None if a is None or a.acked_available is None else int(a.acked_available),
-                acked_at=None if a is None else a.acked_at,
-                current_version=v.version,
-                current_available=v.available,
-                attempts=0 if a is None else int(a.attempts),
-                last_error=None if a is None else a.last_error,
-            )
-        )
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    id: int
-    channel_code: str
-    attempted_at: datetime
-    items: int
-    min_version: int
-    max_version: int
-    status: str
-    latency_ms: int
-    error: str | None
-    publisher: str
-
-
-async def _channel_or_refuse(conn: AsyncConnection, channel_code: str) -> Any:
-    channel = await channel_service.channel_row(conn, channel_code)
-    if channel is None:
-        raise Refused([UserError(ErrorCode.UNKNOWN_CHANNEL, f"no channel {channel_code!r}", ("channelCode",))])
-    return channel
-
-
-async def deliveries(ctx: Ctx, channel_code: str, first: int = 50) -> list[Delivery]:
-    """The channel's push attempts, newest first."""
-    async with ctx.db.read() as conn:
-        channel = await _channel_or_refuse(conn, channel_code)
-        rows = await conn.execute(
-            select(channel_deliveries)
-            .where(channel_deliveries.c.channel_id == channel.id)
-            .order_by(channel_deliveries.c.id.desc())
-            .limit(first)
-        )
-        return [
-            Delivery(
-                id=int(r.id),
-                channel_code=channel.code,
-                attempted_at=r.attempted_at,
-                items=int(r.items),
-                min_version=int(r.min_version),
-                max_version=int(r.max_version),
-                status=r.status,
-                latency_ms=int(r.latency_ms),
-                error=r.error,
-                publisher=r.publisher,
-            )
-            for r in rows
-        ]
-
-
-async def replay(ctx: Ctx, channel_code: str, from_version: int) -> int:
-    """Make the channel's publisher send again every SKU acknowledged at `from_version` or later.
-
-    Their acknowledgements are forgotten and their retry made due now, so whichever process publishes
-    the channel sends their current figures at its next pass (with the current version: an endpoint
-    that keeps the highest version applies them). Returns how many SKUs will be sent again.
-    """
-    if from_version < 0:
-        raise Refused([UserError(ErrorCode.INVALID_INPUT, "fromVersion must be 0 or more", ("fromVersion",))])
-    now = ctx.clock()
-
-    async def work(conn: AsyncConnection) -> int:
-        channel = await _channel_or_refuse(conn, channel_code)
-        result = await conn.execute(
-            update(cp)
-            .where(cp.c.channel_id == channel.id, cp.c.acked_version >= from_version)
-            .values(acked_version=None, attempts=0, last_error=None, next_attempt_at=now)
-        )
-        return int(result.rowcount)
-
-    return await ctx.db.write(work, notify=False)
 
 
 class PublicationWorker:
@@ -450,29 +261,12 @@ class PublicationWorker:
         acked = 0
         for start in range(0, len(due), BATCH):
             batch = due[start : start + BATCH]
-            items = [{"sku": s.sku_code, "available": s.current_available, "version": s.current_version} for s in batch]
-            alerts = [
-                {
-                    "sku": s.sku_code,
-                    "kind": kind,
-                    "available": s.current_available,
-                    "previous": s.acked_available,
-                    "version": s.current_version,
-                }
-                for s in batch
-                for kind in channel_alerts(s.acked_available, s.current_available, channel.low_stock_threshold)
-            ]
-            body = json.dumps(
-                {"channel": channel.code, "sentAt": now.isoformat(), "items": items, "alerts": alerts},
-                separators=(",", ":"),
-            ).encode()
-            headers = {"Content-Type": "application/json", PUBLISHER_HEADER: self.publisher}
-            if channel.endpoint_secret:
-                headers[SIGNATURE_HEADER] = sign(channel.endpoint_secret, body)
+            content = push.body(channel, now, batch)
+            headers = push.headers(channel, self.publisher, content)
             error: str | None = None
             attempted_at, started = self.ctx.clock(), time.perf_counter()
             try:
-                response = await client.post(channel.endpoint_url, content=body, headers=headers)
+                response = await client.post(channel.endpoint_url, content=content, headers=headers)
                 if not 200 <= response.status_code < 300:
                     error = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
@@ -518,13 +312,7 @@ class PublicationWorker:
             self._pruned_at = time.monotonic()
 
         async def work(conn: AsyncConnection) -> None:
-            await conn.execute(insert(channel_deliveries).values(**attempt))  # whatever came of it
-            if prune:
-                await conn.execute(
-                    delete(channel_deliveries).where(
-                        channel_deliveries.c.attempted_at < now - timedelta(days=DELIVERY_LOG_DAYS)
-                    )
-                )
+            await log_attempt(conn, attempt, now, prune)  # whatever came of it
             # An answer counts only if the channel still points where it came from. FOR SHARE queues
             # behind an upsert that changes the endpoint (it updates this row, then forgets what the old
             # endpoint was told): either that upsert comes first and this answer is dropped, or it

@@ -1,0 +1,115 @@
+"""Demand and sync lag recorded in the transactions that change them: sales (reservations and
+reported ledger rows) and each push's acknowledgement. Each moves the dynamic buffers it feeds."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db import pg
+from app.db.tables import channel_sync_lag, reservations
+from app.domain import demand
+from app.services.context import Ctx
+from app.services.demand.buffers import refresh_buffers
+from app.services.demand.velocity import half_life_seconds
+
+# --- sales ----------------------------------------------------------------------------------------
+
+
+# The stored count decays from last_at to now (2^(-age / half-life); a clock that went back, another
+# process's, never grows it), then the new units are added: demand.add_sale, in one prepared statement on
+# the checkout's path (built with SQLAlchemy it was compiled again on every reserve: 40 % of the server's
+# CPU per reserve in bench/reserve.py's profile)
+_NOTE_SALES = """
+INSERT INTO sku_demand AS d (sku_id, channel_code, units, last_at)
+SELECT s, c, u, $4 FROM unnest($1::int[], $2::varchar[], $3::float8[]) AS t(s, c, u)
+ON CONFLICT (tenant_id, sku_id, channel_code) DO UPDATE SET
+  units = d.units * power(2.0, -greatest(0.0, extract(epoch FROM excluded.last_at - d.last_at)) / $5::float8)
+          + excluded.units,
+  last_at = greatest(d.last_at, excluded.last_at)
+"""
+
+
+async def note_sales(conn: AsyncConnection, now: datetime, sales: Mapping[tuple[int, str], int]) -> None:
+    """Add units sold per (SKU id, channel code or '') to the velocities, and move the dynamic buffers of
+    those SKUs. Call it last in the sale's transaction (after its stock rows)."""
+    rows = sorted((key, units) for key, units in sales.items() if units > 0)
+    if not rows:
+        return
+    (sku_ids, codes), units = zip(*(key for key, _ in rows), strict=True), [float(q) for _, q in rows]
+    await pg.execute(
+        await pg.driver(conn), _NOTE_SALES, list(sku_ids), list(codes), units, pg.naive(now), half_life_seconds()
+    )
+    await refresh_buffers(conn, now, sku_ids={s for (s, _), _ in rows})
+
+
+async def note_reserved(
+    conn: AsyncConnection, now: datetime, reservation_id: str, units: Mapping[int, int], channel_code: str | None = None
+) -> None:
+    """A reservation's units per SKU as demand under its channel (looked up when not given)."""
+    if not any(units.values()):
+        return
+    if channel_code is None:
+        found = await conn.scalar(select(reservations.c.channel_code).where(reservations.c.id == reservation_id))
+        channel_code = found or ""
+    await note_sales(conn, now, {(s, channel_code): q for s, q in units.items()})
+
+
+# ledger kinds that are demand when reported by an integration: a sale outside our reservations and an
+# order taken elsewhere (a reservation's own rows count once, in note_reserved)
+_DEMAND_KINDS = frozenset({"SOLD", "ORDER_PLACED"})
+_COUNTED_STATUSES = frozenset({"APPLIED", "SUPERSEDED"})
+
+
+async def note_ledger(conn: AsyncConnection, now: datetime, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Reported sales and orders in these ledger rows, as demand under no channel."""
+    sales: dict[tuple[int, str], int] = defaultdict(int)
+    for r in rows:
+        if r["kind"] in _DEMAND_KINDS and r["status"] in _COUNTED_STATUSES and r["quantity"] > 0:
+            sales[(int(r["sku_id"]), "")] += int(r["quantity"])
+    await note_sales(conn, now, sales)
+
+
+# --- sync lag ----------------------------------------------------------------------------------------
+
+
+async def note_push(ctx: Ctx, channel_id: int, sent_at: datetime, acknowledged: bool) -> None:
+    """A push to a channel's endpoint went out at `sent_at` and was acknowledged (2xx) or not, now.
+
+    An acknowledgement is a sample from the first unacknowledged attempt: while an endpoint refuses,
+    the channel shows old figures, which is exactly the lag the buffer must cover."""
+
+    async def work(conn: AsyncConnection) -> None:
+        now = ctx.clock()
+        ins = postgresql.insert(channel_sync_lag).values(channel_id=channel_id, samples=0, waiting_since=sent_at)
+        await conn.execute(ins.on_conflict_do_nothing())
+        row = (
+            await conn.execute(
+                select(channel_sync_lag).where(channel_sync_lag.c.channel_id == channel_id).with_for_update()
+            )
+        ).one()
+        waiting = row.waiting_since or sent_at
+        if not acknowledged:
+            if row.waiting_since is None:
+                await conn.execute(
+                    update(channel_sync_lag)
+                    .where(channel_sync_lag.c.channel_id == channel_id)
+                    .values(waiting_since=sent_at)
+                )
+            return
+        sample = (now - min(waiting, sent_at)).total_seconds()
+        lag = demand.measured_lag(row.measured_seconds, sample)
+        await conn.execute(
+            update(channel_sync_lag)
+            .where(channel_sync_lag.c.channel_id == channel_id)
+            .values(measured_seconds=lag, samples=channel_sync_lag.c.samples + 1, waiting_since=None, measured_at=now)
+        )
+        await refresh_buffers(conn, now, channel_ids=[channel_id])
+
+    await ctx.db.write(work, notify=True)
