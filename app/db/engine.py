@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -86,7 +87,11 @@ class Database:
         # PostgreSQL only (the embedded default is one too, app/db/embedded.py): concurrent writers are
         # ordered by its row locks and conditional updates, nothing in this process has to queue them
         self.engine: AsyncEngine = create_async_engine(
-            url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=False
+            url,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_pre_ping=False,
+            connect_args={"connection_class": _ScopedConnection},
         )
         if role is not None:
             event.listen(self.engine.sync_engine, "connect", _switch_role(role))
@@ -99,9 +104,9 @@ class Database:
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
-        """One transaction scoped to the current tenant, committed at the end (no retry: see `write`)."""
+        """One transaction scoped to the current tenant (its BEGIN says which: _ScopedConnection),
+        committed at the end (no retry: see `write`)."""
         async with self.engine.begin() as conn:
-            await scope_transaction(conn)
             yield conn
 
     async def write(self, work: Callable[[AsyncConnection], Awaitable[T]], notify: bool = True) -> T:
@@ -131,8 +136,8 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A connection in a transaction scoped to the current tenant (rolled back when done)."""
         async with self.engine.connect() as conn:
+            # a transaction, so its BEGIN carries the tenant even when asyncpg is used straight away
             await conn.begin()
-            await scope_transaction(conn)
             yield conn
 
     async def ping(self) -> None:
@@ -145,13 +150,17 @@ class Database:
         await self.engine.dispose()
 
 
-async def scope_transaction(conn: AsyncConnection) -> None:
-    """Scope the transaction `conn` has begun to the current tenant, or to system mode
-    (app/db/tenancy.py): one statement, sent straight to asyncpg (it costs every transaction)."""
-    from app.db import pg  # pg imports this module
+class _ScopedConnection(asyncpg.Connection):  # type: ignore[misc]
+    """Every transaction this service's connections begin is scoped to the current tenant, or to
+    system mode (app/db/tenancy.py), in its BEGIN's own round trip: asyncpg begins a transaction with
+    one simple-protocol message, which may carry a second statement. A separate statement would cost
+    every transaction a round trip (one in nine of a reserve's)."""
 
-    raw = await pg.driver(conn)
-    await raw.execute(tenancy.transaction_prelude())
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109 (asyncpg's own)
+        if not args and query.startswith("BEGIN"):
+            query = f"{query} {tenancy.transaction_prelude()};"
+        status: str = await super().execute(query, *args, timeout=timeout)
+        return status
 
 
 async def act_for(conn: AsyncConnection, tenant_id: int) -> None:
