@@ -16,9 +16,9 @@ from typing import TypeVar
 
 from broadcaster import Broadcast
 
+from app.realtime.backend import MonitoredBackend
 from app.realtime.changes import Change, JSONObject, decode_message, encode_message
 from app.realtime.mailbox import KeyMatcher, Mailbox, MailboxClosed, ResyncNeeded
-from app.realtime.redis_backend import MonitoredBackend
 
 # Re-exported: callers import the whole realtime vocabulary from here.
 __all__ = [
