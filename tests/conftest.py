@@ -87,6 +87,9 @@ def postgres_admin_url() -> Iterator[str]:
     try:
         with EmbeddedPostgres(data_dir) as server:
             server.start()
+            # what the clients' tests make their databases with (clients/testing/database.py), in this
+            # process and in the Node and server processes they start
+            os.environ["STOCKWIRE_TEST_POSTGRES_ADMIN_URL"] = server.admin_uri
             yield server.admin_uri
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -17,7 +17,6 @@ import pytest
 from clients.testing.database import create, drop
 from tests.helpers import UPSERT_LOCATIONS
 from tests.live import Server, start_server, stop_server
-from tests.services import require_postgres
 from tests.subscribers import TIMEOUT, Http, http_client, unique
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "clients" / "examples"))
@@ -34,8 +33,8 @@ STOCK_FOR_ORDER = """query($ref: String!) { routingDecisions(orderRef: $ref) {
 
 
 @pytest.fixture(scope="module")
-def database() -> Iterator[dict[str, Any]]:
-    require_postgres()
+def database(postgres_admin_url: str) -> Iterator[dict[str, Any]]:
+    # on the run's server: 127.0.0.1:5432, or the embedded one the suite started (it sets the admin URL)
     made = asyncio.run(create())
     try:
         yield made

@@ -30,7 +30,6 @@ from clients.stockwire_client.operations import OPERATIONS
 from clients.testing.database import create, drop
 from clients.testing.proxy import Proxy
 from tests.live import Server, start_server, stop_server
-from tests.services import require_postgres
 from tests.subscribers import TIMEOUT, Http, http_client, unique
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]  # live server processes on PostgreSQL
@@ -40,8 +39,8 @@ DENVER = (39.7392, -104.9903)
 
 
 @pytest.fixture(scope="module")
-def database() -> Iterator[dict[str, Any]]:
-    require_postgres()
+def database(postgres_admin_url: str) -> Iterator[dict[str, Any]]:
+    # on the run's server: 127.0.0.1:5432, or the embedded one the suite started (it sets the admin URL)
     made = asyncio.run(create())
     try:
         yield made

@@ -22,18 +22,27 @@ from app.db.migrate import upgrade
 from app.security import keys
 from app.security.scopes import ALL_SCOPES, Scope
 
-ADMIN_URL = os.environ.get("STOCKWIRE_TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def admin_url() -> str:
+    """Read when used, not at import: the test suite points it at the embedded PostgreSQL it started when
+    nothing answers on 5432 (tests/conftest.py postgres_admin_url)."""
+    return os.environ.get("STOCKWIRE_TEST_POSTGRES_ADMIN_URL", DEFAULT_ADMIN_URL)
 
 
 def _url(name: str) -> str:
-    base, _, _ = ADMIN_URL.rpartition("/")
-    return base.replace("postgresql://", "postgresql+asyncpg://", 1) + f"/{name}"
+    """The SQLAlchemy URL of `name` on the same server (TCP, or a Unix socket given as ?host=/dir)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(admin_url()).set(drivername="postgresql+asyncpg", database=name)
+    return url.render_as_string(hide_password=False)
 
 
 async def _admin(sql: str) -> None:
     import asyncpg
 
-    conn = await asyncpg.connect(ADMIN_URL)
+    conn = await asyncpg.connect(admin_url())
     try:
         await conn.execute(sql)
     finally:
