@@ -15,7 +15,7 @@ import uuid
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.graphql.http import _REQUEST_ID
+from app.graphql.request_state import _REQUEST_ID
 from app.observability.logging import ACCESS
 from app.observability.metrics import HTTP_REQUESTS, HTTP_SECONDS
 
