@@ -256,3 +256,39 @@ async def test_setting_no_launches_changes_nothing(api: Api) -> None:
     body = (await api.raw("mutation { setSkuLaunches(input: []) { __typename } }")).json()
     assert "errors" not in body, body
     assert await api.sql("SELECT count(*) FROM outbox") == [(0,)]
+
+
+ROUTE_AND_RESERVE = """mutation($input: RouteOrderInput!) { routeAndReserve(input: $input) {
+  reservation { id lines { skuCode quantity backordered preordered } } userErrors { code message } } }"""
+
+
+async def test_preorders_routed_and_reserved_are_given_back_on_release(api: Api) -> None:
+    """routeAndReserve under a channel before launch sells preorders like reserve does: its lines say so
+    and a release gives them back to the SKU's limit (before, the line showed 0 and the units stayed
+    counted in skus.preordered after the release)."""
+    clock = Clock()
+    api.ctx.clock = clock
+    await catalogue(api)
+    expected = (clock.now + timedelta(days=20)).isoformat()
+    assert (await record(api, event("INCOMING", "SKU-1", "WH-1", 30, minutes=24 * 60, expectedAt=expected)))[
+        "userErrors"
+    ] == []
+    web = [{"code": "WEB", "name": "WEB", "locationCodes": ["WH-1"], "backorderLimit": 2}]
+    assert (await api.ok(UPSERT, input=web))["upsertChannels"]["userErrors"] == []
+    launch = (clock.now + timedelta(days=7)).isoformat()
+    await api.ok(LAUNCH, input=[{"skuCode": "SKU-1", "launchAt": launch, "preorderLimit": 5}])
+
+    routed = await api.ok(
+        ROUTE_AND_RESERVE,
+        input={"orderRef": "PRE-1", "channelCode": "WEB", "lines": [{"skuCode": "SKU-1", "quantity": 3}]},
+    )
+    payload = routed["routeAndReserve"]
+    assert payload["userErrors"] == []
+    [line] = payload["reservation"]["lines"]
+    assert (line["quantity"], line["backordered"], line["preordered"]) == (3, 3, 3)
+    assert [tuple(r) for r in await api.sql("SELECT preordered FROM skus WHERE code = 'SKU-1'")] == [(3,)]
+
+    rid = payload["reservation"]["id"]
+    released = await api.ok("mutation($id: ID!) { releaseReservation(id: $id) { userErrors { code } } }", id=rid)
+    assert released["releaseReservation"]["userErrors"] == []
+    assert [tuple(r) for r in await api.sql("SELECT preordered FROM skus WHERE code = 'SKU-1'")] == [(0,)]

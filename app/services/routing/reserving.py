@@ -167,6 +167,7 @@ async def _route_and_hold(
 
     loc_ids = setting.location_ids
     backordered: dict[stock.Pair, int] = {}
+    preordered: dict[stock.Pair, int] = {}  # backordered units sold before the SKU's launch
     if req.channel_code is None:
         plan = sorted(
             ((setting.sku_ids[ln.sku_code], loc_ids[s.location_code]), ln.quantity)
@@ -180,7 +181,9 @@ async def _route_and_hold(
         holds = [(pair, q, versions[pair]) for pair, q in plan]
     else:
         try:
-            held, holds, backordered = await _hold_under_channel(conn, now, req.channel_code, setting, decision)
+            held, holds, backordered, preordered = await _hold_under_channel(
+                conn, now, req.channel_code, setting, decision
+            )
         except Refused as refused:
             if first_try:
                 # The channel's rules refuse both an order beyond its figure and a routed position
@@ -201,7 +204,9 @@ async def _route_and_hold(
     # after the holds: the per-location day row is a hot spot, so its lock is held for as short a time
     # as possible; stock rows then day rows, each in id order, so two orders cannot deadlock
     await _count_orders(conn, now, shipping, setting)
-    await reservations.record_holds(conn, now, rid, held, holds, reference=req.order_ref, backordered=backordered)
+    await reservations.record_holds(
+        conn, now, rid, held, holds, reference=req.order_ref, backordered=backordered, preordered=preordered
+    )
 
     view = replace(
         decision_view(req, routing, decision, OUTCOME_RESERVED, [], now), backorders=_backorders(setting, backordered)
@@ -225,7 +230,7 @@ async def _count_orders(conn: AsyncConnection, now: datetime, location_ids: list
 
 async def _hold_under_channel(
     conn: AsyncConnection, now: datetime, channel_code: str, setting: Inputs, decision: RoutingDecision
-) -> tuple[dict[stock.Pair, int], list[stock.Hold], dict[stock.Pair, int]]:
+) -> tuple[dict[stock.Pair, int], list[stock.Hold], dict[stock.Pair, int], dict[stock.Pair, int]]:
     """Hold the routed lines under the channel's rules, the same way `reserve` with a channelCode does:
     never more per SKU than the channel's figure (safety buffers, allocation, ring fences for other
     channels), counted in the channel's holds so commit, release and expiry give them back. What
@@ -245,7 +250,10 @@ async def _hold_under_channel(
         loc_rows,
         lambda c, t, ids: reservations.expire_due(c, t, sku_ids=ids),
     )
-    return dict(taken.held), taken.holds, {p: q for p, q in taken.backordered.items() if q}
+    backordered = {p: q for p, q in taken.backordered.items() if q}
+    # of those, the units sold as preorders (the SKU not launched yet): recorded on the lines so a
+    # release or expiry gives them back to the SKU's preorder limit, as reserve's do
+    return dict(taken.held), taken.holds, backordered, dict(taken.preordered)
 
 
 @dataclass(frozen=True, slots=True)
