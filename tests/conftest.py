@@ -211,3 +211,16 @@ async def api(database_url: str) -> AsyncIterator[Api]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield Api(client, runtime.ctx, key)
+
+
+@pytest.fixture(scope="module")
+def client_database(postgres_admin_url: str) -> Iterator[dict[str, Any]]:
+    """A database of its own with a key per scope, made the way the Node tests make theirs
+    (clients/testing/database.py), on the run's server: 127.0.0.1:5432 or the embedded one."""
+    from clients.testing.database import create, drop
+
+    made = asyncio.run(create())
+    try:
+        yield made
+    finally:
+        asyncio.run(drop(made["name"]))

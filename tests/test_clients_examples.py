@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 
-from clients.testing.database import create, drop
 from tests.live import Server, free_port, start_server, stop_server
 from tests.subscribers import TIMEOUT, Http, http_client, unique
 
@@ -23,18 +22,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "clients" / "examples"
 
 
 @pytest.fixture(scope="module")
-def database(postgres_admin_url: str) -> Iterator[dict[str, Any]]:
-    # on the run's server: 127.0.0.1:5432, or the embedded one the suite started (it sets the admin URL)
-    made = asyncio.run(create())
-    try:
-        yield made
-    finally:
-        asyncio.run(drop(made["name"]))
-
-
-@pytest.fixture(scope="module")
-def server(database: dict[str, Any]) -> Iterator[Server]:
-    live = start_server(database["url"], key=database["keys"]["all"])
+def server(client_database: dict[str, Any]) -> Iterator[Server]:
+    live = start_server(client_database["url"], key=client_database["keys"]["all"])
     try:
         yield live
     finally:
@@ -63,14 +52,14 @@ async def _run(*args: str) -> tuple[int, list[str]]:
 
 
 async def test_the_checkout_service_holds_at_cart_commits_at_payment_releases_on_abandon(
-    database: dict[str, Any], server: Server, http: Http
+    client_database: dict[str, Any], server: Server, http: Http
 ) -> None:
     sku, wh = unique("SKU"), unique("WH")
     await http.catalogue([sku], [wh])
     await http.event("RECEIVED", sku, wh, 5)
     _, lines = await _run(
         str(EXAMPLES / "checkout_service.py"), "--url", f"{server.url}/graphql",
-        "--key", database["keys"]["checkout"], "demo", sku,
+        "--key", client_database["keys"]["checkout"], "demo", sku,
     )  # fmt: skip
     assert [line.split()[0] for line in lines] == ["HELD", "HELD", "REFUSED", "COMMITTED", "RELEASED"], lines
     assert lines[2].endswith("INSUFFICIENT_STOCK") and lines[3].endswith("COMMITTED") and lines[4].endswith("RELEASED")

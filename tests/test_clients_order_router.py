@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from clients.testing.database import create, drop
 from tests.helpers import UPSERT_LOCATIONS
 from tests.live import Server, start_server, stop_server
 from tests.subscribers import TIMEOUT, Http, http_client, unique
@@ -33,18 +32,8 @@ STOCK_FOR_ORDER = """query($ref: String!) { routingDecisions(orderRef: $ref) {
 
 
 @pytest.fixture(scope="module")
-def database(postgres_admin_url: str) -> Iterator[dict[str, Any]]:
-    # on the run's server: 127.0.0.1:5432, or the embedded one the suite started (it sets the admin URL)
-    made = asyncio.run(create())
-    try:
-        yield made
-    finally:
-        asyncio.run(drop(made["name"]))
-
-
-@pytest.fixture(scope="module")
-def server(database: dict[str, Any]) -> Iterator[Server]:
-    live = start_server(database["url"], key=database["keys"]["all"])
+def server(client_database: dict[str, Any]) -> Iterator[Server]:
+    live = start_server(client_database["url"], key=client_database["keys"]["all"])
     try:
         yield live
     finally:
@@ -52,14 +41,14 @@ def server(database: dict[str, Any]) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def router_key(database: dict[str, Any]) -> str:
+def router_key(client_database: dict[str, Any]) -> str:
     """The router runs with the `router` scope only, as the README tells operators to give it."""
-    return str(database["keys"]["router"])
+    return str(client_database["keys"]["router"])
 
 
 @pytest.fixture(scope="module")
-def storefront_key(database: dict[str, Any]) -> str:
-    return str(database["keys"]["storefront"])
+def storefront_key(client_database: dict[str, Any]) -> str:
+    return str(client_database["keys"]["storefront"])
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ from clients.stockwire_client import (
     SubscriptionError,
 )
 from clients.stockwire_client.operations import OPERATIONS
-from clients.testing.database import create, drop
 from clients.testing.proxy import Proxy
 from tests.live import Server, start_server, stop_server
 from tests.subscribers import TIMEOUT, Http, http_client, unique
@@ -38,19 +37,9 @@ FAST = LiveOptions(min_backoff=0.05, max_backoff=0.3)
 DENVER = (39.7392, -104.9903)
 
 
-@pytest.fixture(scope="module")
-def database(postgres_admin_url: str) -> Iterator[dict[str, Any]]:
-    # on the run's server: 127.0.0.1:5432, or the embedded one the suite started (it sets the admin URL)
-    made = asyncio.run(create())
-    try:
-        yield made
-    finally:
-        asyncio.run(drop(made["name"]))
-
-
 @pytest.fixture
-def server(database: dict[str, Any]) -> Iterator[Server]:
-    live = start_server(database["url"], key=database["keys"]["all"])
+def server(client_database: dict[str, Any]) -> Iterator[Server]:
+    live = start_server(client_database["url"], key=client_database["keys"]["all"])
     try:
         yield live
     finally:
@@ -122,12 +111,12 @@ def _shows(value: int) -> Callable[[Collector], bool]:
 
 
 async def test_watch_availability_survives_a_cut_and_a_server_restart(
-    database: dict[str, Any], server: Server, proxy: Proxy, http: Http
+    client_database: dict[str, Any], server: Server, proxy: Proxy, http: Http
 ) -> None:
     sku, wh = unique("SKU"), unique("WH")
     await http.catalogue([sku], [wh])
     await http.event("RECEIVED", sku, wh, 5)
-    storefront = StockwireClient(proxy.url, api_key=database["keys"]["storefront"], live=FAST)
+    storefront = StockwireClient(proxy.url, api_key=client_database["keys"]["storefront"], live=FAST)
     watch = storefront.watch_availability([sku])
     async with Collector(watch) as seen:
         await seen.wait_until(lambda c: SnapshotComplete(resync=False) in c.events, "the snapshot")
@@ -148,7 +137,7 @@ async def test_watch_availability_survives_a_cut_and_a_server_restart(
         proxy.upstream = None
         proxy.cut()
         stop_server(server)
-        successor = start_server(database["url"], key=database["keys"]["all"])
+        successor = start_server(client_database["url"], key=client_database["keys"]["all"])
         try:
             async with http_client(successor.url, successor.key) as client2:
                 http2 = Http(client2)
@@ -183,13 +172,15 @@ async def test_a_refused_key_is_an_error_not_a_reconnect_loop(server: Server) ->
 
 
 async def test_reserve_retried_after_a_lost_answer_holds_exactly_once(
-    database: dict[str, Any], proxy: Proxy, http: Http
+    client_database: dict[str, Any], proxy: Proxy, http: Http
 ) -> None:
     sku, wh = unique("SKU"), unique("WH")
     await http.catalogue([sku], [wh])
     await http.event("RECEIVED", sku, wh, 5)
     cart = unique("cart")
-    async with StockwireClient(proxy.url, api_key=database["keys"]["checkout"], retry=Retry(first_delay=0.05)) as sw:
+    async with StockwireClient(
+        proxy.url, api_key=client_database["keys"]["checkout"], retry=Retry(first_delay=0.05)
+    ) as sw:
         await sw.checkout.reserve([ReserveLine(sku, 1)], cart_ref=unique("warm"))  # a connection, by hash
         proxy.drop_responses = 1  # the next reserve is served, and its answer lost on the way back
         held = await sw.checkout.reserve([ReserveLine(sku, 3)], cart_ref=cart)
@@ -215,7 +206,7 @@ async def test_reserve_retried_after_a_lost_answer_holds_exactly_once(
     assert (level["reserved"], level["committed"]) == (1, 3)
 
 
-async def test_the_router_decides_and_holds(database: dict[str, Any], server: Server, http: Http) -> None:
+async def test_the_router_decides_and_holds(client_database: dict[str, Any], server: Server, http: Http) -> None:
     sku, near, far = unique("SKU"), unique("DEN"), unique("NYC")
     await http.catalogue([sku], [])
     await http.ok(
@@ -228,7 +219,7 @@ async def test_the_router_decides_and_holds(database: dict[str, Any], server: Se
     await http.event("RECEIVED", sku, near, 4)
     await http.event("RECEIVED", sku, far, 4)
     order = Order(unique("SO"), (ReserveLine(sku, 2),), destination=DENVER)
-    async with StockwireClient(f"{server.url}/graphql", api_key=database["keys"]["router"]) as sw:
+    async with StockwireClient(f"{server.url}/graphql", api_key=client_database["keys"]["router"]) as sw:
         dry = await sw.router.route_order(order)
         assert dry.outcome == "DRY_RUN" and dry.id is None
         assert [(s.location_code, [(ln.sku_code, ln.quantity) for ln in s.lines]) for s in dry.shipments] == [
@@ -246,8 +237,8 @@ async def test_the_router_decides_and_holds(database: dict[str, Any], server: Se
     assert (levels[f"{sku}|{near}"]["reserved"], levels[f"{sku}|{far}"]["reserved"]) == (2, 0)
 
 
-async def test_a_key_without_the_scope_gets_a_typed_error(database: dict[str, Any], server: Server) -> None:
-    async with StockwireClient(f"{server.url}/graphql", api_key=database["keys"]["storefront"]) as sw:
+async def test_a_key_without_the_scope_gets_a_typed_error(client_database: dict[str, Any], server: Server) -> None:
+    async with StockwireClient(f"{server.url}/graphql", api_key=client_database["keys"]["storefront"]) as sw:
         with pytest.raises(StockwireError) as refused:
             await sw.checkout.reserve([ReserveLine("X", 1)])
     assert refused.value.code == "FORBIDDEN"
@@ -265,20 +256,24 @@ def test_the_manifest_is_built_from_the_operation_files() -> None:
 
 
 @pytest.fixture
-def trusted_server(database: dict[str, Any]) -> Iterator[Server]:
-    live = start_server(database["url"], key=database["keys"]["all"], storefront_trusted_documents_only="true")
+def trusted_server(client_database: dict[str, Any]) -> Iterator[Server]:
+    live = start_server(
+        client_database["url"], key=client_database["keys"]["all"], storefront_trusted_documents_only="true"
+    )
     try:
         yield live
     finally:
         stop_server(live)
 
 
-async def test_storefront_keys_run_only_trusted_documents(database: dict[str, Any], trusted_server: Server) -> None:
-    storefront, admin = database["keys"]["storefront"], database["keys"]["all"]
+async def test_storefront_keys_run_only_trusted_documents(
+    client_database: dict[str, Any], trusted_server: Server
+) -> None:
+    storefront, admin = client_database["keys"]["storefront"], client_database["keys"]["all"]
     url = f"{trusted_server.url}/graphql"
     operation = OPERATIONS["Availability"]
     by_hash = {"persistedQuery": {"version": 1, "sha256Hash": operation.sha256}}
-    arbitrary = "query { availability(skuCodes: [\"X\"]) { skuCode available } }"
+    arbitrary = 'query { availability(skuCodes: ["X"]) { skuCode available } }'
 
     async def post(key: str, body: dict[str, Any]) -> httpx.Response:
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as client:
@@ -325,13 +320,13 @@ async def test_storefront_keys_run_only_trusted_documents(database: dict[str, An
 
 
 async def test_the_client_falls_back_to_the_text_when_the_server_has_no_manifest(
-    database: dict[str, Any], tmp_path: Any
+    client_database: dict[str, Any], tmp_path: Any
 ) -> None:
     empty = tmp_path / "manifest.json"
     empty.write_text('{"format": "apollo-persisted-query-manifest", "version": 1, "operations": []}')
-    live = start_server(database["url"], key=database["keys"]["all"], persisted_documents=str(empty))
+    live = start_server(client_database["url"], key=client_database["keys"]["all"], persisted_documents=str(empty))
     try:
-        async with StockwireClient(f"{live.url}/graphql", api_key=database["keys"]["router"]) as sw:
+        async with StockwireClient(f"{live.url}/graphql", api_key=client_database["keys"]["router"]) as sw:
             decision = await sw.router.route_order(Order(unique("SO"), (ReserveLine("NO-SUCH", 1),)))
             assert sw.connection._text_needed == {"RouteOrder"}  # tried by hash once, then sent the text
     finally:
