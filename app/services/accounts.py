@@ -215,12 +215,20 @@ _bindings: dict[str, tuple[float, frozenset[str]]] = {}
 BINDING_CACHE_SECONDS = 5.0
 
 
-async def _bound_codes(conn: AsyncConnection, key_id: str | None) -> frozenset[str]:
+def _cached_bound(key_id: str | None) -> frozenset[str] | None:
+    """The key's account codes if known without a query (none for no key), else None."""
     if key_id is None:
         return frozenset()
     hit = _bindings.get(key_id)
     if hit is not None and time.monotonic() - hit[0] < BINDING_CACHE_SECONDS:
         return hit[1]
+    return None
+
+
+async def _bound_codes(conn: AsyncConnection, key_id: str | None) -> frozenset[str]:
+    known = _cached_bound(key_id)
+    if known is not None or key_id is None:
+        return known or frozenset()
     codes = frozenset(
         r.code
         for r in await conn.execute(
@@ -247,6 +255,10 @@ async def scope_for(ctx: Ctx, key_id: str | None, channel_code: str | None, acco
     """The channel and account a call is for. A key bound to one account (an account's storefront) is
     always for it; a rep's key (several) must name one of its accounts; other keys may name any.
     Raises NotServed, or Refused (UNKNOWN_ACCOUNT, UNKNOWN_CHANNEL for a channel the account is not under)."""
+    if account_code is None and _cached_bound(key_id) == frozenset():
+        # the usual checkout (no account named, the key bound to none, known from the cache): no
+        # connection at all (checking one out and back cost every reserve ~5 % of its server CPU)
+        return Scope(channel_code, None)
     async with ctx.db.read() as conn:
         bound = await _bound_codes(conn, key_id)
         if bound:
