@@ -95,6 +95,31 @@ async def hold(
     return None if version is None else int(version)
 
 
+# The checkout's hold with its line, ledger, outbox and sales rows in one statement (pg.hold_named_sql)
+_HOLD_NAMED = pg.hold_named_sql(
+    str(can_hold(literal_column("$5")).compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
+)
+
+
+async def hold_named(
+    conn: AsyncConnection,
+    pair: Pair,
+    quantity: int,
+    now: datetime,
+    ledger: dict[str, Any],
+    sale: tuple[str, float] | None,
+    half_life: float,
+) -> tuple[int, bool] | None:
+    """`hold` of a reservation's line at a named position, writing in the same statement its line,
+    its ledger row (`ledger`, from ledger_row; the version is the hold's), its outbox row and, `sale`
+    given, the sale in the SKU's velocity. None (nothing written) when the units are not available;
+    else (the version, whether any channel has a dynamic buffer to move)."""
+    note_changed([pair])  # the relay's hint, as enqueue_changes gives it
+    return await pg.hold_named(
+        await pg.driver(conn), _HOLD_NAMED, pair, quantity, now, ledger["reservation_id"], ledger, sale, half_life
+    )
+
+
 # A backorder is a promise against the position's incoming units: the row changes only while that many
 # expected units are not promised yet, and a constraint (backordered <= incoming) stands behind it.
 _PROMISE = (

@@ -26,13 +26,18 @@ from app.services.demand.velocity import half_life_seconds
 # process's, never grows it), then the new units are added: demand.add_sale, in one prepared statement on
 # the checkout's path (built with SQLAlchemy it was compiled again on every reserve: 40 % of the server's
 # CPU per reserve in bench/reserve.py's profile)
+# It also answers whether any channel has a dynamic buffer: without one there is nothing to move, and
+# asking in the same statement saves the sale a round trip and a SQLAlchemy query (issue 15).
 _NOTE_SALES = """
+WITH sale AS (
 INSERT INTO sku_demand AS d (sku_id, channel_code, units, last_at)
 SELECT s, c, u, $4 FROM unnest($1::int[], $2::varchar[], $3::float8[]) AS t(s, c, u)
 ON CONFLICT (tenant_id, sku_id, channel_code) DO UPDATE SET
   units = d.units * power(2.0, -greatest(0.0, extract(epoch FROM excluded.last_at - d.last_at)) / $5::float8)
           + excluded.units,
   last_at = greatest(d.last_at, excluded.last_at)
+)
+SELECT EXISTS (SELECT 1 FROM channels WHERE dynamic_buffer_factor IS NOT NULL)
 """
 
 
@@ -43,10 +48,11 @@ async def note_sales(conn: AsyncConnection, now: datetime, sales: Mapping[tuple[
     if not rows:
         return
     (sku_ids, codes), units = zip(*(key for key, _ in rows), strict=True), [float(q) for _, q in rows]
-    await pg.execute(
+    dynamic = await pg.fetch_value(
         await pg.driver(conn), _NOTE_SALES, list(sku_ids), list(codes), units, pg.naive(now), half_life_seconds()
     )
-    await refresh_buffers(conn, now, sku_ids={s for (s, _), _ in rows})
+    if dynamic:
+        await refresh_buffers(conn, now, sku_ids={s for (s, _), _ in rows})
 
 
 async def note_reserved(

@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import stock
+from app.db import pg, stock
 from app.db.engine import is_unique_violation
 from app.db.tables import locations, reservations, skus, stock_levels
 from app.domain.accounts import b2b_fingerprint, b2b_request_errors
@@ -35,7 +35,6 @@ from app.services.context import Ctx
 from app.services.reservations.expiry import expire_due
 from app.services.reservations.reads import load_views
 from app.services.reservations.records import (
-    INSERT_LINE,
     active_row,
     by_idempotency_key,
     by_sku,
@@ -98,8 +97,12 @@ async def reserve(ctx: Ctx, req: ReserveRequest) -> ReservationView:
         lines_fingerprint(req.lines, req.channel_code, req.cart_ref), req.account_code, req.allow_partial
     )
 
+    named = req.channel_code is None and all(ln.location_code is not None for ln in req.lines)
+
     async def work(conn: AsyncConnection) -> ReservationView:
         now = ctx.clock()
+        if named:
+            return await _reserve_named(conn, req, now, ttl, fingerprint, ctx.actor.key_id)
         # claim the key first: one statement tells a first call from a retry, and a concurrent call
         # with the same key waits here on the unique index, before either holds anything
         rid = await _claim_key(conn, req, now, ttl, fingerprint, ctx.actor.key_id)
@@ -115,6 +118,43 @@ async def reserve(ctx: Ctx, req: ReserveRequest) -> ReservationView:
             raise
         # a concurrent call with the same key won the insert: answer as a repeat of it
         return await ctx.db.write(work)
+
+
+async def _reserve_named(
+    conn: AsyncConnection, req: ReserveRequest, now: datetime, ttl: int, fingerprint: str, owner_key_id: str | None
+) -> ReservationView:
+    """The usual checkout (every line names its location, no channel) in three round trips: BEGIN,
+    the claim with the look-ups (pg.open_reservation), one statement per position held (with all it
+    writes), and the COMMIT. The same steps and promises as the general path below: the key claimed
+    first, expired holds on these SKUs given back before holding, the conditional hold."""
+    row = active_row(now, ttl, req.idempotency_scope, req.idempotency_key, fingerprint, None, req.cart_ref)
+    row["owner_key_id"] = owner_key_id
+    row["account_code"] = req.account_code
+    claimed, skus_found, locations_found, due = await pg.open_reservation(
+        await pg.driver(conn),
+        row,
+        sorted({ln.sku_code for ln in req.lines}),
+        sorted({ln.location_code for ln in req.lines if ln.location_code is not None}),
+    )
+    if not claimed:
+        earlier = await by_idempotency_key(conn, req.idempotency_scope, req.idempotency_key)
+        return await repeat(conn, now, earlier, fingerprint)
+    sku_rows = {code: _Found(i, code, active) for code, (i, active) in skus_found.items()}
+    loc_rows = {code: _Found(i, code, active) for code, (i, active) in locations_found.items()}
+    _check_resolved(req, sku_rows, loc_rows)
+    if due:
+        # rare: some hold on these SKUs is past its expiry; give it back the locking way (as _hold_all)
+        await expire_due(conn, now, sku_ids=sorted({r.id for r in sku_rows.values()}), wait=True)
+    return await _hold_named(conn, req, now, str(row["id"]), row["expires_at"], sku_rows, loc_rows)
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """A SKU or location of the request, as _resolve's rows give it."""
+
+    id: int
+    code: str
+    active: bool
 
 
 async def _claim_key(
@@ -189,9 +229,9 @@ async def _hold_named(
 ) -> ReservationView:
     """The usual checkout: every line names its location, so the rows to write are known up front.
 
-    The lines and outbox rows go in before the holds, so a position's row lock is held only for the
-    hold, its ledger row and the commit: on a hot SKU, checkouts queue on that lock, and every round
-    trip inside it costs throughput. A refused hold rolls all of it back."""
+    Each position is held by one statement that also writes its line, ledger and outbox rows (and, for
+    a one-position checkout, the sale): on a hot SKU, checkouts queue on the position's row lock, and
+    every round trip inside it costs throughput. A refused hold rolls all of it back."""
     wanted: dict[stock.Pair, int] = defaultdict(int)
     line_of: dict[stock.Pair, RequestedLine] = {}
     for line in req.lines:
@@ -200,20 +240,19 @@ async def _hold_named(
         wanted[pair] += line.quantity
         line_of[pair] = line
     pairs = sorted(wanted)  # primary-key order: checkouts wanting the same rows lock them in one order
-    await stock.insert_rows(
-        conn,
-        INSERT_LINE,
-        [{"reservation_id": rid, "sku_id": p[0], "location_id": p[1], "quantity": wanted[p]} for p in pairs],
-    )
-    await stock.enqueue_changes(conn, pairs, now)
-    ledger = []
+    single = len(pairs) == 1
+    dynamic = False
     for pair in pairs:
-        version = await stock.hold(conn, pair[0], pair[1], wanted[pair], now)
-        if version is None:
+        ledger = reserved_row(pair, wanted[pair], 0, now, rid, req.cart_ref)  # the version is the hold's
+        sale = ("", float(wanted[pair])) if single else None  # issue 18: sales velocity
+        taken = await stock.hold_named(conn, pair, wanted[pair], now, ledger, sale, demand.half_life_seconds())
+        if taken is None:
             raise Refused([await _insufficient(conn, line_of[pair], [pair[1]])])
-        ledger.append(reserved_row(pair, wanted[pair], version, now, rid, req.cart_ref))
-    await stock.write_ledger(conn, ledger)
-    await demand.note_reserved(conn, now, rid, by_sku(wanted), "")  # issue 18: sales velocity
+        dynamic = dynamic or taken[1]
+    if not single:
+        await demand.note_reserved(conn, now, rid, by_sku(wanted), "")
+    elif dynamic:
+        await demand.refresh_buffers(conn, now, sku_ids={pairs[0][0]})  # as note_sales does after a sale
     view = _view_of_new(req, now, expires_at, rid, sku_rows, loc_rows, wanted, {}, {})
     assert view is not None  # every location was named
     return view
@@ -270,6 +309,12 @@ async def _resolve(conn: AsyncConnection, req: ReserveRequest) -> tuple[dict[str
     loc_rows: dict[str, Any] = {}
     for r in await conn.execute(_RESOLVE, {"sku_codes": list(codes), "location_codes": list(loc_codes)}):
         (sku_rows if r.kind == "S" else loc_rows)[r.code] = r
+    _check_resolved(req, sku_rows, loc_rows)
+    return sku_rows, loc_rows
+
+
+def _check_resolved(req: ReserveRequest, sku_rows: dict[str, Any], loc_rows: dict[str, Any]) -> None:
+    """Refused unless every SKU and location of the request exists and is active."""
     errors: list[UserError] = []
     for i, ln in enumerate(req.lines):
         where = ("lines", str(i))
@@ -294,7 +339,6 @@ async def _resolve(conn: AsyncConnection, req: ReserveRequest) -> tuple[dict[str
                 )
     if errors:
         raise Refused(errors)
-    return sku_rows, loc_rows
 
 
 async def _hold_anywhere(
