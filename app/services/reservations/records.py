@@ -103,10 +103,13 @@ def active_row(
     fingerprint: str,
     channel_code: str | None,
     cart_ref: str | None,
+    *,
+    make_id: bool = True,
 ) -> dict[str, Any]:
-    """A new ACTIVE reservation row (reserve and routeAndReserve both open one before holding)."""
+    """A new ACTIVE reservation row (reserve and routeAndReserve both open one before holding);
+    `make_id` False: no id yet (id None: the insert makes one)."""
     return {
-        "id": str(uuid.uuid4()),
+        "id": str(uuid.uuid4()) if make_id else None,
         "status": ReservationStatus.ACTIVE.value,
         "idempotency_scope": idempotency_scope,
         "idempotency_key": idempotency_key,

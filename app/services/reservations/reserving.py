@@ -127,7 +127,10 @@ async def _reserve_named(
     the claim with the look-ups (pg.open_reservation), one statement per position held (with all it
     writes), and the COMMIT. The same steps and promises as the general path below: the key claimed
     first, expired holds on these SKUs given back before holding, the conditional hold."""
-    row = active_row(now, ttl, req.idempotency_scope, req.idempotency_key, fingerprint, None, req.cart_ref)
+    # the id is made by Postgres (pg.open_reservation says why)
+    row = active_row(
+        now, ttl, req.idempotency_scope, req.idempotency_key, fingerprint, None, req.cart_ref, make_id=False
+    )
     row["owner_key_id"] = owner_key_id
     row["account_code"] = req.account_code
     claimed, skus_found, locations_found, due = await pg.open_reservation(
@@ -136,7 +139,7 @@ async def _reserve_named(
         sorted({ln.sku_code for ln in req.lines}),
         sorted({ln.location_code for ln in req.lines if ln.location_code is not None}),
     )
-    if not claimed:
+    if claimed is None:
         earlier = await by_idempotency_key(conn, req.idempotency_scope, req.idempotency_key)
         return await repeat(conn, now, earlier, fingerprint)
     sku_rows = {code: _Found(i, code, active) for code, (i, active) in skus_found.items()}
@@ -145,7 +148,7 @@ async def _reserve_named(
     if due:
         # rare: some hold on these SKUs is past its expiry; give it back the locking way (as _hold_all)
         await expire_due(conn, now, sku_ids=sorted({r.id for r in sku_rows.values()}), wait=True)
-    return await _hold_named(conn, req, now, str(row["id"]), row["expires_at"], sku_rows, loc_rows)
+    return await _hold_named(conn, req, now, claimed, row["expires_at"], sku_rows, loc_rows)
 
 
 @dataclass(frozen=True, slots=True)
