@@ -312,6 +312,77 @@ async def test_an_expired_hold_is_given_back_by_the_reserve_itself(clocked: Cloc
     assert await integrity.check(api.ctx) == []
 
 
+async def _reserve_at(api: Api, lines: list[tuple[str, int]], key: str, ttl: int | None = None) -> Any:
+    """A checkout naming every line's location (the path of pg.open_reservation / stock.hold_named)."""
+    payload: dict[str, Any] = {
+        "lines": [{"skuCode": sku, "quantity": q, "locationCode": "WH-1"} for sku, q in lines],
+        "idempotencyKey": key,
+    }
+    if ttl:
+        payload["ttlSeconds"] = ttl
+    return (await api.ok(RESERVE_FULL, input=payload))["reserve"]
+
+
+async def test_an_expired_hold_is_given_back_by_a_checkout_naming_its_location(clocked: ClockedApi) -> None:
+    api = clocked
+    await catalogue(api)
+    await receive(api, "SKU-1", "WH-1", 3)
+    old = await _reserve_at(api, [("SKU-1", 3)], "first", ttl=1)
+    api.now[0] += timedelta(seconds=2)  # expired; no sweeper runs
+    again = await _reserve_at(api, [("SKU-1", 3)], "second")
+    assert again["userErrors"] == []
+    assert await _one(api, "SELECT status FROM reservations WHERE id = :r", r=old["reservation"]["id"]) == ("EXPIRED",)
+    assert await _one(api, "SELECT reserved, version FROM stock_levels") == (3, 4)
+    ledger = await api.sql("SELECT kind, d_reserved, version, reservation_id FROM inventory_events ORDER BY version")
+    assert [tuple(r)[:3] for r in ledger] == [
+        ("RECEIVED", 0, 1),
+        ("RESERVED", 3, 2),
+        ("RESERVATION_EXPIRED", -3, 3),
+        ("RESERVED", 3, 4),
+    ]
+    assert ledger[3][3] == again["reservation"]["id"]
+    assert await integrity.check(api.ctx) == []
+
+
+async def test_a_checkout_naming_locations_writes_everything_or_nothing(clocked: ClockedApi) -> None:
+    """One statement per position holds and writes the line, ledger, outbox and sale rows: a refused
+    second line leaves no row of the first, and the shortfall is exact. (The outbox is not counted:
+    the app's relay drains it meanwhile.)"""
+    api = clocked
+    await catalogue(api, skus=["SKU-1", "SKU-2"])
+    await receive(api, "SKU-1", "WH-1", 5)
+    await receive(api, "SKU-2", "WH-1", 2)
+    refused = await _reserve_at(api, [("SKU-1", 4), ("SKU-2", 3)], "too-many")
+    assert refused["reservation"] is None
+    assert [(e["code"], e["message"]) for e in refused["userErrors"]] == [
+        ("INSUFFICIENT_STOCK", "SKU-2: 3 requested at WH-1, 2 available")
+    ]
+    assert await _one(api, "SELECT count(*) FROM reservations") == (0,)
+    assert await _one(api, "SELECT count(*) FROM reservation_lines") == (0,)
+    assert await _one(api, "SELECT count(*) FROM inventory_events WHERE kind = 'RESERVED'") == (0,)
+    assert await _one(api, "SELECT count(*) FROM sku_demand") == (0,)
+    assert [tuple(r) for r in await api.sql("SELECT reserved, version FROM stock_levels ORDER BY sku_id")] == [
+        (0, 1),
+        (0, 1),
+    ]
+    one = await _reserve_at(api, [("SKU-1", 4)], "one")
+    assert one["userErrors"] == []
+    rid = one["reservation"]["id"]
+    assert one["reservation"]["lines"] == [
+        {"skuCode": "SKU-1", "locationCode": "WH-1", "quantity": 4, "backordered": 0, "expectedAt": None}
+    ]
+    assert await _one(api, "SELECT quantity FROM reservation_lines WHERE reservation_id = :r", r=rid) == (4,)
+    assert await _one(api, "SELECT d_reserved, version FROM inventory_events WHERE reservation_id = :r", r=rid) == (
+        4,
+        2,
+    )
+    assert await _one(api, "SELECT channel_code, units FROM sku_demand") == ("", 4.0)
+    again = await _reserve_at(api, [("SKU-1", 4)], "one")  # a retry: the same reservation, nothing new
+    assert again["reservation"]["id"] == rid
+    assert await _one(api, "SELECT count(*) FROM reservations") == (1,)
+    assert await integrity.check(api.ctx) == []
+
+
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 async def test_a_reserve_waits_for_a_sweeper_expiring_the_hold_instead_of_refusing(clocked: ClockedApi) -> None:
     """The issue's race: a sweeper in another process has locked the expired reservation and not yet
