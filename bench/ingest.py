@@ -358,28 +358,31 @@ async def run_baseline(
     conns = [await connect() for _ in feeds]
 
     async def worker(feed: Feed, conn: Any, st: dict[str, Any]) -> None:
-        try:
-            while time.perf_counter() < deadline:
-                batch = feed.next_batch()
-                t = time.perf_counter()
-                try:
-                    got = await baseline_batch(conn, st, batch)
-                except asyncpg.DeadlockDetectedError as exc:
-                    tally.fail(f"deadlock: {exc}")
-                    feed.previous = []
-                    continue
-                tally.latencies.append(time.perf_counter() - t)
-                tally.ok += len(batch)
-                statuses.update(got)
-                feed.sent(batch)
-        finally:
-            await conn.close()
+        while time.perf_counter() < deadline:
+            batch = feed.next_batch()
+            t = time.perf_counter()
+            try:
+                got = await baseline_batch(conn, st, batch)
+            except asyncpg.DeadlockDetectedError as exc:
+                tally.fail(f"deadlock: {exc}")
+                feed.previous = []
+                continue
+            tally.latencies.append(time.perf_counter() - t)
+            tally.ok += len(batch)
+            statuses.update(got)
+            feed.sent(batch)
 
-    snap = cpu_snapshot([], db)
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker(f, c, st) for f, (c, st) in zip(feeds, conns, strict=True)))
-    elapsed = time.perf_counter() - t0
-    return Result(label, "ingest", elapsed, tally, cpu_delta(snap, cpu_snapshot([], db)))
+    try:
+        snap = cpu_snapshot([], db)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(f, c, st) for f, (c, st) in zip(feeds, conns, strict=True)))
+        elapsed = time.perf_counter() - t0
+        # before closing: a backend gone by the second snapshot would not be counted
+        cpu = cpu_delta(snap, cpu_snapshot([], db))
+    finally:
+        for conn, _ in conns:
+            await conn.close()
+    return Result(label, "ingest", elapsed, tally, cpu)
 
 
 # --- the service -------------------------------------------------------------------------------------------
