@@ -190,9 +190,10 @@ async def _apply_batch(
     results: dict[int, EventResult] = {}
     first_in_batch: dict[tuple[str, str], tuple[int, str]] = {}
     repeats: dict[int, int] = {}  # a repeat inside the batch -> the index of its first occurrence
+    fingerprints = [e.fingerprint() for e in events]  # one sha256 per event: kept for its ledger row
     for i, e in enumerate(events):
         key = (e.source, e.external_id)
-        fp = e.fingerprint()
+        fp = fingerprints[i]
         seen = recorded.get(key)
         earlier = first_in_batch.get(key)
         if seen is not None or earlier is not None:
@@ -297,7 +298,6 @@ async def _apply_batch(
                 counted[pair] = decision.counted_at
             if not delta.is_zero:
                 changed.add(pair)
-        fingerprint = e.fingerprint()
         ledger.append(
             stock.ledger_row(
                 kind=e.type.value,
@@ -315,7 +315,7 @@ async def _apply_batch(
                 reference=e.reference,
                 to_location_id=to_id,
                 expected_at=e.expected_at,
-                fingerprint=fingerprint,
+                fingerprint=fingerprints[i],
                 unit=e.unit,
             )
         )
