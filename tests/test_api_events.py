@@ -189,3 +189,36 @@ async def test_a_full_batch_at_a_thousand_positions_applies(api: Api) -> None:
     assert len(result["results"]) == 1000 and {r["status"] for r in result["results"]} == {"APPLIED"}
     rows = await api.sql("SELECT count(*), sum(on_hand) FROM stock_levels WHERE version = 1")
     assert tuple(rows[0]) == (1000, 2 * sum(1 + i % 7 for i in range(500)))
+
+
+async def test_one_batch_changing_positions_many_times_gives_each_change_its_version(api: Api) -> None:
+    # a batch's changes are summed per position and written in one statement (services.events): each
+    # change still gets the next version, a count keeps later events, a late delta is SUPERSEDED, and a
+    # repeat inside the batch answers the version its first occurrence recorded
+    await catalogue(api, locations=[("WH-1", 10), ("WH-2", 20)])
+    sold = event("SOLD", "SKU-1", "WH-1", 2, 7)
+    result = await record(
+        api,
+        event("RECEIVED", "SKU-1", "WH-1", 10, 0),  # WH-1 v1 onHand 10
+        event("RECEIVED", "SKU-1", "WH-2", 7, 0),  # WH-2 v1 onHand 7
+        sold,  # WH-1 v2 onHand 8 (at minute 7)
+        event("COUNTED", "SKU-1", "WH-1", 20, 5),  # WH-1 v3: 20 at minute 5, less the later sale = 18
+        event("ADJUSTED", "SKU-1", "WH-1", 1, 2),  # older than the count: SUPERSEDED, no change, keeps v3
+        event("ORDER_PLACED", "SKU-1", "WH-1", 4, 9),  # WH-1 v4 committed 4
+        event("SOLD", "SKU-1", "WH-2", 1, 9),  # WH-2 v2 onHand 6
+        sold,  # the same event again: DUPLICATE, version of its first occurrence
+    )
+    assert result["userErrors"] == []
+    assert [(r["status"], r["version"]) for r in result["results"]] == [
+        ("APPLIED", 1),
+        ("APPLIED", 1),
+        ("APPLIED", 2),
+        ("APPLIED", 3),
+        ("SUPERSEDED", 3),
+        ("APPLIED", 4),
+        ("APPLIED", 2),
+        ("DUPLICATE", 2),
+    ]
+    one, two = await level(api, "SKU-1", "WH-1"), await level(api, "SKU-1", "WH-2")
+    assert (one["onHand"], one["committed"], one["version"]) == (18, 4, 4)
+    assert (two["onHand"], two["version"]) == (6, 2)

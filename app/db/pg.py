@@ -18,11 +18,13 @@ kind of error whichever way a statement ran.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -113,7 +115,7 @@ async def look_up(
 
 _LOCK = (
     "SELECT s.sku_id, s.location_id, s.on_hand, s.committed, s.reserved, s.unavailable, s.safety_stock, "
-    "s.incoming, s.version, s.counted_at FROM stock_levels s "
+    "s.incoming, s.version, s.counted_at, s.backordered FROM stock_levels s "
     "JOIN unnest($1::int[], $2::int[]) AS k(sku_id, location_id) "
     "ON s.sku_id = k.sku_id AND s.location_id = k.location_id "
     "ORDER BY s.sku_id, s.location_id FOR UPDATE OF s"
@@ -168,6 +170,60 @@ async def apply_delta(
     return int(version)
 
 
+# Many positions' summed changes in one statement (an ingested batch: services.events). Each row:
+# sku_id, location_id, the six quantity deltas, how many changes (the version moves by that many:
+# one ledger row each) and the applied count's time or NULL (keeps the stored one).
+_APPLY_MANY = (
+    "UPDATE stock_levels s SET on_hand = s.on_hand + u.oh, committed = s.committed + u.c, "
+    "reserved = s.reserved + u.r, unavailable = s.unavailable + u.un, safety_stock = s.safety_stock + u.ss, "
+    "incoming = s.incoming + u.inc, version = s.version + u.n, counted_at = coalesce(u.counted, s.counted_at), "
+    "updated_at = $11 "
+    "FROM unnest($1::int[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], "
+    "$8::bigint[], $9::int[], $10::timestamp[]) AS u(sku_id, location_id, oh, c, r, un, ss, inc, n, counted) "
+    "WHERE s.sku_id = u.sku_id AND s.location_id = u.location_id "
+    "RETURNING s.sku_id, s.location_id, s.version"
+)
+
+
+async def apply_deltas(
+    db: asyncpg.Connection,
+    changes: Sequence[tuple[Pair, Sequence[int], int, datetime | None]],
+    now: datetime,
+) -> dict[Pair, int]:
+    """(position, the six summed deltas, number of changes, counted_at or None) for each position, in
+    one UPDATE; returns each position's version after it."""
+    if not changes:
+        return {}
+    columns: list[list[Any]] = [[] for _ in range(10)]
+    for pair, delta, n, counted in changes:
+        columns[0].append(pair[0])
+        columns[1].append(pair[1])
+        for k in range(6):
+            columns[2 + k].append(delta[k])
+        columns[8].append(n)
+        columns[9].append(_naive(counted))
+    rows = await _run(db.fetch, _APPLY_MANY, *columns, _naive(now))
+    if len(rows) != len(changes):
+        raise LookupError("apply_deltas: a position is missing")
+    return {(r[0], r[1]): int(r[2]) for r in rows}
+
+
+_ON_HAND_AFTER = (
+    "SELECT k.i, coalesce(sum(e.d_on_hand), 0)::bigint FROM unnest($1::int[], $2::int[], $3::timestamp[]) "
+    "WITH ORDINALITY AS k(sku_id, location_id, after, i) LEFT JOIN inventory_events e "
+    "ON e.sku_id = k.sku_id AND e.location_id = k.location_id AND e.occurred_at > k.after GROUP BY k.i"
+)
+
+
+async def on_hand_after_many(db: asyncpg.Connection, asked: Sequence[tuple[Pair, datetime]]) -> list[int]:
+    """For each (position, time): the sum of on-hand effects of its ledger rows that occurred after it."""
+    rows = await _run(
+        db.fetch, _ON_HAND_AFTER, [p[0] for p, _ in asked], [p[1] for p, _ in asked], [_naive(t) for _, t in asked]
+    )
+    found = {int(r[0]): int(r[1]) for r in rows}
+    return [found[i] for i in range(1, len(asked) + 1)]
+
+
 async def fetch_value(db: asyncpg.Connection, sql: str, *args: Any) -> Any:
     """The first column of the first row of `sql` (prepared once per connection), None without a row;
     errors raised as SQLAlchemy's, like every statement here. Datetimes must be given naive (`naive`)."""
@@ -195,23 +251,40 @@ _INSERT_LEDGER = (
     f"INSERT INTO inventory_events ({', '.join(LEDGER_COLUMNS)}) "
     f"VALUES ({', '.join(f'${i}' for i in range(1, len(LEDGER_COLUMNS) + 1))})"
 )
+# Several rows as ONE statement over arrays, one per column: an executemany runs the insert (its
+# executor, the unique index checks' setup) once per row; a batch of 500 ingested events spent most
+# of its time inside the positions' row locks doing that (bench/ingest.py)
+_INSERT_LEDGER_MANY = (
+    f"INSERT INTO inventory_events ({', '.join(LEDGER_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(
+        # without a length: an explicit cast to varchar(n) would cut a longer text silently, the
+        # insert itself refuses it (as the single-row insert does)
+        f"${i}::{re.sub(r'[(].*[)]', '', c.type.compile(dialect=postgresql.dialect()))}[]"  # type: ignore[no-untyped-call]
+        for i, c in enumerate((inventory_events.c[n] for n in LEDGER_COLUMNS), start=1)
+    )
+    + ")"
+)
 _INSERT_OUTBOX = "INSERT INTO outbox (sku_id, location_id, created_at) VALUES ($1, $2, $3)"
+_INSERT_OUTBOX_MANY = (
+    "INSERT INTO outbox (sku_id, location_id, created_at) SELECT s, l, $3 FROM unnest($1::int[], $2::int[]) AS u(s, l)"
+)
 
 
 async def write_ledger(db: asyncpg.Connection, rows: Sequence[dict[str, Any]]) -> None:
-    values = [[_naive(row[c]) if c in _TIMES else row[c] for c in LEDGER_COLUMNS] for row in rows]
-    if len(values) == 1:
-        await _run(db.execute, _INSERT_LEDGER, *values[0])
-    elif values:
-        await _run(db.executemany, _INSERT_LEDGER, values)
+    if len(rows) == 1:
+        row = rows[0]
+        await _run(db.execute, _INSERT_LEDGER, *[_naive(row[c]) if c in _TIMES else row[c] for c in LEDGER_COLUMNS])
+    elif rows:
+        # unnest keeps the arrays' order, so ids follow the rows' order as an executemany's did
+        columns = [[_naive(r[c]) for r in rows] if c in _TIMES else [r[c] for r in rows] for c in LEDGER_COLUMNS]
+        await _run(db.execute, _INSERT_LEDGER_MANY, *columns)
 
 
 async def enqueue_changes(db: asyncpg.Connection, pairs: Sequence[Pair], now: datetime) -> None:
-    values = [(s, loc, _naive(now)) for s, loc in pairs]
-    if len(values) == 1:
-        await _run(db.execute, _INSERT_OUTBOX, *values[0])
-    elif values:
-        await _run(db.executemany, _INSERT_OUTBOX, values)
+    if len(pairs) == 1:
+        await _run(db.execute, _INSERT_OUTBOX, pairs[0][0], pairs[0][1], _naive(now))
+    elif pairs:
+        await _run(db.execute, _INSERT_OUTBOX_MANY, [p[0] for p in pairs], [p[1] for p in pairs], _naive(now))
 
 
 # --- reads of the outbox relay and of availability ------------------------------------------------

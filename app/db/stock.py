@@ -61,6 +61,7 @@ class LockedPosition:
     position: Position
     version: int
     counted_at: datetime | None
+    backordered: int = 0  # incoming units promised to backorders: arrivals fill those first
 
 
 def position_of(row: Any) -> Position:
@@ -263,7 +264,10 @@ async def lock_positions(conn: AsyncConnection, pairs: Iterable[Pair]) -> dict[P
         return {}
     locked = await pg.lock_positions(await pg.driver(conn), wanted)
     return {
-        (r["sku_id"], r["location_id"]): LockedPosition(pg.position(r), r["version"], pg.counted_at(r)) for r in locked
+        (r["sku_id"], r["location_id"]): LockedPosition(
+            pg.position(r), r["version"], pg.counted_at(r), r["backordered"]
+        )
+        for r in locked
     }
 
 
@@ -301,6 +305,21 @@ async def apply_delta(
     return await pg.apply_delta(await pg.driver(conn), pair, parts, now, counted_at)
 
 
+async def apply_summed(
+    conn: AsyncConnection, changes: list[tuple[Pair, Delta, int, datetime | None]], now: datetime
+) -> dict[Pair, int]:
+    """Several positions' summed changes in one statement: (position, the sum of its `n` deltas, `n`,
+    counted_at or None). The version moves by `n` (each change has its ledger row); returns the
+    versions reached. For locked positions whose changes fill no backorder (see `apply_delta`)."""
+    if not changes:
+        return {}
+    rows = [
+        (p, (d.on_hand, d.committed, d.reserved, d.unavailable, d.safety_stock, d.incoming), n, counted)
+        for p, d, n, counted in changes
+    ]
+    return await pg.apply_deltas(await pg.driver(conn), rows, now)
+
+
 _MAGNITUDES = (
     select(
         sl.c.sku_id,
@@ -334,6 +353,13 @@ async def on_hand_after(conn: AsyncConnection, pair: Pair, after: datetime) -> i
         )
     )
     return int(total or 0)
+
+
+async def on_hand_after_many(conn: AsyncConnection, asked: list[tuple[Pair, datetime]]) -> list[int]:
+    """`on_hand_after` for several (position, time) at once, in one statement (a batch's counts)."""
+    if not asked:
+        return []
+    return await pg.on_hand_after_many(await pg.driver(conn), asked)
 
 
 # The API key (its id) the current operation runs for, stamped on every ledger row it writes; None:

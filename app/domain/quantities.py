@@ -6,7 +6,7 @@ are always computed here, never stored or copied from another system.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,14 +31,15 @@ class Position:
         return max(0, self.committed + self.reserved + self.unavailable - self.on_hand)
 
     def plus(self, delta: Delta) -> Position:
-        return replace(
-            self,
-            on_hand=self.on_hand + delta.on_hand,
-            committed=self.committed + delta.committed,
-            reserved=self.reserved + delta.reserved,
-            unavailable=self.unavailable + delta.unavailable,
-            safety_stock=self.safety_stock + delta.safety_stock,
-            incoming=self.incoming + delta.incoming,
+        # positional, not dataclasses.replace: an ingested batch calls this for every event, and
+        # replace() re-inspects the fields each time
+        return Position(
+            self.on_hand + delta.on_hand,
+            self.committed + delta.committed,
+            self.reserved + delta.reserved,
+            self.unavailable + delta.unavailable,
+            self.safety_stock + delta.safety_stock,
+            self.incoming + delta.incoming,
         )
 
 

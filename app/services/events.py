@@ -111,6 +111,42 @@ def _size_after(
     return None if grows_out_of_range(start.excess, size.excess) else size
 
 
+class _Pending:
+    """A position's changes of this batch not written yet: summed deltas, how many changed a quantity
+    (the version moves by one for each) and the last applied count's time."""
+
+    __slots__ = ("counted_at", "delta", "n")
+
+    def __init__(self) -> None:
+        self.delta = Delta()
+        self.n = 0
+        self.counted_at: datetime | None = None
+
+    def add(self, delta: Delta, counted_at: datetime | None) -> None:
+        if not delta.is_zero:
+            self.delta = self.delta.plus(delta)
+            self.n += 1
+        if counted_at is not None:
+            self.counted_at = counted_at
+
+
+async def _flush(
+    conn: AsyncConnection,
+    pending: dict[stock.Pair, _Pending],
+    only: stock.Pair | None,
+    now: datetime,
+    versions: dict[stock.Pair, int],
+) -> None:
+    """Write the pending changes (of one position, or all) in one statement, and check the versions
+    the database reached are the ones given to their ledger rows."""
+    pairs = [only] if only is not None else sorted(pending)
+    todo = [(p, pending.pop(p)) for p in pairs if p in pending]
+    reached = await stock.apply_summed(conn, [(p, t.delta, t.n, t.counted_at) for p, t in todo], now)
+    wrong = {p: v for p, v in reached.items() if v != versions[p]}
+    if wrong:  # cannot happen while the rows are locked: never record a version the position lacks
+        raise RuntimeError(f"positions reached other versions than recorded: {wrong}")
+
+
 def _out_of_range(i: int, e: InventoryEvent) -> UserError:
     return UserError(
         ErrorCode.QUANTITY_OUT_OF_RANGE,
@@ -154,9 +190,10 @@ async def _apply_batch(
     results: dict[int, EventResult] = {}
     first_in_batch: dict[tuple[str, str], tuple[int, str]] = {}
     repeats: dict[int, int] = {}  # a repeat inside the batch -> the index of its first occurrence
+    fingerprints = [e.fingerprint() for e in events]  # one sha256 per event: kept for its ledger row
     for i, e in enumerate(events):
         key = (e.source, e.external_id)
-        fp = e.fingerprint()
+        fp = fingerprints[i]
         seen = recorded.get(key)
         earlier = first_in_batch.get(key)
         if seen is not None or earlier is not None:
@@ -194,9 +231,42 @@ async def _apply_batch(
     sizes = await stock.magnitudes(conn, {p[0] for p in pairs_touched}) if pairs_touched else {}
     counted = {p: lp.counted_at for p, lp in locked.items()}
     versions = {p: lp.version for p, lp in locked.items()}
+    backordered = {p: lp.backordered for p, lp in locked.items()}
+    # what the stored ledger holds after each count's time, read once for the whole batch (before any
+    # of its rows are written: those are in `applied` below)
+    counts = [i for i in todo if events[i].type is EventType.COUNTED]
+    stored_since = dict(
+        zip(
+            counts,
+            await stock.on_hand_after_many(
+                conn,
+                [
+                    ((sku_ids[events[i].sku_code], locs[events[i].location_code].id), events[i].occurred_at)
+                    for i in counts
+                ],
+            ),
+            strict=True,
+        )
+    )
 
     ledger: list[dict[str, Any]] = []
     changed: set[stock.Pair] = set()
+    # the positions are locked: each change's version is the next one, known here. Their changes are
+    # summed per position and written in one statement at the end (`_Pending`), except where arriving
+    # units fill backorders (stock.apply_delta does that, one change at a time)
+    pending: dict[stock.Pair, _Pending] = {}
+
+    async def change(pair: stock.Pair, delta: Delta, counted_at: datetime | None) -> None:
+        if delta.incoming < 0 and backordered[pair] > 0:
+            await _flush(conn, pending, pair, now, versions)
+            versions[pair] = await stock.apply_delta(conn, pair, delta, now, counted_at)
+        else:
+            todo_pair = pending.setdefault(pair, _Pending())
+            todo_pair.add(delta, counted_at)
+            if not delta.is_zero:
+                versions[pair] += 1
+        positions[pair] = positions[pair].plus(delta)
+
     # on-hand effects applied earlier in this batch, not in the ledger table until the batch ends: a
     # late count must keep those that occurred after it exactly like the ones already stored
     applied: dict[stock.Pair, list[tuple[datetime, int]]] = defaultdict(list)
@@ -206,8 +276,7 @@ async def _apply_batch(
         pair = (sku_ids[e.sku_code], loc.id)
         since = 0
         if e.type is EventType.COUNTED:
-            since = await stock.on_hand_after(conn, pair, e.occurred_at)
-            since += on_hand_since(applied[pair], e.occurred_at)
+            since = stored_since[i] + on_hand_since(applied[pair], e.occurred_at)
         decision = decide(e, positions[pair], counted[pair], loc.count_authority, since)
         delta = decision.effect.delta
         to_id = locs[e.to_location_code].id if e.to_location_code else None
@@ -222,8 +291,7 @@ async def _apply_batch(
             continue
         sizes[pair[0]] = size
         if not delta.is_zero or decision.counted_at is not None:
-            versions[pair] = await stock.apply_delta(conn, pair, delta, now, decision.counted_at)
-            positions[pair] = positions[pair].plus(delta)
+            await change(pair, delta, decision.counted_at)
             if delta.on_hand:
                 applied[pair].append((e.occurred_at, delta.on_hand))
             if decision.counted_at is not None:
@@ -247,7 +315,7 @@ async def _apply_batch(
                 reference=e.reference,
                 to_location_id=to_id,
                 expected_at=e.expected_at,
-                fingerprint=e.fingerprint(),
+                fingerprint=fingerprints[i],
                 unit=e.unit,
             )
         )
@@ -256,8 +324,7 @@ async def _apply_batch(
             # the far side: the units are now expected at the destination
             dest = (pair[0], to_id)
             arriving = Delta(incoming=e.quantity)
-            versions[dest] = await stock.apply_delta(conn, dest, arriving, now)
-            positions[dest] = positions[dest].plus(arriving)
+            await change(dest, arriving, None)
             changed.add(dest)
             ledger.append(
                 stock.ledger_row(
@@ -274,6 +341,7 @@ async def _apply_batch(
                     reason=f"transfer {e.external_id} from {e.location_code}",
                 )
             )
+    await _flush(conn, pending, None, now, versions)
     for i, first in repeats.items():
         if first in results:  # answered like a later repeat: the version its first occurrence recorded
             results[i] = replace(results[i], version=results[first].version)
