@@ -244,7 +244,7 @@ BASELINE_SQL = {
     ),
     "day": (
         "INSERT INTO location_daily_orders (location_id, day, orders) SELECT unnest($1::integer[]), $2, 1 "
-        "ON CONFLICT (location_id, day) DO UPDATE SET orders = location_daily_orders.orders + 1"
+        "ON CONFLICT (tenant_id, location_id, day) DO UPDATE SET orders = location_daily_orders.orders + 1"
     ),
     "lines": (
         "INSERT INTO reservation_lines (reservation_id, sku_id, location_id, quantity, backordered) "
