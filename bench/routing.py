@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
+import signal
 import sys
 import time
 from collections import Counter
@@ -43,6 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import (
+    PYTHON,
+    ROOT,
     RawHttp,
     Server,
     create_api_key,
@@ -50,6 +54,7 @@ from _common import (
     graphql,
     migrate,
     pg_dsn,
+    print_profile,
     recreate_database,
     run_bench,
     run_database,
@@ -187,11 +192,20 @@ def pure_reference(rnd: random.Random, n_orders: int, n_locations: int, n_skus: 
     return ms
 
 
+# the profiled server's pid while `--profile` is on: `timed` brackets each measured phase with
+# SIGUSR1/SIGUSR2 (bench/_profiled_server.py), one report per phase
+PROFILED: list[int] = []
+PHASES: list[str] = []
+
+
 async def timed(
     client: RawHttp, query: str, orders: list[dict[str, Any]], key: str, label: str, pace_ms: float = 0
 ) -> tuple[list[float], list[dict[str, Any]]]:
     ms: list[float] = []
     answers: list[dict[str, Any]] = []
+    if PROFILED and label != "warm-up":
+        PHASES.append(label)
+        os.kill(PROFILED[0], signal.SIGUSR1)
     for i, order in enumerate(orders, start=1):
         t = time.perf_counter()
         data = await call(client, query, {"input": order})
@@ -201,6 +215,8 @@ async def timed(
             await asyncio.sleep(pace_ms / 1000)
         if i % 100 == 0 and i < len(orders):
             say(f"{label}: {i}/{len(orders)}")
+    if PROFILED and label != "warm-up":
+        os.kill(PROFILED[0], signal.SIGUSR2)
     return ms, answers
 
 
@@ -244,7 +260,7 @@ BASELINE_SQL = {
     ),
     "day": (
         "INSERT INTO location_daily_orders (location_id, day, orders) SELECT unnest($1::integer[]), $2, 1 "
-        "ON CONFLICT (location_id, day) DO UPDATE SET orders = location_daily_orders.orders + 1"
+        "ON CONFLICT (tenant_id, location_id, day) DO UPDATE SET orders = location_daily_orders.orders + 1"
     ),
     "lines": (
         "INSERT INTO reservation_lines (reservation_id, sku_id, location_id, quantity, backordered) "
@@ -403,8 +419,16 @@ async def run(a: argparse.Namespace) -> None:
         key = create_api_key(DB, "admin,integration,router,checkout") or await _key_in_process()
         set_api_key(key)
         say("authenticating with a fresh API key" if key else "no `stockwire keys`: unauthenticated")
-        server = start_server(DB)
+        argv = None
+        if a.profile:
+            for old in Path(a.profile_out).parent.glob(Path(a.profile_out).name + ".*"):
+                old.unlink()
+            script = str(ROOT / "bench" / "_profiled_server.py")
+            argv = [PYTHON, script, "--port", "{port}", "--out", a.profile_out, "--mode", a.profile]
+        server = start_server(DB, argv=argv)
         await wait_ready(server)
+        if a.profile:
+            PROFILED[:] = [server.proc.pid]
         say(f"server up on port {server.port}")
         client = RawHttp("127.0.0.1", server.port)
         await client.connect()
@@ -437,6 +461,8 @@ async def run(a: argparse.Namespace) -> None:
         server.stop()
         server.discard_log()
         server = None
+        if a.profile:
+            print_profile(a.profile, a.profile_out, PHASES)
         say("server stopped; raw-SQL baseline on the same database")
         raw_orders = [random_order(rnd, skus, a.lines, f"raw-{i}") for i in range(a.orders)]
         base_route_ms, base_reserve_ms, base_units, base_refused = await run_baseline(DB, dry, raw_orders)
@@ -495,6 +521,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--pace", type=float, default=300.0, help="ms between paced routeAndReserve calls")
     p.add_argument("--keep-db", action="store_true")
+    p.add_argument(
+        "--profile",
+        choices=("sample", "cprofile"),
+        help="run the service in-process (bench/_profiled_server.py) and print its profile per measured phase",
+    )
+    p.add_argument("--profile-out", default="/tmp/stockwire-routing-profile", help="profile file prefix")
     run_bench(run(p.parse_args()), fast_loop=False)
 
 

@@ -33,17 +33,14 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg, tenancy
 from app.db.engine import Pair, act_for
-from app.realtime import codec
+from app.realtime import codec, relay_reads
 from app.realtime.hub import Change, Hub
-from app.services import channels as channel_service
-from app.services import queries
 from app.services.context import Ctx
 
 log = logging.getLogger("stockwire.realtime")
@@ -75,6 +72,7 @@ class OutboxRelay:
         self.published_count = 0  # changes handed to the broadcast (for tests and metrics)
         self.skipped_count = 0  # changes not published because nothing a subscriber sees moved
         self.republished_count = 0  # skipped states published after all (see the module docstring)
+        self._levels = relay_reads.LevelCache()  # each level's message, rebuilt only when its row moved
         hub.observe(self.observe)
 
     def poke(
@@ -138,7 +136,9 @@ class OutboxRelay:
         their outbox rows: one read (the rows follow in the next drain)."""
         with tenancy.acting_for(tenant_id):
             async with self.ctx.db.read() as conn:
-                changes = await _read_changes(conn, {s for s, _ in pairs}, pairs, self.ctx.clock(), tenant_id)
+                changes = await relay_reads.read_changes(
+                    conn, {s for s, _ in pairs}, pairs, self.ctx.clock(), tenant_id, self._levels
+                )
         await self._publish_news(changes)
 
     async def drain_once(self) -> int:
@@ -155,12 +155,13 @@ class OutboxRelay:
             changes: list[Change] = []
             for tenant_id, claimed in sorted(by_tenant.items()):
                 await act_for(conn, tenant_id)  # from here on the reads see this tenant's rows only
-                changes += await _read_changes(
+                changes += await relay_reads.read_changes(
                     conn,
                     {r["sku_id"] for r in claimed},
                     {(r["sku_id"], r["location_id"]) for r in claimed if r["location_id"]},
                     self.ctx.clock(),
                     tenant_id,
+                    self._levels,
                 )
             await self._publish_news(changes)
             return len(rows)
@@ -185,6 +186,8 @@ class OutboxRelay:
                 continue  # not a relay's message
             slot = (change.kind, change.key)
             last = self._published.get(slot)
+            if last is not None and change.version == last[0]:
+                continue  # the state we know (most often our own message coming back): nothing to do
             try:
                 content = codec.content(change.kind, change.data)
             except (KeyError, TypeError, AttributeError):
@@ -214,7 +217,7 @@ class OutboxRelay:
         """Whether to publish; a skipped change is still remembered as the newest known state."""
         slot = (change.kind, change.key)
         last = self._published.get(slot)
-        content = codec.content(change.kind, change.data)
+        content = self._content(change)
         if last is None or (change.version > last[0] and content != last[1]):
             return True
         if change.version > last[0]:
@@ -223,35 +226,16 @@ class OutboxRelay:
 
     def _remember(self, changes: list[Change]) -> None:
         for c in changes:
-            self._store((c.kind, c.key), c, codec.content(c.kind, c.data))
+            self._store((c.kind, c.key), c, self._content(c))
+
+    def _content(self, change: Change) -> codec.Content:
+        # the content relay_reads built with the message (by the id of its data, alive in `change`
+        # and replaced on every read), else computed from the data: the same tuple either way
+        known = self._levels.contents.get(id(change.data))
+        return known if known is not None else codec.content(change.kind, change.data)
 
     def _store(self, slot: tuple[str, str], change: Change, content: codec.Content) -> None:
         self._published[slot] = (change.version, content, change)
         self._published.move_to_end(slot)
         while len(self._published) > self._memory:
             self._published.popitem(last=False)
-
-
-async def _read_changes(
-    conn: AsyncConnection, sku_ids: set[int], pairs: set[Pair], now: datetime, tenant_id: int
-) -> list[Change]:
-    """The current state of every availability and stock level the claimed rows touched, in one tenant
-    (the transaction's: the messages carry it in their kinds).
-
-    Every channel's figure is read for the touched SKUs, not only the channels linked to the touched
-    locations: a location just unlinked from a channel (or a ring-fence elsewhere) moves that
-    channel's figure too. Unchanged figures cost a read here but are not published.
-    """
-    views, levels = await queries.availability_and_levels(conn, sku_ids=sku_ids)
-    codes = [v.sku_code for v in views]
-    for channel_code in await pg.channel_codes(await pg.driver(conn)):
-        views += await channel_service.availability_in(conn, channel_code, codes, now)
-    changes = [
-        Change(codec.availability_kind(v.channel_code, tenant_id), v.sku_code, v.version, codec.availability_to_data(v))
-        for v in views
-    ]
-    touched = sorted((levels[p] for p in pairs if p in levels), key=lambda lv: (lv.sku_code, lv.location_code))
-    for level in touched:
-        key = codec.stock_level_key(level.sku_code, level.location_code)
-        changes.append(Change(codec.stock_level_kind(tenant_id), key, level.version, codec.level_to_data(level)))
-    return changes

@@ -1,0 +1,88 @@
+"""The relay's cached read (app/realtime/relay_reads.py) builds exactly the messages the plain read
+builds (`queries.availability_and_levels` + codec), cold and after changes with a warm cache, and the
+contents it hands the relay are `codec.content` of those messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db import pg, tenancy
+from app.db.engine import Pair
+from app.db.tenancy import DEFAULT_TENANT
+from app.realtime import codec, relay_reads
+from app.realtime.hub import Change
+from app.services import channels as channel_service
+from app.services import queries
+from app.services.context import utc_now
+from tests.conftest import Api
+from tests.helpers import UPSERT_LOCATIONS, UPSERT_SKUS, catalogue, event, record, reserve
+
+
+async def _reference(conn: AsyncConnection, sku_ids: set[int], pairs: set[Pair], now: datetime) -> list[Change]:
+    """The relay's read before the cache, verbatim."""
+    views, levels = await queries.availability_and_levels(conn, sku_ids=sku_ids)
+    codes = [v.sku_code for v in views]
+    for channel_code in await pg.channel_codes(await pg.driver(conn)):
+        views += await channel_service.availability_in(conn, channel_code, codes, now)
+    changes = [
+        Change(
+            codec.availability_kind(v.channel_code, DEFAULT_TENANT),
+            v.sku_code,
+            v.version,
+            codec.availability_to_data(v),
+        )
+        for v in views
+    ]
+    touched = sorted((levels[p] for p in pairs if p in levels), key=lambda lv: (lv.sku_code, lv.location_code))
+    for level in touched:
+        key = codec.stock_level_key(level.sku_code, level.location_code)
+        changes.append(Change(codec.stock_level_kind(DEFAULT_TENANT), key, level.version, codec.level_to_data(level)))
+    return changes
+
+
+async def _compare(api: Api, cache: relay_reads.LevelCache) -> list[Change]:
+    ids = {code: i for i, code in await api.sql("SELECT id, code FROM skus")}
+    pairs = {(s, loc) for s, loc in await api.sql("SELECT sku_id, location_id FROM stock_levels")}
+    touched = {p for p in pairs if p[1] % 2 == 1}  # some positions, not all
+    now = utc_now()
+    with tenancy.acting_for(DEFAULT_TENANT):
+        async with api.ctx.db.read() as conn:
+            expected = await _reference(conn, set(ids.values()), touched, now)
+            got = await relay_reads.read_changes(conn, set(ids.values()), touched, now, DEFAULT_TENANT, cache)
+    assert got == expected
+    for change in got:
+        assert cache.contents.get(id(change.data), codec.content(change.kind, change.data)) == codec.content(
+            change.kind, change.data
+        )
+    return got
+
+
+async def test_cached_read_builds_the_same_messages(api: Api) -> None:
+    await catalogue(api, ["A", "B", "C", "EMPTY"], [("WH-1", 10), ("WH-2", 20), ("WH-3", 30)])
+    await record(
+        api,
+        event("RECEIVED", "A", "WH-1", 10),
+        event("RECEIVED", "A", "WH-2", 5),
+        event("RECEIVED", "B", "WH-2", 7),
+        event("RECEIVED", "B", "WH-3", 1),
+        event("RECEIVED", "C", "WH-3", 4),
+    )
+    cache = relay_reads.LevelCache()
+    first = await _compare(api, cache)
+    assert {c.key for c in first if codec.is_availability(c.kind)} == {"A", "B", "C", "EMPTY"}
+
+    # changes after the cache is warm: a hold, an oversold position, a location off, a SKU off
+    held = await reserve(api, [{"skuCode": "A", "quantity": 3, "locationCode": "WH-1"}])
+    assert held["userErrors"] == []
+    await record(api, event("SOLD", "B", "WH-3", 3))
+    await _compare(api, cache)
+    await api.ok(UPSERT_LOCATIONS, input=[{"code": "WH-2", "name": "WH-2", "kind": "WAREHOUSE", "active": False}])
+    await _compare(api, cache)
+    await api.ok(UPSERT_SKUS, input=[{"code": "C", "name": "C", "active": False}])
+    last = await _compare(api, cache)
+    by_key = {c.key: c.data for c in last if codec.is_availability(c.kind)}
+    assert by_key["A"]["available"] == 7  # WH-1's 10 less 3 held; WH-2 is off
+    assert by_key["B"]["oversold"] == 2 and by_key["B"]["available"] == 0
+    assert by_key["C"]["available"] == 0  # switched off
