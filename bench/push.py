@@ -795,6 +795,8 @@ async def amain(a: argparse.Namespace) -> int:
             argv = None
             if a.profile:
                 out = f"/tmp/stockwire-push-prof-{name}"
+                for old in Path("/tmp").glob(f"stockwire-push-prof-{name}.*"):  # noqa: ASYNC240 (before any load)
+                    old.unlink()  # print_profile waits for the file: an old one would be printed instead
                 argv = [PYTHON, "bench/_profiled_server.py", "--port", "{port}", "--out", out, "--mode", a.profile]
             server = start_server(a.db, extra_env=env, argv=argv)
             started.append(server)
