@@ -314,3 +314,28 @@ async def test_concurrent_reserves_over_graphql_never_oversell(api: Api) -> None
     units = sum(r["reservation"]["lines"][0]["quantity"] for r in held)
     assert units <= 30 and units >= 28  # a refusal leaves less than its request behind (1 or 2 units)
     await _assert_consistent(api, units)
+
+
+async def test_an_error_in_a_batch_fails_every_member_and_holds_nothing(api: Api) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    await catalogue(api)
+    await receive(api, "SKU-1", "WH-1", 10)
+
+    async def too_long_scope() -> ReservationView | Refused:
+        # a scope longer than its column: the batch's claim statement fails in the database
+        request = reservations.ReserveRequest([RequestedLine("SKU-1", 1, "WH-1")], "bad", idempotency_scope="s" * 150)
+        return await _outcome_of(api, request)
+
+    async with _position_locked(api):
+        first = asyncio.create_task(_outcome(api, 1, "first"))
+        await asyncio.sleep(0.05)
+        tasks = await _queued([lambda: _outcome(api, 1, "a"), too_long_scope, lambda: _outcome(api, 1, "b")])
+    assert isinstance(await first, ReservationView)
+    for task in tasks:
+        with pytest.raises(DBAPIError):
+            await task
+    assert await _rows(api, "SELECT idempotency_key FROM reservations") == [("first",)]
+    await _assert_consistent(api, 1)
+    assert isinstance(await _outcome(api, 1, "a"), ReservationView)  # the next batch runs as usual
+    await _assert_consistent(api, 2)

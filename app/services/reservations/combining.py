@@ -204,10 +204,15 @@ async def _drain(key: _LaneKey, lane: _Lane) -> None:
                 continue
             try:
                 answers = await _run_batch(batch)
-            except Exception as exc:  # every member gets the batch's error, none is left waiting
+            except BaseException as exc:  # every member gets the batch's error, none is left waiting
                 for waiter in batch:
                     if not waiter.future.done():
-                        waiter.future.set_exception(exc)
+                        if isinstance(exc, Exception):
+                            waiter.future.set_exception(exc)
+                        else:
+                            waiter.future.cancel()
+                if not isinstance(exc, Exception):
+                    raise  # this task cancelled (the loop shutting down)
                 continue
             for waiter, answer in zip(batch, answers, strict=True):
                 if waiter.future.done():
