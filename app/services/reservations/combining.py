@@ -196,33 +196,36 @@ def _next_batch(queue: deque[_Waiter], size: int) -> list[_Waiter]:
 
 
 async def _drain(key: _LaneKey, lane: _Lane) -> None:
-    """Run the position's batches until its queue is empty, then forget the lane."""
+    """Run the position's batches until its queue is empty and none is in flight, then forget the lane.
+
+    Two batches may be in flight: the next one starts once the previous one holds the row lock, so it
+    does its work before the lock (claiming keys, expiry) meanwhile and then waits on the lock, which
+    the database grants it only after the previous one commits: batches still lock, decide and commit
+    in arrival order, and the row lock is never idle between them."""
+    previous: asyncio.Task[None] | None = None
     try:
-        while lane.queue:
+        while lane.queue or previous is not None:
+            if not lane.queue:
+                assert previous is not None
+                await previous
+                previous = None
+                continue
             batch = _next_batch(lane.queue, lane.queue[0].ctx.settings.combine_holds)
             if not batch:
                 continue
+            locked = asyncio.Event()
+            current = asyncio.create_task(_serve(batch, locked))
+            waiting = asyncio.create_task(locked.wait())
             try:
-                answers = await _run_batch(batch)
-            except BaseException as exc:  # every member gets the batch's error, none is left waiting
-                for waiter in batch:
-                    if not waiter.future.done():
-                        if isinstance(exc, Exception):
-                            waiter.future.set_exception(exc)
-                        else:
-                            waiter.future.cancel()
-                if not isinstance(exc, Exception):
-                    raise  # this task cancelled (the loop shutting down)
-                continue
-            for waiter, answer in zip(batch, answers, strict=True):
-                if waiter.future.done():
-                    continue
-                if isinstance(answer, Refused):
-                    waiter.future.set_exception(answer)
-                else:
-                    waiter.future.set_result(answer)
+                await asyncio.wait((current, waiting), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiting.cancel()
+            if previous is not None:
+                await previous  # at most two in flight
+            previous = current
     finally:
-        # also when this task itself is cancelled (the loop shutting down): nobody is left waiting
+        # also when this task itself is cancelled (the loop shutting down): nobody is left waiting (a
+        # batch already started answers its members from its own task)
         for waiter in lane.queue:
             if not waiter.future.done():
                 waiter.future.cancel()
@@ -232,13 +235,38 @@ async def _drain(key: _LaneKey, lane: _Lane) -> None:
             del _lanes[key]
 
 
+async def _serve(batch: Sequence[_Waiter], locked: asyncio.Event) -> None:
+    """One batch, its answers given to its members; never raises (each member gets the batch's error)."""
+    try:
+        answers = await _run_batch(batch, locked)
+    except BaseException as exc:  # every member gets the batch's error, none is left waiting
+        for waiter in batch:
+            if not waiter.future.done():
+                if isinstance(exc, Exception):
+                    waiter.future.set_exception(exc)
+                else:
+                    waiter.future.cancel()
+        if not isinstance(exc, Exception):
+            raise  # this task cancelled (the loop shutting down)
+        return
+    finally:
+        locked.set()  # the next batch may start (also when this one ended before taking the lock)
+    for waiter, answer in zip(batch, answers, strict=True):
+        if waiter.future.done():
+            continue
+        if isinstance(answer, Refused):
+            waiter.future.set_exception(answer)
+        else:
+            waiter.future.set_result(answer)
+
+
 # --- one batch, one transaction ---------------------------------------------------------------------
 
 
 Answer = ReservationView | Refused | None
 
 
-async def _run_batch(batch: Sequence[_Waiter]) -> list[Answer]:
+async def _run_batch(batch: Sequence[_Waiter], locked: asyncio.Event) -> list[Answer]:
     ctx = batch[0].ctx
     line = batch[0].req.lines[0]
     assert line.location_code is not None
@@ -273,12 +301,13 @@ async def _run_batch(batch: Sequence[_Waiter]) -> list[Answer]:
             return [None] * len(batch)
         # holds past their expiry never block a new reservation (as in the ordinary path)
         await expire_due(conn, now, sku_ids=[sku_id], wait=True)
-        locked = await _run(db.fetchrow, _LOCK, sku_id, location_id)
-        if locked is None:  # no position yet: the ordinary path refuses it with its own message
+        row = await _run(db.fetchrow, _LOCK, sku_id, location_id)
+        locked.set()  # the next batch may start its work before the lock
+        if row is None:  # no position yet: the ordinary path refuses it with its own message
             await _run(db.execute, _FORGET, [rids[i] for i in mine])
             return [None] * len(batch)
         quantities = [batch[i].quantity for i in mine]
-        verdicts = decide(int(locked["available"]), quantities)
+        verdicts = decide(int(row["available"]), quantities)
         taken = accepted_units(verdicts, quantities)
         accepted = [i for i, v in zip(mine, verdicts, strict=True) if v.accepted]
         refused = [rids[i] for i, v in zip(mine, verdicts, strict=True) if not v.accepted]
