@@ -58,8 +58,7 @@ def serve(
             asyncio.run(_load_demo(settings))
         where = _safe(settings.database) if embedded is None else f"embedded PostgreSQL in {embedded}"
         typer.echo(
-            f"Stockwire on http://{host}:{port}/graphql  (database: {where}, "
-            f"broadcast: {settings.broadcast_url})"
+            f"Stockwire on http://{host}:{port}/graphql  (database: {where}, broadcast: {settings.broadcast_url})"
         )
         if workers > 1:
             # the workers read their settings from the environment: hand them the database this process chose

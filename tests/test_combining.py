@@ -131,7 +131,11 @@ async def _queued(calls: list[Callable[[], Coroutine[Any, Any, Any]]]) -> list[a
     return tasks
 
 
-async def test_200_concurrent_reserves_on_one_sku_hold_exactly_what_one_by_one_holds_would(api: Api) -> None:
+@pytest.mark.parametrize("in_flight", [1, 2])
+async def test_200_concurrent_reserves_on_one_sku_hold_exactly_what_one_by_one_holds_would(
+    api: Api, in_flight: int
+) -> None:
+    api.ctx.settings.combine_in_flight = in_flight  # 2: the next batch starts while one holds the lock
     await catalogue(api)
     await receive(api, "SKU-1", "WH-1", 250)
     rng = random.Random(200)

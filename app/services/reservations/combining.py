@@ -198,8 +198,9 @@ def _next_batch(queue: deque[_Waiter], size: int) -> list[_Waiter]:
 async def _drain(key: _LaneKey, lane: _Lane) -> None:
     """Run the position's batches until its queue is empty and none is in flight, then forget the lane.
 
-    Two batches may be in flight: the next one starts once the previous one holds the row lock, so it
-    does its work before the lock (claiming keys, expiry) meanwhile and then waits on the lock, which
+    With `Settings.combine_in_flight` 2, two batches may be in flight: the next one starts once the
+    previous one holds the row lock, so it does its work before the lock (claiming keys, expiry)
+    meanwhile and then waits on the lock, which
     the database grants it only after the previous one commits: batches still lock, decide and commit
     in arrival order, and the row lock is never idle between them."""
     previous: asyncio.Task[None] | None = None
@@ -207,7 +208,7 @@ async def _drain(key: _LaneKey, lane: _Lane) -> None:
         while lane.queue or previous is not None:
             if not lane.queue:
                 assert previous is not None
-                await previous
+                await asyncio.shield(previous)
                 previous = None
                 continue
             batch = _next_batch(lane.queue, lane.queue[0].ctx.settings.combine_holds)
@@ -215,13 +216,16 @@ async def _drain(key: _LaneKey, lane: _Lane) -> None:
                 continue
             locked = asyncio.Event()
             current = asyncio.create_task(_serve(batch, locked))
+            if batch[0].ctx.settings.combine_in_flight < 2:
+                await asyncio.shield(current)  # one at a time: the next batch starts after this one's commit
+                continue
             waiting = asyncio.create_task(locked.wait())
             try:
                 await asyncio.wait((current, waiting), return_when=asyncio.FIRST_COMPLETED)
             finally:
                 waiting.cancel()
             if previous is not None:
-                await previous  # at most two in flight
+                await asyncio.shield(previous)  # at most two in flight
             previous = current
     finally:
         # also when this task itself is cancelled (the loop shutting down): nobody is left waiting (a
