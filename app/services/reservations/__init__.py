@@ -4,7 +4,8 @@
 - `transitions`: commit, release, extend (each a conditional UPDATE: exactly one of them wins a race);
 - `expiry`: holds past their expiry given back, by the sweeper or by a reserve that needs the units;
 - `reads`: reservations as the asking actor may see them;
-- `records`: the rows a hold writes, shared with routeAndReserve.
+- `records`: the rows a hold writes, shared with routeAndReserve;
+- `combining`: a hot position's checkouts held together, one transaction per batch (issue 15).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from app.domain.reservations import (
 )
 from app.services import channels, demand
 from app.services.context import Ctx
+from app.services.reservations import combining
 from app.services.reservations.expiry import expire_due
 from app.services.reservations.reads import load_views
 from app.services.reservations.records import (
@@ -96,6 +97,11 @@ async def reserve(ctx: Ctx, req: ReserveRequest) -> ReservationView:
     fingerprint = b2b_fingerprint(
         lines_fingerprint(req.lines, req.channel_code, req.cart_ref), req.account_code, req.allow_partial
     )
+    if combining.applies(ctx, req):
+        # issue 15: a hot position's checkouts share one transaction (None: answered the ordinary way)
+        combined = await combining.reserve(ctx, req, ttl, fingerprint)
+        if combined is not None:
+            return combined
 
     named = req.channel_code is None and all(ln.location_code is not None for ln in req.lines)
 
