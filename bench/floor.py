@@ -107,7 +107,7 @@ async def amain(a: argparse.Namespace) -> int:
         for s in r.tally.failure_samples:
             print(f"  failure: {s}")
         if a.profile:
-            time.sleep(1.0)  # the server writes the profile on SIGUSR2; a half-written .prof fails to load
+            await asyncio.sleep(1.0)  # the server writes the profile on SIGUSR2; a half-written .prof fails to load
             print_profile(a.profile, a.profile_out, ["FLOOR"])
         return 0 if r.tally.ok and not r.tally.failed else 1
     finally:
