@@ -52,6 +52,16 @@ def provided_operation_name(context: ExecutionContext) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def core_schema(context: ExecutionContext) -> Any:
+    """The graphql-core schema an operation runs against (what Strawberry's validation takes).
+
+    Checked against strawberry-graphql 0.341.2, the locked version (`Schema._schema`, which Strawberry's
+    own ValidationCache passes to `validate_document`). app/graphql/document_cache.py validates through
+    the same function with a cache keyed by the query text; Strawberry exposes the schema no other way.
+    """
+    return context.schema._schema
+
+
 # Strawberry's resolve info for graphql-core executors of our own: keeps `operation_extensions` and the
 # plain variables dict resolvers expect. Checked against strawberry-graphql 0.341.2 (locked): the class lives
 # in strawberry.schema.schema, outside Strawberry's exported names, and its info class is private.

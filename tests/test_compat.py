@@ -341,3 +341,18 @@ def test_the_guard_sees_what_it_looks_for() -> None:
             yield
 
     assert _inherited_internals(Reading) == ["self._process_result"]
+
+
+def test_core_schema_is_the_graphql_core_schema_strawberry_validates_against() -> None:
+    from graphql import GraphQLSchema
+    from strawberry.types import ExecutionContext
+
+    @strawberry.type
+    class Q:
+        x: int = 1
+
+    schema = strawberry.Schema(query=Q)
+    context = ExecutionContext(query="{ x }", schema=schema, allowed_operations=(), context=None)
+    core = compat.core_schema(context)
+    assert isinstance(core, GraphQLSchema)
+    assert core.query_type is not None and core.query_type.name == "Q"

@@ -91,3 +91,49 @@ def test_the_same_error_logs_its_traceback_once_per_interval_then_counts(lines: 
     records = [r for r in _parsed(lines) if r["logger"] == "stockwire.test"]
     assert len(records) == 2
     assert records[1]["repeated"] == 4 and "Traceback" in records[1]["exception"]
+
+
+async def test_the_batched_handler_writes_a_loop_steps_lines_together_and_warnings_at_once() -> None:
+    import asyncio
+
+    from app.observability.logging import BatchedStreamHandler
+
+    out = io.StringIO()
+    handler = BatchedStreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log = logging.getLogger("stockwire.test.batched")
+    log.addHandler(handler)
+    log.propagate, log.level = False, logging.INFO
+    try:
+        log.info("one")
+        log.info("two")
+        assert out.getvalue() == ""  # pending until this loop step ends
+        await asyncio.sleep(0)
+        assert out.getvalue() == "INFO one\nINFO two\n"
+        log.info("three")
+        log.warning("four")  # at once, with what was pending before it (order kept)
+        assert out.getvalue().endswith("INFO three\nWARNING four\n")
+        log.info("five")
+        handler.flush()  # logging.shutdown at exit
+        assert out.getvalue().endswith("WARNING four\nINFO five\n")
+    finally:
+        log.removeHandler(handler)
+
+
+def test_the_batched_handler_writes_at_once_outside_an_event_loop() -> None:
+    from app.observability.logging import BatchedStreamHandler
+
+    out = io.StringIO()
+    handler = BatchedStreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    record = logging.LogRecord("stockwire", logging.INFO, "", 0, "plain", None, None)
+    handler.handle(record)
+    assert out.getvalue() == "plain\n"
+
+
+def test_request_ids_are_32_hex_digits_and_unique() -> None:
+    from app.graphql.request_state import _REQUEST_ID, new_request_id
+
+    ids = [new_request_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 and _REQUEST_ID.fullmatch(i) for i in ids)

@@ -7,7 +7,7 @@ from functools import cache
 from graphql import ASTValidationRule, GraphQLError
 from graphql.validation.rules.max_introspection_depth_rule import MaxIntrospectionDepthRule
 from strawberry import Schema
-from strawberry.extensions import ParserCache, ValidationCache, max_aliases, query_depth_limiter
+from strawberry.extensions import ParserCache, max_aliases, query_depth_limiter
 from strawberry.tools import merge_types
 
 from app.graphql.b2b import B2bMutation, B2bQuery
@@ -15,6 +15,7 @@ from app.graphql.channel_holds import ExternalHoldMutation
 from app.graphql.channel_reports import ChannelReportQuery, ReconciliationMutation
 from app.graphql.channels import ChannelMutation, ChannelQuery, ChannelSubscription
 from app.graphql.deliveries import DeliveryMutation, DeliveryQuery
+from app.graphql.document_cache import ValidatedDocuments, ValidationByQuery
 from app.graphql.errors import ClientErrors, ErrorPolicy, OperationLimits, StockwireSchema
 from app.graphql.input_guard import guard
 from app.graphql.keys import KeyMutation, KeyQuery
@@ -71,6 +72,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
         ),
     )
     subscription = merge_types("Subscription", (Subscription, ChannelSubscription))
+    validated = ValidatedDocuments(maxsize=1024)  # this schema's own: its rules and types
     secure(query, mutation, subscription)  # the scope every operation needs (app/graphql/permissions.py)
     guard(root_fields(query, mutation, subscription))  # what the database can store (app/graphql/input_guard.py)
     built = StockwireSchema(
@@ -85,7 +87,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
             # without these Strawberry parses and validates every request again (pitfalls.md #6)
             # factories: a fresh extension per request; the caches themselves are module-level and shared
             lambda: ParserCache(maxsize=1024),
-            lambda: ValidationCache(maxsize=1024),
+            lambda: ValidationByQuery(validated),  # keyed by the query text (app/graphql/document_cache.py)
             lambda: ClientErrors(ERROR_POLICY),
             Observe,  # per-operation metrics and the key id in log lines (app/observability)
         ],

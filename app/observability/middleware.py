@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.graphql.request_state import _REQUEST_ID
+from app.graphql.request_state import _REQUEST_ID, new_request_id
 from app.observability.logging import ACCESS
 from app.observability.metrics import HTTP_REQUESTS, HTTP_SECONDS
 
@@ -39,7 +38,7 @@ class ObservabilityMiddleware:
             return
         headers = [(k, v) for k, v in scope.get("headers", []) if k != b"x-request-id"]
         given = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
-        rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        rid = given if _REQUEST_ID.fullmatch(given) else new_request_id()
         scope["headers"] = [*headers, (b"x-request-id", rid.encode())]
         scope.setdefault("state", {})["request_id"] = rid  # the websocket's id, too (request_id_of)
         structlog.contextvars.clear_contextvars()
