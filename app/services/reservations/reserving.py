@@ -97,12 +97,6 @@ async def reserve(ctx: Ctx, req: ReserveRequest) -> ReservationView:
     fingerprint = b2b_fingerprint(
         lines_fingerprint(req.lines, req.channel_code, req.cart_ref), req.account_code, req.allow_partial
     )
-    if combining.applies(ctx, req):
-        # issue 15: a hot position's checkouts share one transaction (None: answered the ordinary way)
-        combined = await combining.reserve(ctx, req, ttl, fingerprint)
-        if combined is not None:
-            return combined
-
     named = req.channel_code is None and all(ln.location_code is not None for ln in req.lines)
 
     async def work(conn: AsyncConnection) -> ReservationView:
@@ -117,13 +111,22 @@ async def reserve(ctx: Ctx, req: ReserveRequest) -> ReservationView:
             return await repeat(conn, now, earlier, fingerprint)
         return await _hold_all(conn, req, now, rid, now + timedelta(seconds=ttl))
 
-    try:
-        return await ctx.db.write(work)
-    except IntegrityError as exc:
-        if not is_unique_violation(exc):
-            raise
-        # a concurrent call with the same key won the insert: answer as a repeat of it
-        return await ctx.db.write(work)
+    async def ordinary() -> ReservationView:
+        try:
+            return await ctx.db.write(work)
+        except IntegrityError as exc:
+            if not is_unique_violation(exc):
+                raise
+            # a concurrent call with the same key won the insert: answer as a repeat of it
+            return await ctx.db.write(work)
+
+    if combining.applies(ctx, req):
+        # issue 15: checkouts arriving while one holds the same position share one transaction
+        # (None: answered the ordinary way)
+        combined = await combining.reserve(ctx, req, ttl, fingerprint, ordinary)
+        if combined is not None:
+            return combined
+    return await ordinary()
 
 
 async def _reserve_named(
