@@ -7,6 +7,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from app.services import integrity, reservations
 from app.services.views import ReservationView
 from tests.conftest import Api
 from tests.helpers import RESERVE, catalogue, receive
+from tests.test_promises_stock import ClockedApi, clocked  # noqa: F401 (the fixture)
 
 # --- the decision, pure ---------------------------------------------------------------------------
 
@@ -346,3 +348,32 @@ async def test_an_error_in_a_batch_fails_every_member_and_holds_nothing(api: Api
     await _assert_consistent(api, 1)
     assert isinstance(await _outcome(api, 1, "a"), ReservationView)  # the next batch runs as usual
     await _assert_consistent(api, 2)
+
+
+async def test_a_batch_gives_back_an_expired_hold_before_it_decides(clocked: ClockedApi) -> None:  # noqa: F811
+    """The batch's own expiry check (folded into its look-up): a hold that expired while the batch queued
+    is given back before the batch decides, so its units go to the queued buyers."""
+    api = clocked
+    await catalogue(api)
+    await receive(api, "SKU-1", "WH-1", 4)
+    old = await reservations.reserve(
+        api.ctx, reservations.ReserveRequest([RequestedLine("SKU-1", 3, "WH-1")], "old", ttl_seconds=1)
+    )
+    async with _position_locked(api):
+        first = asyncio.create_task(_outcome(api, 1, "a"))  # the ordinary path, the last free unit
+        await asyncio.sleep(0.05)
+        tasks = await _queued([lambda: _outcome(api, 1, "b"), lambda: _outcome(api, 2, "c")])
+        api.now[0] += timedelta(seconds=2)  # the old hold expires while they queue; no sweeper runs
+    assert isinstance(await first, ReservationView)
+    assert _answers([await t for t in tasks]) == [None, None]
+    assert await _rows(api, "SELECT status FROM reservations WHERE id = :r", r=old.id) == [("EXPIRED",)]
+    ledger = await _rows(api, "SELECT kind, d_reserved, version FROM inventory_events ORDER BY version")
+    assert ledger == [
+        ("RECEIVED", 0, 1),
+        ("RESERVED", 3, 2),
+        ("RESERVED", 1, 3),
+        ("RESERVATION_EXPIRED", -3, 4),
+        ("RESERVED", 1, 5),
+        ("RESERVED", 2, 6),
+    ]
+    await _assert_consistent(api, 4)
