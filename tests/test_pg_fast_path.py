@@ -124,7 +124,7 @@ async def test_other_database_errors_are_sqlalchemys_dbapi_error(db: Database) -
     assert await _position(db) == (10, 1)
 
     async def bad_sql(conn: AsyncConnection) -> object:
-        return await pg._run((await pg.driver(conn)).fetch, "SELEC 1")
+        return await pg.run((await pg.driver(conn)).fetch, "SELEC 1")
 
     with pytest.raises(DBAPIError) as caught:
         await db.write(bad_sql)

@@ -54,7 +54,9 @@ async def driver(conn: AsyncConnection) -> asyncpg.Connection:
     return connection
 
 
-async def _run(call: Callable[..., Awaitable[T]], sql: str, *args: Any) -> T:
+async def run(call: Callable[..., Awaitable[T]], sql: str, *args: Any) -> T:
+    """`call(sql, *args)` (an asyncpg connection's fetch, fetchrow, fetchval or execute) with asyncpg's
+    errors raised as SQLAlchemy's (see the module docstring): for statements of other modules too."""
     try:
         return await call(sql, *args)
     except asyncpg.PostgresError as exc:
@@ -95,7 +97,7 @@ async def look_up(
 ) -> tuple[dict[str, int], dict[str, tuple[int, str | None]], dict[tuple[str, str], tuple[str | None, int]]]:
     """SKU code -> id; location code -> (id, count_authority); (source, external id) -> (fingerprint,
     version) of the events already recorded."""
-    rows = await _run(
+    rows = await run(
         db.fetch, _LOOK_UP, list(sku_codes), list(location_codes), [k[0] for k in keys], [k[1] for k in keys]
     )
     skus: dict[str, int] = {}
@@ -124,7 +126,7 @@ _LOCK = (
 
 async def lock_positions(db: asyncpg.Connection, pairs: Sequence[Pair]) -> list[asyncpg.Record]:
     """Rows locked in key order (see stock.lock_positions); counted_at still naive."""
-    return list(await _run(db.fetch, _LOCK, [p[0] for p in pairs], [p[1] for p in pairs]))
+    return list(await run(db.fetch, _LOCK, [p[0] for p in pairs], [p[1] for p in pairs]))
 
 
 def position(row: asyncpg.Record) -> Position:
@@ -164,7 +166,7 @@ async def apply_delta(
         args += list(delta)
     if counted is not None:
         args.append(_naive(counted))
-    version = await _run(db.fetchval, _APPLY[(delta is not None, counted is not None)], *args)
+    version = await run(db.fetchval, _APPLY[(delta is not None, counted is not None)], *args)
     if version is None:
         raise LookupError(f"no position {pair}")
     return int(version)
@@ -202,7 +204,7 @@ async def apply_deltas(
             columns[2 + k].append(delta[k])
         columns[8].append(n)
         columns[9].append(_naive(counted))
-    rows = await _run(db.fetch, _APPLY_MANY, *columns, _naive(now))
+    rows = await run(db.fetch, _APPLY_MANY, *columns, _naive(now))
     if len(rows) != len(changes):
         raise LookupError("apply_deltas: a position is missing")
     return {(r[0], r[1]): int(r[2]) for r in rows}
@@ -217,7 +219,7 @@ _ON_HAND_AFTER = (
 
 async def on_hand_after_many(db: asyncpg.Connection, asked: Sequence[tuple[Pair, datetime]]) -> list[int]:
     """For each (position, time): the sum of on-hand effects of its ledger rows that occurred after it."""
-    rows = await _run(
+    rows = await run(
         db.fetch, _ON_HAND_AFTER, [p[0] for p, _ in asked], [p[1] for p, _ in asked], [_naive(t) for _, t in asked]
     )
     found = {int(r[0]): int(r[1]) for r in rows}
@@ -227,12 +229,12 @@ async def on_hand_after_many(db: asyncpg.Connection, asked: Sequence[tuple[Pair,
 async def fetch_value(db: asyncpg.Connection, sql: str, *args: Any) -> Any:
     """The first column of the first row of `sql` (prepared once per connection), None without a row;
     errors raised as SQLAlchemy's, like every statement here. Datetimes must be given naive (`naive`)."""
-    return await _run(db.fetchval, sql, *args)
+    return await run(db.fetchval, sql, *args)
 
 
 async def execute(db: asyncpg.Connection, sql: str, *args: Any) -> None:
     """Run `sql` (prepared once per connection) for its effect; errors raised as SQLAlchemy's."""
-    await _run(db.execute, sql, *args)
+    await run(db.execute, sql, *args)
 
 
 def naive(value: datetime) -> datetime:
@@ -273,18 +275,18 @@ _INSERT_OUTBOX_MANY = (
 async def write_ledger(db: asyncpg.Connection, rows: Sequence[dict[str, Any]]) -> None:
     if len(rows) == 1:
         row = rows[0]
-        await _run(db.execute, _INSERT_LEDGER, *[_naive(row[c]) if c in _TIMES else row[c] for c in LEDGER_COLUMNS])
+        await run(db.execute, _INSERT_LEDGER, *[_naive(row[c]) if c in _TIMES else row[c] for c in LEDGER_COLUMNS])
     elif rows:
         # unnest keeps the arrays' order, so ids follow the rows' order as an executemany's did
         columns = [[_naive(r[c]) for r in rows] if c in _TIMES else [r[c] for r in rows] for c in LEDGER_COLUMNS]
-        await _run(db.execute, _INSERT_LEDGER_MANY, *columns)
+        await run(db.execute, _INSERT_LEDGER_MANY, *columns)
 
 
 async def enqueue_changes(db: asyncpg.Connection, pairs: Sequence[Pair], now: datetime) -> None:
     if len(pairs) == 1:
-        await _run(db.execute, _INSERT_OUTBOX, pairs[0][0], pairs[0][1], _naive(now))
+        await run(db.execute, _INSERT_OUTBOX, pairs[0][0], pairs[0][1], _naive(now))
     elif pairs:
-        await _run(db.execute, _INSERT_OUTBOX_MANY, [p[0] for p in pairs], [p[1] for p in pairs], _naive(now))
+        await run(db.execute, _INSERT_OUTBOX_MANY, [p[0] for p in pairs], [p[1] for p in pairs], _naive(now))
 
 
 # --- reads of the outbox relay and of availability ------------------------------------------------
@@ -306,7 +308,7 @@ async def availability_rows(
     db: asyncpg.Connection, sku_ids: Sequence[int], sku_codes: Sequence[str]
 ) -> list[asyncpg.Record]:
     """Rows of `_AVAILABILITY`; updated_at still naive (see `aware`)."""
-    return list(await _run(db.fetch, _AVAILABILITY, list(sku_ids), list(sku_codes)))
+    return list(await run(db.fetch, _AVAILABILITY, list(sku_ids), list(sku_codes)))
 
 
 def aware(value: datetime) -> datetime:
@@ -325,12 +327,12 @@ async def claim_outbox(db: asyncpg.Connection, batch_size: int) -> list[asyncpg.
     The claim's commit does not wait for the WAL flush: lost in a crash, it only means the rows are
     published again. That halves the flushes of a busy service (one per change, one per relay batch).
     """
-    await _run(db.execute, "SET LOCAL synchronous_commit TO off")
-    return list(await _run(db.fetch, _CLAIM, batch_size))
+    await run(db.execute, "SET LOCAL synchronous_commit TO off")
+    return list(await run(db.fetch, _CLAIM, batch_size))
 
 
 async def channel_codes(db: asyncpg.Connection) -> list[str]:
-    return [r["code"] for r in await _run(db.fetch, "SELECT code FROM channels ORDER BY code")]
+    return [r["code"] for r in await run(db.fetch, "SELECT code FROM channels ORDER BY code")]
 
 
 # --- the checkout (reserve with every location named) ---------------------------------------------
@@ -364,7 +366,7 @@ async def open_reservation(
     """Claim `row` (a reservation row, reservations' columns by name; id None: made here) under its
     idempotency key and look up the request. Returns (the reservation's id if claimed, else None;
     SKU code -> (id, active); location code -> (id, active); whether an expired hold is due)."""
-    rows = await _run(
+    rows = await run(
         db.fetch,
         _OPEN_RESERVATION,
         row["id"],
@@ -449,7 +451,7 @@ async def hold_named(
     to add to the SKU's velocity, None for none."""
     channel, units = sale if sale is not None else ("", 0.0)
     args = [_naive(ledger[c]) if c in _TIMES else ledger[c] for c in _LEDGER_PARAMS]
-    row = await _run(
+    row = await run(
         db.fetchrow,
         sql,
         pair[0],

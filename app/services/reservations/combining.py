@@ -43,12 +43,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
-import asyncpg
 from sqlalchemy import literal_column
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg, stock, tenancy
@@ -65,7 +63,6 @@ from app.services.views import ReservationLineView, ReservationView
 if TYPE_CHECKING:
     from app.services.reservations.reserving import ReserveRequest
 
-T = TypeVar("T")
 
 # --- statements (asyncpg, prepared once per connection: app/db/pg.py says why) ---------------------
 
@@ -102,16 +99,6 @@ _HOLD = (
     "SELECT version FROM h"
 )
 _FORGET = "DELETE FROM reservations WHERE id = ANY($1::varchar[])"
-
-
-async def _run(call: Callable[..., Awaitable[T]], sql: str, *args: Any) -> T:
-    """asyncpg's errors as SQLAlchemy's (like app/db/pg.py), so `Database.write` retries deadlocks."""
-    try:
-        return await call(sql, *args)
-    except asyncpg.PostgresError as exc:
-        if str(getattr(exc, "sqlstate", "")).startswith("23"):
-            raise IntegrityError(sql, args, exc) from exc
-        raise DBAPIError(sql, args, exc) from exc
 
 
 # --- the queue per position ---------------------------------------------------------------------
@@ -308,14 +295,14 @@ async def _run_batch(batch: Sequence[_Waiter], locked: asyncio.Event) -> list[An
     async def work(conn: AsyncConnection) -> list[Answer]:
         now = ctx.clock()
         db = await pg.driver(conn)
-        sku_id, location_id, due = await _run(db.fetchrow, _RESOLVE, sku_code, location_code, pg.naive(now))
+        sku_id, location_id, due = await pg.run(db.fetchrow, _RESOLVE, sku_code, location_code, pg.naive(now))
         if sku_id is None or location_id is None:
             return [None] * len(batch)  # the ordinary path says what is wrong, as it always has
         rids = [str(uuid.uuid4()) for _ in batch]
         expires = [now + timedelta(seconds=w.ttl) for w in batch]
         claimed = {
             r["id"]
-            for r in await _run(
+            for r in await pg.run(
                 db.fetch,
                 _CLAIM,
                 ReservationStatus.ACTIVE.value,
@@ -335,10 +322,10 @@ async def _run_batch(batch: Sequence[_Waiter], locked: asyncio.Event) -> list[An
         # holds past their expiry never block a new reservation (as in the ordinary path)
         if due:
             await expire_due(conn, now, sku_ids=[sku_id], wait=True)
-        row = await _run(db.fetchrow, _LOCK, sku_id, location_id)
+        row = await pg.run(db.fetchrow, _LOCK, sku_id, location_id)
         locked.set()  # the next batch may start its work before the lock
         if row is None:  # no position yet: the ordinary path refuses it with its own message
-            await _run(db.execute, _FORGET, [rids[i] for i in mine])
+            await pg.run(db.execute, _FORGET, [rids[i] for i in mine])
             return [None] * len(batch)
         quantities = [batch[i].quantity for i in mine]
         verdicts = decide(int(row["available"]), quantities)
@@ -346,9 +333,9 @@ async def _run_batch(batch: Sequence[_Waiter], locked: asyncio.Event) -> list[An
         accepted = [i for i, v in zip(mine, verdicts, strict=True) if v.accepted]
         refused = [rids[i] for i, v in zip(mine, verdicts, strict=True) if not v.accepted]
         if refused:  # a refused attempt is not remembered: its key stays free
-            await _run(db.execute, _FORGET, refused)
+            await pg.run(db.execute, _FORGET, refused)
         if accepted:
-            version = await _run(
+            version = await pg.run(
                 db.fetchval,
                 _HOLD,
                 sku_id,
