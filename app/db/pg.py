@@ -226,6 +226,24 @@ async def on_hand_after_many(db: asyncpg.Connection, asked: Sequence[tuple[Pair,
     return [found[i] for i in range(1, len(asked) + 1)]
 
 
+# Each SKU's sums over all its positions (stock.magnitudes: the bounds of the figures that add positions
+# up), prepared once per connection: SQLAlchemy's expanding IN rendered one text per number of SKUs, so
+# asyncpg prepared a new statement for nearly every ingested batch
+_MAGNITUDES = (
+    "SELECT sku_id, sum(CASE WHEN on_hand > 0 THEN on_hand ELSE 0 END)::bigint, "
+    "sum(committed + reserved + unavailable + safety_stock)::bigint, sum(incoming)::bigint, "
+    "sum(CASE WHEN on_hand < 0 THEN -on_hand ELSE 0 END)::bigint "
+    "FROM stock_levels WHERE sku_id = ANY($1::int[]) GROUP BY sku_id"
+)
+
+
+async def magnitudes(db: asyncpg.Connection, sku_ids: Sequence[int]) -> dict[int, tuple[int, int, int, int]]:
+    """SKU id -> (on hand above 0, claims, incoming, on hand below 0), each summed over its positions;
+    SKUs without a position are left out."""
+    rows = await run(db.fetch, _MAGNITUDES, list(sku_ids))
+    return {r[0]: (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
+
+
 async def fetch_value(db: asyncpg.Connection, sql: str, *args: Any) -> Any:
     """The first column of the first row of `sql` (prepared once per connection), None without a row;
     errors raised as SQLAlchemy's, like every statement here. Datetimes must be given naive (`naive`)."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, case, func, literal_column, select, update
+from sqlalchemy import ColumnElement, bindparam, func, literal_column, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -320,28 +320,14 @@ async def apply_summed(
     return await pg.apply_deltas(await pg.driver(conn), rows, now)
 
 
-_MAGNITUDES = (
-    select(
-        sl.c.sku_id,
-        func.sum(case((sl.c.on_hand > 0, sl.c.on_hand), else_=0)).label("on_hand"),
-        func.sum(sl.c.committed + sl.c.reserved + sl.c.unavailable + sl.c.safety_stock).label("claims"),
-        func.sum(sl.c.incoming).label("incoming"),
-        func.sum(case((sl.c.on_hand < 0, -sl.c.on_hand), else_=0)).label("below_zero"),
-    )
-    .where(sl.c.sku_id.in_(bindparam("sku_ids", expanding=True)))
-    .group_by(sl.c.sku_id)
-)
-
-
 async def magnitudes(conn: AsyncConnection, sku_ids: Iterable[int]) -> dict[int, Magnitude]:
     """Each SKU's `Magnitude` over all its positions (those not locked may still move: the bound is
     checked against this read, see services.events)."""
     wanted = sorted(set(sku_ids))
     if not wanted:
         return {}
-    rows = await conn.execute(_MAGNITUDES, {"sku_ids": wanted})
-    found = {r.sku_id: Magnitude(int(r.on_hand), int(r.claims), int(r.incoming), int(r.below_zero)) for r in rows}
-    return {s: found.get(s, Magnitude()) for s in wanted}
+    found = await pg.magnitudes(await pg.driver(conn), wanted)
+    return {sku: Magnitude(*found[sku]) if sku in found else Magnitude() for sku in wanted}
 
 
 async def on_hand_after(conn: AsyncConnection, pair: Pair, after: datetime) -> int:

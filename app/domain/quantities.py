@@ -123,7 +123,9 @@ class Magnitude:
 def excess(p: Position) -> int:
     """How far the position's furthest figure, stored or computed, is outside an Int (0: all fit)."""
     figures = (p.on_hand, p.committed, p.reserved, p.unavailable, p.safety_stock, p.incoming, p.available, p.oversold)
-    return max(0, max(f - INT_MAX for f in figures), max(INT_MIN - f for f in figures))
+    # max(f - INT_MAX for f) is max(f) - INT_MAX, and max(INT_MIN - f for f) is INT_MIN - min(f): no
+    # generators (an ingested batch asks this for every event)
+    return max(0, max(figures) - INT_MAX, INT_MIN - min(figures))
 
 
 def grows_out_of_range(before: int, after: int) -> bool:

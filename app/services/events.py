@@ -105,7 +105,9 @@ def _size_after(
     for pair, delta in moves:
         before = positions[pair]
         after = before.plus(delta)
-        if grows_out_of_range(excess(before), excess(after)):
+        grown = excess(after)
+        # a figure left inside an Int is never refused: the position before it need not be measured
+        if grown and grows_out_of_range(excess(before), grown):
             return None
         size = size.replacing(before, after)
     return None if grows_out_of_range(start.excess, size.excess) else size
