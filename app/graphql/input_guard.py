@@ -109,6 +109,13 @@ def _rule(table: dict[str, Any], owner: str, name: str) -> Any:
     return table.get(name) if hit is None else hit
 
 
+@cache
+def _limit(owner: str, name: str) -> int | None:
+    """The length limit of `owner.name` (or of `name` anywhere), None without one."""
+    limit: int | None = _rule(_LENGTHS, owner, name)
+    return limit
+
+
 def _check_str(value: str, owner: str, name: str, path: list[str]) -> None:
     if "\x00" in value:
         raise Refusal(path, f"{name} may not contain NUL characters")
@@ -117,16 +124,16 @@ def _check_str(value: str, owner: str, name: str, path: list[str]) -> None:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise Refusal(path, f"{name} is not valid Unicode (a lone surrogate)") from None
-    limit = _rule(_LENGTHS, owner, name)
+    limit = _limit(owner, name)
     if limit is not None and len(value) > limit:
         raise Refusal(path, f"{name} must be at most {limit} characters")
 
 
-def _check_time(value: datetime, name: str, path: list[str]) -> None:
+def _check_time(value: datetime, name: str, path: list[str], now: datetime | None = None) -> None:
     if value.tzinfo is None or value.utcoffset() is None:
         raise Refusal(path, f"{name} needs a time zone (e.g. 2026-01-01T09:00:00Z)")
     ahead = _TIMES.get(name, _DEFAULT_AHEAD)
-    latest = ahead if isinstance(ahead, datetime) else datetime.now(UTC) + ahead
+    latest = ahead if isinstance(ahead, datetime) else (now or datetime.now(UTC)) + ahead
     try:
         inside = EARLIEST <= value.astimezone(UTC) <= latest
     except OverflowError:  # beyond year 1..9999 once in UTC
@@ -142,23 +149,60 @@ def _fields(cls: Any) -> tuple[tuple[str, str], ...]:
     return tuple((f.python_name, f.graphql_name or to_camel_case(f.python_name)) for f in definition.fields)
 
 
+class _Walk:
+    """One argument's check. The path of the value being checked is only spelt out for a refusal:
+    a container adds its index or field name to the refusal's path on the way out, so a list of 500
+    inputs builds no path at all when every value is fine (recordInventoryEvents)."""
+
+    __slots__ = ("now",)
+
+    def __init__(self) -> None:
+        self.now: datetime | None = None  # read once per argument, for the time ranges
+
+    def check(self, value: Any, owner: str, name: str) -> None:
+        kind = type(value)
+        if kind is str or isinstance(value, str):
+            _check_str(value, owner, name, [])
+        elif kind is datetime:
+            if self.now is None:
+                self.now = datetime.now(UTC)
+            _check_time(value, name, [], self.now)
+        elif kind is int:
+            bounds = _rule(_INTS, owner, name)
+            if bounds is not None and not bounds[0] <= value <= bounds[1]:
+                raise Refusal([], f"{name} must be between {bounds[0]} and {bounds[1]}")
+        elif kind is list:
+            for i, item in enumerate(value):
+                try:
+                    self.check(item, owner, name)
+                except Refusal as refusal:
+                    refusal.field.insert(0, str(i))
+                    raise
+        elif hasattr(kind, "__strawberry_definition__"):
+            type_name = kind.__strawberry_definition__.name
+            for python, graphql in _fields(cast(Hashable, kind)):
+                field = getattr(value, python)
+                if field is None:
+                    continue  # nothing to store: no rule applies
+                if type(field) is str and field.isascii() and "\x00" not in field:
+                    # the common case inline: an ASCII text without NUL only has its length to check
+                    limit = _limit(type_name, graphql)
+                    if limit is None or len(field) <= limit:
+                        continue
+                try:
+                    self.check(field, type_name, graphql)
+                except Refusal as refusal:
+                    refusal.field.insert(0, graphql)
+                    raise
+
+
 def _check(value: Any, owner: str, name: str, path: list[str]) -> None:
-    kind = type(value)
-    if kind is str or isinstance(value, str):
-        _check_str(value, owner, name, path)
-    elif kind is datetime:
-        _check_time(value, name, path)
-    elif kind is int:
-        bounds = _rule(_INTS, owner, name)
-        if bounds is not None and not bounds[0] <= value <= bounds[1]:
-            raise Refusal(path, f"{name} must be between {bounds[0]} and {bounds[1]}")
-    elif kind is list:
-        for i, item in enumerate(value):
-            _check(item, owner, name, [*path, str(i)])
-    elif hasattr(kind, "__strawberry_definition__"):
-        type_name = kind.__strawberry_definition__.name
-        for python, graphql in _fields(cast(Hashable, kind)):
-            _check(getattr(value, python), type_name, graphql, [*path, graphql])
+    """Raises Refusal (its field: `path` and the way to the value) when `value` cannot be stored."""
+    try:
+        _Walk().check(value, owner, name)
+    except Refusal as refusal:
+        refusal.field[:0] = path
+        raise
 
 
 def check_arguments(coordinate: str, arguments: dict[str, Any], names: dict[str, str]) -> None:

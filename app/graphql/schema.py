@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import cache
 
 from graphql import ASTValidationRule, GraphQLError
@@ -26,6 +27,7 @@ from app.graphql.permissions import root_fields, secure
 from app.graphql.queries import BadCursorError, Query
 from app.graphql.routing import RoutingMutation, RoutingQuery
 from app.graphql.subscriptions import Subscription
+from app.graphql.types import DATETIME
 from app.observability.extension import Observe
 from app.settings import Settings
 
@@ -81,6 +83,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
         subscription=subscription,
         # one rendering per subscription event (fanout.py); queries and mutations over the cost limit refused
         execution_context_class=executor_for(s.max_query_cost, s.query_cost_list_size),
+        scalar_overrides={datetime: DATETIME},  # DateTime read without dateutil for plain ISO forms
         extensions=[
             # the token limit and the limit rules; before the caches, which read them
             lambda: OperationLimits(s.max_query_tokens, tuple(rules)),

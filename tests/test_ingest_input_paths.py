@@ -1,0 +1,134 @@
+"""The fast paths of an ingested batch's input (issue 15, target 5) accept and refuse exactly what the
+general ones did: the DateTime parser against dateutil's isoparse (Strawberry's own), and the input
+guard's walk over a list of event inputs (the refusal's message and the field path to the value)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import dateutil.parser  # type: ignore[import-untyped]
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from strawberry.schema.types.base_scalars import DateTimeDefinition
+
+from app.graphql.input_guard import Refusal, check_arguments
+from app.graphql.inputs import InventoryEventInput
+from app.graphql.schema import build_schema
+from app.graphql.types import DATETIME, InventoryEventType, parse_datetime
+
+
+def _outcome(parse: object, value: str) -> tuple[str, object]:
+    try:
+        at = parse(value)  # type: ignore[operator]
+    except ValueError as exc:
+        return "refused", str(exc)
+    return "read", (at, at.utcoffset())
+
+
+SPELLINGS = [
+    "2026-01-01T09:00:00Z",
+    "2026-01-01T09:00:00+00:00",
+    "2026-01-01T09:00:00-00:00",
+    "2026-01-01T09:00:00.5Z",
+    "2026-01-01T09:00:00.123456+05:30",
+    "2026-01-01T09:00:00.000001-09:30",
+    "2026-12-31T23:59:59.999999+14:00",
+    "2026-01-01T24:00:00Z",  # dateutil reads hour 24 as the next midnight; fromisoformat (3.11) refuses it
+    "2026-01-01T09:00:60Z",
+    "2026-13-01T09:00:00Z",
+    "2026-02-30T09:00:00Z",
+    "2026-01-01T09:00:00+24:00",
+    "2026-01-01T09:00:00+23:59",
+    "2026-01-01T09:00:00",  # naive: read, then refused by the input guard
+    "2026-01-01T09:00:00.1234567Z",
+    "20260101T090000Z",
+    "2026-01-01",
+    "2026-01-01 09:00:00Z",
+    "0001-01-01T00:00:00+01:00",
+    "9999-12-31T23:59:59-01:00",
+    "",
+    "not a date",
+]
+
+
+@pytest.mark.parametrize("value", SPELLINGS)
+def test_datetime_reads_as_dateutil_does(value: str) -> None:
+    assert _outcome(parse_datetime, value) == _outcome(dateutil.parser.isoparse, value)
+
+
+digits = st.integers(min_value=0, max_value=99).map(lambda n: f"{n:02d}")
+
+
+@given(
+    year=st.integers(min_value=0, max_value=9999),
+    month=digits,
+    day=digits,
+    hour=digits,
+    minute=digits,
+    second=digits,
+    fraction=st.sampled_from(["", ".0", ".5", ".12", ".123", ".999999", ".000001"]),
+    offset=st.sampled_from(["Z", "+00:00", "-00:00", "+01:00", "-12:45", "+23:59", "+24:00", "-99:99"]),
+)
+def test_plain_iso_forms_read_as_dateutil_does(
+    year: int, month: str, day: str, hour: str, minute: str, second: str, fraction: str, offset: str
+) -> None:
+    value = f"{year:04d}-{month}-{day}T{hour}:{minute}:{second}{fraction}{offset}"
+    assert _outcome(parse_datetime, value) == _outcome(dateutil.parser.isoparse, value)
+
+
+def test_the_schema_reads_datetime_with_it_and_refuses_as_strawberry_did() -> None:
+    scalar = build_schema()._schema.get_type("DateTime")
+    at = scalar.parse_value("2026-01-01T09:00:00Z")  # type: ignore[union-attr]
+    assert at == datetime(2026, 1, 1, 9, tzinfo=UTC)
+    for bad in ("2026-13-01T09:00:00Z", "yesterday", 5):
+        with pytest.raises(Exception) as ours:
+            DATETIME.parse_value(bad)  # type: ignore[misc]
+        with pytest.raises(Exception) as strawberrys:
+            DateTimeDefinition.parse_value(bad)  # type: ignore[misc]
+        assert (type(ours.value), str(ours.value)) == (type(strawberrys.value), str(strawberrys.value))
+
+
+def _event(**changes: object) -> InventoryEventInput:
+    fields: dict[str, object] = {
+        "source": "pos",
+        "external_id": "e-1",
+        "type": InventoryEventType.SOLD,
+        "sku_code": "SKU-1",
+        "location_code": "WH-1",
+        "quantity": 1,
+        "occurred_at": datetime.now(UTC),
+    }
+    return InventoryEventInput(**(fields | changes))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"external_id": "x" * 201}, "externalId", "externalId must be at most 200 characters"),
+        ({"sku_code": "SKU\x00"}, "skuCode", "skuCode may not contain NUL characters"),
+        ({"reason": "bad \ud800"}, "reason", "reason is not valid Unicode (a lone surrogate)"),
+        ({"location_code": "é" * 101}, "locationCode", "locationCode must be at most 100 characters"),
+        ({"occurred_at": datetime(2026, 1, 1, 9)}, "occurredAt", "occurredAt needs a time zone"),
+        ({"occurred_at": datetime.now(UTC) + timedelta(days=400)}, "occurredAt", "occurredAt must lie between"),
+        ({"expected_at": datetime(2100, 1, 2, tzinfo=UTC)}, "expectedAt", "expectedAt must lie between"),
+    ],
+)
+def test_the_guard_names_the_event_and_field_of_a_bad_value(
+    changes: dict[str, object], field: str, message: str
+) -> None:
+    batch = [_event(external_id=f"e-{i}") for i in range(5)]
+    batch[3] = _event(**changes)
+    with pytest.raises(Refusal) as refused:
+        check_arguments("Mutation.recordInventoryEvents", {"input": batch, "atomic": True}, {"input": "input"})
+    assert refused.value.field == ["input", "3", field]
+    assert refused.value.message.startswith(message)
+
+
+def test_the_guard_passes_a_batch_of_good_events_and_keeps_their_paths_apart() -> None:
+    batch = [_event(external_id=f"e-{i}", reason="ok", unit="case") for i in range(500)]
+    check_arguments("Mutation.recordInventoryEvents", {"input": batch, "atomic": True}, {"input": "input"})
+    # a refusal after a good batch is not confused by the walk before it
+    with pytest.raises(Refusal) as refused:
+        check_arguments("Mutation.recordInventoryEvents", {"input": [*batch, _event(source="\x00")]}, {})
+    assert refused.value.field == ["input", "500", "source"]
