@@ -101,7 +101,9 @@ def _size_after(
     size: Magnitude, positions: dict[stock.Pair, Position], moves: list[tuple[stock.Pair, Delta]]
 ) -> Magnitude | None:
     """The SKU's magnitude after `moves`, or None when a figure would leave what the API can return."""
-    start = size
+    # Magnitude.replacing(before, after) for each move, in plain ints (this runs for every event of a
+    # batch): on hand above and below 0 from the two positions, claims and incoming by the delta
+    on_hand, claims, incoming, below_zero = size.on_hand, size.claims, size.incoming, size.below_zero
     for pair, delta in moves:
         before = positions[pair]
         after = before.plus(delta)
@@ -109,8 +111,13 @@ def _size_after(
         # a figure left inside an Int is never refused: the position before it need not be measured
         if grown and grows_out_of_range(excess(before), grown):
             return None
-        size = size.replacing(before, after)
-    return None if grows_out_of_range(start.excess, size.excess) else size
+        was, now = before.on_hand, after.on_hand
+        on_hand += (now if now > 0 else 0) - (was if was > 0 else 0)
+        below_zero += (-now if now < 0 else 0) - (-was if was < 0 else 0)
+        claims += delta.committed + delta.reserved + delta.unavailable + delta.safety_stock
+        incoming += delta.incoming
+    after_all = Magnitude(on_hand, claims, incoming, below_zero)
+    return None if grows_out_of_range(size.excess, after_all.excess) else after_all
 
 
 class _Pending:
