@@ -132,3 +132,111 @@ def test_the_guard_passes_a_batch_of_good_events_and_keeps_their_paths_apart() -
     with pytest.raises(Refusal) as refused:
         check_arguments("Mutation.recordInventoryEvents", {"input": [*batch, _event(source="\x00")]}, {})
     assert refused.value.field == ["input", "500", "source"]
+
+
+# --- lists of flat inputs coerced in one pass (inputs.coerce_flat_list, CostLimitedExecutor.build) ---
+
+_SCHEMA = build_schema()
+_EVENTS_TYPE = _SCHEMA._schema.get_type("InventoryEventInput")
+
+
+def _graphql_core(value: object) -> object:
+    from graphql import GraphQLList, GraphQLNonNull, Undefined
+    from graphql.utilities import coerce_input_value
+
+    coerced = coerce_input_value(value, GraphQLNonNull(GraphQLList(GraphQLNonNull(_EVENTS_TYPE))))  # type: ignore[arg-type]
+    return None if coerced is Undefined else coerced
+
+
+def _fast(value: object) -> object:
+    from graphql import GraphQLList, GraphQLNonNull
+
+    from app.graphql.inputs import coerce_flat_list
+
+    return coerce_flat_list(value, GraphQLNonNull(GraphQLList(GraphQLNonNull(_EVENTS_TYPE))))  # type: ignore[arg-type]
+
+
+def _wire_event(i: int = 0) -> dict[str, object]:
+    return {
+        "source": "pos",
+        "externalId": f"e-{i}",
+        "type": "SOLD",
+        "skuCode": "SKU-1",
+        "locationCode": "WH-1",
+        "quantity": 1 + i,
+        "occurredAt": "2026-01-01T09:00:00.25Z",
+    }
+
+
+def test_a_plain_batch_is_coerced_as_graphql_core_does() -> None:
+    batch = [_wire_event(i) for i in range(50)]
+    batch[7] |= {"reason": "x", "reference": None, "expectedAt": "2026-02-01T00:00:00+02:00", "unit": "case"}
+    batch[9] |= {"type": "TRANSFER_OUT", "toLocationCode": "WH-2", "quantity": -5}
+    fast, slow = _fast(batch), _graphql_core(batch)
+    assert fast is not None and fast == slow
+    assert [type(v) for item in fast for v in item.values()] == [  # type: ignore[attr-defined]
+        type(v)
+        for item in slow  # type: ignore[attr-defined]
+        for v in item.values()
+    ]
+
+
+wire_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**33), max_value=2**33),
+    st.floats(allow_nan=True),
+    st.text(max_size=5),
+    st.sampled_from(["SOLD", "sold", "COUNTED", "2026-01-01T09:00:00Z", "2026-01-01T24:00:00Z", "2026-01-01"]),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+field_names = st.sampled_from([*_wire_event(), "reason", "toLocationCode", "expectedAt", "unit", "extra"])
+
+
+@given(
+    changes=st.lists(st.tuples(st.integers(0, 2), field_names, st.one_of(wire_values, st.just(KeyError))), max_size=4)
+)
+def test_any_batch_is_coerced_as_graphql_core_does_or_left_to_it(
+    changes: list[tuple[int, str, object]],
+) -> None:
+    batch: list[object] = [_wire_event(i) for i in range(3)]
+    for index, name, value in changes:
+        item = batch[index]
+        assert isinstance(item, dict)
+        if value is KeyError:
+            item.pop(name, None)
+        else:
+            item[name] = value
+    fast = _fast(batch)
+    if fast is not None:  # else graphql-core coerces it (and reports its errors) as before
+        assert fast == _graphql_core(batch)
+
+
+@pytest.mark.parametrize("batch", [[None], "not a list", [[_wire_event()]], [_wire_event() | {"quantity": 2.0}]])
+def test_what_the_fast_path_is_not_sure_of_is_left_to_graphql_core(batch: object) -> None:
+    assert _fast(batch) is None
+
+
+def test_the_executor_gets_the_same_variables_either_way() -> None:
+    from graphql import parse
+
+    from app.graphql.limits import CostLimitedExecutor
+
+    document = parse(
+        "mutation R($input: [InventoryEventInput!]!, $atomic: Boolean!) "
+        "{ recordInventoryEvents(input: $input, atomic: $atomic) { results { index } } }"
+    )
+    batch = [_wire_event(i) for i in range(5)]
+    built = CostLimitedExecutor.build(_SCHEMA._schema, document, raw_variable_values={"input": batch, "atomic": False})
+    assert not isinstance(built, list)
+    assert built.variable_values.coerced == {"input": _graphql_core(batch), "atomic": False}
+    assert built.variable_values.sources["input"].value is batch
+    # an invalid value still gets graphql-core's own error
+    refused = CostLimitedExecutor.build(
+        _SCHEMA._schema, document, raw_variable_values={"input": [_wire_event() | {"type": "LOST"}], "atomic": True}
+    )
+    assert isinstance(refused, list)
+    assert refused[0].message == (
+        "Variable '$input' has invalid value at [0].type: Value 'LOST' does not exist in 'InventoryEventType' enum."
+    )

@@ -50,8 +50,10 @@ from graphql import (
     VariableNode,
     get_named_type,
 )
+from graphql.execution.values import VariableValueSource
 
 from app.graphql.fanout import SharedEventExecutor
+from app.graphql.inputs import coerce_flat_variables
 from app.settings import Settings
 
 QUERY_TOO_COSTLY = "QUERY_TOO_COSTLY"
@@ -258,9 +260,17 @@ class CostLimitedExecutor(SharedEventExecutor):
             cost = query_cost(schema, document, operation, raw_variable_values, cls.list_size)
             if cost > cls.max_cost:
                 return [too_costly(cost, cls.max_cost, refusal_penalty(context_value))]
-        return super().build(
+        # lists of flat inputs (recordInventoryEvents' 500 events) coerced in one pass (app/graphql/inputs.py)
+        given = raw_variable_values or {}
+        flat, raw_variable_values = coerce_flat_variables(schema, operation, raw_variable_values)
+        built = super().build(
             schema, document, root_value, context_value, raw_variable_values, operation_name, *args, **kwargs
         )
+        if flat and not isinstance(built, list):
+            for name, (signature, coerced) in flat.items():
+                built.variable_values.coerced[name] = coerced
+                built.variable_values.sources[name] = VariableValueSource(signature, given[name])
+        return built
 
     def execute_operation(self, serially: bool | None = None) -> Any:
         kind = self.operation.operation
