@@ -271,23 +271,36 @@ _INSERT_LEDGER = (
     f"INSERT INTO inventory_events ({', '.join(LEDGER_COLUMNS)}) "
     f"VALUES ({', '.join(f'${i}' for i in range(1, len(LEDGER_COLUMNS) + 1))})"
 )
+
+
 # Several rows as ONE statement over arrays, one per column: an executemany runs the insert (its
 # executor, the unique index checks' setup) once per row; a batch of 500 ingested events spent most
 # of its time inside the positions' row locks doing that (bench/ingest.py)
-_INSERT_LEDGER_MANY = (
-    f"INSERT INTO inventory_events ({', '.join(LEDGER_COLUMNS)}) SELECT * FROM unnest("
-    + ", ".join(
-        # without a length: an explicit cast to varchar(n) would cut a longer text silently, the
-        # insert itself refuses it (as the single-row insert does)
-        f"${i}::{re.sub(r'[(].*[)]', '', c.type.compile(dialect=postgresql.dialect()))}[]"  # type: ignore[no-untyped-call]
-        for i, c in enumerate((inventory_events.c[n] for n in LEDGER_COLUMNS), start=1)
+def _ledger_from_unnest(first: int) -> str:
+    """INSERT of ledger rows from one array per column, the arrays being parameters $first, $first + 1..."""
+    return (
+        f"INSERT INTO inventory_events ({', '.join(LEDGER_COLUMNS)}) SELECT * FROM unnest("
+        + ", ".join(
+            # without a length: an explicit cast to varchar(n) would cut a longer text silently, the
+            # insert itself refuses it (as the single-row insert does)
+            f"${i}::{re.sub(r'[(].*[)]', '', c.type.compile(dialect=postgresql.dialect()))}[]"  # type: ignore[no-untyped-call]
+            for i, c in enumerate((inventory_events.c[n] for n in LEDGER_COLUMNS), start=first)
+        )
+        + ")"
     )
-    + ")"
-)
+
+
+_INSERT_LEDGER_MANY = _ledger_from_unnest(1)
+
 _INSERT_OUTBOX = "INSERT INTO outbox (sku_id, location_id, created_at) VALUES ($1, $2, $3)"
 _INSERT_OUTBOX_MANY = (
     "INSERT INTO outbox (sku_id, location_id, created_at) SELECT s, l, $3 FROM unnest($1::int[], $2::int[]) AS u(s, l)"
 )
+
+
+def _ledger_columns(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    """One list per ledger column (naive UTC times); unnest keeps their order, so ids follow the rows'."""
+    return [[_naive(r[c]) for r in rows] if c in _TIMES else [r[c] for r in rows] for c in LEDGER_COLUMNS]
 
 
 async def write_ledger(db: asyncpg.Connection, rows: Sequence[dict[str, Any]]) -> None:
@@ -295,9 +308,7 @@ async def write_ledger(db: asyncpg.Connection, rows: Sequence[dict[str, Any]]) -
         row = rows[0]
         await run(db.execute, _INSERT_LEDGER, *[_naive(row[c]) if c in _TIMES else row[c] for c in LEDGER_COLUMNS])
     elif rows:
-        # unnest keeps the arrays' order, so ids follow the rows' order as an executemany's did
-        columns = [[_naive(r[c]) for r in rows] if c in _TIMES else [r[c] for r in rows] for c in LEDGER_COLUMNS]
-        await run(db.execute, _INSERT_LEDGER_MANY, *columns)
+        await run(db.execute, _INSERT_LEDGER_MANY, *_ledger_columns(rows))
 
 
 async def enqueue_changes(db: asyncpg.Connection, pairs: Sequence[Pair], now: datetime) -> None:
@@ -305,6 +316,52 @@ async def enqueue_changes(db: asyncpg.Connection, pairs: Sequence[Pair], now: da
         await run(db.execute, _INSERT_OUTBOX, pairs[0][0], pairs[0][1], _naive(now))
     elif pairs:
         await run(db.execute, _INSERT_OUTBOX_MANY, [p[0] for p in pairs], [p[1] for p in pairs], _naive(now))
+
+
+# An ingested batch's writes in ONE statement (services.events): the positions' summed changes
+# (_APPLY_MANY, $1..$11), its ledger rows (one array per column from $12) and its outbox rows (the two
+# arrays after those, created at $11). Each of these was its own round trip, made while the batch
+# holds its positions' row locks, so every other batch waiting on one of them waited for three more
+# round trips (and, each time, for the server's event loop to come back to this transaction).
+_OUTBOX_FIRST = 12 + len(LEDGER_COLUMNS)
+_WRITE_BATCH = (
+    f"WITH changed AS ({_APPLY_MANY}), "
+    f"recorded AS ({_ledger_from_unnest(12)}), "
+    f"published AS (INSERT INTO outbox (sku_id, location_id, created_at) SELECT s, l, $11 "
+    f"FROM unnest(${_OUTBOX_FIRST}::int[], ${_OUTBOX_FIRST + 1}::int[]) AS x(s, l)) "
+    "SELECT sku_id, location_id, version FROM changed"
+)
+
+
+async def write_batch(
+    db: asyncpg.Connection,
+    changes: Sequence[tuple[Pair, Sequence[int], int, datetime | None]],
+    now: datetime,
+    ledger: Sequence[dict[str, Any]],
+    outbox: Sequence[Pair],
+) -> dict[Pair, int]:
+    """apply_deltas(changes), write_ledger(ledger) and enqueue_changes(outbox) as one statement; returns
+    each changed position's version after it, as apply_deltas does."""
+    columns: list[list[Any]] = [[] for _ in range(10)]
+    for pair, delta, n, counted in changes:
+        columns[0].append(pair[0])
+        columns[1].append(pair[1])
+        for k in range(6):
+            columns[2 + k].append(delta[k])
+        columns[8].append(n)
+        columns[9].append(_naive(counted))
+    rows = await run(
+        db.fetch,
+        _WRITE_BATCH,
+        *columns,
+        _naive(now),
+        *_ledger_columns(ledger),
+        [p[0] for p in outbox],
+        [p[1] for p in outbox],
+    )
+    if len(rows) != len(changes):
+        raise LookupError("write_batch: a position is missing")
+    return {(r[0], r[1]): int(r[2]) for r in rows}
 
 
 # --- reads of the outbox relay and of availability ------------------------------------------------

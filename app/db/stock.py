@@ -320,6 +320,26 @@ async def apply_summed(
     return await pg.apply_deltas(await pg.driver(conn), rows, now)
 
 
+async def apply_and_record(
+    conn: AsyncConnection,
+    changes: list[tuple[Pair, Delta, int, datetime | None]],
+    now: datetime,
+    ledger: list[dict[str, Any]],
+    changed: Iterable[Pair],
+) -> dict[Pair, int]:
+    """`apply_summed(changes)`, `write_ledger(ledger)` and `enqueue_changes(changed)` in one statement
+    (one round trip inside the batch's row locks); returns the versions reached, as apply_summed."""
+    pairs = sorted(set(changed))
+    note_changed(pairs)  # the relay's hint, as enqueue_changes gives it
+    if not changes and not ledger and not pairs:
+        return {}
+    rows = [
+        (p, (d.on_hand, d.committed, d.reserved, d.unavailable, d.safety_stock, d.incoming), n, counted)
+        for p, d, n, counted in changes
+    ]
+    return await pg.write_batch(await pg.driver(conn), rows, now, ledger, pairs)
+
+
 async def magnitudes(conn: AsyncConnection, sku_ids: Iterable[int]) -> dict[int, Magnitude]:
     """Each SKU's `Magnitude` over all its positions (those not locked may still move: the bound is
     checked against this read, see services.events)."""

@@ -150,7 +150,15 @@ async def _flush(
     the database reached are the ones given to their ledger rows."""
     pairs = [only] if only is not None else sorted(pending)
     todo = [(p, pending.pop(p)) for p in pairs if p in pending]
-    reached = await stock.apply_summed(conn, [(p, t.delta, t.n, t.counted_at) for p, t in todo], now)
+    _check_versions(await stock.apply_summed(conn, _summed(todo), now), versions)
+
+
+def _summed(todo: list[tuple[stock.Pair, _Pending]]) -> list[tuple[stock.Pair, Delta, int, datetime | None]]:
+    return [(p, t.delta, t.n, t.counted_at) for p, t in todo]
+
+
+def _check_versions(reached: dict[stock.Pair, int], versions: dict[stock.Pair, int]) -> None:
+    """The versions the database reached are the ones given to their ledger rows."""
     wrong = {p: v for p, v in reached.items() if v != versions[p]}
     if wrong:  # cannot happen while the rows are locked: never record a version the position lacks
         raise RuntimeError(f"positions reached other versions than recorded: {wrong}")
@@ -350,11 +358,11 @@ async def _apply_batch(
                     reason=f"transfer {e.external_id} from {e.location_code}",
                 )
             )
-    await _flush(conn, pending, None, now, versions)
+    # the pending changes, the ledger rows and the outbox rows: one statement (one round trip in the locks)
+    last = [(p, pending.pop(p)) for p in sorted(pending)]
+    _check_versions(await stock.apply_and_record(conn, _summed(last), now, ledger, changed), versions)
     for i, first in repeats.items():
         if first in results:  # answered like a later repeat: the version its first occurrence recorded
             results[i] = replace(results[i], version=results[first].version)
-    await stock.write_ledger(conn, ledger)
-    await stock.enqueue_changes(conn, changed, now)
     await demand.note_ledger(conn, now, ledger)  # issue 18: reported sales and orders are demand
     return [results[i] for i in sorted(results)], errors
