@@ -244,6 +244,40 @@ async def magnitudes(db: asyncpg.Connection, sku_ids: Sequence[int]) -> dict[int
     return {r[0]: (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
 
 
+# Both reads a batch makes once its positions are locked (stock.magnitudes and stock.on_hand_after_many)
+# in one round trip: 'M' rows are _MAGNITUDES' (SKU id, four sums), 'C' rows _ON_HAND_AFTER's (the
+# count's ordinal, its sum)
+_SIZES_AND_COUNTS = (
+    "SELECT 'M' AS kind, m.* FROM ("
+    + _MAGNITUDES.replace("$1", "$4")
+    + ") AS m UNION ALL SELECT 'C', c.*, NULL, NULL, NULL FROM ("
+    + _ON_HAND_AFTER
+    + ") AS c"
+)
+
+
+async def sizes_and_counts(
+    db: asyncpg.Connection, sku_ids: Sequence[int], asked: Sequence[tuple[Pair, datetime]]
+) -> tuple[dict[int, tuple[int, int, int, int]], list[int]]:
+    """`magnitudes(sku_ids)` and `on_hand_after_many(asked)` in one statement."""
+    rows = await run(
+        db.fetch,
+        _SIZES_AND_COUNTS,
+        [p[0] for p, _ in asked],
+        [p[1] for p, _ in asked],
+        [_naive(t) for _, t in asked],
+        list(sku_ids),
+    )
+    sizes: dict[int, tuple[int, int, int, int]] = {}
+    found: dict[int, int] = {}
+    for r in rows:
+        if r[0] == "M":
+            sizes[r[1]] = (int(r[2]), int(r[3]), int(r[4]), int(r[5]))
+        else:
+            found[int(r[1])] = int(r[2])
+    return sizes, [found[i] for i in range(1, len(asked) + 1)]
+
+
 async def fetch_value(db: asyncpg.Connection, sql: str, *args: Any) -> Any:
     """The first column of the first row of `sql` (prepared once per connection), None without a row;
     errors raised as SQLAlchemy's, like every statement here. Datetimes must be given naive (`naive`)."""

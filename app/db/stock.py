@@ -368,6 +368,18 @@ async def on_hand_after_many(conn: AsyncConnection, asked: list[tuple[Pair, date
     return await pg.on_hand_after_many(await pg.driver(conn), asked)
 
 
+async def sizes_and_counts(
+    conn: AsyncConnection, sku_ids: Iterable[int], asked: list[tuple[Pair, datetime]]
+) -> tuple[dict[int, Magnitude], list[int]]:
+    """`magnitudes(sku_ids)` and `on_hand_after_many(asked)`, read in one statement (one round trip
+    inside an ingested batch's row locks)."""
+    wanted = sorted(set(sku_ids))
+    if not wanted:
+        return {}, await on_hand_after_many(conn, asked)
+    found, after = await pg.sizes_and_counts(await pg.driver(conn), wanted, asked)
+    return {sku: Magnitude(*found[sku]) if sku in found else Magnitude() for sku in wanted}, after
+
+
 # The API key (its id) the current operation runs for, stamped on every ledger row it writes; None:
 # Stockwire itself. Set once per operation by the GraphQL scope check (app/graphql/permissions.py),
 # rather than passed down through every service that writes a ledger row, so no path can forget it.

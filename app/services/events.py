@@ -244,27 +244,19 @@ async def _apply_batch(
             pairs_touched.add((sku_ids[e.sku_code], locs[e.to_location_code].id))
     locked = await stock.lock_or_create_positions(conn, pairs_touched, now)
     positions = {p: lp.position for p, lp in locked.items()}
-    # every figure must stay an Int the API can return, per position and summed over a SKU's positions
-    sizes = await stock.magnitudes(conn, {p[0] for p in pairs_touched}) if pairs_touched else {}
     counted = {p: lp.counted_at for p, lp in locked.items()}
     versions = {p: lp.version for p, lp in locked.items()}
     backordered = {p: lp.backordered for p, lp in locked.items()}
-    # what the stored ledger holds after each count's time, read once for the whole batch (before any
-    # of its rows are written: those are in `applied` below)
+    # every figure must stay an Int the API can return, per position and summed over a SKU's positions
+    # (`sizes`); and what the stored ledger holds after each count's time, read once for the whole
+    # batch (before any of its rows are written: those are in `applied` below). One statement.
     counts = [i for i in todo if events[i].type is EventType.COUNTED]
-    stored_since = dict(
-        zip(
-            counts,
-            await stock.on_hand_after_many(
-                conn,
-                [
-                    ((sku_ids[events[i].sku_code], locs[events[i].location_code].id), events[i].occurred_at)
-                    for i in counts
-                ],
-            ),
-            strict=True,
-        )
+    sizes, after_counts = await stock.sizes_and_counts(
+        conn,
+        {p[0] for p in pairs_touched},
+        [((sku_ids[events[i].sku_code], locs[events[i].location_code].id), events[i].occurred_at) for i in counts],
     )
+    stored_since = dict(zip(counts, after_counts, strict=True))
 
     ledger: list[dict[str, Any]] = []
     changed: set[stock.Pair] = set()
