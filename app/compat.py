@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
+from sqlalchemy.util import greenlet_spawn
 from strawberry import Schema
 from strawberry.extensions import SchemaExtension
 from strawberry.extensions.context import StreamResultContextManager
@@ -35,6 +36,18 @@ async def begin_driver_transaction(dbapi_connection: Any) -> None:
     """
     if dbapi_connection._transaction is None:
         await dbapi_connection._start_transaction()
+
+
+async def return_pooled(pooled: Any, discard: bool = False) -> None:
+    """Give back a connection taken with `AsyncEngine.raw_connection()` (closed instead if `discard`).
+
+    Checked against SQLAlchemy 2.1.9, the locked version; pyproject.toml allows <2.2
+    (`sqlalchemy.util.greenlet_spawn`). `PoolProxiedConnection.close()` and `invalidate()` are
+    synchronous and may do I/O (the pool closes a connection beyond its size; invalidating closes it),
+    which SQLAlchemy's asyncpg adapter can only await inside a greenlet it spawned: AsyncConnection
+    does the same with `greenlet_spawn`, and no public coroutine gives a raw connection back.
+    """
+    await greenlet_spawn(pooled.invalidate if discard else pooled.close)
 
 
 # --- Strawberry -----------------------------------------------------------------------------------
