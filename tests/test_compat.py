@@ -62,6 +62,34 @@ async def test_begin_driver_transaction_puts_asyncpg_statements_in_sqlalchemys_t
         await engine.dispose()
 
 
+@pytest.mark.postgres
+async def test_return_pooled_gives_a_raw_connection_back_or_closes_it(database_url: str) -> None:
+    engine = create_async_engine(database_url, pool_size=1, max_overflow=1)
+    try:
+        pool: Any = engine.sync_engine.pool
+        pooled = await engine.raw_connection()
+        first = pooled.driver_connection
+        assert pool.checkedout() == 1
+        await compat.return_pooled(pooled)
+        assert pool.checkedout() == 0
+        again = await engine.raw_connection()
+        assert again.driver_connection is first  # it was back in the pool, open
+        overflow = await engine.raw_connection()  # beyond the pool's size
+        extra = overflow.driver_connection
+        await compat.return_pooled(again)
+        await compat.return_pooled(overflow)  # the pool is full: closed
+        assert extra.is_closed() and not first.is_closed()
+        again = await engine.raw_connection()
+        assert again.driver_connection is first
+        await compat.return_pooled(again, discard=True)
+        assert first.is_closed() and pool.checkedout() == 0
+        fresh = await engine.raw_connection()
+        assert fresh.driver_connection is not first
+        await compat.return_pooled(fresh)
+    finally:
+        await engine.dispose()
+
+
 # --- Strawberry -----------------------------------------------------------------------------------
 
 
