@@ -119,9 +119,7 @@ async def hold_named(
     connection of a `Database.write_driver` transaction."""
     note_changed([pair])  # the relay's hint, as enqueue_changes gives it
     db = conn if isinstance(conn, asyncpg.Connection) else await pg.driver(conn)
-    return await pg.hold_named(
-        db, _HOLD_NAMED, pair, quantity, now, ledger["reservation_id"], ledger, sale, half_life
-    )
+    return await pg.hold_named(db, _HOLD_NAMED, pair, quantity, now, ledger["reservation_id"], ledger, sale, half_life)
 
 
 # A backorder is a promise against the position's incoming units: the row changes only while that many
