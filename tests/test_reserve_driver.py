@@ -11,7 +11,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
+from app.db import pg, tenancy
 from app.db.engine import Database
 from app.services import integrity
 from app.services.reservations import reserving
@@ -152,3 +154,38 @@ async def test_a_dynamic_buffer_sends_one_position_checkouts_the_general_way(
     assert calls == [1]
     assert await _position(api, "SKU-1") == (7, 3, 3, 2, Decimal("7.00"))
     assert await integrity.check(api.ctx) == []
+
+
+async def test_a_driver_transaction_is_scoped_committed_and_fails_as_sqlalchemy_does(database_url: str) -> None:
+    db = Database(database_url, pool_size=1, max_overflow=0, role=None)
+    try:
+
+        async def scoped(conn: Any) -> Any:
+            # the tenant came with the BEGIN (_ScopedConnection), as in every transaction of `write`
+            return await conn.fetchval("SELECT current_setting('stockwire.tenant_id', true)")
+
+        with tenancy.acting_for(7):
+            assert await db.write_driver(scoped) == "7"
+        calls: list[int] = []
+
+        async def deadlocked_once(conn: Any) -> str:
+            calls.append(1)
+            if len(calls) == 1:
+                await pg.run(conn.execute, "DO $$ BEGIN RAISE EXCEPTION 'x' USING ERRCODE = '40P01'; END $$")
+            return "done"
+
+        assert await db.write_driver(deadlocked_once) == "done" and len(calls) == 2  # retried like `write`
+
+        async def breaks_at_commit(conn: Any) -> None:
+            await conn.execute(
+                "CREATE TEMP TABLE probe (v int UNIQUE DEFERRABLE INITIALLY DEFERRED) ON COMMIT DROP; "
+                "INSERT INTO probe VALUES (1), (1)"
+            )
+
+        with pytest.raises(IntegrityError):  # the COMMIT's error, raised as SQLAlchemy's (pg.run's rule)
+            await db.write_driver(breaks_at_commit)
+        pool: Any = db.engine.sync_engine.pool
+        assert pool.checkedout() == 0
+        assert await db.write_driver(scoped) == "1"  # the pooled connection is clean again
+    finally:
+        await db.dispose()

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from app.compat import return_pooled
@@ -72,6 +72,14 @@ def _sqlstate(exc: DBAPIError) -> str | None:
     return None
 
 
+def as_sqlalchemy_error(exc: asyncpg.PostgresError, statement: str, args: Any) -> DBAPIError:
+    """An asyncpg error as SQLAlchemy raises it: IntegrityError for a constraint (SQLSTATE 23...), else
+    DBAPIError, the asyncpg error as `.orig` (so `_sqlstate` and the deadlock retry read it)."""
+    if str(getattr(exc, "sqlstate", "")).startswith("23"):
+        return IntegrityError(statement, args, exc)
+    return DBAPIError(statement, args, exc)
+
+
 def is_unique_violation(exc: DBAPIError) -> bool:
     return _sqlstate(exc) == "23505"
 
@@ -123,6 +131,8 @@ class Database:
         try:
             async with conn.transaction():
                 yield conn
+        except asyncpg.PostgresError as exc:  # the COMMIT's own (a deferred check), raised as pg.run raises
+            raise as_sqlalchemy_error(exc, "COMMIT", ()) from exc
         finally:
             await return_pooled(pooled, discard=conn.is_closed() or conn.is_in_transaction())
 
