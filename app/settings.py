@@ -39,7 +39,10 @@ class Settings(BaseSettings):
     # objects allocated between collections of the youngest GC generation (app/main.py _tune_gc);
     # 0 keeps Python's defaults (700) and does not freeze the start-up heap
     gc_threshold: int = Field(10_000, ge=0)
-    db_pool_size: int = Field(10, ge=1)
+    # connections kept open per process; SQLAlchemy closes an overflow connection as soon as it is
+    # returned, so a steady load above the pool size reconnects all the time (a backend fork and every
+    # statement prepared again: at 16 concurrent reserves, 15 new connections a second, bench/reserve.py)
+    db_pool_size: int = Field(20, ge=1)
     db_max_overflow: int = Field(10, ge=0)
     # security: API keys, request limits, rate limits (README.md, section Security, has the reasoning for each default)
     auth_cache_seconds: float = Field(5.0, ge=0)  # a key revoked elsewhere stops working within this

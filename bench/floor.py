@@ -1,6 +1,6 @@
 """The fixed CPU cost of one GraphQL request: an authenticated `{ __typename }` (no resolver, no database).
 
-    .venv/bin/python bench/floor.py [--seconds 5] [--clients 16] [--profile sample|cprofile]
+    .venv/bin/python bench/floor.py [--seconds 5] [--clients 16] [--profile sample|cprofile] [--server-cmd CMD]
 
 On demand only (not part of the test suite). Re-creates a database of its own, migrates it, creates a
 `checkout` API key, starts `uvicorn app.main:create_app --factory` (one worker) and sends the query over
@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import signal
 import sys
 import time
@@ -93,6 +94,8 @@ async def amain(a: argparse.Namespace) -> int:
         if a.profile:
             argv = [PYTHON, str(ROOT / "bench" / "_profiled_server.py"), "--port", "{port}"]
             argv += ["--out", a.profile_out, "--mode", a.profile]
+        elif a.server_cmd:
+            argv = shlex.split(a.server_cmd)  # A/B of a change, as bench/reserve.py --server-cmd
         server = start_server(a.db, argv=argv)
         await wait_ready(server)
         say(f"warm-up {a.warmup:g}s")
@@ -127,6 +130,10 @@ def main() -> None:
     p.add_argument("--keep-db", action="store_true")
     p.add_argument("--profile", choices=("sample", "cprofile"))
     p.add_argument("--profile-out", default="/tmp/stockwire-floor-profile")
+    p.add_argument(
+        "--server-cmd",
+        help="measure this server command instead of uvicorn (A/B of a change); `{port}` is replaced",
+    )
     run_bench(amain(p.parse_args()))
 
 

@@ -62,6 +62,34 @@ async def test_begin_driver_transaction_puts_asyncpg_statements_in_sqlalchemys_t
         await engine.dispose()
 
 
+@pytest.mark.postgres
+async def test_return_pooled_gives_a_raw_connection_back_or_closes_it(database_url: str) -> None:
+    engine = create_async_engine(database_url, pool_size=1, max_overflow=1)
+    try:
+        pool: Any = engine.sync_engine.pool
+        pooled = await engine.raw_connection()
+        first = pooled.driver_connection
+        assert pool.checkedout() == 1
+        await compat.return_pooled(pooled)
+        assert pool.checkedout() == 0
+        again = await engine.raw_connection()
+        assert again.driver_connection is first  # it was back in the pool, open
+        overflow = await engine.raw_connection()  # beyond the pool's size
+        extra = overflow.driver_connection
+        await compat.return_pooled(again)
+        await compat.return_pooled(overflow)  # the pool is full: closed
+        assert extra.is_closed() and not first.is_closed()
+        again = await engine.raw_connection()
+        assert again.driver_connection is first
+        await compat.return_pooled(again, discard=True)
+        assert first.is_closed() and pool.checkedout() == 0
+        fresh = await engine.raw_connection()
+        assert fresh.driver_connection is not first
+        await compat.return_pooled(fresh)
+    finally:
+        await engine.dispose()
+
+
 # --- Strawberry -----------------------------------------------------------------------------------
 
 
@@ -156,6 +184,51 @@ async def test_the_lean_runner_is_strawberrys_runner_and_asks_only_extensions_wi
     got = [r.data async for r in stream]  # type: ignore[union-attr]
     assert got == [{"count": 1}, {"count": 2}]
     assert _Streams.seen == got  # every streamed result went through the runner's on_stream_result
+
+
+class _Hooks(SchemaExtension):
+    """One hook of every kind Strawberry accepts: generator, async generator, plain and coroutine."""
+
+    log: list[str] = []
+
+    def on_operation(self) -> Iterator[None]:
+        _Hooks.log.append("operation>")
+        try:
+            yield
+        except Exception as exc:  # an error inside the operation reaches a generator hook, as with contextlib
+            _Hooks.log.append(f"operation!{type(exc).__name__}")
+            raise
+        _Hooks.log.append("operation<")
+
+    async def on_parse(self) -> AsyncGenerator[None, None]:
+        _Hooks.log.append("parse>")
+        yield
+        _Hooks.log.append("parse<")
+
+    def on_validate(self) -> None:  # type: ignore[override]
+        _Hooks.log.append("validate")
+
+    async def on_execute(self) -> None:  # type: ignore[override]
+        _Hooks.log.append("execute")
+
+
+class _Fails(SchemaExtension):
+    def on_validate(self) -> Iterator[None]:
+        yield
+        raise RuntimeError("after validation")
+
+
+@pytest.mark.parametrize("lean", [False, True])
+async def test_the_lean_runner_runs_every_kind_of_hook_as_strawberrys_does(lean: bool) -> None:
+    kind = compat.LeanExtensionsSchema if lean else strawberry.Schema
+    _Hooks.log = []
+    result = await kind(query=_Query, extensions=[_Hooks, _Quiet]).execute("{ echo }")
+    assert result.data == {"echo": "hi"}
+    assert _Hooks.log == ["operation>", "parse>", "parse<", "validate", "execute", "operation<"]
+    _Hooks.log = []
+    failed = await kind(query=_Query, extensions=[_Hooks, _Fails]).execute("{ echo }")
+    assert [e.message for e in failed.errors or []] == ["after validation"]
+    assert _Hooks.log == ["operation>", "parse>", "parse<", "validate", "operation!RuntimeError"]
 
 
 async def test_refuse_is_the_error_strawberrys_permission_extension_raises() -> None:

@@ -71,5 +71,59 @@ def test_an_input_with_a_nested_input_is_refused() -> None:
     class Outer:
         inner: InventoryEventInput
 
-    with pytest.raises(TypeError, match=r"Outer\.inner is not a scalar or an enum"):
+    with pytest.raises(TypeError, match=r"Outer\.inner is not a scalar, an enum or a list of flat inputs"):
         flat_input(Outer)
+
+    @strawberry.input
+    class Plain:
+        code: str
+
+    @strawberry.input
+    class Many:
+        plain: list[Plain]
+
+    with pytest.raises(TypeError, match=r"Many\.plain is not a scalar, an enum or a list of flat inputs"):
+        flat_input(Many)  # its items are not flat inputs themselves
+
+
+@strawberry.input
+class Basket:
+    ref: str
+    things: list[Thing]
+    maybe: list[Thing] | None = None
+    note: str | None = None
+
+
+@flat_input
+@strawberry.input
+class FlatBasket:
+    ref: str
+    things: list[Thing]
+    maybe: list[Thing] | None = None
+    note: str | None = None
+
+
+@strawberry.type
+class BasketQuery:
+    @strawberry.field
+    def general(self, basket: Basket) -> str:
+        return repr((basket.ref, basket.things, basket.maybe, basket.note))
+
+    @strawberry.field
+    def flat(self, basket: FlatBasket) -> str:
+        assert all(isinstance(t, Thing) for t in basket.things)
+        return repr((basket.ref, basket.things, basket.maybe, basket.note))
+
+
+async def test_a_list_of_flat_inputs_is_built_as_strawberry_builds_it() -> None:
+    baskets = [
+        '{ref: "r", things: [{code: "A", colour: RED, at: "2026-11-23T10:00:00Z", countOfThings: 2}]}',
+        '{ref: "r", things: [], maybe: null, note: "x"}',
+        '{ref: "r", things: [{code: "B", colour: BLUE, at: "2026-11-23T10:00:00Z", countOfThings: 1, weight: null}], '
+        'maybe: [{code: "C", colour: RED, at: "2026-11-23T10:00:00Z", countOfThings: 3, note: "n"}]}',
+    ]
+    basket_schema = strawberry.Schema(query=BasketQuery)
+    for basket in baskets:
+        result = await basket_schema.execute(f"{{ general(basket: {basket}) flat(basket: {basket}) }}")
+        assert result.errors is None
+        assert result.data is not None and result.data["general"] == result.data["flat"]

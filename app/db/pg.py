@@ -25,11 +25,10 @@ from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.compat import begin_driver_transaction
-from app.db.engine import Pair
+from app.db.engine import Pair, as_sqlalchemy_error
 from app.db.tables import inventory_events
 from app.db.types import UTCDateTime
 from app.domain.quantities import Position
@@ -60,9 +59,7 @@ async def run(call: Callable[..., Awaitable[T]], sql: str, *args: Any) -> T:
     try:
         return await call(sql, *args)
     except asyncpg.PostgresError as exc:
-        if str(getattr(exc, "sqlstate", "")).startswith("23"):
-            raise IntegrityError(sql, args, exc) from exc
-        raise DBAPIError(sql, args, exc) from exc
+        raise as_sqlalchemy_error(exc, sql, args) from exc
 
 
 def _naive(value: datetime | None) -> datetime | None:

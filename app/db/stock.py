@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import ColumnElement, bindparam, func, literal_column, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -103,7 +104,7 @@ _HOLD_NAMED = pg.hold_named_sql(
 
 
 async def hold_named(
-    conn: AsyncConnection,
+    conn: AsyncConnection | asyncpg.Connection,
     pair: Pair,
     quantity: int,
     now: datetime,
@@ -114,11 +115,11 @@ async def hold_named(
     """`hold` of a reservation's line at a named position, writing in the same statement its line,
     its ledger row (`ledger`, from ledger_row; the version is the hold's), its outbox row and, `sale`
     given, the sale in the SKU's velocity. None (nothing written) when the units are not available;
-    else (the version, whether any channel has a dynamic buffer to move)."""
+    else (the version, whether any channel has a dynamic buffer to move). `conn`: also the asyncpg
+    connection of a `Database.write_driver` transaction."""
     note_changed([pair])  # the relay's hint, as enqueue_changes gives it
-    return await pg.hold_named(
-        await pg.driver(conn), _HOLD_NAMED, pair, quantity, now, ledger["reservation_id"], ledger, sale, half_life
-    )
+    db = conn if isinstance(conn, asyncpg.Connection) else await pg.driver(conn)
+    return await pg.hold_named(db, _HOLD_NAMED, pair, quantity, now, ledger["reservation_id"], ledger, sale, half_life)
 
 
 # A backorder is a promise against the position's incoming units: the row changes only while that many

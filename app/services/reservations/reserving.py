@@ -6,11 +6,13 @@ channel, through `channels.hold_under_channel`, at most the channel's figure.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
+import asyncpg
 from sqlalchemy import bindparam, literal, select, union_all
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
@@ -98,6 +100,11 @@ async def reserve(ctx: Ctx, req: ReserveRequest) -> ReservationView:
         lines_fingerprint(req.lines, req.channel_code, req.cart_ref), req.account_code, req.allow_partial
     )
     named = req.channel_code is None and all(ln.location_code is not None for ln in req.lines)
+    # the usual checkout: every line at one named position (one SKU, one location)
+    one_position = named and len({(ln.sku_code, ln.location_code) for ln in req.lines}) == 1
+
+    async def on_driver(db: asyncpg.Connection) -> ReservationView:
+        return await _reserve_one_position(db, req, ctx.clock(), ttl, fingerprint, ctx.actor.key_id)
 
     async def work(conn: AsyncConnection) -> ReservationView:
         now = ctx.clock()
@@ -112,6 +119,14 @@ async def reserve(ctx: Ctx, req: ReserveRequest) -> ReservationView:
         return await _hold_all(conn, req, now, rid, now + timedelta(seconds=ttl))
 
     async def ordinary() -> ReservationView:
+        if one_position and time.monotonic() >= _dynamic_seen[0] + _DYNAMIC_HOLD_OFF:
+            try:
+                return await ctx.db.write_driver(on_driver)
+            except _Elsewhere:
+                pass  # rolled back, nothing of it stays: answered by the general path below
+            except IntegrityError as exc:
+                if not is_unique_violation(exc):
+                    raise
         try:
             return await ctx.db.write(work)
         except IntegrityError as exc:
@@ -127,6 +142,59 @@ async def reserve(ctx: Ctx, req: ReserveRequest) -> ReservationView:
         if combined is not None:
             return combined
     return await ordinary()
+
+
+class _Elsewhere(Exception):
+    """The one-position path leaves this request to the general one (its transaction rolls back)."""
+
+
+# a hold that found a dynamic channel buffer to move sends one-position checkouts the general way for a
+# while (moving buffers needs it): a deployment with dynamic buffers does not pay for every reserve twice
+_DYNAMIC_HOLD_OFF = 60.0
+_dynamic_seen = [float("-inf")]
+
+# the units available at one position (a refusal's shortfall), as `_insufficient` reads them
+_AVAILABLE_AT = (
+    f"SELECT {stock.available_sql().compile(dialect=postgresql.dialect())} "  # type: ignore[no-untyped-call]
+    "FROM stock_levels WHERE sku_id = $1 AND location_id = $2"
+)
+
+
+async def _reserve_one_position(
+    db: asyncpg.Connection, req: ReserveRequest, now: datetime, ttl: int, fingerprint: str, owner_key_id: str | None
+) -> ReservationView:
+    """`_reserve_named` for the usual checkout (its lines at one named position) on the asyncpg
+    connection of `Database.write_driver`: the same statements, promises and answers, without
+    SQLAlchemy's connection around them. What only the general path does (answer a repeat of the key,
+    give back expired holds due on the SKU, move dynamic buffers) raises `_Elsewhere` first."""
+    row = active_row(
+        now, ttl, req.idempotency_scope, req.idempotency_key, fingerprint, None, req.cart_ref, make_id=False
+    )
+    row["owner_key_id"] = owner_key_id
+    row["account_code"] = req.account_code
+    line = req.lines[-1]  # the line a refusal names (as _hold_named's line_of)
+    assert line.location_code is not None
+    claimed, skus_found, locations_found, due = await pg.open_reservation(
+        db, row, [line.sku_code], [line.location_code]
+    )
+    if claimed is None or due:
+        raise _Elsewhere
+    sku_rows = {code: _Found(i, code, active) for code, (i, active) in skus_found.items()}
+    loc_rows = {code: _Found(i, code, active) for code, (i, active) in locations_found.items()}
+    _check_resolved(req, sku_rows, loc_rows)
+    pair = (sku_rows[line.sku_code].id, loc_rows[line.location_code].id)
+    quantity = sum(ln.quantity for ln in req.lines)
+    ledger = reserved_row(pair, quantity, 0, now, claimed, req.cart_ref)  # the version is the hold's
+    taken = await stock.hold_named(db, pair, quantity, now, ledger, ("", float(quantity)), demand.half_life_seconds())
+    if taken is None:
+        available = await pg.run(db.fetchval, _AVAILABLE_AT, pair[0], pair[1])
+        raise Refused([_shortfall(line, 0 if available is None else max(0, int(available)))])
+    if taken[1]:
+        _dynamic_seen[0] = time.monotonic()
+        raise _Elsewhere
+    view = _view_of_new(req, now, row["expires_at"], claimed, sku_rows, loc_rows, {pair: quantity}, {}, {})
+    assert view is not None  # its location was named
+    return view
 
 
 async def _reserve_named(
@@ -398,6 +466,11 @@ async def _insufficient(
             )
         )
         available = sum(max(0, int(v)) for (v,) in rows)
+    return _shortfall(line, available)
+
+
+def _shortfall(line: RequestedLine, available: int) -> UserError:
+    """INSUFFICIENT_STOCK for `line` with the units `available` where it asked."""
     where = f" at {line.location_code}" if line.location_code else ""
     return UserError(
         ErrorCode.INSUFFICIENT_STOCK,
