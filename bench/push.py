@@ -734,7 +734,9 @@ async def latency_phase(
     }
 
 
-async def fanout_phase(a: Server, b: Server, key: str | None, sku: str, n: int, rounds: int = 5) -> dict[str, Any]:
+async def fanout_phase(
+    a: Server, b: Server, key: str | None, sku: str, n: int, rounds: int = 5, profiled: bool = False
+) -> dict[str, Any]:
     sink = Receipts()
     conns = await open_connections(a.port, key, -(-n // PER_CONNECTION), sink)
     for i in range(n):
@@ -742,14 +744,19 @@ async def fanout_phase(a: Server, b: Server, key: str | None, sku: str, n: int, 
     await wait_for_messages(sink, n, "the initial states")
     say(f"fan-out: {n} subscriptions of {sku} on A over {len(conns)} connections")
     firsts, lasts, lasts_from_stamp, complete = [], [], [], 0
+    cpu_a: list[float] = []  # server A's CPU seconds per message delivered, per round (robust to a busy machine)
+    if profiled:
+        os.kill(a.proc.pid, signal.SIGUSR1)  # _profiled_server.py: A's second report is the fan-out rounds
     for r in range(rounds):
         await asyncio.sleep(1.0)
         sink.raw.clear()
         async with Writer(b.port, connections=1) as writer:  # a fresh connection: idle ones get closed
+            before = cpu_snapshot(a.pids())
             change = await writer.change(sku)
             deadline = time.monotonic() + 10
             while len(sink.raw) < n and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
+            cpu_a.append(cpu_delta(before, cpu_snapshot(a.pids())).server_s / max(1, len(sink.raw)))
             got = sink.parsed()
             complete += len(got) == n
             if got:
@@ -759,8 +766,17 @@ async def fanout_phase(a: Server, b: Server, key: str | None, sku: str, n: int, 
                 lasts.append(max(arrivals) - change.answered)
                 lasts_from_stamp.append(max(arrivals) - stamp)
             say(f"  round {r + 1}: {len(got)}/{n} received; last {lasts[-1] * 1000 if got else float('nan'):.1f} ms")
+    if profiled:
+        os.kill(a.proc.pid, signal.SIGUSR2)
     close_all(conns)
-    return {"first": firsts, "last": lasts, "last_stamp": lasts_from_stamp, "complete": complete, "rounds": rounds}
+    return {
+        "first": firsts,
+        "last": lasts,
+        "last_stamp": lasts_from_stamp,
+        "complete": complete,
+        "rounds": rounds,
+        "cpu_a": cpu_a,
+    }
 
 
 # --- the run -----------------------------------------------------------------------------------------
@@ -832,7 +848,7 @@ async def amain(a: argparse.Namespace) -> int:
             profiled=a.profile in ("sample", "cprofile"),
             warmup=a.warmup,
         )
-        fan = await fanout_phase(srv_a, srv_b, key, fan_sku, a.fanout)
+        fan = await fanout_phase(srv_a, srv_b, key, fan_sku, a.fanout, profiled=a.profile in ("sample", "cprofile"))
 
         print()
         print(
@@ -898,6 +914,12 @@ async def amain(a: argparse.Namespace) -> int:
                 f"{label:<44}{ms(statistics.median(values) if values else float('nan'))} "
                 f"{ms(max(values, default=float('nan')))}"
             )
+        if fan["cpu_a"]:
+            print(
+                f"server A CPU per subscriber reached (hub, execution, encoding, websocket write): median "
+                f"{statistics.median(fan['cpu_a']) * 1e6:.0f} us, max {max(fan['cpu_a']) * 1e6:.0f} us "
+                f"(x {a.fanout} subscribers = the last one's time on an idle core)"
+            )
         last = statistics.median(fan["last_stamp"]) if fan["last_stamp"] else float("nan")
         print(f"target last <= 50 ms (from updatedAt, median): {'MET' if last <= 0.05 else 'MISSED'}")
         if mem is not None:
@@ -908,8 +930,10 @@ async def amain(a: argparse.Namespace) -> int:
                 f"{mem['per_sub_kb']:.1f} KB per subscriber (target <= 30 KB: "
                 f"{'MET' if mem['per_sub_kb'] <= 30 else 'MISSED'}; a bare Strawberry server: about 97 KB)"
             )
-        for name in ("A", "B") if a.profile in ("sample", "cprofile") else ():
-            print_profile(a.profile, f"/tmp/stockwire-push-prof-{name}", [f"server {name}, latency phase"])
+        if a.profile in ("sample", "cprofile"):
+            labels = {"A": ["server A, latency phase", "server A, fan-out rounds"], "B": ["server B, latency phase"]}
+            for name, phases in labels.items():
+                print_profile(a.profile, f"/tmp/stockwire-push-prof-{name}", phases)
         failed = bool(lat["regressions"] or lat["final_ok"] != lat["subs"] or lat["errors"])
         if failed:
             print("SANITY FAILED: see the receipts line above")

@@ -599,6 +599,10 @@ async def test_unknown_codes_allocate_nothing_and_everything_goes_when_subscribe
     async with asyncio.timeout(TIMEOUT):
         while len(seen) < 20:  # noqa: ASYNC110 - every availability subscriber has its snapshot: reads done
             await asyncio.sleep(0.05)
+        # the stock-level subscribers look their codes up before subscribing: wait for them too (a
+        # fixed 0.2 s was too short on a busy machine)
+        while hub.sizes()["mailboxes"] < 40:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
     await asyncio.sleep(0.2)
     # 40 subscribers of 1,000+ codes each: one index entry per code that exists, not 40,000
     assert hub.sizes() == {"mailboxes": 40, "keys": 2, "wildcard_kinds": 0}  # KNOWN-1, KNOWN-2 @ WH-K

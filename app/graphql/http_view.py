@@ -5,8 +5,6 @@ whose key is revoked. The protocol it follows is described in app/graphql/http.p
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 from contextvars import ContextVar
@@ -44,7 +42,7 @@ from app.graphql.http_body import (
 from app.graphql.limits import RESPONSE_TOO_LARGE, max_request_bytes, wait_penalty
 from app.graphql.persisted import Refused, TrustedDocuments, socket_caller
 from app.graphql.request_state import _request_id, principal_of
-from app.graphql.ws_auth import _close_when_revoked, _ws_tenant, _ws_token
+from app.graphql.ws_auth import RevocationWatch, _ws_tenant, _ws_token
 from app.security.auth import bearer_token
 from app.security.runtime import Security
 from app.security.tenants import HEADER as TENANT_HEADER
@@ -65,6 +63,7 @@ class SecureGraphQLView(GraphQL[Context, None]):
     max_body_bytes = 1_048_576
     trusted_documents = TrustedDocuments()
     max_response_bytes = 8 * 1_048_576
+    revocation_watch = RevocationWatch()  # configure_security gives each view its own
 
     def security_runtime(self) -> Security | None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -77,6 +76,7 @@ class SecureGraphQLView(GraphQL[Context, None]):
         self.connection_init_wait_timeout = timedelta(seconds=settings.ws_init_timeout_seconds)
         self.allow_queries_via_get = True  # queries only: mutations over GET are 405
         self.trusted_documents = TrustedDocuments.from_settings(settings)
+        self.revocation_watch = RevocationWatch()  # one task for every socket of this view
 
     # --- HTTP -----------------------------------------------------------------------------------
 
@@ -291,11 +291,7 @@ class SecureGraphQLView(GraphQL[Context, None]):
             return await super().run(request, context, root_value)
         finally:
             if self.is_websocket_request(request):
-                watch = getattr(request.state, "revocation_watch", None)
-                if watch is not None:
-                    watch.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await watch
+                self.revocation_watch.forget(request)
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         security = self.security_runtime()
@@ -314,7 +310,5 @@ class SecureGraphQLView(GraphQL[Context, None]):
         context.principal = principal
         socket_caller.set(principal)  # for the trusted documents check of this socket's messages
         websocket: WebSocket = context.request
-        websocket.state.revocation_watch = asyncio.create_task(
-            _close_when_revoked(websocket, security, token or ""), name="stockwire-key-watch"
-        )
+        self.revocation_watch.watch(websocket, security, token or "")
         return cast(UnsetType, UNSET)  # a plain connection_ack

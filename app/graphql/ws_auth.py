@@ -1,5 +1,5 @@
 """A websocket's key and tenant (from the connection_init payload, or the handshake's headers) and
-the watch that closes it once its key is revoked. Used by the view in app/graphql/http_view.py."""
+the watch (one per process) that closes it once its key is revoked. Used by the view in app/graphql/http_view.py."""
 
 from __future__ import annotations
 
@@ -43,16 +43,72 @@ def _ws_tenant(context: Context) -> str | None:
     return None
 
 
-async def _close_when_revoked(websocket: WebSocket, security: Security, token: str) -> None:
-    interval = max(1.0, security.settings.auth_cache_seconds)
-    while websocket.application_state == WebSocketState.CONNECTED:
-        await asyncio.sleep(interval)
-        try:
-            still = await security.authenticator.authenticate(token)
-        except Exception:
-            log.warning("could not re-check a websocket's API key; keeping the connection", exc_info=True)
-            continue
-        if still is None:
-            with contextlib.suppress(Exception):
-                await websocket.close(code=4403, reason="API key revoked")
-            return
+class RevocationWatch:
+    """Closes websockets whose API key was revoked: one task per process for every open socket.
+
+    A task per socket (each with its coroutine frame, sleeping) cost about 2 KB for every idle
+    subscriber; here a socket is one dict entry. Every `auth_cache_seconds` (at least 1 s) the
+    watcher re-checks each distinct key once (the authenticator's cache answers most) and closes the
+    sockets of a key that no longer authenticates with 4403, so a revoked key's socket closes
+    within that interval, as before. The task exists only while some socket is watched.
+    """
+
+    def __init__(self) -> None:
+        # id(websocket) -> (websocket, security, token): starlette's WebSocket is not hashable
+        self._sockets: dict[int, tuple[WebSocket, Security, str]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._sockets)
+
+    def watch(self, websocket: WebSocket, security: Security, token: str) -> None:
+        self._sockets[id(websocket)] = (websocket, security, token)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="stockwire-key-watch")
+
+    def forget(self, websocket: WebSocket) -> None:
+        held = self._sockets.get(id(websocket))
+        if held is not None and held[0] is websocket:
+            del self._sockets[id(websocket)]
+
+    async def _run(self) -> None:
+        while self._sockets:
+            interval = min(max(1.0, s.settings.auth_cache_seconds) for _, s, _ in self._sockets.values())
+            await asyncio.sleep(interval)
+            try:
+                await self.check()
+            except Exception:  # pragma: no cover - check() logs its own failures
+                log.exception("websocket key watch failed; it goes on")
+        self._task = None
+
+    async def check(self) -> None:
+        """Re-check every watched socket's key once; close (4403) the sockets of a revoked one."""
+        by_key: dict[tuple[int, str], list[WebSocket]] = {}
+        securities: dict[tuple[int, str], Security] = {}
+        for key, (websocket, security, token) in list(self._sockets.items()):
+            if websocket.application_state != WebSocketState.CONNECTED:
+                self._sockets.pop(key, None)
+                continue
+            slot = (id(security), token)
+            by_key.setdefault(slot, []).append(websocket)
+            securities[slot] = security
+        slots = list(by_key)
+        answers = await asyncio.gather(
+            *(securities[slot].authenticator.authenticate(slot[1]) for slot in slots), return_exceptions=True
+        )
+        closing = []
+        for slot, still in zip(slots, answers, strict=True):
+            if isinstance(still, BaseException):
+                log.warning("could not re-check a websocket's API key; keeping its connections", exc_info=still)
+                continue
+            if still is None:
+                for websocket in by_key[slot]:
+                    self.forget(websocket)
+                    closing.append(_close_revoked(websocket))
+        if closing:
+            await asyncio.gather(*closing)
+
+
+async def _close_revoked(websocket: WebSocket) -> None:
+    with contextlib.suppress(Exception):
+        await websocket.close(code=4403, reason="API key revoked")

@@ -48,6 +48,9 @@ class Mailbox:
     as read-only.
     """
 
+    # no __dict__: one mailbox per open subscription, most of them idle
+    __slots__ = ("_closed", "_match", "_pending", "_resync", "_seen", "_waiter", "keys", "kind")
+
     def __init__(self, kind: str, keys: frozenset[str] | None, match: KeyMatcher | None) -> None:
         self.kind = kind
         self.keys = keys

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
-from contextlib import aclosing
 from typing import Any, Generic, TypeVar
 
 from app.db import tenancy
@@ -30,6 +29,7 @@ from app.services.context import Ctx
 from app.services.views import AvailabilityView, StockLevelView
 
 V = TypeVar("V", AvailabilityView, StockLevelView)
+T = TypeVar("T")
 
 # Decoded messages kept per process; only the latest version per key is ever useful.
 _DECODED_KEYS = 10_000
@@ -148,6 +148,13 @@ class Streams:
     ) -> AsyncGenerator[AvailabilityView, None]:
         """Raises LimitExceeded (a ValueError) at once (before subscribing) for too many codes.
         The stream is the current tenant's (app/db/tenancy.py), whoever iterates it."""
+        return self.availability_as(_same, sku_codes, channel_code)
+
+    def availability_as(
+        self, wrap: Callable[[AvailabilityView], T], sku_codes: list[str] | None, channel_code: str | None = None
+    ) -> AsyncGenerator[T, None]:
+        """`availability`, yielding `wrap(view)` (the subscription's GraphQL object: no stream of its own
+        around this one, which would cost every subscriber an async generator and a hop per message)."""
         self._check_codes("skuCodes", sku_codes)
         codes = _unique(sku_codes)
         tenant_id = tenancy.current()
@@ -178,7 +185,9 @@ class Streams:
         def key_of(v: AvailabilityView) -> str:
             return v.sku_code
 
-        return self._watch(kind, codec.availability_from_data, subscribe, snapshot, key_of, codec.availability_to_data)
+        return self._watch(
+            kind, codec.availability_from_data, subscribe, snapshot, key_of, codec.availability_to_data, wrap
+        )
 
     def _snapshots_of(self, tenant_id: int | None, channel_code: str | None) -> _SnapshotBatcher[AvailabilityView]:
         slot = (tenant_id, channel_code)
@@ -213,6 +222,12 @@ class Streams:
         self, sku_codes: list[str] | None, location_codes: list[str] | None
     ) -> AsyncGenerator[StockLevelView, None]:
         """Raises LimitExceeded (a ValueError) at once (before subscribing) for too many codes."""
+        return self.stock_levels_as(_same, sku_codes, location_codes)
+
+    def stock_levels_as(
+        self, wrap: Callable[[StockLevelView], T], sku_codes: list[str] | None, location_codes: list[str] | None
+    ) -> AsyncGenerator[T, None]:
+        """`stock_levels`, yielding `wrap(level)` (see `availability_as`)."""
         self._check_codes("skuCodes", sku_codes)
         self._check_codes("locationCodes", location_codes)
         skus, locs = _unique(sku_codes), _unique(location_codes)
@@ -258,7 +273,7 @@ class Streams:
         def key_of(v: StockLevelView) -> str:
             return codec.stock_level_key(v.sku_code, v.location_code)
 
-        return self._watch(kind, codec.level_from_data, subscribe, snapshot, key_of, codec.level_to_data)
+        return self._watch(kind, codec.level_from_data, subscribe, snapshot, key_of, codec.level_to_data, wrap)
 
     def _check_codes(self, name: str, codes: list[str] | None) -> None:
         check_codes(name, codes, self.settings.max_codes_per_subscription)
@@ -271,17 +286,47 @@ class Streams:
         snapshot: Callable[[Mailbox, Iterable[str]], Awaitable[list[V]]],
         key_of: Callable[[V], str],
         to_data: Callable[[V], dict[str, Any]],
-    ) -> AsyncGenerator[V, None]:
-        """One subscriber's stream; everything it holds in the process is given back when it ends."""
+        wrap: Callable[[V], T],
+    ) -> AsyncGenerator[T, None]:
+        """One subscriber's stream: the current state, then every change, versions strictly increasing
+        and content changed; everything it holds in the process is given back when it ends.
+
+        One async generator per subscriber, not one per layer: each costs memory for every idle
+        subscriber and a hop for every message."""
         held = self._decoders.get(kind)
         decoder: _SharedDecoder[V] = held[0] if held is not None else _SharedDecoder(kind, decode)
         self._decoders[kind] = (decoder, (held[1] if held is not None else 0) + 1)
+        # per key: the last version this subscriber has, and the figures it was last shown
+        sent: dict[str, tuple[int, codec.Content]] = {}
+
+        def news(mailbox: Mailbox, key: str, version: int, content: codec.Content) -> bool:
+            last = sent.get(key)
+            if last is not None and version <= last[0]:
+                return False
+            sent[key] = (version, content)
+            mailbox.mark_delivered(key, version)
+            return last is None or last[1] != content
+
+        def from_snapshot(mailbox: Mailbox, views: list[V]) -> list[V]:
+            return [v for v in views if news(mailbox, key_of(v), v.version, codec.content(kind, to_data(v)))]
+
         try:
             mailbox = await subscribe()
             try:
-                async with aclosing(_stream(mailbox, snapshot, decoder, key_of, to_data)) as views:
-                    async for view in views:
-                        yield view
+                # subscribed before reading, so a change committed meanwhile is in the mailbox, not lost
+                for view in from_snapshot(mailbox, await snapshot(mailbox, ())):
+                    yield wrap(view)
+                while True:
+                    try:
+                        async for key, version, data in mailbox:
+                            view, content = decoder(key, version, data)
+                            if news(mailbox, key, version, content):
+                                yield wrap(view)
+                        return  # mailbox closed: the hub stopped
+                    except ResyncNeeded:
+                        # messages may have been lost while the broadcast was down: re-read the truth
+                        for view in from_snapshot(mailbox, await snapshot(mailbox, list(sent))):
+                            yield wrap(view)
             finally:
                 self.hub.unsubscribe(mailbox)
         finally:
@@ -290,6 +335,10 @@ class Streams:
                 self._decoders[kind] = (decoder_now, users - 1)
             else:
                 del self._decoders[kind]
+
+
+def _same(view: V) -> V:
+    return view
 
 
 def _unique(codes: list[str] | None) -> list[str] | None:
@@ -308,40 +357,3 @@ async def _all_levels(ctx: Ctx, skus: list[str] | None, locs: list[str] | None) 
         if len(page) < queries.MAX_PAGE:
             return rows
         after = (page[-1].sku_code, page[-1].location_code)
-
-
-async def _stream(
-    mailbox: Mailbox,
-    snapshot: Callable[[Mailbox, Iterable[str]], Awaitable[list[V]]],
-    decode: _SharedDecoder[V],
-    key_of: Callable[[V], str],
-    to_data: Callable[[V], dict[str, Any]],
-) -> AsyncGenerator[V, None]:
-    # per key: the last version this subscriber has, and the figures it was last shown
-    sent: dict[str, tuple[int, codec.Content]] = {}
-
-    def news(key: str, version: int, content: codec.Content) -> bool:
-        last = sent.get(key)
-        if last is not None and version <= last[0]:
-            return False
-        sent[key] = (version, content)
-        mailbox.mark_delivered(key, version)
-        return last is None or last[1] != content
-
-    def from_snapshot(views: list[V]) -> list[V]:
-        return [v for v in views if news(key_of(v), v.version, codec.content(decode.kind, to_data(v)))]
-
-    # subscribed before reading, so a change committed meanwhile is in the mailbox, not lost
-    for view in from_snapshot(await snapshot(mailbox, ())):
-        yield view
-    while True:
-        try:
-            async for key, version, data in mailbox:
-                view, content = decode(key, version, data)
-                if news(key, version, content):
-                    yield view
-            return  # mailbox closed: the hub stopped
-        except ResyncNeeded:
-            # messages may have been lost while the broadcast was down: re-read the truth
-            for view in from_snapshot(await snapshot(mailbox, list(sent))):
-                yield view
