@@ -137,3 +137,52 @@ def test_request_ids_are_32_hex_digits_and_unique() -> None:
     ids = [new_request_id() for _ in range(10_000)]
     assert len(set(ids)) == len(ids)
     assert all(len(i) == 32 and int(i, 16) >= 0 and _REQUEST_ID.fullmatch(i) for i in ids)
+
+
+def test_the_direct_access_line_is_the_line_the_formatter_writes() -> None:
+    """access_line skips the logging module when our JSON handler is the only reader: same fields, same order."""
+    import re
+
+    import structlog
+
+    from app.observability.logging import ACCESS, BatchedStreamHandler, _sole_json_handler, access_line
+
+    configure_logging()
+    root = logging.getLogger()
+    handler = next(h for h in root.handlers if isinstance(h, BatchedStreamHandler))
+    assert handler.json_lines
+    out, kept, kept_handlers = io.StringIO(), handler.stream, root.handlers[:]
+    handler.setStream(out)
+    root.handlers = [handler]  # as in the service: pytest's capture handlers would send it the slow way
+    structlog.contextvars.bind_contextvars(request_id="rid-1", key_id="key-1")
+    try:
+        assert _sole_json_handler(logging.INFO) is handler  # so the first line below takes the direct path
+        access_line(logging.INFO, "POST", "/graphql", 200, 1.25)
+        ACCESS.log(  # what the middleware logged before: the formatter's path
+            logging.INFO,
+            "%s %s %s",
+            "POST",
+            "/graphql",
+            200,
+            extra={"method": "POST", "path": "/graphql", "status": 200, "duration_ms": 1.25},
+        )
+        access_line(logging.DEBUG, "GET", "/healthz", 200, 0.5)  # below the level: nothing
+        handler.flush()
+    finally:
+        structlog.contextvars.clear_contextvars()
+        handler.setStream(kept)
+        root.handlers = kept_handlers
+    direct, formatted = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert list(direct) == list(formatted)  # same keys in the same order
+    assert direct.pop("ts") != "" and re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+Z", formatted.pop("ts"))
+    assert direct == formatted == {
+        "event": "POST /graphql 200",
+        "request_id": "rid-1",
+        "key_id": "key-1",
+        "level": "info",
+        "logger": "stockwire.access",
+        "method": "POST",
+        "path": "/graphql",
+        "status": 200,
+        "duration_ms": 1.25,
+    }

@@ -17,6 +17,8 @@ the level of Stockwire's own loggers (INFO by default, which includes the access
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
 import logging
 import os
 import threading
@@ -79,14 +81,19 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._pending: list[str] = []
         self._scheduled = False
 
+    json_lines = False  # set by configure_logging: what access_line may write without the formatter
+
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record) + self.terminator
+            line = self.format(record)
         except Exception:
             self.handleError(record)
             return
-        self._pending.append(line)
-        if record.levelno < logging.WARNING:
+        self.emit_line(line, record.levelno)
+
+    def emit_line(self, line: str, levelno: int) -> None:
+        self._pending.append(line + self.terminator)
+        if levelno < logging.WARNING:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
@@ -117,6 +124,65 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
             self._write()
+
+
+def access_line(level: int, method: str, path: str, status: int, duration_ms: float) -> None:
+    """Log the access line of one request: the same JSON line `ACCESS.log` would write, made directly.
+
+    Through the logging module and structlog's formatter the line took about 60 us (a LogRecord, a
+    copy of the whole context, the processor chain), a tenth of an empty request's server CPU. When
+    our JSON handler is the only one that would see the line, this builds the same fields in the same
+    order (event, the bound context, level, logger, ts, method, path, status, duration_ms) and hands
+    it to that handler; with any other handler or filter on the way (a test's capture, a console
+    format) it goes through `ACCESS.log` as before.
+    """
+    if not ACCESS.isEnabledFor(level):
+        return
+    handler = _sole_json_handler(level)
+    if handler is None:
+        ACCESS.log(
+            level,
+            "%s %s %s",
+            method,
+            path,
+            status,
+            extra={"method": method, "path": path, "status": status, "duration_ms": duration_ms},
+        )
+        return
+    event: dict[str, Any] = {"event": f"{method} {path} {status}"}
+    for key, value in structlog.contextvars.get_contextvars().items():
+        event.setdefault(key, value)
+    event.setdefault("level", logging.getLevelName(level).lower())
+    event.setdefault("logger", ACCESS.name)
+    event.setdefault("ts", datetime.datetime.now(tz=datetime.UTC).isoformat().replace("+00:00", "Z"))
+    event.update(method=method, path=path, status=status, duration_ms=duration_ms)
+    try:
+        line = json.dumps(event, default=repr)
+    except Exception:
+        logging.Handler.handleError(handler, logging.LogRecord(ACCESS.name, level, "", 0, event["event"], None, None))
+        return
+    with handler.lock:  # type: ignore[union-attr]
+        handler.emit_line(line, level)
+
+
+def _sole_json_handler(level: int) -> BatchedStreamHandler | None:
+    """Our JSON handler, if the access line would reach it and nothing else (no other handler or filter)."""
+    logger: logging.Logger | None = ACCESS
+    while logger is not None:
+        if logger.filters or logger.disabled:
+            return None
+        if logger.parent is None:  # the root: exactly our handler
+            handlers = logger.handlers
+            if len(handlers) != 1 or not isinstance(handlers[0], BatchedStreamHandler):
+                return None
+            handler = handlers[0]
+            if not handler.json_lines or level < handler.level or handler.formatter is None:
+                return None
+            return handler
+        if logger.handlers or not logger.propagate:
+            return None
+        logger = logger.parent
+    return None
 
 
 def _extra_fields(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -165,6 +231,8 @@ def configure_logging(level: str | None = None, fmt: str | None = None, repeat_i
             root.removeHandler(old)
         root.addHandler(handler)
     handler.setFormatter(formatter(fmt != "console"))
+    if isinstance(handler, BatchedStreamHandler):
+        handler.json_lines = fmt != "console"
     if root.level > logging.WARNING or root.level == logging.NOTSET:
         root.setLevel(logging.WARNING)
     logging.getLogger("stockwire").setLevel(level)

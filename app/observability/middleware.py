@@ -15,7 +15,7 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.graphql.request_state import _REQUEST_ID, new_request_id
-from app.observability.logging import ACCESS
+from app.observability.logging import access_line
 from app.observability.metrics import HTTP_REQUESTS, HTTP_SECONDS
 
 _QUIET = ("/healthz", "/readyz", "/metrics")  # probes and scrapes: counted, logged at DEBUG only
@@ -68,12 +68,7 @@ class ObservabilityMiddleware:
             key_id = getattr(principal, "key_id", None)
             if key_id is not None:
                 structlog.contextvars.bind_contextvars(key_id=key_id)
-            ACCESS.log(
-                logging.DEBUG if path in _QUIET else logging.INFO,
-                "%s %s %s",
-                method,
-                path,
-                status,
-                extra={"method": method, "path": path, "status": status, "duration_ms": round(elapsed * 1000, 2)},
+            access_line(
+                logging.DEBUG if path in _QUIET else logging.INFO, method, path, status, round(elapsed * 1000, 2)
             )
             structlog.contextvars.clear_contextvars()
