@@ -71,37 +71,28 @@ _CANDIDATES = (
     f"WHERE stock_levels.sku_id = ANY(CAST(:skus AS integer[])) AND {_AVAILABLE} > 0 "
     "GROUP BY stock_levels.location_id) h ON h.location_id = l.id"
 )
-# The same candidate read with the order's SKUs looked up by code in the same statement (routeOrder and
-# routeAndReserve ran the look-up as a statement of its own first: one round trip per call). Rows of
-# kind 'L' are the candidates (the columns of `_CANDIDATES`); 'S' rows are the SKUs found (id, code,
-# active in the first columns). asyncpg, prepared once per connection.
-_CANDIDATES_BY_CODE = (
-    "WITH k AS (SELECT id, code, active FROM skus WHERE code = ANY($1::varchar[])) "
-    "SELECT 'L' AS kind, "
-    + _CANDIDATES.removeprefix("SELECT ")
-    .replace("= ANY(CAST(:skus AS integer[]))", "IN (SELECT id FROM k)")
-    .replace(":day", "$2::varchar")
-    .replace(":channel", "$3::int")
-    + " UNION ALL SELECT 'S', id, code, active, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM k"
+_CANDIDATES_ANY = text(_CANDIDATES.format(linked="TRUE"))
+# a channel sells only from its linked locations; one with no links sells from none
+_CANDIDATES_CHANNEL = text(
+    _CANDIDATES.format(
+        linked="EXISTS (SELECT 1 FROM channel_locations cl WHERE cl.location_id = l.id AND cl.channel_id = :channel)"
+    )
 )
-_CANDIDATES_BY_CODE_ANY = _CANDIDATES_BY_CODE.format(linked="TRUE")
-_CANDIDATES_BY_CODE_CHANNEL = _CANDIDATES_BY_CODE.format(
-    linked="EXISTS (SELECT 1 FROM channel_locations cl WHERE cl.location_id = l.id AND cl.channel_id = :channel)"
-).replace(":channel", "$3::int")
 
 
-async def skus_and_candidates(
-    conn: AsyncConnection, sku_codes: list[str], day: str, channel_id: int | None
-) -> tuple[list[tuple[int, str, bool]], list[CandidateRow]]:
-    """The SKUs with these codes (id, code, active) and `candidate_rows` for them, in one statement."""
-    db = await pg.driver(conn)
-    if channel_id is None:
-        rows = await pg.run(db.fetch, _CANDIDATES_BY_CODE_ANY, sku_codes, day)
-    else:
-        rows = await pg.run(db.fetch, _CANDIDATES_BY_CODE_CHANNEL, sku_codes, day, channel_id)
-    found = [(r[1], r[2], r[3]) for r in rows if r[0] == "S"]
-    code_of = {sku_id: code for sku_id, code, _ in found}.__getitem__
-    return found, [
+async def candidate_rows(
+    conn: AsyncConnection, code_of_sku: dict[int, str], day: str, channel_id: int | None
+) -> list[CandidateRow]:
+    """Every location with what it can sell now of these SKUs (sku id -> code), for an order on `day`."""
+    params: dict[str, Any] = {"day": day, "skus": list(code_of_sku)}
+    statement = _CANDIDATES_ANY
+    if channel_id is not None:
+        params["channel"] = channel_id
+        statement = _CANDIDATES_CHANNEL
+    code_of = code_of_sku.__getitem__
+    # map/zip/dict run in C: this is built for every location on every order (asyncpg already gives
+    # the bigint array as Python ints)
+    return [
         (
             loc_id,
             code,
@@ -115,8 +106,9 @@ async def skus_and_candidates(
             {} if sku_ids is None else dict(zip(map(code_of, sku_ids), units, strict=True)),
             linked,
         )
-        for kind, loc_id, code, active, priority, lat, lon, cost, capacity, orders, sku_ids, units, linked in rows
-        if kind == "L"
+        for loc_id, code, active, priority, lat, lon, cost, capacity, orders, sku_ids, units, linked in (
+            await conn.execute(statement, params)
+        )
     ]
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import routing as routing_db
-from app.db.tables import channels
+from app.db.tables import channels, skus
 from app.domain.errors import ErrorCode, Refused, UserError
 from app.domain.reservations import RequestedLine, key_and_cart_errors, validate_lines
 from app.domain.routing import (
@@ -93,8 +93,20 @@ def validate(req: RouteOrderRequest, max_units: int) -> tuple[list[UserError], G
 
 
 async def load(conn: AsyncConnection, req: RouteOrderRequest, now: datetime) -> Inputs:
-    """Everything routing needs: the channel (if any), then the SKUs and every location's stock of them
-    in one statement (routing_db.skus_and_candidates), and a channel's ring fences."""
+    """Everything routing needs, read in three statements (locations, stock, and the channel)."""
+    codes = {ln.sku_code for ln in req.lines}
+    sku_rows = {
+        r.code: r
+        for r in await conn.execute(select(skus.c.id, skus.c.code, skus.c.active).where(skus.c.code.in_(codes)))
+    }
+    errors: list[UserError] = []
+    for i, ln in enumerate(req.lines):
+        sku = sku_rows.get(ln.sku_code)
+        where = ("lines", str(i), "skuCode")
+        if sku is None:
+            errors.append(UserError(ErrorCode.UNKNOWN_SKU, f"no SKU {ln.sku_code!r}", where))
+        elif not sku.active:
+            errors.append(UserError(ErrorCode.INACTIVE_SKU, f"SKU {ln.sku_code!r} is deactivated", where))
     channel: Any = None
     if req.channel_code is not None:
         channel = (
@@ -104,24 +116,13 @@ async def load(conn: AsyncConnection, req: RouteOrderRequest, now: datetime) -> 
                 )
             )
         ).first()
-    found, rows = await routing_db.skus_and_candidates(
-        conn, sorted({ln.sku_code for ln in req.lines}), day(now), channel.id if channel is not None else None
-    )
-    sku_rows = {code: (sku_id, active) for sku_id, code, active in found}
-    errors: list[UserError] = []
-    for i, ln in enumerate(req.lines):
-        sku = sku_rows.get(ln.sku_code)
-        where = ("lines", str(i), "skuCode")
-        if sku is None:
-            errors.append(UserError(ErrorCode.UNKNOWN_SKU, f"no SKU {ln.sku_code!r}", where))
-        elif not sku[1]:
-            errors.append(UserError(ErrorCode.INACTIVE_SKU, f"SKU {ln.sku_code!r} is deactivated", where))
-    if req.channel_code is not None and channel is None:
-        errors.append(UserError(ErrorCode.UNKNOWN_CHANNEL, f"no channel {req.channel_code!r}", ("channelCode",)))
+        if channel is None:
+            errors.append(UserError(ErrorCode.UNKNOWN_CHANNEL, f"no channel {req.channel_code!r}", ("channelCode",)))
     if errors:
         raise Refused(errors)
 
-    code_of_sku = {sku_id: code for code, (sku_id, _) in sku_rows.items()}
+    code_of_sku = {r.id: r.code for r in sku_rows.values()}
+    rows = await routing_db.candidate_rows(conn, code_of_sku, day(now), channel.id if channel is not None else None)
     fenced: dict[tuple[str, int], int] = {}
     if channel is not None:
         fenced = await routing_db.fenced_for_others(conn, channel.id, code_of_sku)
@@ -150,7 +151,7 @@ async def load(conn: AsyncConnection, req: RouteOrderRequest, now: datetime) -> 
             )
         )
     return Inputs(
-        sku_ids={code: sku_id for code, (sku_id, _) in sku_rows.items()},
+        sku_ids={code: r.id for code, r in sku_rows.items()},
         location_ids=location_ids,
         candidates=candidates,
         ranking=_parse_ranking(channel.routing_ranking) if channel is not None else None,
