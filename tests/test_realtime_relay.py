@@ -330,9 +330,9 @@ async def test_a_skipped_state_overtaken_by_another_relays_older_message_goes_ou
         await broadcast.disconnect()
 
 
-async def test_a_commit_is_published_from_its_hint_before_its_outbox_row_is_claimed(
-    rig_without_polling: Rig,
-) -> None:
+async def test_a_commit_is_published_from_its_hint_which_claims_its_outbox_row(rig_without_polling: Rig) -> None:
+    """The hint's read claims the commit's outbox row in the same statement (and deletes it once the
+    publication went out): no drain follows to read the same state again."""
     rig = rig_without_polling
     relay = rig.runtime.relay
     assert relay is not None
@@ -340,14 +340,12 @@ async def test_a_commit_is_published_from_its_hint_before_its_outbox_row_is_clai
     await catalogue(api, [SKU], [(WH1, 10)])
     await rig.settle()
     await asyncio.sleep(0.2)  # past any drain the set-up's commits scheduled
-    claims: list[tuple[int, int, int]] = []  # (rows claimed, published before, published after)
+    claims: list[int] = []
     drain = relay.drain_once
 
     async def watched_drain() -> int:
-        before = relay.published_count
         claimed = await drain()
-        if claimed:
-            claims.append((claimed, before, relay.published_count))
+        claims.append(claimed)
         return claimed
 
     relay.drain_once = watched_drain  # type: ignore[method-assign]
@@ -355,8 +353,47 @@ async def test_a_commit_is_published_from_its_hint_before_its_outbox_row_is_clai
     await record(api, event("RECEIVED", SKU, WH1, 3))
     published = await rig.settle()
     assert _only(published, AVAIL)["available"] == 3
-    # the row was claimed after the availability and the level went out, and its claim was no news
-    assert claims == [(1, published_before + 2, published_before + 2)]
+    assert relay.published_count == published_before + 2  # the availability and the level
+    assert await api.sql("SELECT id FROM outbox") == []
+    await asyncio.sleep(0.2)  # past when a drain after the hint would have run
+    assert claims == []
+
+
+async def test_a_failed_publication_from_a_hint_keeps_the_outbox_row(rig_without_polling: Rig) -> None:
+    """The hint's claim commits only after its publication: when that fails (Redis down) the row is
+    still there, and the drain that follows the failure publishes it."""
+    rig = rig_without_polling
+    relay = rig.runtime.relay
+    assert relay is not None
+    api = rig.api
+    await catalogue(api, [SKU], [(WH1, 10)])
+    await rig.settle()
+    await asyncio.sleep(0.2)
+    publish_many = relay.hub.publish_many
+    failures: list[list[Any]] = []
+
+    async def failing_once(changes: list[Change]) -> None:
+        if not failures:
+            # a reader outside the claim's transaction still sees the row (the delete is not committed)
+            failures.append(await api.sql("SELECT sku_id FROM outbox"))
+            raise ConnectionError("redis down")
+        await publish_many(changes)
+
+    relay.hub.publish_many = failing_once  # type: ignore[method-assign]
+    claims: list[int] = []
+    drain = relay.drain_once
+
+    async def watched_drain() -> int:
+        claimed = await drain()
+        claims.append(claimed)
+        return claimed
+
+    relay.drain_once = watched_drain  # type: ignore[method-assign]
+    await record(api, event("RECEIVED", SKU, WH1, 3))
+    published = await rig.settle()
+    assert len(failures) == 1 and len(failures[0]) == 1
+    assert _only(published, AVAIL)["available"] == 3  # went out after all
+    assert claims and claims[0] == 1  # by the drain the failure asked for, from the row it left
     assert await api.sql("SELECT id FROM outbox") == []
 
 

@@ -4,6 +4,7 @@ contents it hands the relay are `codec.content` of those messages."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -12,12 +13,15 @@ from app.db import pg, tenancy
 from app.db.engine import Pair
 from app.db.tenancy import DEFAULT_TENANT
 from app.realtime import codec, relay_reads
+from app.realtime.changes import EncodedData, decode_message, encode_message
 from app.realtime.hub import Change
 from app.services import channels as channel_service
 from app.services import queries
 from app.services.context import utc_now
 from tests.conftest import Api
 from tests.helpers import UPSERT_LOCATIONS, UPSERT_SKUS, catalogue, event, record, reserve
+
+_SPLICED = (codec.availability_kind(None, DEFAULT_TENANT), codec.stock_level_kind(DEFAULT_TENANT))
 
 
 async def _reference(conn: AsyncConnection, sku_ids: set[int], pairs: set[Pair], now: datetime) -> list[Change]:
@@ -52,10 +56,33 @@ async def _compare(api: Api, cache: relay_reads.LevelCache) -> list[Change]:
             expected = await _reference(conn, set(ids.values()), touched, now)
             got = await relay_reads.read_changes(conn, set(ids.values()), touched, now, DEFAULT_TENANT, cache)
     assert got == expected
+    # the text each message goes out as is what encoding its dict makes (the relay splices the levels'
+    # cached texts in: changes.EncodedData), one by one and as a batch
+    plain = [{"kind": c.kind, "key": c.key, "version": c.version, "data": dict(c.data)} for c in got]
+    assert all(isinstance(c.data, EncodedData) for c in got if c.kind in _SPLICED)
+    for change, body in zip(got, plain, strict=True):
+        assert encode_message(change.as_json()) == json.dumps(body, separators=(",", ":"))
+    batch = encode_message({"changes": [c.as_json() for c in got]})
+    assert batch == json.dumps({"changes": plain}, separators=(",", ":"))
+    assert decode_message(batch) == expected  # this process's own text: the changes it was made from
+    assert decode_message(batch) == expected  # heard twice (a second hub): parsed
     for change in got:
         assert cache.contents.get(id(change.data), codec.content(change.kind, change.data)) == codec.content(
             change.kind, change.data
         )
+    # the hint path's read of the touched positions' SKUs, claiming their outbox rows in the same
+    # statement, builds the same messages (rows of this transaction only, rolled back with it: the
+    # running relay cannot take them first)
+    some = sorted(touched)[: max(1, len(touched) // 2)]
+    with tenancy.acting_for(DEFAULT_TENANT):
+        async with api.ctx.db.read() as conn:
+            await pg.enqueue_changes(await pg.driver(conn), some, now)
+            hinted = await _reference(conn, {s for s, _ in touched}, touched, now)
+            read, claimed = await relay_reads.claim_and_read(conn, touched, now, DEFAULT_TENANT, cache)
+            left = await (await pg.driver(conn)).fetch("SELECT sku_id, location_id FROM outbox")
+    assert read == hinted
+    assert set(some) <= claimed <= touched  # and committed rows of these positions not yet relayed
+    assert not {(r[0], r[1]) for r in left} & touched  # deleted in the claim's transaction
     return got
 
 

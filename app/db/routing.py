@@ -14,16 +14,12 @@ from sqlalchemy import bindparam, func, literal_column, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import stock
+from app.db import pg, stock
 from app.db.tables import (
     channels,
-    location_daily_orders,
-    locations,
     reservation_lines,
     reservations,
     ring_fences,
-    site_daily_orders,
-    sites,
 )
 from app.db.types import UTCDateTime
 from app.domain.reservations import ReservationStatus
@@ -58,34 +54,6 @@ SITE_ORDERS_SQL = (
     "ELSE LEAST(lr.daily_order_capacity, st.daily_order_capacity) - LEAST("
     "lr.daily_order_capacity - coalesce(ldo.orders, 0), st.daily_order_capacity - coalesce(sdo.orders, 0)) END"
 )
-
-
-async def count_site_orders(conn: AsyncConnection, location_ids: list[int], day: str) -> bool:
-    """Count one order today at each shared site among these locations (in the order's transaction).
-    False when a site is full: the conditional upsert is checked by the database under the site row's
-    lock, so tenants racing for a site's last slot cannot both take it."""
-    rows = await conn.execute(
-        select(sites.c.id, sites.c.daily_order_capacity)
-        .join(locations, locations.c.site_id == sites.c.id)
-        .where(locations.c.id.in_(location_ids))
-        .distinct()
-        .order_by(sites.c.id)
-    )
-    sdo = site_daily_orders
-    for site_id, limit in rows.all():
-        stmt = (
-            postgresql.insert(sdo)
-            .values(site_id=site_id, day=day, orders=1)
-            .on_conflict_do_update(
-                index_elements=[sdo.c.site_id, sdo.c.day],
-                set_={"orders": sdo.c.orders + 1},
-                where=(sdo.c.orders < limit) if limit is not None else None,
-            )
-            .returning(sdo.c.orders)
-        )
-        if (await conn.execute(stmt)).first() is None:
-            return False
-    return True
 
 
 # One statement, compiled once. What each location can sell now of the order's SKUs comes back as two
@@ -216,18 +184,38 @@ async def hold_planned(
     return versions if len(versions) == len(plan) else None
 
 
-async def count_order(conn: AsyncConnection, location_id: int, day: str, limit: int | None) -> bool:
-    """One more order shipping from this location on `day`, if its daily capacity (`limit`) allows:
-    the database checks the capacity under the row's lock. False when the capacity is used up."""
-    ldo = location_daily_orders
-    stmt = (
-        postgresql.insert(ldo)
-        .values(location_id=location_id, day=day, orders=1)
-        .on_conflict_do_update(
-            index_elements=[ldo.c.tenant_id, ldo.c.location_id, ldo.c.day],
-            set_={"orders": ldo.c.orders + 1},
-            where=(ldo.c.orders < limit) if limit is not None else None,
-        )
-        .returning(ldo.c.orders)
-    )
-    return (await conn.execute(stmt)).first() is not None
+# An order counted against each shipping location's daily capacity and each shared site's, in ONE
+# statement (it was one per location plus a look-up of the sites and one per site: ~3 round trips of
+# a routed order's ~19). Every row is a conditional upsert checked by the database under the row's
+# lock: a location or site full since the read is not counted, and the statement then says False
+# (the caller rolls back and routes again). A row not there yet starts at one order (as before). Rows
+# are taken in id order, locations before sites, so concurrent orders queue rather than deadlock.
+_COUNT_ORDERS = (
+    "WITH want AS (SELECT * FROM unnest($1::int[], $2::int[]) AS w(location_id, cap)), "
+    "loc AS (INSERT INTO location_daily_orders AS t (location_id, day, orders) "
+    "SELECT location_id, $3::varchar, 1 FROM want ORDER BY location_id "
+    "ON CONFLICT (tenant_id, location_id, day) DO UPDATE SET orders = t.orders + 1 "
+    "WHERE t.orders < coalesce((SELECT w.cap FROM want w WHERE w.location_id = excluded.location_id), t.orders + 1) "
+    "RETURNING location_id), "
+    # a shared site counts every tenant's orders there (LEAST of the two rooms: SITE_ORDERS_SQL)
+    "at_site AS (SELECT DISTINCT st.id, st.daily_order_capacity AS cap FROM sites st "
+    "JOIN locations l ON l.site_id = st.id WHERE l.id = ANY($1::int[])), "
+    "site AS (INSERT INTO site_daily_orders AS t (site_id, day, orders) "
+    "SELECT id, $3::varchar, 1 FROM at_site ORDER BY id "
+    "ON CONFLICT (site_id, day) DO UPDATE SET orders = t.orders + 1 "
+    "WHERE t.orders < coalesce((SELECT a.cap FROM at_site a WHERE a.id = excluded.site_id), t.orders + 1) "
+    "RETURNING site_id) "
+    "SELECT (SELECT count(*) FROM loc) = cardinality($1::int[]) "
+    "AND (SELECT count(*) FROM site) = (SELECT count(*) FROM at_site)"
+)
+
+
+async def count_orders(conn: AsyncConnection, limits: dict[int, int | None], day: str) -> bool:
+    """One more order shipping today from each of these locations (location id -> its daily capacity,
+    None for none) and at the shared sites among them: False (and the caller rolls back) when one of
+    them is full. See _COUNT_ORDERS."""
+    if not limits:
+        return True
+    ids = sorted(limits)
+    db = await pg.driver(conn)
+    return bool(await pg.fetch_value(db, _COUNT_ORDERS, ids, [limits[i] for i in ids], day))

@@ -10,6 +10,7 @@ or several at once, as the outbox relay sends a batch (one Redis message, serial
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,15 +30,78 @@ class Change:
         return {"kind": self.kind, "key": self.key, "version": self.version, "data": self.data}
 
 
+class EncodedData(dict[str, Any]):
+    """A change's data that knows its own JSON text (`dumps` of it, made by whoever built the data from
+    parts already encoded): `encode_message` splices `text` in instead of encoding the dict again.
+
+    Why: an availability message carries every location's level (~120 for a routed SKU), and the outbox
+    relay keeps each level's text with its message (app/realtime/relay_reads.py), so a message whose
+    levels mostly did not move is joined from cached texts, not re-encoded level by level. The dict
+    stays an ordinary dict for everything else; it must not be changed after `text` is set (the relay
+    builds a new one per read and never changes one)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, data: JSONObject, text: str) -> None:
+        super().__init__(data)
+        self.text = text
+
+
+def dumps(value: Any) -> str:
+    """JSON text as every message is encoded (compact; allow_nan=False: NaN is not JSON, and other
+    consumers would choke on it)."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+# Texts this process encoded with spliced data, and the changes they carry: when such a text comes back
+# (every hub hears its own process's messages, through Redis or the memory backend) it is not parsed
+# again (a routed order's ~100 KB of levels, parsed by the publishing process's own hub, was as much
+# work as building them). Bounded: a text that never comes back (the publication failed) is dropped.
+_OWN: OrderedDict[str, list[Change]] = OrderedDict()
+_OWN_MAX = 16
+
+
 def encode_message(body: JSONObject) -> str:
-    # allow_nan=False: NaN is not JSON, and other consumers would choke on it
-    return json.dumps(body, separators=(",", ":"), allow_nan=False)
+    """`dumps(body)`, the same text, with a change's EncodedData spliced in rather than encoded."""
+    items = body.get("changes")
+    if not (isinstance(items, list) and len(body) == 1):
+        items = None
+    parts = [_encode_change(c) for c in items] if items is not None else [_encode_change(body)]
+    text = '{"changes":[' + ",".join(p for p, _ in parts) + "]}" if items is not None else parts[0][0]
+    if any(spliced for _, spliced in parts):
+        # every item is a change as_json made (one spliced proves the relay built the batch)
+        _OWN[text] = [Change(c["kind"], c["key"], c["version"], c["data"]) for c in (items or [body])]
+        while len(_OWN) > _OWN_MAX:
+            _OWN.popitem(last=False)
+    return text
+
+
+def _encode_change(body: Any) -> tuple[str, bool]:
+    """The text of one change (as_json's dict) and whether its data was spliced in."""
+    data = body.get("data") if isinstance(body, dict) else None
+    version = body.get("version") if isinstance(data, EncodedData) else None
+    # as_json's keys in as_json's order, string kind and key, and a version that is a plain int: then
+    # the text is exactly what dumps would make of it (ints encode as str() does)
+    if (
+        type(version) is int
+        and list(body) == ["kind", "key", "version", "data"]
+        and isinstance(body["kind"], str)
+        and isinstance(body["key"], str)
+    ):
+        assert isinstance(data, EncodedData)
+        kind, key = dumps(body["kind"]), dumps(body["key"])
+        return f'{{"kind":{kind},"key":{key},"version":{version},"data":{data.text}}}', True
+    return dumps(body), False
 
 
 def decode_message(message: object) -> list[Change]:
     """Every change in one message; raises (and the whole message is dropped) if any is malformed."""
     if not isinstance(message, str | bytes):
         raise TypeError(f"expected JSON text, got {type(message).__name__}")
+    if isinstance(message, str):
+        own = _OWN.pop(message, None)
+        if own is not None:
+            return list(own)  # what parsing it would give (tests/test_relay_reads.py)
     body = json.loads(message)
     if not isinstance(body, dict):
         raise ValueError("not a JSON object")

@@ -1,11 +1,11 @@
 """The outbox relay: publishes what committed transactions wrote to `outbox`, then deletes it.
 
 Fast path: a commit in this process tells the relay which positions it changed (`poke`, fed by
-`Database.write` from `stock.enqueue_changes`), and the relay publishes their current state after one
-read, without a transaction or a claim. Their outbox rows are claimed _DRAIN_EVERY later, with
-whatever else is waiting, and are then usually no news (same versions): under load one claim covers
-many changes. The outbox stays the guarantee for everything the fast path does not cover: other
-processes' rows, commits that named no positions, a crash or a failed publication.
+`Database.write` from `stock.enqueue_changes`), and the relay claims their outbox rows and reads their
+current state in one statement, publishes, and only then commits the claim (which deletes the rows).
+Hinted positions whose rows it did not claim (another relay held them) are drained _DRAIN_EVERY
+later. The outbox stays the guarantee for everything the fast path does not cover: other processes'
+rows, commits that named no positions, a crash or a failed publication (the claim rolls back).
 
 Several processes may run it: each claims rows with `FOR UPDATE SKIP LOCKED` (Postgres), so a row
 is published by one relay at a time; a failed publish (Redis down) rolls the claim back and the rows
@@ -45,8 +45,8 @@ from app.services.context import Ctx
 
 log = logging.getLogger("stockwire.realtime")
 
-# After publishing from commit hints, claim (and delete) their outbox rows this much later: under load
-# one claim then covers many changes, while each change was published after one read.
+# After publishing from commit hints without claiming every hinted position's rows, drain this much
+# later: under load one claim then covers many changes.
 _DRAIN_EVERY = 0.05
 
 # Keys whose last publication this relay remembers (least recently published forgotten first).
@@ -97,12 +97,12 @@ class OutboxRelay:
             try:
                 hinted, self._hinted = self._hinted, {}
                 for tenant_id, pairs in hinted.items():
-                    await self.publish_hinted(pairs, tenant_id)
-                    if self._drain_due is None:
+                    if not await self.publish_hinted(pairs, tenant_id) and self._drain_due is None:
                         self._drain_due = loop.time() + _DRAIN_EVERY
                 # The outbox stays the guarantee: drained at once when a commit did not say what it
-                # changed, at every poll, and _DRAIN_EVERY after a publication from hints (whose rows
-                # were most likely published already: then one read and no publication).
+                # changed, at every poll, and _DRAIN_EVERY after a publication from hints that did not
+                # claim every hinted position's rows (most likely published already: then one read
+                # and no publication).
                 now = loop.time()
                 if self._drain_now or now >= next_poll or (self._drain_due is not None and now >= self._drain_due):
                     self._drain_now, self._drain_due = False, None
@@ -131,18 +131,23 @@ class OutboxRelay:
                     await self._wake.wait()
             self._wake.clear()
 
-    async def publish_hinted(self, pairs: set[Pair], tenant_id: int) -> None:
-        """Publish the current state of positions a commit of this process changed, without claiming
-        their outbox rows: one read (the rows follow in the next drain)."""
+    async def publish_hinted(self, pairs: set[Pair], tenant_id: int) -> bool:
+        """Publish the current state of positions a commit of this process changed, claiming their
+        outbox rows in the same read (one statement: relay_reads.claim_and_read) and deleting them
+        only once the publication succeeded (the transaction commits after it; a failed publication
+        rolls the claim back and the rows wait for a drain). Returns whether every position's rows
+        were claimed here: if not (another relay held them, or an earlier read here took them), a
+        drain follows, as the outbox stays the guarantee."""
+
+        async def work(conn: AsyncConnection) -> bool:
+            changes, claimed = await relay_reads.claim_and_read(conn, pairs, self.ctx.clock(), tenant_id, self._levels)
+            # published before the commit (which deletes the claimed rows: only after a publication
+            # that succeeded) and the connection's return to the pool
+            await self._publish_news(changes)
+            return claimed >= pairs
+
         with tenancy.acting_for(tenant_id):
-            async with self.ctx.db.read() as conn:
-                changes = await relay_reads.read_changes(
-                    conn, {s for s, _ in pairs}, pairs, self.ctx.clock(), tenant_id, self._levels
-                )
-                # published before the read transaction's rollback and the connection's return to the
-                # pool: that round trip waits for a turn of a busy event loop (2-25 ms measured under
-                # the push bench) and nothing in the publication needs it done first
-                await self._publish_news(changes)
+            return await self.ctx.db.write(work, notify=False)
 
     async def drain_once(self) -> int:
         """Publish one batch. Returns how many outbox rows it took (0: nothing to do)."""

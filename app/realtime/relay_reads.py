@@ -12,6 +12,7 @@ costs a tuple comparison. The messages are the same as `queries.availability_and
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
@@ -20,12 +21,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.db import pg
 from app.db.engine import Pair
 from app.realtime import codec
+from app.realtime.changes import EncodedData, dumps
 from app.realtime.hub import Change
 from app.services import channels as channel_service
 
-# one level as last built: the row's values it was built from, its message dict, its content
-# (codec.content of that dict), and its share of the availability (sellable units, oversold units)
-_Entry = tuple[tuple[Any, ...], dict[str, Any], codec.Content, int, int]
+# one level as last built: the row's values it was built from, its message dict (knowing its JSON
+# text), its content (codec.content of that dict), and its share of the availability (sellable units,
+# oversold units)
+_Entry = tuple[Any, EncodedData, codec.Content, int, int]
+
+# Rows handled per turn of the event loop: a routed order's commit makes the relay go through ~2,400
+# rows, milliseconds of CPU in one piece, and a request whose database answer arrived meanwhile (the
+# next order, back to back: bench/routing.py) waited for all of it. In pieces, its turns come between.
+_ROWS_PER_TURN = 400
 
 # positions remembered per relay; past this the cache starts over (a miss only costs a rebuild)
 _MAX_ENTRIES = 200_000
@@ -38,36 +46,60 @@ class LevelCache:
         # content of the messages built last, by id(data): the relay compares it without rebuilding
         self.contents: dict[int, codec.Content] = {}
 
-    def level(self, tenant_id: int, r: Any) -> _Entry:
-        slot = (tenant_id, r["sku_id"], r["location_id"])
-        # the whole row: any column that moved (figures, version, timestamp, codes, active) rebuilds
-        values = tuple(r.values())
+    def level(self, tenant_id: int, sku_id: int, location_id: int, r: Any) -> _Entry:
+        """The level of row `r` (pg's availability columns, in their order: `_COLUMNS`)."""
+        slot = (tenant_id, sku_id, location_id)
         entry = self._entries.get(slot)
-        if entry is not None and entry[0] == values:
+        # the whole row (a record compares like a tuple): any column that moved (figures, version,
+        # timestamp, codes, active) rebuilds
+        if entry is not None and entry[0] == r:
             return entry
-        on_hand, committed, reserved = r["on_hand"], r["committed"], r["reserved"]
-        unavailable, safety, incoming = r["unavailable"], r["safety_stock"], r["incoming"]
-        data = {
-            "sku": r["sku_code"],
-            "loc": r["location_code"],
+        (_, sku_code, _, _, _, _, on_hand, committed, reserved, unavailable, safety, incoming) = r[:12]
+        version, updated_at, location_code, location_active = r[12], r[13], r[14], r[15]
+        plain = {
+            "sku": sku_code,
+            "loc": location_code,
             "on_hand": on_hand,
             "committed": committed,
             "reserved": reserved,
             "unavailable": unavailable,
             "safety_stock": safety,
             "incoming": incoming,
-            "version": r["version"],
-            "updated_at": pg.aware(r["updated_at"]).isoformat(),
-            "active": r["location_active"],
+            "version": version,
+            "updated_at": pg.aware(updated_at).isoformat(),
+            "active": location_active,
         }
-        content = (data["loc"], on_hand, committed, reserved, unavailable, safety, incoming)
+        data = EncodedData(plain, dumps(plain))
+        content = (location_code, on_hand, committed, reserved, unavailable, safety, incoming)
         available = on_hand - committed - reserved - unavailable - safety  # Position.available
         oversold = max(0, committed + reserved + unavailable - on_hand)  # Position.oversold
-        entry = (values, data, content, max(0, available), oversold)
+        entry = (r, data, content, max(0, available), oversold)
         if len(self._entries) >= self._max:
             self._entries.clear()
         self._entries[slot] = entry
         return entry
+
+
+# the columns of pg's availability rows, in the order `LevelCache.level` and `_changes` read them by
+# position (a name look-up per column per row was a third of the relay's read for a routed order)
+_COLUMNS = (
+    "sku_id",
+    "sku_code",
+    "sku_active",
+    "sku_version",
+    "location_epoch",
+    "location_id",
+    "on_hand",
+    "committed",
+    "reserved",
+    "unavailable",
+    "safety_stock",
+    "incoming",
+    "version",
+    "updated_at",
+    "location_code",
+    "location_active",
+)
 
 
 async def read_changes(
@@ -82,44 +114,82 @@ async def read_changes(
     """
     db = await pg.driver(conn)
     rows = await pg.availability_rows(db, list(sku_ids), []) if sku_ids else []
+    return await _changes(conn, rows, await pg.channel_codes(db), pairs, now, tenant_id, cache)
+
+
+async def claim_and_read(
+    conn: AsyncConnection, pairs: set[Pair], now: datetime, tenant_id: int, cache: LevelCache
+) -> tuple[list[Change], set[Pair]]:
+    """`read_changes` of positions a commit named, with their outbox rows claimed in the same
+    statement (pg.claim_and_read; a write transaction of the tenant, whose commit deletes the rows:
+    the caller commits only after publishing). Returns the changes and the positions claimed."""
+    db = await pg.driver(conn)
+    rows, claimed, channel_codes = await pg.claim_and_read(db, sorted({s for s, _ in pairs}), sorted(pairs))
+    return await _changes(conn, rows, channel_codes, pairs, now, tenant_id, cache), claimed
+
+
+async def _changes(
+    conn: AsyncConnection,
+    rows: list[Any],
+    channel_codes: list[str],
+    pairs: set[Pair],
+    now: datetime,
+    tenant_id: int,
+    cache: LevelCache,
+) -> list[Change]:
     contents: dict[int, codec.Content] = {}
     kind = codec.availability_kind(None, tenant_id)
     level_kind = codec.stock_level_kind(tenant_id)
     # per SKU id: [code, active, sku version + location epoch, sum of level versions, levels shown]
     skus: dict[int, list[Any]] = {}
-    touched: list[tuple[str, str, dict[str, Any], codec.Content]] = []
-    for r in rows:  # in location-code order, as queries.availability_and_levels shows them
-        sku_id = r["sku_id"]
+    touched: list[tuple[str, str, EncodedData, codec.Content]] = []
+    if rows and tuple(rows[0].keys())[: len(_COLUMNS)] != _COLUMNS:
+        raise RuntimeError("relay_reads: the availability rows' columns are not the expected ones")
+    level = cache.level
+    for i, r in enumerate(rows):  # in location-code order, as queries.availability_and_levels shows them
+        if i % _ROWS_PER_TURN == _ROWS_PER_TURN - 1:
+            await asyncio.sleep(0)  # let requests waiting on this loop run (see _ROWS_PER_TURN)
+        sku_id, location_id = r[0], r[5]
         sku = skus.get(sku_id)
         if sku is None:
-            sku = skus[sku_id] = [r["sku_code"], r["sku_active"], r["sku_version"] + r["location_epoch"], 0, []]
-        location_id = r["location_id"]
+            sku = skus[sku_id] = [r[1], r[2], r[3] + r[4], 0, []]
         if location_id is None:
             continue  # a SKU without positions
-        entry = cache.level(tenant_id, r)
-        version = r["version"]
+        entry = level(tenant_id, sku_id, location_id, r)
+        version = r[12]
         # every position counts toward the version, active or not (see queries._assemble)
         sku[3] += version
-        if r["location_active"] and version > 0:
+        if r[15] and version > 0:
             sku[4].append(entry)
         if (sku_id, location_id) in pairs:
-            touched.append((r["sku_code"], r["location_code"], entry[1], entry[2]))
+            touched.append((r[1], r[14], entry[1], entry[2]))
     changes: list[Change] = []
     for code, active, own_version, level_versions, shown in sorted(skus.values(), key=lambda s: s[0]):
-        here = shown if active else []
-        data = {
+        available = oversold = 0
+        if active:
+            for e in shown:
+                available += e[3]
+                oversold += e[4]
+        version = level_versions + own_version
+        plain = {
             "sku": code,
             "channel": None,
-            "available": sum(e[3] for e in here),
-            "oversold": sum(e[4] for e in here),
-            "version": level_versions + own_version,
+            "available": available,
+            "oversold": oversold,
+            "version": version,
             # every shown level, even of a SKU switched off (whose figures are 0), as _assemble does
             "locations": [e[1] for e in shown],
         }
-        contents[id(data)] = (data["available"], data["oversold"], tuple(e[2] for e in shown), ())
-        changes.append(Change(kind, code, data["version"], data))
+        # the text dumps(plain) makes, from the levels' cached texts (the keys in plain's order)
+        text = (
+            f'{{"sku":{dumps(code)},"channel":null,"available":{available},"oversold":{oversold},'
+            f'"version":{version},"locations":[{",".join([e[1].text for e in shown])}]}}'
+        )
+        data = EncodedData(plain, text)
+        contents[id(data)] = (available, oversold, tuple(e[2] for e in shown), ())
+        changes.append(Change(kind, code, version, data))
     codes = [c.key for c in changes]
-    for channel_code in await pg.channel_codes(db):
+    for channel_code in channel_codes:
         for v in await channel_service.availability_in(conn, channel_code, codes, now):
             changes.append(
                 Change(

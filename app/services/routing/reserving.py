@@ -217,15 +217,11 @@ async def _route_and_hold(
 
 
 async def _count_orders(conn: AsyncConnection, now: datetime, location_ids: list[int], setting: Inputs) -> None:
-    """One order per shipping location today; a location whose capacity filled since the read is
-    contended (the UPDATE's condition is checked by the database, under the row's lock)."""
+    """One order per shipping location (and shared site) today; one whose capacity filled since the
+    read is contended (each count's condition is checked by the database, under the row's lock)."""
     capacity = {setting.location_ids[c.location_code]: c.daily_capacity for c in setting.candidates}
-    today = inputs.day(now)
-    for location_id in sorted(location_ids):
-        if not await routing_db.count_order(conn, location_id, today, capacity.get(location_id)):
-            raise _Contended
-    if not await routing_db.count_site_orders(conn, location_ids, today):
-        raise _Contended  # a shared site filled up with other tenants' orders since the read
+    if not await routing_db.count_orders(conn, {i: capacity.get(i) for i in location_ids}, inputs.day(now)):
+        raise _Contended  # a location, or a shared site with other tenants' orders, filled up since the read
 
 
 async def _hold_under_channel(
