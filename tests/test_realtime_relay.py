@@ -340,15 +340,7 @@ async def test_a_commit_is_published_from_its_hint_which_claims_its_outbox_row(r
     await catalogue(api, [SKU], [(WH1, 10)])
     await rig.settle()
     await asyncio.sleep(0.2)  # past any drain the set-up's commits scheduled
-    claims: list[int] = []
-    drain = relay.drain_once
-
-    async def watched_drain() -> int:
-        claimed = await drain()
-        claims.append(claimed)
-        return claimed
-
-    relay.drain_once = watched_drain  # type: ignore[method-assign]
+    claims = _watch_drains(relay)
     published_before = relay.published_count
     await record(api, event("RECEIVED", SKU, WH1, 3))
     published = await rig.settle()
@@ -357,6 +349,20 @@ async def test_a_commit_is_published_from_its_hint_which_claims_its_outbox_row(r
     assert await api.sql("SELECT id FROM outbox") == []
     await asyncio.sleep(0.2)  # past when a drain after the hint would have run
     assert claims == []
+
+
+def _watch_drains(relay: Any) -> list[int]:
+    """What each of the relay's drains claims from now on, in order."""
+    claims: list[int] = []
+    drain = relay.drain_once
+
+    async def watched_drain() -> int:
+        claimed = await drain()
+        claims.append(claimed)
+        return claimed
+
+    relay.drain_once = watched_drain
+    return claims
 
 
 async def test_a_failed_publication_from_a_hint_keeps_the_outbox_row(rig_without_polling: Rig) -> None:
@@ -380,15 +386,7 @@ async def test_a_failed_publication_from_a_hint_keeps_the_outbox_row(rig_without
         await publish_many(changes)
 
     relay.hub.publish_many = failing_once  # type: ignore[method-assign]
-    claims: list[int] = []
-    drain = relay.drain_once
-
-    async def watched_drain() -> int:
-        claimed = await drain()
-        claims.append(claimed)
-        return claimed
-
-    relay.drain_once = watched_drain  # type: ignore[method-assign]
+    claims = _watch_drains(relay)
     await record(api, event("RECEIVED", SKU, WH1, 3))
     published = await rig.settle()
     assert len(failures) == 1 and len(failures[0]) == 1

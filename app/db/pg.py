@@ -184,6 +184,19 @@ _APPLY_MANY = (
 )
 
 
+def _delta_columns(changes: Sequence[tuple[Pair, Sequence[int], int, datetime | None]]) -> list[list[Any]]:
+    """_APPLY_MANY's ten arrays ($1..$10): sku, location, the six deltas, number of changes, counted_at."""
+    columns: list[list[Any]] = [[] for _ in range(10)]
+    for pair, delta, n, counted in changes:
+        columns[0].append(pair[0])
+        columns[1].append(pair[1])
+        for k in range(6):
+            columns[2 + k].append(delta[k])
+        columns[8].append(n)
+        columns[9].append(_naive(counted))
+    return columns
+
+
 async def apply_deltas(
     db: asyncpg.Connection,
     changes: Sequence[tuple[Pair, Sequence[int], int, datetime | None]],
@@ -193,14 +206,7 @@ async def apply_deltas(
     one UPDATE; returns each position's version after it."""
     if not changes:
         return {}
-    columns: list[list[Any]] = [[] for _ in range(10)]
-    for pair, delta, n, counted in changes:
-        columns[0].append(pair[0])
-        columns[1].append(pair[1])
-        for k in range(6):
-            columns[2 + k].append(delta[k])
-        columns[8].append(n)
-        columns[9].append(_naive(counted))
+    columns = _delta_columns(changes)
     rows = await run(db.fetch, _APPLY_MANY, *columns, _naive(now))
     if len(rows) != len(changes):
         raise LookupError("apply_deltas: a position is missing")
@@ -373,14 +379,7 @@ async def write_batch(
 ) -> dict[Pair, int]:
     """apply_deltas(changes), write_ledger(ledger) and enqueue_changes(outbox) as one statement; returns
     each changed position's version after it, as apply_deltas does."""
-    columns: list[list[Any]] = [[] for _ in range(10)]
-    for pair, delta, n, counted in changes:
-        columns[0].append(pair[0])
-        columns[1].append(pair[1])
-        for k in range(6):
-            columns[2 + k].append(delta[k])
-        columns[8].append(n)
-        columns[9].append(_naive(counted))
+    columns = _delta_columns(changes)
     rows = await run(
         db.fetch,
         _WRITE_BATCH,
