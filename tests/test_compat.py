@@ -373,9 +373,7 @@ def _inherited_internals(cls: type) -> list[str]:
 
 
 def test_no_class_in_app_reads_a_library_base_classs_private_attribute() -> None:
-    found = [
-        f"{cls.__module__}.{cls.__name__}: {hit}" for cls in _app_classes() for hit in _inherited_internals(cls)
-    ]
+    found = [f"{cls.__module__}.{cls.__name__}: {hit}" for cls in _app_classes() for hit in _inherited_internals(cls)]
     assert found == []
 
 

@@ -175,14 +175,18 @@ def test_the_direct_access_line_is_the_line_the_formatter_writes() -> None:
     direct, formatted = [json.loads(line) for line in out.getvalue().splitlines()]
     assert list(direct) == list(formatted)  # same keys in the same order
     assert direct.pop("ts") != "" and re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+Z", formatted.pop("ts"))
-    assert direct == formatted == {
-        "event": "POST /graphql 200",
-        "request_id": "rid-1",
-        "key_id": "key-1",
-        "level": "info",
-        "logger": "stockwire.access",
-        "method": "POST",
-        "path": "/graphql",
-        "status": 200,
-        "duration_ms": 1.25,
-    }
+    assert (
+        direct
+        == formatted
+        == {
+            "event": "POST /graphql 200",
+            "request_id": "rid-1",
+            "key_id": "key-1",
+            "level": "info",
+            "logger": "stockwire.access",
+            "method": "POST",
+            "path": "/graphql",
+            "status": 200,
+            "duration_ms": 1.25,
+        }
+    )
