@@ -107,7 +107,7 @@ async def test_the_fast_path_answers_and_writes_as_the_general_path(api: Api, mo
         "Refused",
         "Refused",
     ]
-    monkeypatch.setattr(reserving, "_dynamic_seen", [float("inf")])  # the fast path off
+    monkeypatch.setitem(reserving._dynamic_seen, api.ctx.db, float("inf"))  # the fast path off
     taken.clear()
     general = await _run(api, "SKU-2")
     assert taken == []
@@ -127,7 +127,7 @@ DEMAND = """query($channel: String!, $skus: [String!]!) { channelDemand(channelC
 async def test_a_dynamic_buffer_sends_one_position_checkouts_the_general_way(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(reserving, "_dynamic_seen", [float("-inf")])
+    assert api.ctx.db not in reserving._dynamic_seen  # a fresh database: no buffer seen yet
     calls: list[int] = []
     write_driver = Database.write_driver
 
@@ -144,7 +144,7 @@ async def test_a_dynamic_buffer_sends_one_position_checkouts_the_general_way(
     line = {"skuCode": "SKU-1", "quantity": 6, "locationCode": "WH-1"}
     held = (await api.ok(RESERVE, input={"lines": [line], "idempotencyKey": "x"}))["reserve"]
     assert held["userErrors"] == [] and held["reservation"]["lines"][0]["quantity"] == 6
-    assert calls == [1] and reserving._dynamic_seen[0] > float("-inf")  # tried, found the buffer, went general
+    assert calls == [1] and reserving._dynamic_seen[api.ctx.db] > float("-inf")  # tried, found the buffer, went general
     # the general path moved the buffer: 6 units an hour-long lag, 6 x ln2 = 4.16 -> 5
     [d] = (await api.ok(DEMAND, channel="MKT", skus=["SKU-1"]))["channelDemand"]
     assert (d["target"], d["applied"]) == (5, 5)

@@ -7,6 +7,7 @@ channel, through `channels.hold_under_channel`, at most the channel's figure.
 from __future__ import annotations
 
 import time
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg, stock
-from app.db.engine import is_unique_violation
+from app.db.engine import Database, is_unique_violation
 from app.db.tables import locations, reservations, skus, stock_levels
 from app.domain.accounts import b2b_fingerprint, b2b_request_errors
 from app.domain.errors import ErrorCode, Refused, UserError
@@ -119,11 +120,13 @@ async def reserve(ctx: Ctx, req: ReserveRequest) -> ReservationView:
         return await _hold_all(conn, req, now, rid, now + timedelta(seconds=ttl))
 
     async def ordinary() -> ReservationView:
-        if one_position and time.monotonic() >= _dynamic_seen[0] + _DYNAMIC_HOLD_OFF:
+        if one_position and time.monotonic() >= _dynamic_seen.get(ctx.db, _NEVER) + _DYNAMIC_HOLD_OFF:
             try:
                 return await ctx.db.write_driver(on_driver)
-            except _Elsewhere:
-                pass  # rolled back, nothing of it stays: answered by the general path below
+            except _Elsewhere as exc:
+                # rolled back, nothing of it stays: answered by the general path below
+                if exc.dynamic:
+                    _dynamic_seen[ctx.db] = time.monotonic()
             except IntegrityError as exc:
                 if not is_unique_violation(exc):
                     raise
@@ -145,13 +148,21 @@ async def reserve(ctx: Ctx, req: ReserveRequest) -> ReservationView:
 
 
 class _Elsewhere(Exception):
-    """The one-position path leaves this request to the general one (its transaction rolls back)."""
+    """The one-position path leaves this request to the general one (its transaction rolls back).
+    `dynamic`: because the hold found a dynamic channel buffer to move."""
+
+    def __init__(self, dynamic: bool = False) -> None:
+        super().__init__()
+        self.dynamic = dynamic
 
 
 # a hold that found a dynamic channel buffer to move sends one-position checkouts the general way for a
-# while (moving buffers needs it): a deployment with dynamic buffers does not pay for every reserve twice
+# while (moving buffers needs it): a deployment with dynamic buffers does not pay for every reserve twice.
+# When it was last seen is per database: what one database's channels have says nothing about another's
+# (a process may hold several: tests, the bench), and a memo of the module leaked from one to the next.
 _DYNAMIC_HOLD_OFF = 60.0
-_dynamic_seen = [float("-inf")]
+_NEVER = float("-inf")
+_dynamic_seen: weakref.WeakKeyDictionary[Database, float] = weakref.WeakKeyDictionary()
 
 # the units available at one position (a refusal's shortfall), as `_insufficient` reads them
 _AVAILABLE_AT = (
@@ -190,8 +201,7 @@ async def _reserve_one_position(
         available = await pg.run(db.fetchval, _AVAILABLE_AT, pair[0], pair[1])
         raise Refused([_shortfall(line, 0 if available is None else max(0, int(available)))])
     if taken[1]:
-        _dynamic_seen[0] = time.monotonic()
-        raise _Elsewhere
+        raise _Elsewhere(dynamic=True)
     view = _view_of_new(req, now, row["expires_at"], claimed, sku_rows, loc_rows, {pair: quantity}, {}, {})
     assert view is not None  # its location was named
     return view
