@@ -83,7 +83,17 @@ def core_schema(context: ExecutionContext) -> Any:
     own ValidationCache passes to `validate_document`). app/graphql/document_cache.py validates through
     the same function with a cache keyed by the query text; Strawberry exposes the schema no other way.
     """
-    return context.schema._schema
+    return graphql_core_schema(context.schema)
+
+
+def graphql_core_schema(schema: Schema) -> Any:
+    """The graphql-core schema a Strawberry schema executes on (`Schema._schema`, as `core_schema`).
+
+    Checked against strawberry-graphql 0.341.2, the locked version. app/graphql/known_documents.py
+    executes a known document on graphql-core directly, as `Schema.execute` itself does with this
+    schema; Strawberry exposes it no other way.
+    """
+    return schema._schema
 
 
 # Strawberry's resolve info for graphql-core executors of our own: keeps `operation_extensions` and the

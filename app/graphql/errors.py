@@ -12,7 +12,7 @@ import logging
 import re
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graphql import ASTValidationRule, GraphQLError, GraphQLSyntaxError, OperationDefinitionNode
 from strawberry.extensions import SchemaExtension
@@ -21,6 +21,9 @@ from strawberry.types import ExecutionContext
 from strawberry.types.execution import PreExecutionError
 
 from app.compat import LeanExtensionsSchema, provided_operation_name
+
+if TYPE_CHECKING:
+    from app.graphql.known_documents import KnownDocuments
 
 log = logging.getLogger("stockwire.errors")
 
@@ -173,6 +176,8 @@ class StockwireSchema(LeanExtensionsSchema):
     """
 
     error_policy: ErrorPolicy
+    # documents that validated, by text and operationName (app/graphql/known_documents.py); None: none kept
+    known_documents: KnownDocuments | None = None
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         result = await super().execute(*args, **kwargs)

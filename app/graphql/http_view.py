@@ -27,7 +27,7 @@ from strawberry.types.unset import UNSET, UnsetType
 
 from app.db import tenancy
 from app.graphql.context import Context
-from app.graphql.errors import INTERNAL
+from app.graphql.errors import INTERNAL, StockwireSchema
 from app.graphql.http_body import (
     GRAPHQL_RESPONSE,
     JSON,
@@ -39,6 +39,7 @@ from app.graphql.http_body import (
     _unstorable,
     negotiate,
 )
+from app.graphql.known_documents import KnownDocument, execute_known
 from app.graphql.limits import RESPONSE_TOO_LARGE, max_request_bytes, wait_penalty
 from app.graphql.persisted import Refused, TrustedDocuments, socket_caller
 from app.graphql.request_state import _request_id, principal_of
@@ -222,15 +223,32 @@ class SecureGraphQLView(GraphQL[Context, None]):
         allowed = {OperationType.QUERY} if method == "GET" else {OperationType.QUERY, OperationType.MUTATION}
         try:
             request_data = self.trusted_documents.admit(request_data, principal_of(request))  # by hash
-            result: ExecutionResult = await self.schema.execute(
-                request_data.query,
-                root_value=root_value,
-                variable_values=request_data.variables,
-                context_value=context,
-                operation_name=request_data.operation_name,
-                allowed_operation_types=allowed,
-                operation_extensions=request_data.extensions,
-            )
+            query, name = request_data.query, request_data.operation_name
+            known = self._known(query, name)
+            result: ExecutionResult
+            if known is not None and known.operation_type in allowed:
+                assert isinstance(query, str) and isinstance(self.schema, StockwireSchema)  # as _known checked
+                result = await execute_known(
+                    self.schema,
+                    known,
+                    query,
+                    request_data.variables,
+                    context,
+                    root_value,
+                    name,
+                    allowed,
+                    request_data.extensions,
+                )
+            else:  # a new document (parsed, validated and remembered there), or one refused there
+                result = await self.schema.execute(
+                    query,
+                    root_value=root_value,
+                    variable_values=request_data.variables,
+                    context_value=context,
+                    operation_name=name,
+                    allowed_operation_types=allowed,
+                    operation_extensions=request_data.extensions,
+                )
             await wait_penalty(result.errors)  # a repeated too-costly request (app/graphql/limits.py)
             if context.operation == "query":  # a mutation's answer is never dropped: its changes are made
                 _ANSWER_CAP.set(self.max_response_bytes)
@@ -247,6 +265,17 @@ class SecureGraphQLView(GraphQL[Context, None]):
             raise Problem(400, "BAD_REQUEST", "No GraphQL query found in the request") from exc
         except Refused as exc:
             raise Problem(400, exc.code, exc.message) from exc
+
+    def _known(self, query: str | None, operation_name: str | None) -> KnownDocument | None:
+        """The request's document if it validated before (app/graphql/known_documents.py)."""
+        schema = self.schema
+        if not isinstance(schema, StockwireSchema) or not isinstance(query, str):
+            return None
+        known = schema.known_documents
+        # field suggestions removed from errors are a step of Strawberry's own error processing
+        if known is None or not known.enabled or schema.config.disable_field_suggestions:
+            return None
+        return known.get(query, operation_name)
 
     async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
         processed = process_result(result)

@@ -20,6 +20,7 @@ from app.graphql.document_cache import ValidatedDocuments, ValidationByQuery
 from app.graphql.errors import ClientErrors, ErrorPolicy, OperationLimits, StockwireSchema
 from app.graphql.input_guard import guard
 from app.graphql.keys import KeyMutation, KeyQuery
+from app.graphql.known_documents import KnownDocuments, RememberDocuments
 from app.graphql.limits import executor_for
 from app.graphql.mutations import Mutation
 from app.graphql.ops import OpsQuery
@@ -75,6 +76,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
     )
     subscription = merge_types("Subscription", (Subscription, ChannelSubscription))
     validated = ValidatedDocuments(maxsize=1024)  # this schema's own: its rules and types
+    known = KnownDocuments(maxsize=1024)  # documents that validated: executed without Strawberry's machinery
     secure(query, mutation, subscription)  # the scope every operation needs (app/graphql/permissions.py)
     guard(root_fields(query, mutation, subscription))  # what the database can store (app/graphql/input_guard.py)
     built = StockwireSchema(
@@ -85,6 +87,8 @@ def build_schema(settings: Settings | None = None) -> Schema:
         execution_context_class=executor_for(s.max_query_cost, s.query_cost_list_size),
         scalar_overrides={datetime: DATETIME},  # DateTime read without dateutil for plain ISO forms
         extensions=[
+            # first, so its validation hook closes last: it remembers what every other one let through
+            lambda: RememberDocuments(known),
             # the token limit and the limit rules; before the caches, which read them
             lambda: OperationLimits(s.max_query_tokens, tuple(rules)),
             # without these Strawberry parses and validates every request again (pitfalls.md #6)
@@ -96,6 +100,7 @@ def build_schema(settings: Settings | None = None) -> Schema:
         ],
     )
     built.error_policy = ERROR_POLICY
+    built.known_documents = known
     return built
 
 

@@ -13,7 +13,7 @@ such gauges across dead and live workers through files on disk.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
@@ -103,7 +103,7 @@ def since(start: float) -> float:
     return time.perf_counter() - start
 
 
-def record_operation_result(root_fields: list[tuple[str, str]], data: Any) -> None:
+def record_operation_result(root_fields: Sequence[tuple[str, str]], data: Any) -> None:
     """Reserve outcomes and event statuses from what the mutation answered (its payload's codes)."""
     if not isinstance(data, dict):
         return
