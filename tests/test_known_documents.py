@@ -274,3 +274,31 @@ async def test_known_documents_answer_log_and_count_as_strawberrys_path(
         ("history-13", True, "traceback", True),
         ("history-14", True, "traceback", True),
     ]
+
+
+def test_the_schema_has_no_extension_known_documents_would_skip() -> None:
+    """execute_known repeats by hand what these extensions do after validation; a new extension (or a
+    resolve middleware, results, directives) must be repeated there too before this list changes."""
+    from strawberry.extensions import ParserCache, SchemaExtension
+
+    from app.graphql.document_cache import ValidationByQuery
+    from app.graphql.errors import ClientErrors, OperationLimits
+    from app.graphql.known_documents import RememberDocuments
+    from app.graphql.schema import build_schema
+    from app.observability.extension import Observe
+
+    schema = build_schema()
+    extensions = schema.get_extensions()
+    assert [type(e) for e in extensions] == [
+        RememberDocuments,
+        OperationLimits,
+        ParserCache,
+        ValidationByQuery,
+        ClientErrors,
+        Observe,
+    ]
+    for extension in extensions:
+        assert type(extension).resolve is SchemaExtension.resolve
+        assert type(extension).get_results is SchemaExtension.get_results
+    assert not schema.directives and not schema.config.disable_field_suggestions
+    assert schema.known_documents is not None

@@ -272,8 +272,9 @@ class SecureGraphQLView(GraphQL[Context, None]):
         if not isinstance(schema, StockwireSchema) or not isinstance(query, str):
             return None
         known = schema.known_documents
-        # field suggestions removed from errors are a step of Strawberry's own error processing
-        if known is None or not known.enabled or schema.config.disable_field_suggestions:
+        # field suggestions removed from errors, and directives (an extension Strawberry adds per request),
+        # are steps of Strawberry's own path that known documents do not repeat: with either, none is known
+        if known is None or not known.enabled or schema.config.disable_field_suggestions or schema.directives:
             return None
         return known.get(query, operation_name)
 
