@@ -1,5 +1,5 @@
 """The one-position checkout on the asyncpg connection (issue 15, target 1: `Database.write_driver`,
-reserving._reserve_one_position) answers exactly as the general path does, and leaves the same rows.
+reserving._reserve_named on its asyncpg connection) answers exactly as the general path does, and leaves the same rows.
 
 One history of reserves runs on SKU-1 by the fast path and on SKU-2 by the general one (the fast path
 switched off); their answers and positions must be the same, SKU codes and reservation ids aside."""

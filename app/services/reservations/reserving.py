@@ -105,7 +105,7 @@ async def reserve(ctx: Ctx, req: ReserveRequest) -> ReservationView:
     one_position = named and len({(ln.sku_code, ln.location_code) for ln in req.lines}) == 1
 
     async def on_driver(db: asyncpg.Connection) -> ReservationView:
-        return await _reserve_one_position(db, req, ctx.clock(), ttl, fingerprint, ctx.actor.key_id)
+        return await _reserve_named(db, req, ctx.clock(), ttl, fingerprint, ctx.actor.key_id)
 
     async def work(conn: AsyncConnection) -> ReservationView:
         now = ctx.clock()
@@ -171,49 +171,22 @@ _AVAILABLE_AT = (
 )
 
 
-async def _reserve_one_position(
-    db: asyncpg.Connection, req: ReserveRequest, now: datetime, ttl: int, fingerprint: str, owner_key_id: str | None
-) -> ReservationView:
-    """`_reserve_named` for the usual checkout (its lines at one named position) on the asyncpg
-    connection of `Database.write_driver`: the same statements, promises and answers, without
-    SQLAlchemy's connection around them. What only the general path does (answer a repeat of the key,
-    give back expired holds due on the SKU, move dynamic buffers) raises `_Elsewhere` first."""
-    row = active_row(
-        now, ttl, req.idempotency_scope, req.idempotency_key, fingerprint, None, req.cart_ref, make_id=False
-    )
-    row["owner_key_id"] = owner_key_id
-    row["account_code"] = req.account_code
-    line = req.lines[-1]  # the line a refusal names (as _hold_named's line_of)
-    assert line.location_code is not None
-    claimed, skus_found, locations_found, due = await pg.open_reservation(
-        db, row, [line.sku_code], [line.location_code]
-    )
-    if claimed is None or due:
-        raise _Elsewhere
-    sku_rows = {code: _Found(i, code, active) for code, (i, active) in skus_found.items()}
-    loc_rows = {code: _Found(i, code, active) for code, (i, active) in locations_found.items()}
-    _check_resolved(req, sku_rows, loc_rows)
-    pair = (sku_rows[line.sku_code].id, loc_rows[line.location_code].id)
-    quantity = sum(ln.quantity for ln in req.lines)
-    ledger = reserved_row(pair, quantity, 0, now, claimed, req.cart_ref)  # the version is the hold's
-    taken = await stock.hold_named(db, pair, quantity, now, ledger, ("", float(quantity)), demand.half_life_seconds())
-    if taken is None:
-        available = await pg.run(db.fetchval, _AVAILABLE_AT, pair[0], pair[1])
-        raise Refused([_shortfall(line, 0 if available is None else max(0, int(available)))])
-    if taken[1]:
-        raise _Elsewhere(dynamic=True)
-    view = _view_of_new(req, now, row["expires_at"], claimed, sku_rows, loc_rows, {pair: quantity}, {}, {})
-    assert view is not None  # its location was named
-    return view
-
-
 async def _reserve_named(
-    conn: AsyncConnection, req: ReserveRequest, now: datetime, ttl: int, fingerprint: str, owner_key_id: str | None
+    conn: AsyncConnection | asyncpg.Connection,
+    req: ReserveRequest,
+    now: datetime,
+    ttl: int,
+    fingerprint: str,
+    owner_key_id: str | None,
 ) -> ReservationView:
     """The usual checkout (every line names its location, no channel) in three round trips: BEGIN,
     the claim with the look-ups (pg.open_reservation), one statement per position held (with all it
     writes), and the COMMIT. The same steps and promises as the general path below: the key claimed
-    first, expired holds on these SKUs given back before holding, the conditional hold."""
+    first, expired holds on these SKUs given back before holding, the conditional hold.
+
+    `conn` is also the asyncpg connection of `Database.write_driver` (the one-position checkout, without
+    SQLAlchemy's connection around it): there, what needs SQLAlchemy's path (answer a repeat of the
+    key, give back expired holds due on the SKU, move dynamic buffers) raises `_Elsewhere` instead."""
     # the id is made by Postgres (pg.open_reservation says why)
     row = active_row(
         now, ttl, req.idempotency_scope, req.idempotency_key, fingerprint, None, req.cart_ref, make_id=False
@@ -221,18 +194,22 @@ async def _reserve_named(
     row["owner_key_id"] = owner_key_id
     row["account_code"] = req.account_code
     claimed, skus_found, locations_found, due = await pg.open_reservation(
-        await pg.driver(conn),
+        conn if isinstance(conn, asyncpg.Connection) else await pg.driver(conn),
         row,
         sorted({ln.sku_code for ln in req.lines}),
         sorted({ln.location_code for ln in req.lines if ln.location_code is not None}),
     )
     if claimed is None:
+        if isinstance(conn, asyncpg.Connection):
+            raise _Elsewhere
         earlier = await by_idempotency_key(conn, req.idempotency_scope, req.idempotency_key)
         return await repeat(conn, now, earlier, fingerprint)
     sku_rows = {code: _Found(i, code, active) for code, (i, active) in skus_found.items()}
     loc_rows = {code: _Found(i, code, active) for code, (i, active) in locations_found.items()}
     _check_resolved(req, sku_rows, loc_rows)
     if due:
+        if isinstance(conn, asyncpg.Connection):
+            raise _Elsewhere
         # rare: some hold on these SKUs is past its expiry; give it back the locking way (as _hold_all)
         await expire_due(conn, now, sku_ids=sorted({r.id for r in sku_rows.values()}), wait=True)
     return await _hold_named(conn, req, now, claimed, row["expires_at"], sku_rows, loc_rows)
@@ -309,7 +286,7 @@ async def _hold_all(
 
 
 async def _hold_named(
-    conn: AsyncConnection,
+    conn: AsyncConnection | asyncpg.Connection,
     req: ReserveRequest,
     now: datetime,
     rid: str,
@@ -321,7 +298,8 @@ async def _hold_named(
 
     Each position is held by one statement that also writes its line, ledger and outbox rows (and, for
     a one-position checkout, the sale): on a hot SKU, checkouts queue on the position's row lock, and
-    every round trip inside it costs throughput. A refused hold rolls all of it back."""
+    every round trip inside it costs throughput. A refused hold rolls all of it back. On the asyncpg
+    connection (one position only: `_reserve_named`), a dynamic buffer to move raises `_Elsewhere`."""
     wanted: dict[stock.Pair, int] = defaultdict(int)
     line_of: dict[stock.Pair, RequestedLine] = {}
     for line in req.lines:
@@ -337,11 +315,17 @@ async def _hold_named(
         sale = ("", float(wanted[pair])) if single else None  # issue 18: sales velocity
         taken = await stock.hold_named(conn, pair, wanted[pair], now, ledger, sale, demand.half_life_seconds())
         if taken is None:
-            raise Refused([await _insufficient(conn, line_of[pair], [pair[1]])])
+            driver = conn if isinstance(conn, asyncpg.Connection) else await pg.driver(conn)
+            available = await pg.run(driver.fetchval, _AVAILABLE_AT, pair[0], pair[1])
+            raise Refused([_shortfall(line_of[pair], 0 if available is None else max(0, int(available)))])
+        if taken[1] and isinstance(conn, asyncpg.Connection):
+            raise _Elsewhere(dynamic=True)  # moving buffers is SQLAlchemy's path's
         dynamic = dynamic or taken[1]
     if not single:
+        assert not isinstance(conn, asyncpg.Connection)  # the driver's checkouts hold one position
         await demand.note_reserved(conn, now, rid, by_sku(wanted), "")
     elif dynamic:
+        assert not isinstance(conn, asyncpg.Connection)  # raised _Elsewhere above
         await demand.refresh_buffers(conn, now, sku_ids={pairs[0][0]})  # as note_sales does after a sale
     view = _view_of_new(req, now, expires_at, rid, sku_rows, loc_rows, wanted, {}, {})
     assert view is not None  # every location was named
