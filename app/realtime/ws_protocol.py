@@ -31,6 +31,8 @@ from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.config import Config
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets.http11 import Request
+from websockets.protocol import Protocol
 
 
 class _Inbox:
@@ -234,6 +236,18 @@ class StockwireWSProtocol(WebSocketsSansIOProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.transport = FrameWriter(self.transport, self.loop)
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        conn = self.conn
+        if conn.parser_exc is None and not conn.reader.buffer and self.response.status_code == 101:
+            # websockets' parser is one generator for the whole connection, and its frame holds the
+            # handshake request (with its parsed headers, ~2 KB) as a local for as long as the
+            # connection lives. Past the handshake it only parses frames: start that part afresh.
+            # Only with nothing buffered (a client sends no frame before the 101 answer), so no
+            # partly read frame is lost.
+            conn.parser = Protocol.parse(conn)
+            next(conn.parser)
 
     async def send(self, message: ASGISendEvent) -> None:
         await super().send(message)
