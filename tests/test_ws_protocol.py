@@ -6,6 +6,9 @@ keeps on the server once it is open."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -16,7 +19,13 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request
 
-from app.realtime.ws_protocol import _UVICORN_ATTRIBUTES, FrameWriter, StockwireWSProtocol, _Writable
+from app.realtime.ws_protocol import (
+    _UVICORN_ATTRIBUTES,
+    FrameWriter,
+    StockwireWSProtocol,
+    _ping_wheel,
+    _Writable,
+)
 
 MAX_SIZE = 4096
 BURST = 300
@@ -52,18 +61,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[uvicorn.Server]:
-    port = _free_port()
+@contextlib.asynccontextmanager
+async def _serving(**options: Any) -> AsyncIterator[uvicorn.Server]:
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
-        port=port,
+        port=_free_port(),
         log_level="warning",
         lifespan="off",
         ws=StockwireWSProtocol,
         ws_max_size=MAX_SIZE,
-        ws_ping_interval=None,
+        **{"ws_ping_interval": None, **options},
     )
     running = uvicorn.Server(config)
     task = asyncio.create_task(running.serve())
@@ -76,6 +84,12 @@ async def server() -> AsyncIterator[uvicorn.Server]:
     finally:
         running.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[uvicorn.Server]:
+    async with _serving() as running:
+        yield running
 
 
 def _url(server: uvicorn.Server) -> str:
@@ -211,3 +225,38 @@ async def test_writable_wakes_every_waiter_and_one_cancelled_waiter_does_not_can
     writable.set()
     await asyncio.wait_for(asyncio.gather(waiters[1], waiters[2]), 1)
     assert writable.is_set()
+
+
+async def test_keepalive_pings_come_from_one_wheel_and_a_silent_peer_is_closed() -> None:
+    async with _serving(ws_ping_interval=0.3, ws_ping_timeout=0.5) as running:
+        # a client that answers pings (websockets does, by itself) stays open past several intervals
+        async with connect(_url(running)) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            # a client that completes the handshake and then reads nothing never answers a ping
+            reader, writer = await asyncio.open_connection("127.0.0.1", running.config.port)
+            key = base64.b64encode(os.urandom(16)).decode()
+            writer.write(
+                (
+                    "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                ).encode()
+            )
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+            await asyncio.sleep(0.05)
+            protocols = _protocols(running)
+            assert len(protocols) == 2
+            assert all(p.ping_timer is None for p in protocols)  # no timer per connection
+            assert all(p.ping_slot is not None for p in protocols)
+            await asyncio.sleep(1.5)
+            # the silent one got a ping and was closed at its pong deadline (1011), the other answered
+            received = await asyncio.wait_for(reader.read(), 5)  # up to EOF
+            assert b"keepalive ping timeout" in received
+            writer.close()
+            (alive,) = _protocols(running)
+            assert alive.last_ping_rtt > 0
+            await ws.send("still here")
+            assert await ws.recv() == "still here"
+        await asyncio.sleep(0.05)
+        assert _protocols(running) == []
+        assert len(_ping_wheel(asyncio.get_running_loop(), 0.3)) == 0  # nobody left in the wheel

@@ -18,8 +18,10 @@ connection that an idle subscriber never uses, and writes every frame with its o
   subscriptions of that connection answering the same change) are joined into one `transport.write`
   at the end of the turn: one send() system call for 100 subscriptions instead of 100.
 
-Everything else (keepalive pings, close handshake, the 1009 close for frames over `ws_max_size`) is
-uvicorn's own code.
+* **Keepalive pings come from one timer** per process (`_PingWheel`), not a timer per connection.
+
+Everything else (the keepalive ping and pong themselves, the close handshake, the 1009 close for
+frames over `ws_max_size`) is uvicorn's own code.
 """
 
 from __future__ import annotations
@@ -173,6 +175,72 @@ class FrameWriter(asyncio.Transport):
         return False
 
 
+_TICK = 0.25  # seconds between two rounds of the ping wheel
+
+
+class _PingWheel:
+    """uvicorn's websocket-level keepalive pings for every connection of a loop, from one timer.
+
+    uvicorn schedules a `call_later` per connection for its next ping (a TimerHandle with its bound
+    method, ~0.5 KB for every idle subscriber, and a heap of 10,000 timers). Here the interval is
+    cut into slots of `_TICK` seconds; a connection waits in the slot that comes round one interval
+    after it was added (so pings stay spread as connections arrived), and each tick sends one slot's
+    pings with uvicorn's own `send_keepalive_ping` (its pong deadline stays uvicorn's timer: it
+    exists only between a ping and its pong).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self._loop = loop
+        self._slots: list[dict[int, StockwireWSProtocol]] = [{} for _ in range(max(1, round(interval / _TICK)))]
+        self._tick_seconds = interval / len(self._slots)
+        self._at = 0  # the slot the next tick serves
+        self._count = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, protocol: StockwireWSProtocol) -> None:
+        self.remove(protocol)
+        slot = (self._at - 1) % len(self._slots)  # the last to come round: about one interval from now
+        self._slots[slot][id(protocol)] = protocol
+        protocol.ping_slot = slot
+        self._count += 1
+        if self._timer is None:
+            self._timer = self._loop.call_later(self._tick_seconds, self._tick)
+
+    def remove(self, protocol: StockwireWSProtocol) -> None:
+        slot, protocol.ping_slot = protocol.ping_slot, None
+        if slot is not None and self._slots[slot].pop(id(protocol), None) is not None:
+            self._count -= 1
+
+    def _tick(self) -> None:
+        self._timer = None
+        due, self._slots[self._at] = self._slots[self._at], {}
+        self._at = (self._at + 1) % len(self._slots)
+        self._count -= len(due)
+        for protocol in due.values():
+            protocol.ping_slot = None
+            try:
+                protocol.send_keepalive_ping()
+            except Exception:  # one broken connection must not stop the others' pings
+                protocol.logger.exception("websocket keepalive ping failed")
+        if self._count and self._timer is None:
+            self._timer = self._loop.call_later(self._tick_seconds, self._tick)
+
+
+_wheels: dict[tuple[asyncio.AbstractEventLoop, float], _PingWheel] = {}  # per loop and interval
+
+
+def _ping_wheel(loop: asyncio.AbstractEventLoop, interval: float) -> _PingWheel:
+    wheel = _wheels.get((loop, interval))
+    if wheel is None:
+        for key in [k for k in _wheels if k[0].is_closed()]:  # a test's loop, since closed
+            del _wheels[key]
+        wheel = _wheels[(loop, interval)] = _PingWheel(loop, interval)
+    return wheel
+
+
 # Every attribute uvicorn's protocol sets (its __init__, connection_made, handle_connect), kept in
 # slots: checked by tests/test_ws_protocol.py, which fails if a uvicorn upgrade adds one.
 _UVICORN_ATTRIBUTES = (
@@ -219,7 +287,7 @@ _UVICORN_ATTRIBUTES = (
 class StockwireWSProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets protocol without per-connection costs an idle subscriber does not need."""
 
-    __slots__ = _UVICORN_ATTRIBUTES
+    __slots__ = (*_UVICORN_ATTRIBUTES, "ping_slot")
 
     def __init__(
         self,
@@ -232,6 +300,16 @@ class StockwireWSProtocol(WebSocketsSansIOProtocol):
         self.conn.available_extensions = []  # decline permessage-deflate (module docstring)
         self.queue = _Inbox()  # type: ignore[assignment]
         self.writable = _Writable()  # type: ignore[assignment]
+        self.ping_slot: int | None = None  # where this connection waits in the ping wheel
+
+    def schedule_ping(self) -> None:
+        assert self.ping_interval is not None
+        _ping_wheel(self.loop, self.ping_interval).add(self)
+
+    def stop_keepalive(self) -> None:
+        super().stop_keepalive()
+        if self.ping_slot is not None and self.ping_interval is not None:
+            _ping_wheel(self.loop, self.ping_interval).remove(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
