@@ -20,6 +20,10 @@ connection that an idle subscriber never uses, and writes every frame with its o
 
 * **Keepalive pings come from one timer** per process (`_PingWheel`), not a timer per connection.
 
+It relies on how uvicorn's protocol is built (its attribute names, `schedule_ping`, `handle_connect`),
+checked against uvicorn 0.55.0 and websockets 17.4: tests/test_ws_protocol.py fails if an upgrade moves
+them (an attribute outside the slots, a parser that still holds the request, a timer per connection).
+
 Everything else (the keepalive ping and pong themselves, the close handshake, the 1009 close for
 frames over `ws_max_size`) is uvicorn's own code.
 """
@@ -29,12 +33,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 from uvicorn.config import Config
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.http11 import Request
 from websockets.protocol import Protocol
+
+# uvicorn's ASGI message types live in its private `uvicorn._types` (app/compat.py rule): plain dicts here
+ASGIReceiveEvent = Any
+ASGISendEvent = Any
 
 
 class _Inbox:
