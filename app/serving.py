@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import h11
@@ -159,12 +160,28 @@ else:
     TimedHttpProtocol = TimedHttpToolsProtocol  # what uvicorn's "auto" would pick
 
 
+WS_PROTOCOL = "app.realtime.ws_protocol:StockwireWSProtocol"
+
+
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """The uvicorn settings `stockwire serve` uses (tests start servers with the same)."""
     return {
         "http": "app.serving:TimedHttpProtocol",
+        # uvicorn's websockets protocol without the per-connection costs idle subscribers do not need,
+        # and with one socket write per event-loop turn (app/realtime/ws_protocol.py, issue 15)
+        "ws": WS_PROTOCOL,
         # websocket frames over the request cap are refused by the protocol (close 1009) before the
         # app buffers them; the app checks messages against the same cap (close 4413) wherever a
         # server lets bigger frames through
         "ws_max_size": settings.max_request_bytes,
     }
+
+
+def uvicorn_flags(environ: Mapping[str, str] | None = None) -> list[str]:
+    """`uvicorn_options` as `uvicorn` command-line flags, for the benches and tests that start a server
+    process (so they run the server production runs). `environ`: the server's environment, for the
+    request cap (STOCKWIRE_MAX_REQUEST_BYTES; otherwise this process's settings)."""
+    cap = (environ or {}).get("STOCKWIRE_MAX_REQUEST_BYTES")
+    settings = Settings() if cap is None else Settings(max_request_bytes=int(cap))
+    options = uvicorn_options(settings)
+    return ["--http", options["http"], "--ws", options["ws"], "--ws-max-size", str(options["ws_max_size"])]

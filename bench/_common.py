@@ -170,6 +170,14 @@ def run_database(kind: str) -> str:
     return f"stockwire_bench_{kind}_{os.getpid()}"
 
 
+def _serving_flags(env: dict[str, str]) -> list[str]:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from app.serving import uvicorn_flags
+
+    return uvicorn_flags(env)
+
+
 def start_server(
     db: str,
     workers: int = 1,
@@ -190,6 +198,7 @@ def start_server(
     if argv is None:
         argv = [PYTHON, "-m", "uvicorn", "app.main:create_app", "--factory"]
         argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
+        argv += _serving_flags(env)  # the protocols `stockwire serve` runs (app/serving.py)
         if workers > 1:
             argv += ["--workers", str(workers)]
     else:

@@ -77,8 +77,17 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
 
+    from app.serving import uvicorn_options
+    from app.settings import Settings
+
     config = uvicorn.Config(
-        "app.main:create_app", factory=True, host="127.0.0.1", port=a.port, log_level="warning", access_log=False
+        "app.main:create_app",
+        factory=True,
+        host="127.0.0.1",
+        port=a.port,
+        log_level="warning",
+        access_log=False,
+        **uvicorn_options(Settings()),  # the protocols `stockwire serve` runs
     )
     if sampler is not None:
         sampler.start()

@@ -16,6 +16,8 @@ from typing import IO
 
 import httpx
 
+from app.serving import uvicorn_flags
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -90,6 +92,7 @@ def start_server(
             str(port),
             "--log-level",
             "warning",
+            *uvicorn_flags(environment),  # the protocols `stockwire serve` runs
         ],
         env=environment,
         stderr=log,

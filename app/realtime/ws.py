@@ -89,6 +89,8 @@ class StockwireWebSocketAdapter(ASGIWebSocketAdapter):
                     await self.close(4400, BAD_MESSAGE)
                     return
                 yield message
+                # not held while the connection idles until its next message
+                del text, message
         except KeyError as e:
             raise NonTextMessageReceived from e
         except WebSocketDisconnect:
@@ -217,6 +219,25 @@ class PingingTransportWSHandler(BaseGraphQLTransportWSHandler[Any, None]):
         self._ping_task: asyncio.Task[None] | None = None
         self._kept_alive: _Keepalive | None = None
         self._stopped = False
+
+    async def handle(self) -> None:
+        # Strawberry's loop, except that the message just handled is not kept while the connection
+        # idles: a subscriber's `subscribe` message (its query text and variables, parsed: ~1 KB)
+        # stayed referenced by this frame for the life of the connection
+        self.on_request_accepted()
+        try:
+            try:
+                async for message in self.websocket.iter_json():
+                    await self.handle_message(cast("Message", message))
+                    del message
+            except NonTextMessageReceived:
+                await self.handle_invalid_message("WebSocket message type must be text")
+            except NonJsonMessageReceived:
+                await self.handle_invalid_message("WebSocket message must be valid JSON")
+        except WebSocketDisconnected:
+            pass
+        finally:
+            await self.shutdown()
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         await super().handle_connection_init(message)
