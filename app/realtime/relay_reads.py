@@ -25,9 +25,9 @@ from app.realtime.changes import EncodedData, dumps
 from app.realtime.hub import Change
 from app.services import channels as channel_service
 
-# one level as last built: the row's values it was built from, its message dict (knowing its JSON
-# text), its content (codec.content of that dict), and its share of the availability (sellable units,
-# oversold units)
+# one level as last built: the row's values it was built from (`LevelCache.level`'s key), its message
+# dict (knowing its JSON text), its content (codec.content of that dict), and its share of the
+# availability (sellable units, oversold units)
 _Entry = tuple[Any, EncodedData, codec.Content, int, int]
 
 # Rows handled per turn of the event loop: a routed order's commit makes the relay go through ~2,400
@@ -45,15 +45,21 @@ class LevelCache:
         self._max = max_entries
         # content of the messages built last, by id(data): the relay compares it without rebuilding
         self.contents: dict[int, codec.Content] = {}
+        self.rebuilt = 0  # levels built (not found unchanged): for tests and profiles
 
     def level(self, tenant_id: int, sku_id: int, location_id: int, r: Any) -> _Entry:
         """The level of row `r` (pg's availability columns, in their order: `_COLUMNS`)."""
         slot = (tenant_id, sku_id, location_id)
         entry = self._entries.get(slot)
-        # the whole row (a record compares like a tuple): any column that moved (figures, version,
-        # timestamp, codes, active) rebuilds
-        if entry is not None and entry[0] == r:
+        # what the level is built from: the SKU's code and the position's columns from on_hand on
+        # (figures, version, timestamp, location code and active), so any of them that moved rebuilds.
+        # Not the whole row: the hint path's rows (pg.claim_and_read) carry 20 columns and the drain's
+        # (pg.availability_rows) 16, so a whole-row comparison never matched between the two and every
+        # drain after a hinted publication rebuilt every level again (~2,400 for a routed order)
+        key = (r[1], *r[6:16])
+        if entry is not None and entry[0] == key:
             return entry
+        self.rebuilt += 1
         (_, sku_code, _, _, _, _, on_hand, committed, reserved, unavailable, safety, incoming) = r[:12]
         version, updated_at, location_code, location_active = r[12], r[13], r[14], r[15]
         plain = {
@@ -73,7 +79,7 @@ class LevelCache:
         content = (location_code, on_hand, committed, reserved, unavailable, safety, incoming)
         available = on_hand - committed - reserved - unavailable - safety  # Position.available
         oversold = max(0, committed + reserved + unavailable - on_hand)  # Position.oversold
-        entry = (r, data, content, max(0, available), oversold)
+        entry = (key, data, content, max(0, available), oversold)
         if len(self._entries) >= self._max:
             self._entries.clear()
         self._entries[slot] = entry
