@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -168,3 +169,22 @@ async def test_the_migrations_make_the_tables_app_db_tables_defines(postgres_url
     finally:
         await database.dispose()
     assert diff == []
+
+
+async def test_generic_plans_hold_for_the_transactions_begun_inside_only(db: Database) -> None:
+    from app.db.engine import generic_plans
+
+    async def mode(conn: AsyncConnection) -> str:
+        return str(await pg.fetch_value(await pg.driver(conn), "SELECT current_setting('plan_cache_mode')"))
+
+    async def mode_driver(conn: asyncpg.Connection) -> str:
+        return str(await pg.fetch_value(conn, "SELECT current_setting('plan_cache_mode')"))
+
+    assert await db.write(mode) == "auto"
+    with generic_plans():
+        assert await db.write(mode) == "force_generic_plan"
+        assert await db.write_driver(mode_driver) == "force_generic_plan"
+    # SET LOCAL: the pooled connections are back to the default, and so is this context
+    for _ in range(3):
+        assert await db.write(mode) == "auto"
+        assert await db.write_driver(mode_driver) == "auto"

@@ -38,7 +38,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg, tenancy
-from app.db.engine import Pair, act_for
+from app.db.engine import Pair, act_for, generic_plans
 from app.realtime import codec, relay_reads
 from app.realtime.hub import Change, Hub
 from app.services.context import Ctx
@@ -146,7 +146,8 @@ class OutboxRelay:
             await self._publish_news(changes)
             return claimed >= pairs
 
-        with tenancy.acting_for(tenant_id):
+        # its one statement takes the positions and SKUs as arrays: planned once per connection
+        with tenancy.acting_for(tenant_id), generic_plans():
             return await self.ctx.db.write(work, notify=False)
 
     async def drain_once(self) -> int:

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg, stock
-from app.db.engine import is_unique_violation
+from app.db.engine import generic_plans, is_unique_violation
 from app.domain.errors import ErrorCode, Refused, UserError
 from app.domain.events import (
     EventStatus,
@@ -87,14 +87,17 @@ async def record_events(
     async def work(conn: AsyncConnection) -> tuple[list[EventResult], list[UserError]]:
         return await _apply_batch(conn, ctx, events, list(errors), atomic)
 
-    try:
-        return await ctx.db.write(work)
-    except IntegrityError as exc:
-        if not is_unique_violation(exc):
-            raise
-        # another request recorded one of these events between our look-up and our insert:
-        # run again, and it will be reported as DUPLICATE (or EVENT_CONFLICT)
-        return await ctx.db.write(work)
+    # a batch's statements take arrays of its events: planned once per connection, not per batch
+    # (engine.generic_plans says why)
+    with generic_plans():
+        try:
+            return await ctx.db.write(work)
+        except IntegrityError as exc:
+            if not is_unique_violation(exc):
+                raise
+            # another request recorded one of these events between our look-up and our insert:
+            # run again, and it will be reported as DUPLICATE (or EVENT_CONFLICT)
+            return await ctx.db.write(work)
 
 
 def _size_after(
