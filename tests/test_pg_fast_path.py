@@ -7,12 +7,13 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg, stock
 from app.db.engine import Database, _sqlstate, is_unique_violation
+from app.db.tables import inventory_events, stock_levels
 from app.domain.events import EventType, InventoryEvent
 from app.domain.quantities import Delta
 from app.services import catalog, events
@@ -188,3 +189,49 @@ async def test_generic_plans_hold_for_the_transactions_begun_inside_only(db: Dat
     for _ in range(3):
         assert await db.write(mode) == "auto"
         assert await db.write_driver(mode_driver) == "auto"
+
+
+async def test_a_batch_write_stores_every_value_as_given(db: Database) -> None:
+    # write_batch sends its arrays as array literals (text): awkward texts, NULLs and microseconds
+    # must come back exactly as given
+    odd = ['say "hi"', "back\\slash", "{braces}, commas", "NULL", "", "  spaced  ", "naïve ✓"]
+    at = datetime(2026, 11, 23, 12, 0, 1, 234567, tzinfo=UTC)
+    rows = [
+        stock.ledger_row(
+            kind="RECEIVED",
+            status="APPLIED",
+            pair=(1, 1),
+            quantity=i + 1,
+            delta=Delta(on_hand=i + 1),
+            version=2 + i,
+            now=NOW,
+            source="erp",
+            external_id=f"odd-{i}",
+            occurred_at=at,
+            reason=text_,
+            reference=None if i % 2 else text_,
+            expected_at=at if i % 2 else None,
+            to_location_id=1 if i % 2 else None,
+        )
+        for i, text_ in enumerate(odd)
+    ]
+    total = sum(range(1, len(odd) + 1))
+
+    async def work(conn: AsyncConnection) -> dict[stock.Pair, int]:
+        return await stock.apply_and_record(conn, [((1, 1), Delta(on_hand=total), len(odd), at)], NOW, rows, [(1, 1)])
+
+    assert await db.write(work) == {(1, 1): 1 + len(odd)}
+    assert await _position(db) == (10 + total, 1 + len(odd))
+    ie = inventory_events
+    async with db.read() as conn:  # through the tables' types: times come back aware UTC
+        stored = (
+            await conn.execute(
+                select(*[ie.c[c] for c in pg.LEDGER_COLUMNS])
+                .where(ie.c.external_id.like("odd-%"))
+                .order_by(ie.c.version)
+            )
+        ).all()
+        counted = await conn.scalar(select(stock_levels.c.counted_at))
+    assert [tuple(r) for r in stored] == [tuple(r.values()) for r in rows]
+    assert counted == at
+    assert await _counts(db) == (1 + len(odd), 2)

@@ -384,6 +384,60 @@ _WRITE_BATCH = (
 )
 
 
+# _WRITE_BATCH with every array parameter sent as one array literal (text), which Postgres parses in C:
+# asyncpg encodes a list element by element in Python (an isinstance check and a codec call each),
+# and a batch of 500 events sends 37 arrays of 500. Client CPU of one 500-row write_batch (process_time
+# around the call, best of 40): 3.9-4.1 -> 3.0 ms; its wall time with Postgres' work unchanged (best
+# 12.9 ms both). Texts are quoted and escaped, NULLs unquoted (tests/test_pg_fast_path.py reads back
+# quotes, backslashes, braces, commas, "NULL" as a text, NULLs and microseconds).
+_ARRAY_PARAM = re.compile(r"(\$\d+)::([A-Za-z][A-Za-z ]*?)\[\]")
+
+
+def _array_literal_sql(sql: str) -> tuple[str, dict[int, Callable[[Sequence[Any]], str]]]:
+    """`sql` with each `$n::type[]` taking a text (`$n::text::type[]`), and the encoder of each such
+    parameter, by its index in the arguments."""
+    encoders: dict[int, Callable[[Sequence[Any]], str]] = {}
+    for match in _ARRAY_PARAM.finditer(sql):
+        type_ = match.group(2)
+        encoder = _LITERALS.get(type_.lower())
+        if encoder is None:
+            raise ValueError(f"no array literal for {type_}[]")
+        encoders[int(match.group(1)[1:]) - 1] = encoder
+    return _ARRAY_PARAM.sub(r"\1::text::\2[]", sql), encoders
+
+
+def _int_literal(values: Sequence[Any]) -> str:
+    # str() of an int is its literal; None (a NULL) is the one other value these columns get, and no
+    # number's text contains "None". Anything else (a float, a bool) is refused by Postgres' int parser
+    return ("{" + ",".join(map(str, values)) + "}").replace("None", "NULL")
+
+
+def _text_literal(values: Sequence[Any]) -> str:
+    return (
+        "{"
+        + ",".join(
+            "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values
+        )
+        + "}"
+    )
+
+
+def _time_literal(values: Sequence[Any]) -> str:
+    # naive UTC already (as asyncpg takes them): ISO text, read back to the microsecond
+    return "{" + ",".join("NULL" if v is None else v.isoformat() for v in values) + "}"
+
+
+_LITERALS: dict[str, Callable[[Sequence[Any]], str]] = {
+    "int": _int_literal,
+    "integer": _int_literal,
+    "bigint": _int_literal,
+    "varchar": _text_literal,
+    "text": _text_literal,
+    "timestamp": _time_literal,
+    "timestamp without time zone": _time_literal,
+}
+
+
 async def write_batch(
     db: asyncpg.Connection,
     changes: Sequence[tuple[Pair, Sequence[int], int, datetime | None]],
@@ -393,19 +447,22 @@ async def write_batch(
 ) -> dict[Pair, int]:
     """apply_deltas(changes), write_ledger(ledger) and enqueue_changes(outbox) as one statement; returns
     each changed position's version after it, as apply_deltas does."""
-    columns = _delta_columns(changes)
-    rows = await run(
-        db.fetch,
-        _WRITE_BATCH,
-        *columns,
+    args: list[Any] = [
+        *_delta_columns(changes),
         _naive(now),
         *_ledger_columns(ledger),
         [p[0] for p in outbox],
         [p[1] for p in outbox],
-    )
+    ]
+    for i, encode in _WRITE_BATCH_ENCODERS.items():
+        args[i] = encode(args[i])
+    rows = await run(db.fetch, _WRITE_BATCH_LITERALS, *args)
     if len(rows) != len(changes):
         raise LookupError("write_batch: a position is missing")
     return {(r[0], r[1]): int(r[2]) for r in rows}
+
+
+_WRITE_BATCH_LITERALS, _WRITE_BATCH_ENCODERS = _array_literal_sql(_WRITE_BATCH)
 
 
 # --- reads of the outbox relay and of availability ------------------------------------------------
