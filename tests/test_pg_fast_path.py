@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -23,6 +24,10 @@ from app.settings import Settings
 pytestmark = pytest.mark.postgres
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+# a backend of this database waiting for a lock (pg_locks' row-lock waits carry no database)
+_WAITING = text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
 
 
 class Boom(Exception):
@@ -235,3 +240,85 @@ async def test_a_batch_write_stores_every_value_as_given(db: Database) -> None:
     assert [tuple(r) for r in stored] == [tuple(r.values()) for r in rows]
     assert counted == at
     assert await _counts(db) == (1 + len(odd), 2)
+
+
+async def _until_waiting(postgres_url: str) -> None:
+    """Until a backend of the test database waits for a lock (seen as the login: the application's
+    role sees no other session's wait)."""
+    watcher = Database(postgres_url, role=None)
+    try:
+        async with watcher.read() as conn:
+            for _ in range(500):
+                if await conn.scalar(_WAITING):
+                    return
+                await asyncio.sleep(0.01)
+    finally:
+        await watcher.dispose()
+    raise AssertionError("the reader never waited for the row lock")
+
+
+async def test_the_lock_reads_sizes_and_counts_as_of_the_commit_it_waited_for(db: Database, postgres_url: str) -> None:
+    # pg.lock_positions_sized reads the SKU sums and the counts' ledger sums in the lock's statement,
+    # whose snapshot predates a commit it waited for: the sums must still include that commit
+    later = datetime(2026, 11, 23, 12, 5, tzinfo=UTC)
+    asked = [((1, 1), NOW)]  # a count at NOW: what the ledger holds after it
+
+    async def uncontended(conn: AsyncConnection) -> tuple[object, object]:
+        rows, sizes, after = await pg.lock_positions_sized(await pg.driver(conn), [(1, 1)], asked)
+        assert [(r["on_hand"], r["version"], r["fresh"]) for r in rows] == [(10, 1, True)]
+        return sizes, after
+
+    assert await db.write(uncontended) == ({1: (10, 0, 0, 0)}, [0])
+
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def receive_later(conn: AsyncConnection) -> None:
+        version = await stock.apply_delta(conn, (1, 1), Delta(on_hand=5), later)
+        row = _ledger_row(version, "late")
+        row["occurred_at"] = later
+        await stock.write_ledger(conn, [row])
+        holding.set()
+        await release.wait()  # the row stays locked until the other transaction waits for it
+
+    async def lock_while_held(conn: AsyncConnection) -> tuple[object, ...]:
+        raw = await pg.lock_positions_sized(await pg.driver(conn), [(1, 1)], asked)
+        again = await stock.lock_sized(conn, [(1, 1)], NOW, asked)  # locked already: fresh now
+        return raw[1], raw[2], [(r["on_hand"], r["version"], r["fresh"]) for r in raw[0]], again[1], again[2]
+
+    writer = asyncio.create_task(db.write(receive_later))
+    await asyncio.wait_for(holding.wait(), 10)
+    reader = asyncio.create_task(db.write(lock_while_held))
+    await _until_waiting(postgres_url)
+    release.set()
+    await writer
+    sizes, after, rows, sizes_again, after_again = await asyncio.wait_for(reader, 10)
+    # the locked row is the committed one and so are the sums; the counts' sum is not trusted (None)
+    assert rows == [(15, 2, False)]
+    assert sizes == {1: (15, 0, 0, 0)}
+    assert after is None
+    assert sizes_again == {1: stock.Magnitude(15, 0, 0, 0)} and after_again == [5]
+
+
+async def test_lock_sized_reads_counts_again_when_the_lock_waited(db: Database, postgres_url: str) -> None:
+    later = datetime(2026, 11, 23, 12, 5, tzinfo=UTC)
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def receive_later(conn: AsyncConnection) -> None:
+        version = await stock.apply_delta(conn, (1, 1), Delta(on_hand=5), later)
+        row = _ledger_row(version, "late")
+        row["occurred_at"] = later
+        await stock.write_ledger(conn, [row])
+        holding.set()
+        await release.wait()
+
+    async def lock(conn: AsyncConnection) -> tuple[object, ...]:
+        locked, sizes, after = await stock.lock_sized(conn, [(1, 1)], NOW, [((1, 1), NOW)])
+        return locked[(1, 1)].position.on_hand, sizes, after
+
+    writer = asyncio.create_task(db.write(receive_later))
+    await asyncio.wait_for(holding.wait(), 10)
+    reader = asyncio.create_task(db.write(lock))
+    await _until_waiting(postgres_url)
+    release.set()
+    await writer
+    assert await asyncio.wait_for(reader, 10) == (15, {1: stock.Magnitude(15, 0, 0, 0)}, [5])

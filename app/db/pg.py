@@ -295,6 +295,76 @@ async def sizes_and_counts(
     return sizes, [found[i] for i in range(1, len(asked) + 1)]
 
 
+# The lock of an ingested batch's positions (_LOCK) with both reads it needs once they are locked
+# (`_SIZES_AND_COUNTS`) in the same round trip, the batch's first in its row locks. Rows by kind:
+#   'P' a locked position (its columns as `_LOCK`'s, then `fresh`),
+#   'M' a SKU's sums over all its positions (`_MAGNITUDES`' four, in on_hand..unavailable),
+#   'C' a count's on-hand after its time (`_ON_HAND_AFTER`: the ordinal in sku_id, the sum in on_hand).
+# The catch: the statement reads with the snapshot it started with, and a lock it waited for was held
+# by a transaction that committed after that. The locked rows themselves come back as that commit
+# left them (Postgres re-reads a row it waited for), so the sums use the locked rows' values, and only
+# positions not locked (which may move any time: see services.events) come from the snapshot. A
+# count's ledger sum cannot be re-read that way, so `fresh` says whether the locked row is the very
+# row version the snapshot sees (same ctid): then every change of that position, and the ledger rows
+# written with it, committed before the snapshot. Where a counted position is not fresh, the caller
+# reads the counts again (`on_hand_after_many`), as before. Measured: see the commit.
+_LOCK_SIZED = (
+    "WITH locked AS MATERIALIZED (SELECT s.sku_id, s.location_id, s.on_hand, s.committed, s.reserved, "
+    "s.unavailable, s.safety_stock, s.incoming, s.version, s.counted_at, s.backordered, "
+    "s.ctid = (SELECT v.ctid FROM stock_levels v WHERE v.sku_id = s.sku_id AND v.location_id = s.location_id) "
+    "AS fresh FROM stock_levels s JOIN unnest($1::int[], $2::int[]) AS k(sku_id, location_id) "
+    "ON s.sku_id = k.sku_id AND s.location_id = k.location_id "
+    "ORDER BY s.sku_id, s.location_id FOR UPDATE OF s), "
+    "every AS (SELECT sku_id, on_hand, committed, reserved, unavailable, safety_stock, incoming FROM locked "
+    "UNION ALL SELECT o.sku_id, o.on_hand, o.committed, o.reserved, o.unavailable, o.safety_stock, o.incoming "
+    "FROM stock_levels o WHERE o.sku_id = ANY($1::int[]) AND NOT EXISTS (SELECT 1 FROM locked l "
+    "WHERE l.sku_id = o.sku_id AND l.location_id = o.location_id)) "
+    "SELECT 'P' AS kind, sku_id, location_id, on_hand, committed, reserved, unavailable, safety_stock, incoming, "
+    "version, counted_at, backordered, fresh FROM locked "
+    "UNION ALL SELECT 'M', sku_id, NULL, sum(CASE WHEN on_hand > 0 THEN on_hand ELSE 0 END)::bigint, "
+    "sum(committed + reserved + unavailable + safety_stock)::bigint, sum(incoming)::bigint, "
+    "sum(CASE WHEN on_hand < 0 THEN -on_hand ELSE 0 END)::bigint, NULL, NULL, NULL, NULL, NULL, NULL "
+    "FROM every GROUP BY sku_id "
+    "UNION ALL SELECT 'C', c.i::int, NULL, c.after, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ("
+    + _ON_HAND_AFTER.replace("$3", "$5").replace("$2", "$4").replace("$1", "$3")
+    + ") AS c(i, after)"
+)
+
+
+async def lock_positions_sized(
+    db: asyncpg.Connection, pairs: Sequence[Pair], asked: Sequence[tuple[Pair, datetime]]
+) -> tuple[list[asyncpg.Record], dict[int, tuple[int, int, int, int]], list[int] | None]:
+    """`_LOCK_SIZED` (see there): the rows `lock_positions(pairs)` locks (with `fresh`), each of their
+    SKUs' sums as `magnitudes` gives them, and `on_hand_after_many(asked)`, or None for the counts
+    when a counted position was not locked fresh here (the caller then reads them again)."""
+    rows = await run(
+        db.fetch,
+        _LOCK_SIZED,
+        [p[0] for p in pairs],
+        [p[1] for p in pairs],
+        [p[0] for p, _ in asked],
+        [p[1] for p, _ in asked],
+        [_naive(t) for _, t in asked],
+    )
+    locked: list[asyncpg.Record] = []
+    sizes: dict[int, tuple[int, int, int, int]] = {}
+    found: dict[int, int] = {}
+    fresh: set[Pair] = set()
+    for r in rows:
+        kind = r[0]
+        if kind == "P":
+            locked.append(r)
+            if r["fresh"]:
+                fresh.add((r[1], r[2]))
+        elif kind == "M":
+            sizes[r[1]] = (int(r[3]), int(r[4]), int(r[5]), int(r[6]))
+        else:
+            found[r[1]] = int(r[3])
+    if not all(p in fresh for p, _ in asked):
+        return locked, sizes, None
+    return locked, sizes, [found[i] for i in range(1, len(asked) + 1)]
+
+
 async def fetch_value(db: asyncpg.Connection, sql: str, *args: Any) -> Any:
     """The first column of the first row of `sql` (prepared once per connection), None without a row;
     errors raised as SQLAlchemy's, like every statement here. Datetimes must be given naive (`naive`)."""
@@ -415,9 +485,7 @@ def _int_literal(values: Sequence[Any]) -> str:
 def _text_literal(values: Sequence[Any]) -> str:
     return (
         "{"
-        + ",".join(
-            "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values
-        )
+        + ",".join("NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
         + "}"
     )
 
