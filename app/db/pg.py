@@ -311,24 +311,27 @@ async def sizes_and_counts(
 _LOCK_SIZED = (
     "WITH locked AS MATERIALIZED (SELECT s.sku_id, s.location_id, s.on_hand, s.committed, s.reserved, "
     "s.unavailable, s.safety_stock, s.incoming, s.version, s.counted_at, s.backordered, "
-    "s.ctid = (SELECT v.ctid FROM stock_levels v WHERE v.sku_id = s.sku_id AND v.location_id = s.location_id) "
-    "AS fresh FROM stock_levels s JOIN unnest($1::int[], $2::int[]) AS k(sku_id, location_id) "
+    "coalesce(s.ctid = v.ctid, false) AS fresh, v.on_hand AS seen_on_hand, "
+    "v.committed + v.reserved + v.unavailable + v.safety_stock AS seen_claims, v.incoming AS seen_incoming "
+    "FROM stock_levels s JOIN unnest($1::int[], $2::int[]) AS k(sku_id, location_id) "
     "ON s.sku_id = k.sku_id AND s.location_id = k.location_id "
-    "ORDER BY s.sku_id, s.location_id FOR UPDATE OF s), "
-    "every AS (SELECT sku_id, on_hand, committed, reserved, unavailable, safety_stock, incoming FROM locked "
-    "UNION ALL SELECT o.sku_id, o.on_hand, o.committed, o.reserved, o.unavailable, o.safety_stock, o.incoming "
-    "FROM stock_levels o WHERE o.sku_id = ANY($1::int[]) AND NOT EXISTS (SELECT 1 FROM locked l "
-    "WHERE l.sku_id = o.sku_id AND l.location_id = o.location_id)) "
+    "LEFT JOIN LATERAL (SELECT x.ctid, x.on_hand, x.committed, x.reserved, x.unavailable, x.safety_stock, "
+    "x.incoming FROM stock_levels x WHERE x.sku_id = s.sku_id AND x.location_id = s.location_id) AS v ON true "
+    "ORDER BY s.sku_id, s.location_id FOR UPDATE OF s) "
     "SELECT 'P' AS kind, sku_id, location_id, on_hand, committed, reserved, unavailable, safety_stock, incoming, "
-    "version, counted_at, backordered, fresh FROM locked "
-    "UNION ALL SELECT 'M', sku_id, NULL, sum(CASE WHEN on_hand > 0 THEN on_hand ELSE 0 END)::bigint, "
-    "sum(committed + reserved + unavailable + safety_stock)::bigint, sum(incoming)::bigint, "
-    "sum(CASE WHEN on_hand < 0 THEN -on_hand ELSE 0 END)::bigint, NULL, NULL, NULL, NULL, NULL, NULL "
-    "FROM every GROUP BY sku_id "
-    "UNION ALL SELECT 'C', c.i::int, NULL, c.after, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ("
+    "version, counted_at, backordered, fresh, seen_on_hand, seen_claims, seen_incoming FROM locked "
+    "UNION ALL SELECT 'M', m.*, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ("
+    + _MAGNITUDES.replace("sku_id, sum(", "sku_id, NULL::int, sum(", 1)
+    + ") AS m UNION ALL SELECT 'C', c.i::int, NULL, c.after, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+    "NULL, NULL, NULL FROM ("
     + _ON_HAND_AFTER.replace("$3", "$5").replace("$2", "$4").replace("$1", "$3")
     + ") AS c(i, after)"
 )
+
+
+def _magnitude_of(on_hand: int, claims: int, incoming: int) -> tuple[int, int, int, int]:
+    """One position's share of `_MAGNITUDES`' four sums."""
+    return (on_hand if on_hand > 0 else 0, claims, incoming, -on_hand if on_hand < 0 else 0)
 
 
 async def lock_positions_sized(
@@ -350,16 +353,36 @@ async def lock_positions_sized(
     sizes: dict[int, tuple[int, int, int, int]] = {}
     found: dict[int, int] = {}
     fresh: set[Pair] = set()
+    moved: list[asyncpg.Record] = []
     for r in rows:
         kind = r[0]
         if kind == "P":
             locked.append(r)
             if r["fresh"]:
                 fresh.add((r[1], r[2]))
+            else:
+                moved.append(r)
         elif kind == "M":
             sizes[r[1]] = (int(r[3]), int(r[4]), int(r[5]), int(r[6]))
         else:
             found[r[1]] = int(r[3])
+    # the sums are the snapshot's: a position committed since counts as it was locked, not as seen
+    for r in moved:
+        share = _magnitude_of(
+            r["on_hand"], r["committed"] + r["reserved"] + r["unavailable"] + r["safety_stock"], r["incoming"]
+        )
+        was = (
+            (0, 0, 0, 0)
+            if r["seen_on_hand"] is None
+            else _magnitude_of(r["seen_on_hand"], r["seen_claims"], r["seen_incoming"])
+        )
+        before = sizes.get(r[1], (0, 0, 0, 0))
+        sizes[r[1]] = (
+            before[0] + share[0] - was[0],
+            before[1] + share[1] - was[1],
+            before[2] + share[2] - was[2],
+            before[3] + share[3] - was[3],
+        )
     if not all(p in fresh for p, _ in asked):
         return locked, sizes, None
     return locked, sizes, [found[i] for i in range(1, len(asked) + 1)]
