@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import pytest
@@ -322,3 +323,37 @@ async def test_lock_sized_reads_counts_again_when_the_lock_waited(db: Database, 
     release.set()
     await writer
     assert await asyncio.wait_for(reader, 10) == (15, {1: stock.Magnitude(15, 0, 0, 0)}, [5])
+
+
+async def test_the_cached_driver_still_begins_each_transaction(postgres_url: str, db: Database) -> None:
+    # pg.driver keeps the asyncpg connection in the pooled connection's info: a later transaction on
+    # the same connection must still be begun before a statement is sent through asyncpg
+    one = Database(postgres_url, pool_size=1, max_overflow=0)
+    seen: list[asyncpg.Connection] = []
+
+    async def change(conn: AsyncConnection) -> None:
+        seen.append(await pg.driver(conn))
+        await stock.apply_delta(conn, (1, 1), Delta(on_hand=5), NOW)
+        raise Boom
+
+    try:
+        for _ in range(3):
+            with pytest.raises(Boom):
+                await one.write(change)
+    finally:
+        await one.dispose()
+    assert len(seen) == 3 and seen[0] is seen[1] is seen[2]
+    assert await _position(db) == (10, 1)  # every one rolled back
+
+
+async def test_look_up_finds_skus_locations_and_recorded_events(db: Database) -> None:
+    async def look(conn: AsyncConnection) -> Any:
+        return await pg.look_up(
+            await pg.driver(conn), ["S", "NOPE"], ["L", "NOWHERE"], [("erp", "r0"), ("erp", "r1"), ("other", "r0")]
+        )
+
+    skus, locations, recorded = await db.write(look)
+    assert skus == {"S": 1}
+    assert locations == {"L": (1, None)}
+    assert list(recorded) == [("erp", "r0")] and recorded[("erp", "r0")][1] == 1
+    assert recorded[("erp", "r0")][0] is not None  # its fingerprint
