@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
@@ -243,25 +243,48 @@ async def test_a_batch_write_stores_every_value_as_given(db: Database) -> None:
     assert await _counts(db) == (1 + len(odd), 2)
 
 
-async def _until_waiting(postgres_url: str) -> None:
-    """Until a backend of the test database waits for a lock (seen as the login: the application's
-    role sees no other session's wait)."""
-    watcher = Database(postgres_url, role=None)
+LATER = datetime(2026, 11, 23, 12, 5, tzinfo=UTC)
+T = TypeVar("T")
+
+
+async def _while_held(db: Database, postgres_url: str, read: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """`read` in a write transaction that has to wait for position (1, 1)'s row lock, held by one that
+    received 5 units there and recorded them as occurring at LATER; `read`'s result once that one
+    committed. Both transactions end in every exit path (a task left waiting would hold a connection)."""
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def receive_later(conn: AsyncConnection) -> None:
+        version = await stock.apply_delta(conn, (1, 1), Delta(on_hand=5), LATER)
+        row = _ledger_row(version, "late")
+        row["occurred_at"] = LATER
+        await stock.write_ledger(conn, [row])
+        holding.set()
+        await release.wait()  # the row stays locked until the other transaction waits for it
+
+    writer = asyncio.create_task(db.write(receive_later))
+    reader: asyncio.Task[T] | None = None
+    watcher = Database(postgres_url, role=None)  # the login sees every session's wait; the app role not
     try:
+        await asyncio.wait_for(holding.wait(), 30)
+        reader = asyncio.create_task(db.write(read))
         async with watcher.read() as conn:
-            for _ in range(500):
-                if await conn.scalar(_WAITING):
-                    return
+            for _ in range(3000):
+                if reader.done() or await conn.scalar(_WAITING):
+                    break
                 await asyncio.sleep(0.01)
+        assert not reader.done(), "the reader did not wait for the row lock"
     finally:
+        release.set()
         await watcher.dispose()
-    raise AssertionError("the reader never waited for the row lock")
+        await asyncio.wait_for(writer, 30)
+        if reader is not None and not reader.done():
+            await asyncio.wait([reader], timeout=30)
+    return await reader
 
 
 async def test_the_lock_reads_sizes_and_counts_as_of_the_commit_it_waited_for(db: Database, postgres_url: str) -> None:
     # pg.lock_positions_sized reads the SKU sums and the counts' ledger sums in the lock's statement,
     # whose snapshot predates a commit it waited for: the sums must still include that commit
-    later = datetime(2026, 11, 23, 12, 5, tzinfo=UTC)
     asked = [((1, 1), NOW)]  # a count at NOW: what the ledger holds after it
 
     async def uncontended(conn: AsyncConnection) -> tuple[object, object]:
@@ -271,28 +294,12 @@ async def test_the_lock_reads_sizes_and_counts_as_of_the_commit_it_waited_for(db
 
     assert await db.write(uncontended) == ({1: (10, 0, 0, 0)}, [0])
 
-    holding, release = asyncio.Event(), asyncio.Event()
-
-    async def receive_later(conn: AsyncConnection) -> None:
-        version = await stock.apply_delta(conn, (1, 1), Delta(on_hand=5), later)
-        row = _ledger_row(version, "late")
-        row["occurred_at"] = later
-        await stock.write_ledger(conn, [row])
-        holding.set()
-        await release.wait()  # the row stays locked until the other transaction waits for it
-
     async def lock_while_held(conn: AsyncConnection) -> tuple[object, ...]:
         raw = await pg.lock_positions_sized(await pg.driver(conn), [(1, 1)], asked)
         again = await stock.lock_sized(conn, [(1, 1)], NOW, asked)  # locked already: fresh now
         return raw[1], raw[2], [(r["on_hand"], r["version"], r["fresh"]) for r in raw[0]], again[1], again[2]
 
-    writer = asyncio.create_task(db.write(receive_later))
-    await asyncio.wait_for(holding.wait(), 10)
-    reader = asyncio.create_task(db.write(lock_while_held))
-    await _until_waiting(postgres_url)
-    release.set()
-    await writer
-    sizes, after, rows, sizes_again, after_again = await asyncio.wait_for(reader, 10)
+    sizes, after, rows, sizes_again, after_again = await _while_held(db, postgres_url, lock_while_held)
     # the locked row is the committed one and so are the sums; the counts' sum is not trusted (None)
     assert rows == [(15, 2, False)]
     assert sizes == {1: (15, 0, 0, 0)}
@@ -301,28 +308,11 @@ async def test_the_lock_reads_sizes_and_counts_as_of_the_commit_it_waited_for(db
 
 
 async def test_lock_sized_reads_counts_again_when_the_lock_waited(db: Database, postgres_url: str) -> None:
-    later = datetime(2026, 11, 23, 12, 5, tzinfo=UTC)
-    holding, release = asyncio.Event(), asyncio.Event()
-
-    async def receive_later(conn: AsyncConnection) -> None:
-        version = await stock.apply_delta(conn, (1, 1), Delta(on_hand=5), later)
-        row = _ledger_row(version, "late")
-        row["occurred_at"] = later
-        await stock.write_ledger(conn, [row])
-        holding.set()
-        await release.wait()
-
     async def lock(conn: AsyncConnection) -> tuple[object, ...]:
         locked, sizes, after = await stock.lock_sized(conn, [(1, 1)], NOW, [((1, 1), NOW)])
         return locked[(1, 1)].position.on_hand, sizes, after
 
-    writer = asyncio.create_task(db.write(receive_later))
-    await asyncio.wait_for(holding.wait(), 10)
-    reader = asyncio.create_task(db.write(lock))
-    await _until_waiting(postgres_url)
-    release.set()
-    await writer
-    assert await asyncio.wait_for(reader, 10) == (15, {1: stock.Magnitude(15, 0, 0, 0)}, [5])
+    assert await _while_held(db, postgres_url, lock) == (15, {1: stock.Magnitude(15, 0, 0, 0)}, [5])
 
 
 async def test_the_cached_driver_still_begins_each_transaction(postgres_url: str, db: Database) -> None:
