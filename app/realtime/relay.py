@@ -237,6 +237,7 @@ class OutboxRelay:
         return None
 
     def _is_news(self, change: Change) -> bool:
+        """Whether to publish (`_news`)."""
         return self._news(change) is not None
 
     def _remember(self, changes: list[Change]) -> None:
