@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
+import asyncpg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg, stock
 from app.db.engine import Database, _sqlstate, is_unique_violation
+from app.db.tables import inventory_events, stock_levels
 from app.domain.events import EventType, InventoryEvent
 from app.domain.quantities import Delta
 from app.services import catalog, events
@@ -21,6 +25,10 @@ from app.settings import Settings
 pytestmark = pytest.mark.postgres
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+# a backend of this database waiting for a lock (pg_locks' row-lock waits carry no database)
+_WAITING = text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
 
 
 class Boom(Exception):
@@ -168,3 +176,174 @@ async def test_the_migrations_make_the_tables_app_db_tables_defines(postgres_url
     finally:
         await database.dispose()
     assert diff == []
+
+
+async def test_generic_plans_hold_for_the_transactions_begun_inside_only(db: Database) -> None:
+    from app.db.engine import generic_plans
+
+    async def mode(conn: AsyncConnection) -> str:
+        return str(await pg.fetch_value(await pg.driver(conn), "SELECT current_setting('plan_cache_mode')"))
+
+    async def mode_driver(conn: asyncpg.Connection) -> str:
+        return str(await pg.fetch_value(conn, "SELECT current_setting('plan_cache_mode')"))
+
+    assert await db.write(mode) == "auto"
+    with generic_plans():
+        assert await db.write(mode) == "force_generic_plan"
+        assert await db.write_driver(mode_driver) == "force_generic_plan"
+    # SET LOCAL: the pooled connections are back to the default, and so is this context
+    for _ in range(3):
+        assert await db.write(mode) == "auto"
+        assert await db.write_driver(mode_driver) == "auto"
+
+
+async def test_a_batch_write_stores_every_value_as_given(db: Database) -> None:
+    # write_batch sends its arrays as array literals (text): awkward texts, NULLs and microseconds
+    # must come back exactly as given
+    odd = ['say "hi"', "back\\slash", "{braces}, commas", "NULL", "", "  spaced  ", "naïve ✓"]
+    at = datetime(2026, 11, 23, 12, 0, 1, 234567, tzinfo=UTC)
+    rows = [
+        stock.ledger_row(
+            kind="RECEIVED",
+            status="APPLIED",
+            pair=(1, 1),
+            quantity=i + 1,
+            delta=Delta(on_hand=i + 1),
+            version=2 + i,
+            now=NOW,
+            source="erp",
+            external_id=f"odd-{i}",
+            occurred_at=at,
+            reason=text_,
+            reference=None if i % 2 else text_,
+            expected_at=at if i % 2 else None,
+            to_location_id=1 if i % 2 else None,
+        )
+        for i, text_ in enumerate(odd)
+    ]
+    total = sum(range(1, len(odd) + 1))
+
+    async def work(conn: AsyncConnection) -> dict[stock.Pair, int]:
+        return await stock.apply_and_record(conn, [((1, 1), Delta(on_hand=total), len(odd), at)], NOW, rows, [(1, 1)])
+
+    assert await db.write(work) == {(1, 1): 1 + len(odd)}
+    assert await _position(db) == (10 + total, 1 + len(odd))
+    ie = inventory_events
+    async with db.read() as conn:  # through the tables' types: times come back aware UTC
+        stored = (
+            await conn.execute(
+                select(*[ie.c[c] for c in pg.LEDGER_COLUMNS])
+                .where(ie.c.external_id.like("odd-%"))
+                .order_by(ie.c.version)
+            )
+        ).all()
+        counted = await conn.scalar(select(stock_levels.c.counted_at))
+    assert [tuple(r) for r in stored] == [tuple(r.values()) for r in rows]
+    assert counted == at
+    assert await _counts(db) == (1 + len(odd), 2)
+
+
+LATER = datetime(2026, 11, 23, 12, 5, tzinfo=UTC)
+T = TypeVar("T")
+
+
+async def _while_held(db: Database, postgres_url: str, read: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """`read` in a write transaction that has to wait for position (1, 1)'s row lock, held by one that
+    received 5 units there and recorded them as occurring at LATER; `read`'s result once that one
+    committed. Both transactions end in every exit path (a task left waiting would hold a connection)."""
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def receive_later(conn: AsyncConnection) -> None:
+        version = await stock.apply_delta(conn, (1, 1), Delta(on_hand=5), LATER)
+        row = _ledger_row(version, "late")
+        row["occurred_at"] = LATER
+        await stock.write_ledger(conn, [row])
+        holding.set()
+        await release.wait()  # the row stays locked until the other transaction waits for it
+
+    writer = asyncio.create_task(db.write(receive_later))
+    reader: asyncio.Task[T] | None = None
+    watcher = Database(postgres_url, role=None)  # the login sees every session's wait; the app role not
+    try:
+        await asyncio.wait_for(holding.wait(), 30)
+        reader = asyncio.create_task(db.write(read))
+        async with watcher.read() as conn:
+            for _ in range(3000):
+                if reader.done() or await conn.scalar(_WAITING):
+                    break
+                await asyncio.sleep(0.01)
+        assert not reader.done(), "the reader did not wait for the row lock"
+    finally:
+        release.set()
+        await watcher.dispose()
+        await asyncio.wait_for(writer, 30)
+        if reader is not None and not reader.done():
+            await asyncio.wait([reader], timeout=30)
+    return await reader
+
+
+async def test_the_lock_reads_sizes_and_counts_as_of_the_commit_it_waited_for(db: Database, postgres_url: str) -> None:
+    # pg.lock_positions_sized reads the SKU sums and the counts' ledger sums in the lock's statement,
+    # whose snapshot predates a commit it waited for: the sums must still include that commit
+    asked = [((1, 1), NOW)]  # a count at NOW: what the ledger holds after it
+
+    async def uncontended(conn: AsyncConnection) -> tuple[object, object]:
+        rows, sizes, after = await pg.lock_positions_sized(await pg.driver(conn), [(1, 1)], asked)
+        assert [(r["on_hand"], r["version"], r["fresh"]) for r in rows] == [(10, 1, True)]
+        return sizes, after
+
+    assert await db.write(uncontended) == ({1: (10, 0, 0, 0)}, [0])
+
+    async def lock_while_held(conn: AsyncConnection) -> tuple[object, ...]:
+        raw = await pg.lock_positions_sized(await pg.driver(conn), [(1, 1)], asked)
+        again = await stock.lock_sized(conn, [(1, 1)], NOW, asked)  # locked already: fresh now
+        return raw[1], raw[2], [(r["on_hand"], r["version"], r["fresh"]) for r in raw[0]], again[1], again[2]
+
+    sizes, after, rows, sizes_again, after_again = await _while_held(db, postgres_url, lock_while_held)
+    # the locked row is the committed one and so are the sums; the counts' sum is not trusted (None)
+    assert rows == [(15, 2, False)]
+    assert sizes == {1: (15, 0, 0, 0)}
+    assert after is None
+    assert sizes_again == {1: stock.Magnitude(15, 0, 0, 0)} and after_again == [5]
+
+
+async def test_lock_sized_reads_counts_again_when_the_lock_waited(db: Database, postgres_url: str) -> None:
+    async def lock(conn: AsyncConnection) -> tuple[object, ...]:
+        locked, sizes, after = await stock.lock_sized(conn, [(1, 1)], NOW, [((1, 1), NOW)])
+        return locked[(1, 1)].position.on_hand, sizes, after
+
+    assert await _while_held(db, postgres_url, lock) == (15, {1: stock.Magnitude(15, 0, 0, 0)}, [5])
+
+
+async def test_the_cached_driver_still_begins_each_transaction(postgres_url: str, db: Database) -> None:
+    # pg.driver keeps the asyncpg connection in the pooled connection's info: a later transaction on
+    # the same connection must still be begun before a statement is sent through asyncpg
+    one = Database(postgres_url, pool_size=1, max_overflow=0)
+    seen: list[asyncpg.Connection] = []
+
+    async def change(conn: AsyncConnection) -> None:
+        seen.append(await pg.driver(conn))
+        await stock.apply_delta(conn, (1, 1), Delta(on_hand=5), NOW)
+        raise Boom
+
+    try:
+        for _ in range(3):
+            with pytest.raises(Boom):
+                await one.write(change)
+    finally:
+        await one.dispose()
+    assert len(seen) == 3 and seen[0] is seen[1] is seen[2]
+    assert await _position(db) == (10, 1)  # every one rolled back
+
+
+async def test_look_up_finds_skus_locations_and_recorded_events(db: Database) -> None:
+    async def look(conn: AsyncConnection) -> Any:
+        return await pg.look_up(
+            await pg.driver(conn), ["S", "NOPE"], ["L", "NOWHERE"], [("erp", "r0"), ("erp", "r1"), ("other", "r0")]
+        )
+
+    skus, locations, recorded = await db.write(look)
+    assert skus == {"S": 1}
+    assert locations == {"L": (1, None)}
+    assert list(recorded) == [("erp", "r0")] and recorded[("erp", "r0")][1] == 1
+    assert recorded[("erp", "r0")][0] is not None  # its fingerprint

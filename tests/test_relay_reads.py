@@ -113,3 +113,45 @@ async def test_cached_read_builds_the_same_messages(api: Api) -> None:
     assert by_key["A"]["available"] == 7  # WH-1's 10 less 3 held; WH-2 is off
     assert by_key["B"]["oversold"] == 2 and by_key["B"]["available"] == 0
     assert by_key["C"]["available"] == 0  # switched off
+
+
+async def test_the_hint_path_and_the_drain_rebuild_only_levels_that_moved(api: Api) -> None:
+    # the hint path's rows (pg.claim_and_read) carry more columns than the drain's (pg.availability_rows):
+    # a cache keyed on the whole row never matched between them, so a drain after a hinted publication
+    # rebuilt every level of the SKUs (a routed order: ~2,400) to publish nothing new
+    await catalogue(api, ["A", "B"], [("WH-1", 10), ("WH-2", 20), ("WH-3", 30)])
+    await record(
+        api,
+        event("RECEIVED", "A", "WH-1", 10),
+        event("RECEIVED", "A", "WH-2", 5),
+        event("RECEIVED", "B", "WH-3", 1),
+    )
+    ids = {code: i for i, code in await api.sql("SELECT id, code FROM skus")}
+    pairs = {(s, loc) for s, loc in await api.sql("SELECT sku_id, location_id FROM stock_levels")}
+    assert len(pairs) == 3
+    cache = relay_reads.LevelCache()
+
+    async def drain() -> list[Change]:
+        with tenancy.acting_for(DEFAULT_TENANT):
+            async with api.ctx.db.read() as conn:
+                return await relay_reads.read_changes(conn, set(ids.values()), pairs, utc_now(), DEFAULT_TENANT, cache)
+
+    async def hinted() -> list[Change]:
+        with tenancy.acting_for(DEFAULT_TENANT):
+            async with api.ctx.db.read() as conn:  # rolled back: claims nothing for good
+                return (await relay_reads.claim_and_read(conn, pairs, utc_now(), DEFAULT_TENANT, cache))[0]
+
+    first = await drain()
+    assert cache.rebuilt == 3
+    assert await hinted() == first  # the same messages, from the levels the drain built
+    assert cache.rebuilt == 3
+    assert await drain() == first
+    assert cache.rebuilt == 3
+
+    await record(api, event("SOLD", "A", "WH-2", 2))
+    after = await hinted()
+    assert cache.rebuilt == 4  # A at WH-2 only
+    a = next(c for c in after if c.kind == _SPLICED[0] and c.key == "A")
+    assert a.data["available"] == 13 and [lv["on_hand"] for lv in a.data["locations"]] == [10, 3]
+    assert await drain() == after
+    assert cache.rebuilt == 4

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
@@ -42,6 +42,30 @@ class _Written:
 
 
 _written: ContextVar[_Written | None] = ContextVar("stockwire_written", default=None)
+
+_generic_plans: ContextVar[bool] = ContextVar("stockwire_generic_plans", default=False)
+# sent after the tenant's prelude in the BEGIN's own message (see _ScopedConnection): no round trip
+_GENERIC_PLANS = "SELECT set_config('plan_cache_mode', 'force_generic_plan', true)"
+
+
+@contextmanager
+def generic_plans() -> Iterator[None]:
+    """Transactions begun inside run their prepared statements on the generic plan Postgres makes
+    once per connection and statement, never re-planned for the parameters (`SET LOCAL`: the
+    connection goes back to the pool with the default).
+
+    Why: under the default (`auto`) a statement whose parameters are arrays (an ingested batch's
+    `unnest`s, the relay's SKU lists) may keep getting custom plans, planned again on every execution,
+    while its plan does not depend on the values (index look-ups per element, whatever the sizes). An
+    earlier round measured that re-planning as a cost of the ingest; on this branch's bench database
+    look_up and the lock took the same time either way (medians within 0.3 ms), so this is cheap
+    insurance for the paths that run them hot (record_events, the relay's hinted read), not a default
+    for every statement."""
+    token = _generic_plans.set(True)
+    try:
+        yield
+    finally:
+        _generic_plans.reset(token)
 
 
 def note_changed(pairs: Iterable[Pair]) -> None:
@@ -196,6 +220,8 @@ class _ScopedConnection(asyncpg.Connection):  # type: ignore[misc]
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:  # noqa: ASYNC109 (asyncpg's own)
         if not args and query.startswith("BEGIN"):
             query = f"{query} {tenancy.transaction_prelude()};"
+            if _generic_plans.get():
+                query = f"{query} {_GENERIC_PLANS};"
         status: str = await super().execute(query, *args, timeout=timeout)
         return status
 

@@ -47,10 +47,16 @@ class EncodedData(dict[str, Any]):
         self.text = text
 
 
+# json.dumps with any option builds a new JSONEncoder per call; the relay encodes every level it
+# rebuilds and every message it sends, so the encoder is made once (3.4-3.5 -> 2.6 us for a level's dict, timeit here)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_encode = _ENCODER.encode
+
+
 def dumps(value: Any) -> str:
     """JSON text as every message is encoded (compact; allow_nan=False: NaN is not JSON, and other
     consumers would choke on it)."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return _encode(value)
 
 
 # Texts this process encoded with spliced data, and the changes they carry: when such a text comes back

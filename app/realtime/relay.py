@@ -38,7 +38,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg, tenancy
-from app.db.engine import Pair, act_for
+from app.db.engine import Pair, act_for, generic_plans
 from app.realtime import codec, relay_reads
 from app.realtime.hub import Change, Hub
 from app.services.context import Ctx
@@ -146,7 +146,8 @@ class OutboxRelay:
             await self._publish_news(changes)
             return claimed >= pairs
 
-        with tenancy.acting_for(tenant_id):
+        # its one statement takes the positions and SKUs as arrays: planned once per connection
+        with tenancy.acting_for(tenant_id), generic_plans():
             return await self.ctx.db.write(work, notify=False)
 
     async def drain_once(self) -> int:
@@ -179,12 +180,14 @@ class OutboxRelay:
 
     async def _publish_news(self, changes: list[Change]) -> None:
         """Publish what subscribers have not seen (raises like Hub.publish_many: the caller retries)."""
-        fresh = [c for c in changes if self._is_news(c)]
-        self.skipped_count += len(changes) - len(fresh)
-        if fresh:
-            await self.hub.publish_many(fresh)
-            self._remember(fresh)
-            self.published_count += len(fresh)
+        # each change's content is worked out once, for the decision and for remembering it
+        news = [(c, content) for c in changes if (content := self._news(c)) is not None]
+        self.skipped_count += len(changes) - len(news)
+        if news:
+            await self.hub.publish_many([c for c, _ in news])
+            for c, content in news:
+                self._store((c.kind, c.key), c, content)
+            self.published_count += len(news)
 
     def observe(self, changes: list[Change]) -> None:
         """Every message on the channel, whoever published it (wired to the hub in __init__)."""
@@ -221,16 +224,21 @@ class OutboxRelay:
                 del self._republish[(c.kind, c.key)]
         self.republished_count += len(changes)
 
-    def _is_news(self, change: Change) -> bool:
-        """Whether to publish; a skipped change is still remembered as the newest known state."""
+    def _news(self, change: Change) -> codec.Content | None:
+        """The change's content if it is to be published, None if not; a skipped change is still
+        remembered as the newest known state."""
         slot = (change.kind, change.key)
         last = self._published.get(slot)
         content = self._content(change)
         if last is None or (change.version > last[0] and content != last[1]):
-            return True
+            return content
         if change.version > last[0]:
             self._store(slot, change, content)  # same figures, newer version: what a republish would send
-        return False
+        return None
+
+    def _is_news(self, change: Change) -> bool:
+        """Whether to publish (`_news`)."""
+        return self._news(change) is not None
 
     def _remember(self, changes: list[Change]) -> None:
         for c in changes:

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg, stock
-from app.db.engine import is_unique_violation
+from app.db.engine import generic_plans, is_unique_violation
 from app.domain.errors import ErrorCode, Refused, UserError
 from app.domain.events import (
     EventStatus,
@@ -87,14 +87,17 @@ async def record_events(
     async def work(conn: AsyncConnection) -> tuple[list[EventResult], list[UserError]]:
         return await _apply_batch(conn, ctx, events, list(errors), atomic)
 
-    try:
-        return await ctx.db.write(work)
-    except IntegrityError as exc:
-        if not is_unique_violation(exc):
-            raise
-        # another request recorded one of these events between our look-up and our insert:
-        # run again, and it will be reported as DUPLICATE (or EVENT_CONFLICT)
-        return await ctx.db.write(work)
+    # a batch's statements take arrays of its events: planned once per connection, not per batch
+    # (engine.generic_plans says why)
+    with generic_plans():
+        try:
+            return await ctx.db.write(work)
+        except IntegrityError as exc:
+            if not is_unique_violation(exc):
+                raise
+            # another request recorded one of these events between our look-up and our insert:
+            # run again, and it will be reported as DUPLICATE (or EVENT_CONFLICT)
+            return await ctx.db.write(work)
 
 
 def _size_after(
@@ -242,20 +245,21 @@ async def _apply_batch(
         pairs_touched.add((sku_ids[e.sku_code], locs[e.location_code].id))
         if e.to_location_code:
             pairs_touched.add((sku_ids[e.sku_code], locs[e.to_location_code].id))
-    locked = await stock.lock_or_create_positions(conn, pairs_touched, now)
+    # every figure must stay an Int the API can return, per position and summed over a SKU's positions
+    # (`sizes`); and what the stored ledger holds after each count's time, read once for the whole
+    # batch (before any of its rows are written: those are in `applied` below). Read with the lock,
+    # in its statement (one round trip fewer in the row locks, see stock.lock_sized).
+    counts = [i for i in todo if events[i].type is EventType.COUNTED]
+    locked, sizes, after_counts = await stock.lock_sized(
+        conn,
+        pairs_touched,
+        now,
+        [((sku_ids[events[i].sku_code], locs[events[i].location_code].id), events[i].occurred_at) for i in counts],
+    )
     positions = {p: lp.position for p, lp in locked.items()}
     counted = {p: lp.counted_at for p, lp in locked.items()}
     versions = {p: lp.version for p, lp in locked.items()}
     backordered = {p: lp.backordered for p, lp in locked.items()}
-    # every figure must stay an Int the API can return, per position and summed over a SKU's positions
-    # (`sizes`); and what the stored ledger holds after each count's time, read once for the whole
-    # batch (before any of its rows are written: those are in `applied` below). One statement.
-    counts = [i for i in todo if events[i].type is EventType.COUNTED]
-    sizes, after_counts = await stock.sizes_and_counts(
-        conn,
-        {p[0] for p in pairs_touched},
-        [((sku_ids[events[i].sku_code], locs[events[i].location_code].id), events[i].occurred_at) for i in counts],
-    )
     stored_since = dict(zip(counts, after_counts, strict=True))
 
     ledger: list[dict[str, Any]] = []
