@@ -176,8 +176,12 @@ async def _route_and_hold(
     setting = await inputs.load(conn, req, now)
     routing = inputs.routing_request(req, setting, destination)
     decision = route(routing, setting.candidates)
-    if decision.unserved and await reservations.expire_due(conn, now, sku_ids=list(setting.sku_ids.values())):
-        # holds past their expiry never block an order, even before the sweeper runs
+    if decision.unserved:
+        # holds past their expiry never block an order, even before the sweeper runs: given back here,
+        # waiting for a sweeper that is expiring one right now rather than skipping it (as reserve
+        # does), then read again even when the sweeper was first (it may have committed since our read:
+        # refused on that read, the order would have been refused for units already given back)
+        await reservations.expire_due(conn, now, sku_ids=list(setting.sku_ids.values()), wait=True)
         setting = await inputs.load(conn, req, now)
         decision = route(routing, setting.candidates)
     if decision.unserved and (req.channel_code is None or setting.channel_backorder_limit is None):
