@@ -10,6 +10,10 @@ times; the loser of a race is thus routed to the next location or refused with I
 Under a channel the routed lines are held through `channels.hold_under_channel`, as `reserve` with a
 channelCode does: the channel's figure bounds each SKU, the hold counts in the channel's holds, and what
 no location can serve is backordered when the channel's allowance covers it.
+
+An order without a channel or cart is first tried on the pooled asyncpg connection in five round trips
+(`_route_and_hold_on`: the same promises, one statement for all the writes); what that path does not
+handle rolls back and is answered by the general path above (`DRIVER_PATH` switches it off).
 """
 
 from __future__ import annotations
