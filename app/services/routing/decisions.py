@@ -181,9 +181,13 @@ def _decision_from_row(row: Any) -> DecisionView:
     )
 
 
+# one encoder for every stored decision: json.dumps with `separators` builds a new one per call
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def encoded(view: DecisionView, request: dict[str, Any]) -> tuple[str, str]:
     """The stored form of a decision: (its inputs' JSON, the decision's JSON)."""
-    return json.dumps(request, separators=(",", ":")), json.dumps(_decision_record(view), separators=(",", ":"))
+    return _COMPACT.encode(request), _COMPACT.encode(_decision_record(view))
 
 
 async def store(
