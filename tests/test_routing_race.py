@@ -33,20 +33,24 @@ PLACES = [
 
 @pytest.fixture
 def both_read_first(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """The first read of each of two calls waits for the other's: both route on the same stock."""
-    original = routing_inputs.load
+    """The first read of each of two calls waits for the other's: both route on the same stock. Both
+    ways of reading are held back: `load` (the general path) and `load_on` (the driver path)."""
     barrier = asyncio.Barrier(2)
     reads: list[str] = []
 
-    async def load(conn: Any, req: RouteOrderRequest, now: Any) -> Any:
-        setting = await original(conn, req, now)
-        first = req.order_ref not in reads
-        reads.append(req.order_ref)
-        if first:
-            await asyncio.wait_for(barrier.wait(), timeout=10)
-        return setting
+    def held_back(original: Any) -> Any:
+        async def load(conn: Any, req: RouteOrderRequest, *args: Any) -> Any:
+            setting = await original(conn, req, *args)
+            first = req.order_ref not in reads
+            reads.append(req.order_ref)
+            if first:
+                await asyncio.wait_for(barrier.wait(), timeout=10)
+            return setting
 
-    monkeypatch.setattr(routing_inputs, "load", load)
+        return load
+
+    monkeypatch.setattr(routing_inputs, "load", held_back(routing_inputs.load))
+    monkeypatch.setattr(routing_inputs, "load_on", held_back(routing_inputs.load_on))
     yield reads
 
 

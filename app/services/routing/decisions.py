@@ -181,6 +181,15 @@ def _decision_from_row(row: Any) -> DecisionView:
     )
 
 
+# one encoder for every stored decision: json.dumps with `separators` builds a new one per call
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
+def encoded(view: DecisionView, request: dict[str, Any]) -> tuple[str, str]:
+    """The stored form of a decision: (its inputs' JSON, the decision's JSON)."""
+    return _COMPACT.encode(request), _COMPACT.encode(_decision_record(view))
+
+
 async def store(
     conn: AsyncConnection,
     view: DecisionView,
@@ -188,6 +197,7 @@ async def store(
     reservation_id: str | None,
     owner_key_id: str | None,
 ) -> DecisionView:
+    request_json, decision_json = encoded(view, request)
     new_id = await conn.scalar(
         insert(routing_decisions)
         .values(
@@ -195,8 +205,8 @@ async def store(
             channel_code=view.channel_code,
             reservation_id=reservation_id,
             owner_key_id=owner_key_id,
-            request=json.dumps(request, separators=(",", ":")),
-            decision=json.dumps(_decision_record(view), separators=(",", ":")),
+            request=request_json,
+            decision=decision_json,
             created_at=view.created_at,
         )
         .returning(routing_decisions.c.id)

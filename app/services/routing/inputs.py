@@ -9,6 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -93,20 +94,13 @@ def validate(req: RouteOrderRequest, max_units: int) -> tuple[list[UserError], G
 
 
 async def load(conn: AsyncConnection, req: RouteOrderRequest, now: datetime) -> Inputs:
-    """Everything routing needs, read in three statements (locations, stock, and the channel)."""
+    """Everything routing needs, read in three statements (SKUs, the channel, and the candidates)."""
     codes = {ln.sku_code for ln in req.lines}
-    sku_rows = {
-        r.code: r
+    found = {
+        r.code: (r.id, r.active)
         for r in await conn.execute(select(skus.c.id, skus.c.code, skus.c.active).where(skus.c.code.in_(codes)))
     }
-    errors: list[UserError] = []
-    for i, ln in enumerate(req.lines):
-        sku = sku_rows.get(ln.sku_code)
-        where = ("lines", str(i), "skuCode")
-        if sku is None:
-            errors.append(UserError(ErrorCode.UNKNOWN_SKU, f"no SKU {ln.sku_code!r}", where))
-        elif not sku.active:
-            errors.append(UserError(ErrorCode.INACTIVE_SKU, f"SKU {ln.sku_code!r} is deactivated", where))
+    errors = sku_errors(req, found)
     channel: Any = None
     if req.channel_code is not None:
         channel = (
@@ -121,11 +115,55 @@ async def load(conn: AsyncConnection, req: RouteOrderRequest, now: datetime) -> 
     if errors:
         raise Refused(errors)
 
-    code_of_sku = {r.id: r.code for r in sku_rows.values()}
+    code_of_sku = {sku_id: code for code, (sku_id, _) in found.items()}
     rows = await routing_db.candidate_rows(conn, code_of_sku, day(now), channel.id if channel is not None else None)
     fenced: dict[tuple[str, int], int] = {}
     if channel is not None:
         fenced = await routing_db.fenced_for_others(conn, channel.id, code_of_sku)
+    return _inputs(
+        found,
+        rows,
+        fenced,
+        _parse_ranking(channel.routing_ranking) if channel is not None else None,
+        channel.backorder_limit if channel is not None else None,
+    )
+
+
+async def load_on(
+    db: asyncpg.Connection, req: RouteOrderRequest, now: datetime, found: dict[str, tuple[int, bool]]
+) -> Inputs:
+    """`load` of an order without a channel on the asyncpg connection, its SKUs already looked up
+    (`found`: code -> (id, active), as routing_db.open_order gives them): the candidate read only."""
+    if req.channel_code is not None:
+        raise ValueError("load_on: an order under a channel is loaded by `load`")
+    errors = sku_errors(req, found)
+    if errors:
+        raise Refused(errors)
+    code_of_sku = {sku_id: code for code, (sku_id, _) in found.items()}
+    rows = await routing_db.candidate_rows_on(db, code_of_sku, day(now))
+    return _inputs(found, rows, {}, None, None)
+
+
+def sku_errors(req: RouteOrderRequest, found: dict[str, tuple[int, bool]]) -> list[UserError]:
+    """UNKNOWN_SKU / INACTIVE_SKU for the order's lines (`found`: code -> (id, active))."""
+    errors: list[UserError] = []
+    for i, ln in enumerate(req.lines):
+        sku = found.get(ln.sku_code)
+        where = ("lines", str(i), "skuCode")
+        if sku is None:
+            errors.append(UserError(ErrorCode.UNKNOWN_SKU, f"no SKU {ln.sku_code!r}", where))
+        elif not sku[1]:
+            errors.append(UserError(ErrorCode.INACTIVE_SKU, f"SKU {ln.sku_code!r} is deactivated", where))
+    return errors
+
+
+def _inputs(
+    found: dict[str, tuple[int, bool]],
+    rows: list[routing_db.CandidateRow],
+    fenced: dict[tuple[str, int], int],
+    ranking: tuple[RoutingStrategy, ...] | None,
+    backorder_limit: int | None,
+) -> Inputs:
     location_ids: dict[str, int] = {}
     candidates: list[Candidate] = []
     # positional unpacking and no per-field keywords: this loop runs for every location on every order
@@ -151,11 +189,11 @@ async def load(conn: AsyncConnection, req: RouteOrderRequest, now: datetime) -> 
             )
         )
     return Inputs(
-        sku_ids={code: r.id for code, r in sku_rows.items()},
+        sku_ids={code: sku_id for code, (sku_id, _) in found.items()},
         location_ids=location_ids,
         candidates=candidates,
-        ranking=_parse_ranking(channel.routing_ranking) if channel is not None else None,
-        channel_backorder_limit=channel.backorder_limit if channel is not None else None,
+        ranking=ranking,
+        channel_backorder_limit=backorder_limit,
     )
 
 

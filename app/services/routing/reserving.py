@@ -10,32 +10,39 @@ times; the loser of a race is thus routed to the next location or refused with I
 Under a channel the routed lines are held through `channels.hold_under_channel`, as `reserve` with a
 channelCode does: the channel's figure bounds each SKU, the hold counts in the channel's holds, and what
 no location can serve is backordered when the channel's allowance covers it.
+
+An order without a channel or cart is first tried on the pooled asyncpg connection in five round trips
+(`_route_and_hold_on`: the same promises, one statement for all the writes); what that path does not
+handle rolls back and is answered by the general path above (`DRIVER_PATH` switches it off).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import routing as routing_db
 from app.db import stock
-from app.db.engine import is_unique_violation
+from app.db.engine import is_unique_violation, note_changed
 from app.domain.errors import ErrorCode, Refused, UserError
-from app.domain.reservations import RequestedLine, lines_fingerprint, validate_ttl
+from app.domain.reservations import RequestedLine, ReservationStatus, lines_fingerprint, validate_ttl
 from app.domain.routing import GeoPoint, RoutingDecision, Shipment, ShipmentLine, route
 from app.services import channels as channels_service
-from app.services import reservations
+from app.services import demand, reservations
 from app.services.context import Ctx
+from app.services.reservations.records import reserved_row
 from app.services.routing import decisions, inputs
 from app.services.routing.decisions import OUTCOME_REFUSED, OUTCOME_RESERVED, DecisionView, decision_view
 from app.services.routing.inputs import Inputs, RouteOrderRequest
-from app.services.views import ReservationView
+from app.services.views import ReservationLineView, ReservationView
 
 log = logging.getLogger("stockwire.routing")
 
@@ -89,6 +96,26 @@ async def route_and_reserve(ctx: Ctx, req: RouteOrderRequest) -> RouteAndReserve
         if earlier is not None:
             return await _repeat(conn, ctx, earlier, fingerprint)
         return await _route_and_hold(conn, ctx, req, destination, ttl, fingerprint, first_try=attempt == 1)
+
+    if DRIVER_PATH and req.channel_code is None and req.cart_ref is None and time.monotonic() >= _no_dynamic_until():
+
+        async def on_driver(db: asyncpg.Connection) -> tuple[DecisionView, ReservationView]:
+            return await _route_and_hold_on(db, ctx, req, destination, ttl, fingerprint)
+
+        try:
+            decision, view = await ctx.db.write_driver(on_driver)
+            return RouteAndReserveResult(decision, view, ())
+        except (_Elsewhere, _Contended):
+            pass  # rolled back, nothing of it stays: routed the general way below, on a fresh read
+        except _RefusedAfterRouting as refused:
+            stored = await decisions.store_refusal(ctx, refused.decision, refused.request)
+            return RouteAndReserveResult(stored, None, tuple(refused.errors))
+        except Refused as refused:
+            return RouteAndReserveResult(None, None, tuple(refused.errors))
+        except IntegrityError as exc:
+            if not is_unique_violation(exc):
+                raise
+            # a concurrent call with the same key won the insert: the general path answers the repeat
 
     for attempt in range(1, _MAX_ROUTES + 1):  # `work` reads `attempt`
         try:
@@ -153,8 +180,12 @@ async def _route_and_hold(
     setting = await inputs.load(conn, req, now)
     routing = inputs.routing_request(req, setting, destination)
     decision = route(routing, setting.candidates)
-    if decision.unserved and await reservations.expire_due(conn, now, sku_ids=list(setting.sku_ids.values())):
-        # holds past their expiry never block an order, even before the sweeper runs
+    if decision.unserved:
+        # holds past their expiry never block an order, even before the sweeper runs: given back here,
+        # waiting for a sweeper that is expiring one right now rather than skipping it (as reserve
+        # does), then read again even when the sweeper was first (it may have committed since our read:
+        # refused on that read, the order would have been refused for units already given back)
+        await reservations.expire_due(conn, now, sku_ids=list(setting.sku_ids.values()), wait=True)
         setting = await inputs.load(conn, req, now)
         decision = route(routing, setting.candidates)
     if decision.unserved and (req.channel_code is None or setting.channel_backorder_limit is None):
@@ -214,6 +245,115 @@ async def _route_and_hold(
     view = await decisions.store(conn, view, decisions.request_record(req, setting, destination), rid, ctx.actor.key_id)
     reservation = (await reservations.load_views(conn, now, [rid]))[0]
     return view, reservation
+
+
+# The driver path (`_route_and_hold_on`) can be switched off: every order then goes the general way.
+DRIVER_PATH = True
+# a hold that found a dynamic channel buffer sends orders the general way for a while (moving buffers
+# needs it): a deployment with dynamic buffers does not pay for every order twice
+_DYNAMIC_HOLD_OFF = 60.0
+_dynamic_seen = [float("-inf")]
+
+
+def _no_dynamic_until() -> float:
+    return _dynamic_seen[0] + _DYNAMIC_HOLD_OFF
+
+
+class _Elsewhere(Exception):
+    """The driver path leaves this order to the general one (its transaction rolls back)."""
+
+
+async def _route_and_hold_on(
+    db: asyncpg.Connection,
+    ctx: Ctx,
+    req: RouteOrderRequest,
+    destination: GeoPoint | None,
+    ttl: int,
+    fingerprint: str,
+) -> tuple[DecisionView, ReservationView]:
+    """`_route_and_hold` for an order without a channel or cart, on the asyncpg connection of
+    `Database.write_driver`, in five round trips: BEGIN (with the tenant), the key's claim with the
+    SKUs' look-up and an expired-hold probe (routing_db.open_order), the candidate read, one statement
+    writing everything (routing_db.hold_order: holds, day counts, lines, ledger, outbox, sale, decision),
+    COMMIT. The same promises: the key claimed first, every hold conditional in the database, the
+    answer built from what was written. What only the general path does (answer a repeat of the key,
+    give back expired holds when they would change the routing, move dynamic buffers) raises
+    `_Elsewhere`; a hold or capacity taken since the read raises `_Contended`. Either rolls back."""
+    now = ctx.clock()
+    expires_at = now + timedelta(seconds=ttl)
+    opened = await routing_db.open_order(
+        db,
+        now,
+        expires_at,
+        req.idempotency_scope,
+        req.key,
+        fingerprint,
+        req.order_ref,
+        ctx.actor.key_id,
+        sorted({ln.sku_code for ln in req.lines}),
+    )
+    rid = opened.reservation_id
+    if rid is None:
+        raise _Elsewhere  # a repeat of the key (or another call's): answered by the general path
+    setting = await inputs.load_on(db, req, now, opened.skus)
+    routing = inputs.routing_request(req, setting, destination)
+    decision = route(routing, setting.candidates)
+    if decision.unserved:
+        if opened.expired_due:
+            raise _Elsewhere  # holds past their expiry never block an order: the general path gives them back
+        errors = inputs.unserved_errors(req, decision)
+        raise _RefusedAfterRouting(
+            errors,
+            decision_view(req, routing, decision, OUTCOME_REFUSED, errors, now),
+            decisions.request_record(req, setting, destination),
+        )
+    loc_ids = setting.location_ids
+    plan = sorted(
+        ((setting.sku_ids[ln.sku_code], loc_ids[s.location_code]), ln.quantity)
+        for s in decision.shipments
+        for ln in s.lines
+    )
+    capacity = {loc_ids[c.location_code]: c.daily_capacity for c in setting.candidates}
+    shipping = {pair[1] for pair, q in plan if q}
+    view = decision_view(req, routing, decision, OUTCOME_RESERVED, [], now)
+    request = decisions.request_record(req, setting, destination)
+    request_json, decision_json = decisions.encoded(view, request)
+    held = await routing_db.hold_order(
+        db,
+        now,
+        rid,
+        plan,
+        {i: capacity.get(i) for i in shipping},
+        inputs.day(now),
+        demand.half_life_seconds(),
+        (req.order_ref, request_json, decision_json, ctx.actor.key_id),
+        reserved_row((0, 0), 0, 0, now, rid, req.order_ref),
+    )
+    if not held.done:
+        raise _Contended  # a position's units or a location's capacity went since the read
+    if held.dynamic:
+        _dynamic_seen[0] = time.monotonic()
+        raise _Elsewhere
+    note_changed([pair for pair, _ in plan])  # the relay's hint, as stock.enqueue_changes gives it
+    code_of_sku = {i: c for c, i in setting.sku_ids.items()}
+    code_of_loc = {i: c for c, i in loc_ids.items()}
+    # in (SKU code, location code) order, as load_views reads them back: the database's collation is
+    # C.UTF-8 (code point order, Python's string order)
+    lines = [
+        ReservationLineView(sku, loc, q)
+        for sku, loc, q in sorted((code_of_sku[p[0]], code_of_loc[p[1]], q) for p, q in plan)
+    ]
+    reservation = ReservationView(
+        id=rid,
+        status=ReservationStatus.ACTIVE,
+        expires_at=expires_at,
+        created_at=now,
+        cart_ref=None,
+        order_ref=req.order_ref,
+        channel_code=None,
+        lines=tuple(lines),
+    )
+    return replace(view, id=held.decision_id, reservation_id=rid, request=request), reservation
 
 
 async def _count_orders(conn: AsyncConnection, now: datetime, location_ids: list[int], setting: Inputs) -> None:
