@@ -99,6 +99,8 @@ class _Coster:
         self.schema, self.fragments, self.variables, self.list_size = schema, fragments, variables, list_size
         self.defaults = defaults
         self.memo: dict[tuple[str, str, int], int] = {}
+        # whether the count read a variable: if not, it is the document's alone (`cost_of` keeps it)
+        self.read_variables = False
 
     def selection_set(self, selections: SelectionSetNode, parent: GraphQLType, page: int) -> int:
         total = 0
@@ -143,6 +145,7 @@ class _Coster:
                 continue
             value: Any = argument.value
             if isinstance(value, VariableNode):
+                self.read_variables = True
                 given = self.variables.get(value.name.value, _ABSENT)
                 value = self.defaults.get(value.name.value) if given is _ABSENT else given
                 if not isinstance(value, ValueNode):
@@ -162,14 +165,16 @@ class _Coster:
             # one each (so a payload's nested lists do not compound 20 x 20 x 20): the answer cap
             # bounds what this leaves out
             return (page, 1) if is_list else (1, page)
-        arguments = {name: self.argument(node, name) for name in definition.args}
+        # arguments are read only where they change the count (a page's `first`, a list's lengths),
+        # so a document whose count reads no variable is costed once (`cost_of`)
         if "first" in definition.args:  # a page: it returns the page, or holds it in a connection
-            first = arguments.get("first")
+            first = self.argument(node, "first")
             wanted = first if isinstance(first, int) and first > 0 else DEFAULT_PAGE
             return (wanted, self.list_size) if is_list else (1, wanted)
         if not is_list:
             return 1, page
-        lengths = [len(v) for v in arguments.values() if isinstance(v, list)]
+        arguments = [self.argument(node, name) for name in definition.args]
+        lengths = [len(v) for v in arguments if isinstance(v, list)]
         return (max(lengths) if lengths else page), self.list_size
 
 
@@ -180,6 +185,24 @@ def _operation(document: DocumentNode, name: str | None) -> OperationDefinitionN
     return next((o for o in operations if o.name is not None and o.name.value == name), None)
 
 
+def _costed(
+    schema: GraphQLSchema,
+    document: DocumentNode,
+    operation: OperationDefinitionNode,
+    variables: Mapping[str, Any] | None,
+    list_size: int,
+) -> tuple[int, bool]:
+    """(the rows `operation` would make resolvers read with `variables` as sent, whether that read any
+    variable)."""
+    root = schema.get_root_type(operation.operation)
+    if root is None:
+        return 0, False
+    fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+    defaults = {v.variable.name.value: v.default_value for v in operation.variable_definitions or ()}
+    coster = _Coster(schema, fragments, variables or {}, defaults, list_size)
+    return coster.selection_set(operation.selection_set, root, list_size), coster.read_variables
+
+
 def query_cost(
     schema: GraphQLSchema,
     document: DocumentNode,
@@ -188,13 +211,36 @@ def query_cost(
     list_size: int,
 ) -> int:
     """The rows `operation` would make resolvers read, with `variables` as sent."""
-    root = schema.get_root_type(operation.operation)
-    if root is None:
-        return 0
-    fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
-    defaults = {v.variable.name.value: v.default_value for v in operation.variable_definitions or ()}
-    coster = _Coster(schema, fragments, variables or {}, defaults, list_size)
-    return coster.selection_set(operation.selection_set, root, list_size)
+    return _costed(schema, document, operation, variables, list_size)[0]
+
+
+_FIXED_COSTS_MAX = 1024
+# (schema, document, operation) by identity -> (the three, for the identity check, and the cost): the
+# cost of an operation whose count read no variable (a checkout's `reserve(input: $input)`: one
+# payload whatever the lines). The parser cache and app/graphql/known_documents.py hand every repeat
+# of a text the same DocumentNode, so a repeated request is costed once, not walked each time (3.4%
+# of a SPREAD reserve's server samples). Held strongly, at most _FIXED_COSTS_MAX of them.
+_fixed_costs: dict[tuple[int, int, int, int], tuple[GraphQLSchema, DocumentNode, OperationDefinitionNode, int]] = {}
+
+
+def cost_of(
+    schema: GraphQLSchema,
+    document: DocumentNode,
+    operation: OperationDefinitionNode,
+    variables: Mapping[str, Any] | None,
+    list_size: int,
+) -> int:
+    """`query_cost`, remembered for a document whose cost does not depend on its variables."""
+    key = (id(schema), id(document), id(operation), list_size)
+    found = _fixed_costs.get(key)
+    if found is not None and found[0] is schema and found[1] is document and found[2] is operation:
+        return found[3]
+    cost, read_variables = _costed(schema, document, operation, variables, list_size)
+    if not read_variables:
+        if len(_fixed_costs) >= _FIXED_COSTS_MAX:
+            del _fixed_costs[next(iter(_fixed_costs))]  # the oldest
+        _fixed_costs[key] = (schema, document, operation, cost)
+    return cost
 
 
 def too_costly(cost: int, limit: int, penalty: float = 0.0) -> GraphQLError:
@@ -257,7 +303,7 @@ class CostLimitedExecutor(SharedEventExecutor):
         # before the variables are coerced (a thousand codes cost more to coerce than to count)
         operation = _operation(document, operation_name)
         if cls.max_cost and operation is not None and operation.operation is not OperationType.SUBSCRIPTION:
-            cost = query_cost(schema, document, operation, raw_variable_values, cls.list_size)
+            cost = cost_of(schema, document, operation, raw_variable_values, cls.list_size)
             if cost > cls.max_cost:
                 return [too_costly(cost, cls.max_cost, refusal_penalty(context_value))]
         # lists of flat inputs (recordInventoryEvents' 500 events) coerced in one pass (app/graphql/inputs.py)
