@@ -15,6 +15,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from functools import cached_property, partial
 from typing import Any
 
+from sqlalchemy.exc import MissingGreenlet
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
 from strawberry import Schema
 from strawberry.extensions import SchemaExtension
@@ -47,6 +50,67 @@ async def begin_driver_transaction(dbapi_connection: Any) -> None:
     """
     if dbapi_connection._transaction is None:
         await dbapi_connection._start_transaction()
+
+
+def checkout_at_once(engine: AsyncEngine) -> Any | None:
+    """A connection from the engine's pool taken without `greenlet_spawn` when taking it needs no I/O
+    (an idle connection waiting in the pool), else None: the caller then takes the awaited way,
+    `AsyncEngine.raw_connection()`.
+
+    Checked against SQLAlchemy 2.1.9, the locked version; pyproject.toml allows <2.2 (`Pool._recycle`,
+    `Pool._invalidate_time`, `Pool._pre_ping`, `QueuePool._pool`, `AsyncAdaptedQueue._queue` and
+    `use_lifo`, `_ConnectionRecord.dbapi_connection`, `starttime` and `_soft_invalidate_time`, the
+    checks of `_ConnectionRecord.get_connection`; `AsyncAdaptedQueue.get` takes an item already there
+    without awaiting). Why: `raw_connection()` and its `return_pooled` are a greenlet each, about 30 us
+    of CPU per transaction of the ~1,100 us a SPREAD reserve costs the server (tests/test_driver_checkout.py).
+    The synchronous checkout is the pool's own (`Engine.raw_connection()`: its size, overflow, events
+    and record-keeping), taken only when it cannot need a connection opened or closed: an idle one
+    is queued, no pre-ping, no recycling and no pool-wide invalidation (which close the connection,
+    I/O that would be lost here), and the record it would hand out still has its connection (one
+    discarded, invalidated, needs a new one). Should opening one be needed after all, `await_`
+    refuses with MissingGreenlet before anything is sent and the pool checks the record back in
+    (`_ConnectionRecord._checkin_failed`): None, nothing leaks.
+    """
+    pool = engine.sync_engine.pool
+    if not isinstance(pool, QueuePool) or pool.checkedin() == 0 or pool._pre_ping or pool._recycle > -1:
+        return None
+    # the record the pool hands out next (asyncio.Queue's deque: FIFO from the left, LIFO from the right)
+    queue: Any = pool._pool
+    waiting = queue._queue._queue
+    record = waiting[-1] if queue.use_lifo else waiting[0]
+    if (
+        record.dbapi_connection is None  # discarded: its next connection is opened (I/O)
+        or pool._invalidate_time > record.starttime  # invalidated since: closed and re-opened
+        or record._soft_invalidate_time > record.starttime
+    ):
+        return None
+    try:
+        return engine.sync_engine.raw_connection()
+    except MissingGreenlet:  # pragma: no cover (the checks above): the record is back in the pool
+        return None
+
+
+def return_at_once(pooled: Any) -> bool:
+    """Give back a connection taken from a QueuePool without `greenlet_spawn` when that needs no I/O;
+    False (nothing done) when it might: the caller then uses `return_pooled`.
+
+    Checked against SQLAlchemy 2.1.9, the locked version; pyproject.toml allows <2.2
+    (`PoolProxiedConnection._pool`, `AsyncAdapt_asyncpg_connection._transaction`). Returning does I/O
+    only to roll back a transaction the adapter began (its reset on return), or to close an overflow
+    connection the pool has no room for; neither is the case when the adapter has no transaction
+    open and the pool's queue has room (one event loop: nothing changes in between).
+    """
+    pool = pooled._pool
+    dbapi_connection = pooled.dbapi_connection
+    if (
+        not isinstance(pool, QueuePool)
+        or dbapi_connection is None
+        or getattr(dbapi_connection, "_transaction", True) is not None
+        or pool.checkedin() >= pool.size()
+    ):
+        return False
+    pooled.close()
+    return True
 
 
 async def return_pooled(pooled: Any, discard: bool = False) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from app.compat import return_pooled
+from app.compat import checkout_at_once, return_at_once, return_pooled
 from app.db import tenancy
 
 log = logging.getLogger("stockwire.db")
@@ -150,7 +150,8 @@ class Database:
         ~600 us). The same pool, the same connections (role switched, statements prepared), the same
         tenant in the BEGIN (_ScopedConnection). A connection that might still be in a transaction (a
         COMMIT or ROLLBACK interrupted) is closed, never handed back to the pool."""
-        pooled = await self.engine.raw_connection()
+        # taken and given back without a greenlet when the pool needs no I/O for it (app/compat.py)
+        pooled = checkout_at_once(self.engine) or await self.engine.raw_connection()
         conn: asyncpg.Connection = pooled.driver_connection
         try:
             async with conn.transaction():
@@ -158,7 +159,9 @@ class Database:
         except asyncpg.PostgresError as exc:  # the COMMIT's own (a deferred check), raised as pg.run raises
             raise as_sqlalchemy_error(exc, "COMMIT", ()) from exc
         finally:
-            await return_pooled(pooled, discard=conn.is_closed() or conn.is_in_transaction())
+            discard = conn.is_closed() or conn.is_in_transaction()
+            if discard or not return_at_once(pooled):
+                await return_pooled(pooled, discard=discard)
 
     async def write(self, work: Callable[[AsyncConnection], Awaitable[T]], notify: bool = True) -> T:
         """Run `work` in one transaction, retried from the start if Postgres picks it as a deadlock victim."""
