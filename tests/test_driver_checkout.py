@@ -129,3 +129,24 @@ async def test_a_connection_with_the_adapters_transaction_open_is_given_back_the
         assert (pool.checkedout(), pool.checkedin()) == (0, 1)
     finally:
         await db.dispose()
+
+
+async def test_after_the_pool_is_invalidated_its_connections_are_replaced_the_awaited_way(database_url: str) -> None:
+    db = Database(database_url, pool_size=1, max_overflow=0)
+    pool: Any = db.engine.sync_engine.pool
+    try:
+        with tenancy.acting_for(1):
+            before = await db.write_driver(_pid)
+        await asyncio.sleep(0.02)  # the pool compares wall-clock times
+        pool._invalidate(None)  # what SQLAlchemy does on a disconnect error: every older connection is stale
+        assert compat.checkout_at_once(db.engine) is None  # closing and re-opening it is I/O
+        assert (pool.checkedout(), pool.checkedin()) == (0, 1)
+        with tenancy.acting_for(1):
+            after = await db.write_driver(_pid)
+        assert after != before
+        again = compat.checkout_at_once(db.engine)  # the new connection is taken at once again
+        assert again is not None
+        assert compat.return_at_once(again) is True
+        assert (pool.checkedout(), pool.checkedin()) == (0, 1)
+    finally:
+        await db.dispose()
