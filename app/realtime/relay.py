@@ -162,7 +162,11 @@ class OutboxRelay:
         with tenancy.acting_for(tenant_id), generic_plans():
             if tenant_id not in self._channel_tenants:
                 try:
-                    return await self.ctx.db.write_driver(on_driver, notify=False)
+                    # begin_driver, not write_driver: nothing to retry here (a failure leaves the rows
+                    # to the drain, as any failed publication), and write_driver's callers stay the
+                    # request paths' (tests/test_reserve_driver.py counts them)
+                    async with self.ctx.db.begin_driver() as db:
+                        return await on_driver(db)
                 except relay_reads.ChannelsFound:  # rolled back, the claim with it: read them the other way
                     self._channel_tenants.add(tenant_id)
             return await self.ctx.db.write(work, notify=False)

@@ -165,7 +165,7 @@ class ChannelsFound(Exception):
 async def claim_and_read_driver(
     db: asyncpg.Connection, pairs: set[Pair], now: datetime, tenant_id: int, cache: LevelCache
 ) -> tuple[list[Change], set[Pair]]:
-    """`claim_and_read` on the asyncpg connection of a `Database.write_driver` transaction, for a tenant
+    """`claim_and_read` on the asyncpg connection of a `Database.begin_driver` transaction, for a tenant
     without channels (raises ChannelsFound if it has some). The commit-to-publish path of every change
     runs it: SQLAlchemy's connection, transaction and greenlet hops around the one statement cost that
     path CPU in the event loop, right after the writer's commit."""
