@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Any
 
+import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg, tenancy
@@ -15,6 +17,7 @@ from app.db.tenancy import DEFAULT_TENANT
 from app.realtime import codec, relay_reads
 from app.realtime.changes import EncodedData, decode_message, encode_message
 from app.realtime.hub import Change
+from app.realtime.relay import OutboxRelay
 from app.services import channels as channel_service
 from app.services import queries
 from app.services.context import utc_now
@@ -80,9 +83,17 @@ async def _compare(api: Api, cache: relay_reads.LevelCache) -> list[Change]:
             hinted = await _reference(conn, {s for s, _ in touched}, touched, now)
             read, claimed = await relay_reads.claim_and_read(conn, touched, now, DEFAULT_TENANT, cache)
             left = await (await pg.driver(conn)).fetch("SELECT sku_id, location_id FROM outbox")
+            # the same on the asyncpg connection alone (the relay's hint path for a tenant without
+            # channels), claiming rows queued again
+            await pg.enqueue_changes(await pg.driver(conn), some, now)
+            on_driver, claimed_on_driver = await relay_reads.claim_and_read_driver(
+                await pg.driver(conn), touched, now, DEFAULT_TENANT, cache
+            )
     assert read == hinted
     assert set(some) <= claimed <= touched  # and committed rows of these positions not yet relayed
     assert not {(r[0], r[1]) for r in left} & touched  # deleted in the claim's transaction
+    assert on_driver == hinted
+    assert set(some) <= claimed_on_driver <= touched
     return got
 
 
@@ -155,3 +166,44 @@ async def test_the_hint_path_and_the_drain_rebuild_only_levels_that_moved(api: A
     assert a.data["available"] == 13 and [lv["on_hand"] for lv in a.data["locations"]] == [10, 3]
     assert await drain() == after
     assert cache.rebuilt == 4
+
+
+UPSERT_CHANNELS = """mutation($input: [ChannelInput!]!) { upsertChannels(input: $input) { userErrors { message } } }"""
+
+
+async def test_the_driver_read_leaves_a_tenant_with_channels_to_the_full_read(api: Api) -> None:
+    """A channel's figure is read through the channel services (SQLAlchemy): the asyncpg-only read
+    refuses before building anything, and the relay's hint path still publishes it, through the full read."""
+    await catalogue(api, ["A"], [("WH-1", 10)])
+    await record(api, event("RECEIVED", "A", "WH-1", 10))
+    data = await api.ok(UPSERT_CHANNELS, input=[{"code": "WEB", "name": "Web", "locationCodes": ["WH-1"]}])
+    assert data["upsertChannels"]["userErrors"] == []
+    ((sku_id, location_id),) = await api.sql("SELECT sku_id, location_id FROM stock_levels")
+    with tenancy.acting_for(DEFAULT_TENANT):
+        async with api.ctx.db.read() as conn:
+            await pg.enqueue_changes(await pg.driver(conn), [(sku_id, location_id)], utc_now())
+            with pytest.raises(relay_reads.ChannelsFound):
+                await relay_reads.claim_and_read_driver(
+                    await pg.driver(conn), {(sku_id, location_id)}, utc_now(), DEFAULT_TENANT, relay_reads.LevelCache()
+                )
+
+    class Capture:
+        def __init__(self) -> None:
+            self.changes: list[Change] = []
+
+        def observe(self, observer: Any) -> None:
+            """Nothing comes back: this relay only publishes."""
+
+        async def publish_many(self, changes: list[Change]) -> None:
+            self.changes += changes
+
+    hub = Capture()
+    relay = OutboxRelay(api.ctx, hub)  # type: ignore[arg-type]
+    for _ in range(2):  # the second time straight through the full read
+        await relay.publish_hinted({(sku_id, location_id)}, DEFAULT_TENANT)
+    assert relay._channel_tenants == {DEFAULT_TENANT}
+    web = codec.availability_kind("WEB", DEFAULT_TENANT)
+    assert [(c.kind, c.key, c.data["available"]) for c in hub.changes if codec.is_availability(c.kind)] == [
+        (codec.availability_kind(None, DEFAULT_TENANT), "A", 10),
+        (web, "A", 10),
+    ]  # once: the second read had no news

@@ -35,6 +35,7 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg, tenancy
@@ -73,6 +74,10 @@ class OutboxRelay:
         self.skipped_count = 0  # changes not published because nothing a subscriber sees moved
         self.republished_count = 0  # skipped states published after all (see the module docstring)
         self._levels = relay_reads.LevelCache()  # each level's message, rebuilt only when its row moved
+        # tenants with channels, whose figures the hinted path reads through SQLAlchemy; the others' go
+        # on the asyncpg connection alone (relay_reads.claim_and_read_driver). Kept for the process's
+        # life: a tenant that drops its last channel only keeps the slower path
+        self._channel_tenants: set[int] = set()
         hub.observe(self.observe)
 
     def poke(
@@ -139,15 +144,31 @@ class OutboxRelay:
         were claimed here: if not (another relay held them, or an earlier read here took them), a
         drain follows, as the outbox stays the guarantee."""
 
-        async def work(conn: AsyncConnection) -> bool:
-            changes, claimed = await relay_reads.claim_and_read(conn, pairs, self.ctx.clock(), tenant_id, self._levels)
+        async def on_driver(db: asyncpg.Connection) -> bool:
+            changes, claimed = await relay_reads.claim_and_read_driver(
+                db, pairs, self.ctx.clock(), tenant_id, self._levels
+            )
             # published before the commit (which deletes the claimed rows: only after a publication
             # that succeeded) and the connection's return to the pool
             await self._publish_news(changes)
             return claimed >= pairs
 
+        async def work(conn: AsyncConnection) -> bool:
+            changes, claimed = await relay_reads.claim_and_read(conn, pairs, self.ctx.clock(), tenant_id, self._levels)
+            await self._publish_news(changes)  # before the commit, as on_driver's
+            return claimed >= pairs
+
         # its one statement takes the positions and SKUs as arrays: planned once per connection
         with tenancy.acting_for(tenant_id), generic_plans():
+            if tenant_id not in self._channel_tenants:
+                try:
+                    # begin_driver, not write_driver: nothing to retry here (a failure leaves the rows
+                    # to the drain, as any failed publication), and write_driver's callers stay the
+                    # request paths' (tests/test_reserve_driver.py counts them)
+                    async with self.ctx.db.begin_driver() as db:
+                        return await on_driver(db)
+                except relay_reads.ChannelsFound:  # rolled back, the claim with it: read them the other way
+                    self._channel_tenants.add(tenant_id)
             return await self.ctx.db.write(work, notify=False)
 
     async def drain_once(self) -> int:
