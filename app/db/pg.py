@@ -714,6 +714,14 @@ async def open_reservation(
         list(sku_codes),
         list(location_codes),
     )
+    return opened(rows)
+
+
+def opened(
+    rows: Sequence[Any],
+) -> tuple[str | None, dict[str, tuple[int, bool]], dict[str, tuple[int, bool]], bool]:
+    """The rows of a claim-and-look-up statement (kind, code, id, active), kind C the claimed id,
+    D an expired hold due, S a SKU, else a location: (claimed id or None, SKUs, locations, due)."""
     claimed: str | None = None
     due = False
     skus: dict[str, tuple[int, bool]] = {}

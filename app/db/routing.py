@@ -8,6 +8,7 @@ hold is made under `stock.can_hold`, so routing, `reserve` and a channel's hold 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -93,6 +94,11 @@ async def candidate_rows(
     if channel_id is not None:
         params["channel"] = channel_id
         statement = _CANDIDATES_CHANNEL
+    return _candidates(code_of_sku, await conn.execute(statement, params))
+
+
+def _candidates(code_of_sku: dict[int, str], rows: Iterable[Any]) -> list[CandidateRow]:
+    """The candidate read's rows as CandidateRows, each location's SKU ids and units as code -> units."""
     code_of = code_of_sku.__getitem__
     # map/zip/dict run in C: this is built for every location on every order (asyncpg already gives
     # the bigint array as Python ints)
@@ -110,9 +116,7 @@ async def candidate_rows(
             {} if sku_ids is None else dict(zip(map(code_of, sku_ids), units, strict=True)),
             linked,
         )
-        for loc_id, code, active, priority, lat, lon, cost, capacity, orders, sku_ids, units, linked in (
-            await conn.execute(statement, params)
-        )
+        for loc_id, code, active, priority, lat, lon, cost, capacity, orders, sku_ids, units, linked in rows
     ]
 
 
@@ -236,25 +240,7 @@ _CANDIDATES_ON = _CANDIDATES.format(linked="TRUE").replace(":day", "$1::varchar"
 
 async def candidate_rows_on(db: asyncpg.Connection, code_of_sku: dict[int, str], day: str) -> list[CandidateRow]:
     """`candidate_rows` of an order without a channel, on the asyncpg connection."""
-    code_of = code_of_sku.__getitem__
-    return [
-        (
-            loc_id,
-            code,
-            active,
-            priority,
-            lat,
-            lon,
-            cost,
-            capacity,
-            orders,
-            {} if sku_ids is None else dict(zip(map(code_of, sku_ids), units, strict=True)),
-            linked,
-        )
-        for loc_id, code, active, priority, lat, lon, cost, capacity, orders, sku_ids, units, linked in (
-            await pg.run(db.fetch, _CANDIDATES_ON, day, list(code_of_sku))
-        )
-    ]
+    return _candidates(code_of_sku, await pg.run(db.fetch, _CANDIDATES_ON, day, list(code_of_sku)))
 
 
 # The idempotency claim (the reservation row, its id made by Postgres), the order's SKUs and whether an
@@ -307,16 +293,7 @@ async def open_order(
         owner_key_id,
         sku_codes,
     )
-    claimed: str | None = None
-    due = False
-    found: dict[str, tuple[int, bool]] = {}
-    for kind, code, id_, active in rows:
-        if kind == "C":
-            claimed = code
-        elif kind == "D":
-            due = True
-        else:
-            found[code] = (id_, active)
+    claimed, found, _, due = pg.opened(rows)  # its look-up names SKUs only
     return OpenedOrder(claimed, found, due)
 
 
