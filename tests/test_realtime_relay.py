@@ -310,8 +310,9 @@ async def test_a_skipped_state_overtaken_by_another_relays_older_message_goes_ou
         ctx = Ctx(db=Database("postgresql+asyncpg://never-connected/none"), settings=Settings())
         relay_a = OutboxRelay(ctx, hub)
         subscriber = hub.subscribe(AVAILABILITY, {SKU})
-        relay_a._remember([_availability(1, 20)])  # A published v1
-        assert relay_a._is_news(_availability(3, 20)) is False  # same figures as A's last: skipped
+        v1 = _availability(1, 20)
+        relay_a._store((v1.kind, v1.key), v1, relay_a._content(v1))  # A published v1
+        assert relay_a._news(_availability(3, 20)) is None  # same figures as A's last: skipped
         await hub.publish_many([_availability(2, 17)])  # B's v2 arrives (through the hub) only now
         got = [await asyncio.wait_for(subscriber.get(), TIMEOUT)]
         assert got[0][1:] == (2, _availability(2, 17).data)

@@ -272,31 +272,14 @@ async def lock_positions(conn: AsyncConnection, pairs: Iterable[Pair]) -> dict[P
     }
 
 
-async def lock_or_create_positions(
-    conn: AsyncConnection, pairs: Iterable[Pair], now: datetime
-) -> dict[Pair, LockedPosition]:
-    """`lock_positions`, creating the positions that do not exist yet (one statement when all do).
-
-    Positions created here are locked after the existing ones, out of key order: two batches that
-    both create positions can then deadlock, which Postgres breaks and `Database.write` retries. That
-    happens once per new position; every later change takes the one-statement path.
-    """
-    wanted = set(pairs)
-    locked = await lock_positions(conn, wanted)
-    missing = wanted - locked.keys()
-    if missing:
-        await ensure_positions(conn, missing, now)
-        locked |= await lock_positions(conn, missing)
-    return locked
-
-
 async def lock_sized(
     conn: AsyncConnection, pairs: Iterable[Pair], now: datetime, asked: list[tuple[Pair, datetime]]
 ) -> tuple[dict[Pair, LockedPosition], dict[int, Magnitude], list[int]]:
-    """`lock_or_create_positions(pairs)`, then `sizes_and_counts` of their SKUs and of `asked`, read
-    once the positions are locked: in the lock's own statement (pg.lock_positions_sized) when every
-    position exists and every counted one was locked without waiting on a newer commit; else the
-    reads of the counts (or, with positions to create, both reads) in one more statement, as before."""
+    """`lock_positions(pairs)`, creating the positions that do not exist yet, then `sizes_and_counts`
+    of their SKUs and of `asked`, read once the positions are locked: in the lock's own statement
+    (pg.lock_positions_sized) when every position exists and every counted one was locked without
+    waiting on a newer commit; else the reads of the counts (or, with positions to create, both
+    reads) in one more statement, as before."""
     wanted = sorted(set(pairs))
     if not wanted:
         return {}, {}, await on_hand_after_many(conn, asked)
@@ -309,7 +292,9 @@ async def lock_sized(
     }
     missing = set(wanted) - locked.keys()
     if missing:
-        # created, then locked out of key order (see lock_or_create_positions); another batch may have
+        # created, then locked after the existing ones, out of key order: two batches that both create
+        # positions can then deadlock, which Postgres breaks and `Database.write` retries (once per new
+        # position; every later change takes the one-statement path). Another batch may have
         # created one first and changed it since the statement's snapshot: both reads again, after
         await ensure_positions(conn, missing, now)
         locked |= await lock_positions(conn, missing)

@@ -257,14 +257,6 @@ class OutboxRelay:
             self._store(slot, change, content)  # same figures, newer version: what a republish would send
         return None
 
-    def _is_news(self, change: Change) -> bool:
-        """Whether to publish (`_news`)."""
-        return self._news(change) is not None
-
-    def _remember(self, changes: list[Change]) -> None:
-        for c in changes:
-            self._store((c.kind, c.key), c, self._content(c))
-
     def _content(self, change: Change) -> codec.Content:
         # the content relay_reads built with the message (by the id of its data, alive in `change`
         # and replaced on every read), else computed from the data: the same tuple either way
