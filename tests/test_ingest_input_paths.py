@@ -240,3 +240,126 @@ def test_the_executor_gets_the_same_variables_either_way() -> None:
     assert refused[0].message == (
         "Variable '$input' has invalid value at [0].type: Value 'LOST' does not exist in 'InventoryEventType' enum."
     )
+
+
+# --- one flat input with a list of flat inputs (ReserveInput), coerced in one pass (coerce_flat_object) ---
+
+_RESERVE_TYPE = _SCHEMA._schema.get_type("ReserveInput")
+
+
+def _reserve_graphql_core(value: object) -> object:
+    from graphql import GraphQLNonNull, Undefined
+    from graphql.utilities import coerce_input_value
+
+    coerced = coerce_input_value(value, GraphQLNonNull(_RESERVE_TYPE))  # type: ignore[arg-type]
+    return None if coerced is Undefined else coerced
+
+
+def _reserve_fast(value: object) -> object:
+    from graphql import GraphQLNonNull
+
+    from app.graphql.inputs import coerce_flat_object
+
+    return coerce_flat_object(value, GraphQLNonNull(_RESERVE_TYPE))  # type: ignore[arg-type]
+
+
+def _wire_reserve() -> dict[str, object]:
+    return {
+        "lines": [{"skuCode": "SKU-1", "quantity": 1, "locationCode": "WH-1"}, {"skuCode": "SKU-2", "quantity": 3}],
+        "idempotencyKey": "k-1",
+    }
+
+
+def test_a_plain_reserve_input_is_coerced_as_graphql_core_does() -> None:
+    for changes in (
+        {},
+        {"ttlSeconds": 60, "channelCode": None, "cartRef": "c", "accountCode": "A", "allowPartial": True},
+        {"lines": []},
+    ):
+        value = _wire_reserve() | changes
+        fast, slow = _reserve_fast(value), _reserve_graphql_core(value)
+        assert fast is not None and fast == slow
+        assert list(fast) == list(slow)  # type: ignore[call-overload]  # the same fields in the same order
+
+
+reserve_field_names = st.sampled_from(
+    ["lines", "idempotencyKey", "ttlSeconds", "channelCode", "cartRef", "accountCode", "allowPartial", "extra"]
+)
+line_field_names = st.sampled_from(["skuCode", "quantity", "locationCode", "unit", "extra"])
+
+
+@given(
+    changes=st.lists(st.tuples(reserve_field_names, st.one_of(wire_values, st.just(KeyError))), max_size=3),
+    line_changes=st.lists(
+        st.tuples(st.integers(0, 1), line_field_names, st.one_of(wire_values, st.just(KeyError))), max_size=3
+    ),
+)
+def test_any_reserve_input_is_coerced_as_graphql_core_does_or_left_to_it(
+    changes: list[tuple[str, object]], line_changes: list[tuple[int, str, object]]
+) -> None:
+    value = _wire_reserve()
+    lines = value["lines"]
+    assert isinstance(lines, list)
+    for index, name, change in line_changes:
+        if change is KeyError:
+            lines[index].pop(name, None)
+        else:
+            lines[index][name] = change
+    for name, change in changes:
+        if change is KeyError:
+            value.pop(name, None)
+        else:
+            value[name] = change
+    fast = _reserve_fast(value)
+    if fast is not None:  # else graphql-core coerces it (and reports its errors) as before
+        assert fast == _reserve_graphql_core(value)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"lines": {"skuCode": "SKU-1", "quantity": 1}},  # one line for a list: graphql-core reads it
+        {"lines": [None]},
+        {"lines": "SKU-1"},
+        {"allowPartial": None},
+        {"allowPartial": 1},
+        {"ttlSeconds": 1.0},
+        {"idempotencyKey": None},
+        {"extra": 1},
+    ],
+)
+def test_what_the_object_fast_path_is_not_sure_of_is_left_to_graphql_core(changes: dict[str, object]) -> None:
+    assert _reserve_fast(_wire_reserve() | changes) is None
+    assert _reserve_fast([_wire_reserve()]) is None
+
+
+def test_the_executor_gets_the_same_reserve_variables_either_way() -> None:
+    from graphql import parse
+
+    from app.graphql.limits import CostLimitedExecutor
+
+    document = parse(
+        "mutation R($input: ReserveInput!, $also: ReserveInput) { a: reserve(input: $input) { reservation { id } } "
+        "b: reserve(input: $also) { reservation { id } } }"
+    )
+    value = _wire_reserve()
+    for also in ({"also": None}, {}, {"also": _wire_reserve() | {"ttlSeconds": 5}}):
+        built = CostLimitedExecutor.build(_SCHEMA._schema, document, raw_variable_values={"input": value, **also})
+        assert not isinstance(built, list)
+        general = {"input": _reserve_graphql_core(value)}
+        if also:
+            general["also"] = None if also["also"] is None else _reserve_graphql_core(also["also"])
+        assert built.variable_values.coerced == general
+        assert built.variable_values.sources["input"].value is value
+        assert built.variable_values.sources["input"].signature.type.of_type is _RESERVE_TYPE  # type: ignore[union-attr]
+        assert set(built.variable_values.sources) == {"input", "also"}
+        # the operation executed is the document's, but for the definitions of the variables read here
+        assert built.operation.selection_set is document.definitions[0].selection_set  # type: ignore[attr-defined]
+    # an invalid value still gets graphql-core's own error
+    refused = CostLimitedExecutor.build(
+        _SCHEMA._schema, document, raw_variable_values={"input": value | {"allowPartial": "yes"}}
+    )
+    assert isinstance(refused, list)
+    assert refused[0].message == (
+        "Variable '$input' has invalid value at .allowPartial: Boolean cannot represent a non boolean value: 'yes'"
+    )

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from app.graphql import http_view
+from app.graphql import http_view, limits
 from app.graphql.http_view import SecureGraphQLView
 from app.main import create_app
 from app.observability.logging import configure_logging, formatter
@@ -46,11 +46,63 @@ def _line(sku: str, quantity: Any, at: str = "WH-1") -> dict[str, Any]:
     return {"skuCode": sku, "quantity": quantity, "locationCode": at}
 
 
+RECORD = """mutation($input: [InventoryEventInput!]!) {
+  recordInventoryEvents(input: $input) { results { index status } userErrors { code message field } } }"""
+_OMIT = object()
+# ReserveInput fields changed from a valid input: valid ones, and what graphql-core refuses
+_RESERVE_INPUTS: list[dict[str, Any]] = [
+    {"key": 1, "ttlSeconds": 60, "cartRef": "c", "channelCode": None, "accountCode": None, "allowPartial": False},
+    {"key": 2, "ttlSeconds": None, "cartRef": None},
+    {"idempotencyKey": _OMIT},
+    {"idempotencyKey": None},
+    {"idempotencyKey": 7},
+    {"lines": None},
+    {"lines": []},
+    {"allowPartial": None},
+    {"allowPartial": "yes"},
+    {"ttlSeconds": 1.5},
+    {"ttlSeconds": 2**31},
+    {"ttlSeconds": True},
+    {"nope": 1},
+]
+
+
+def _event(sku: str, i: int, **changes: Any) -> dict[str, Any]:
+    event = {
+        "source": "known-docs",
+        "externalId": f"{sku}-{i}",
+        "type": "RECEIVED",
+        "skuCode": sku,
+        "locationCode": "WH-1",
+        "quantity": 1,
+        "occurredAt": "2026-01-01T09:00:00Z",
+    }
+    return {k: v for k, v in (event | changes).items() if v is not _OMIT}
+
+
+_EVENT_INPUTS: list[tuple[int, dict[str, Any]]] = [
+    (80, {}),
+    (81, {"reason": "r", "reference": None, "unit": None, "expectedAt": "2026-01-02T09:00:00+01:00"}),
+    (82, {"type": "LOST"}),
+    (83, {"type": "received"}),
+    (84, {"quantity": "1"}),
+    (85, {"occurredAt": "yesterday"}),
+    (86, {"occurredAt": _OMIT}),
+    (87, {"extra": 1}),
+    (88, {"source": None}),
+]
+
+
 def _history(sku: str) -> list[dict[str, Any]]:
     """Requests as (json body | GET params, as which key): `key` the run's own, `limited` a storefront key."""
 
     def reserve(key: str, *lines: dict[str, Any]) -> dict[str, Any]:
         return {"query": RESERVE, "variables": {"input": {"lines": list(lines), "idempotencyKey": sku + key}}}
+
+    def reserve_with(**changes: Any) -> dict[str, Any]:
+        given = {"lines": [_line(sku, 1)], "idempotencyKey": sku + "-in-" + str(changes.pop("key", ""))}
+        given |= changes
+        return {"query": RESERVE, "variables": {"input": {k: v for k, v in given.items() if v is not _OMIT}}}
 
     def post(body: dict[str, Any], key: str = "key") -> dict[str, Any]:
         return {"body": body, "as": key}
@@ -83,6 +135,17 @@ def _history(sku: str) -> list[dict[str, Any]]:
         {"get": {"query": RESERVE, "variables": json.dumps({"input": {}})}, "as": "key"},  # a mutation by GET: 405
         post({"query": ALIASED, "variables": {"a": {"lines": [_line(sku, 1)], "idempotencyKey": sku + "-g"}, "b": {}}}),
         post({"query": 'subscription { availabilityChanged(skuCodes: ["X"]) { skuCode } }'}),  # websockets only
+        # inputs the flat coercion (app/graphql/inputs.py) reads itself, or leaves to graphql-core
+        *(post(reserve_with(**changes)) for changes in _RESERVE_INPUTS),
+        post({"query": RESERVE, "variables": {"input": [{"lines": [_line(sku, 1)], "idempotencyKey": sku}]}}),
+        post({"query": RESERVE, "variables": {"input": "SKU"}}),
+        post({"query": RESERVE, "variables": {"input": {"lines": _line(sku, 1), "idempotencyKey": sku + "-one"}}}),
+        post({"query": RESERVE, "variables": {"input": {"lines": [_line(sku, 1) | {"no": 1}], "idempotencyKey": "n"}}}),
+        post({"query": RESERVE, "variables": {"input": {"lines": [{"skuCode": sku}], "idempotencyKey": "n"}}}),
+        post({"query": RESERVE, "variables": {"input": {"lines": [_line(sku, 1), None], "idempotencyKey": "n"}}}),
+        *(post({"query": RECORD, "variables": {"input": [_event(sku, i, **changes)]}}) for i, changes in _EVENT_INPUTS),
+        post({"query": RECORD, "variables": {"input": _event(sku, 90)}}),  # one event for a list of them
+        post({"query": RECORD, "variables": {"input": [_event(sku, 91), _event(sku, 92, type="COUNTED")]}}),
         # holds until the rate limit (HOLDS_A_WINDOW) refuses them: RATE_LIMITED
         *(post(reserve(f"-r{n}", _line(sku, 1))) for n in range(HOLDS_A_WINDOW)),
     ]
@@ -188,8 +251,8 @@ async def test_known_documents_answer_log_and_count_as_strawberrys_path(
 ) -> None:
     c, ctx = client
     api = Api(c, ctx, await create_test_key(database_url))
-    await catalogue(api, skus=["SKU-1", "SKU-2", "SKU-3"])
-    for sku in ("SKU-1", "SKU-2", "SKU-3"):
+    await catalogue(api, skus=["SKU-1", "SKU-2", "SKU-3", "SKU-4"])
+    for sku in ("SKU-1", "SKU-2", "SKU-3", "SKU-4"):
         await receive(api, sku, "WH-1", 100)
 
     # faults: a query and a mutation raising what no client caused
@@ -227,6 +290,13 @@ async def test_known_documents_answer_log_and_count_as_strawberrys_path(
         off_switch.setattr(SecureGraphQLView, "_known", lambda self, query, name: None)
         off = await _run(c, database_url, "SKU-2", lines)
     assert len(known) == len(_history("X")) - 6  # none more
+    # and every variable coerced by graphql-core alone (no flat coercion): the same answers
+    with monkeypatch.context() as off_switch:
+        off_switch.setattr(limits, "coerce_flat_variables", lambda schema, operation, raw: ({}, raw))
+        general = await _run(c, database_url, "SKU-4", lines)
+    for i, (a, b) in enumerate(zip(on["answers"], general["answers"], strict=True)):
+        assert a == b, (i, a, b)
+    assert on["metrics"] == general["metrics"] and on["logs"] == general["logs"]
 
     for i, (a, b) in enumerate(zip(on["answers"], off["answers"], strict=True)):
         assert a == b, (i, a, b)

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import strawberry
 from graphql import (
+    GraphQLBoolean,
     GraphQLEnumType,
     GraphQLError,
     GraphQLInputObjectType,
@@ -145,43 +146,56 @@ def nulled(item: object, fields: frozenset[str]) -> frozenset[str]:
 #
 # graphql-core coerces a variable value by walking it against its type, recursing into every field of
 # every item (and first walks it once more to see it is not nested too deeply): about a third of the
-# server's CPU for recordInventoryEvents' 500 event inputs. A list of *flat* input objects (every field
-# a scalar or an enum, no oneOf) needs none of that generality: `coerce_flat_list` reads it in one
-# loop and gives exactly graphql-core's coerced value (the same dict per item: fields in the type's
-# order under their out names, omitted fields with their coerced defaults, each leaf parsed by its own
-# type). Any value it is not sure of (a missing or unknown field, a null where one is not allowed, a
-# scalar that is not plainly of its type, an item that is not a dict, a value that is not a list) gives
-# None, and graphql-core coerces that variable itself, with its own errors.
+# server's CPU for recordInventoryEvents' 500 event inputs, and about 20 us of a reserve's ReserveInput.
+# An input that is *flat* (every field a scalar, an enum or a list of flat input objects, no oneOf) or a
+# list of such inputs needs none of that generality: `coerce_flat_list` and `coerce_flat_object` read it
+# in one loop and give exactly graphql-core's coerced value (the same dict per object: fields in the
+# type's order under their out names, omitted fields with their coerced defaults, each leaf parsed by
+# its own type). Any value they are not sure of (a missing or unknown field, a null where one is not
+# allowed, a scalar that is not plainly of its type, an object that is not a dict, a list that is not
+# a list) gives None, and graphql-core coerces that variable itself, with its own errors.
 
 _MISSING = object()
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 
 
+class _NotSure(Exception):
+    """A value the fast path leaves to graphql-core."""
+
+
 def _parse_string(value: Any) -> Any:
     if type(value) is not str:
-        raise TypeError  # graphql-core decides (it refuses it)
+        raise _NotSure  # graphql-core decides (it refuses it)
     return value
 
 
 def _parse_int(value: Any) -> Any:
     if type(value) is not int or not _INT_MIN <= value <= _INT_MAX:
-        raise TypeError  # a float, a bool or out of range: graphql-core decides
+        raise _NotSure  # a float, a bool or out of range: graphql-core decides
+    return value
+
+
+def _parse_boolean(value: Any) -> Any:
+    if type(value) is not bool:
+        raise _NotSure
     return value
 
 
 def _leaf_parser(leaf: GraphQLScalarType | GraphQLEnumType) -> Callable[[Any], Any]:
-    """The leaf's own coercion; String and Int inline (graphql-core's for a plain str or int), an
-    enum's remembered per name (the same member each time)."""
+    """The leaf's own coercion; String, Int and Boolean inline (graphql-core's for a plain str, int or
+    bool), an enum's remembered per name (the same member each time)."""
     if leaf is GraphQLString:
         return _parse_string
     if leaf is GraphQLInt:
         return _parse_int
+    if leaf is GraphQLBoolean:
+        return _parse_boolean
     if isinstance(leaf, GraphQLEnumType):
         members: dict[str, Any] = {}
 
         def parse_enum(value: Any) -> Any:
             if type(value) is not str:
-                raise TypeError
+                raise _NotSure
             member = members.get(value, _MISSING)
             if member is _MISSING:
                 member = members[value] = leaf.coerce_input_value(value)  # raises for no such name
@@ -200,102 +214,150 @@ class _FlatField:
     parse: Callable[[Any], Any]
 
 
-_plans: dict[GraphQLInputObjectType, tuple[_FlatField, ...] | None] = {}
+@dataclass(frozen=True)
+class _Plan:
+    """How to read an object of a flat input type."""
+
+    fields: tuple[_FlatField, ...]
+    known: frozenset[str]  # the fields' names: any other name is graphql-core's to refuse
+    out_type: Callable[[dict[str, Any]], Any]
 
 
-def _plan(type_: GraphQLInputObjectType) -> tuple[_FlatField, ...] | None:
-    """How to read an item of a flat input type; None when the type is not flat."""
-    if type_ in _plans:
-        return _plans[type_]
+_plans: dict[tuple[GraphQLInputObjectType, bool], _Plan | None] = {}
+
+
+def _plan(type_: GraphQLInputObjectType, nested: bool = True) -> _Plan | None:
+    """How to read an object of a flat input type; None when the type is not flat. `nested`: whether a
+    field may be a list of flat inputs (one level: the items' own fields are scalars or enums)."""
+    key = (type_, nested)
+    if key in _plans:
+        return _plans[key]
     fields: list[_FlatField] | None = []
     if type_.is_one_of:
         fields = None
     for name, field in type_.fields.items():
         of = field.type.of_type if isinstance(field.type, GraphQLNonNull) else field.type
-        if fields is None or not isinstance(of, (GraphQLScalarType, GraphQLEnumType)):
+        parse: Callable[[Any], Any] | None = None
+        if isinstance(of, (GraphQLScalarType, GraphQLEnumType)):
+            parse = _leaf_parser(of)
+        elif nested and isinstance(of, GraphQLList):
+            parse = _list_parser(of)
+        if fields is None or parse is None:
             fields = None
             break
         default = coerce_default_value(field)
         if default is Undefined and isinstance(field.type, GraphQLNonNull):
             default = _MISSING  # required
-        fields.append(
-            _FlatField(
-                name, field.out_name or name, not isinstance(field.type, GraphQLNonNull), default, _leaf_parser(of)
-            )
-        )
-    plan = None if fields is None else tuple(fields)
-    _plans[type_] = plan
+        nullable = not isinstance(field.type, GraphQLNonNull)
+        fields.append(_FlatField(name, field.out_name or name, nullable, default, parse))
+    plan = None if fields is None else _Plan(tuple(fields), frozenset(f.name for f in fields), type_.out_type)
+    _plans[key] = plan
     return plan
+
+
+_list_parsers: dict[tuple[GraphQLInputObjectType, bool], Callable[[Any], Any] | None] = {}
+
+
+def _list_parser(list_type: GraphQLList[Any]) -> Callable[[Any], Any] | None:
+    """The coercion of a list of flat input objects (items without lists of their own), None for any
+    other list."""
+    item_type = list_type.of_type
+    items_nullable = not isinstance(item_type, GraphQLNonNull)
+    object_type = item_type if items_nullable else item_type.of_type
+    if not isinstance(object_type, GraphQLInputObjectType):
+        return None
+    key = (object_type, items_nullable)
+    if key in _list_parsers:
+        return _list_parsers[key]
+    plan = _plan(object_type, nested=False)
+    parse_list: Callable[[Any], Any] | None = None
+    if plan is not None:
+        items = plan
+
+        def parse_list(value: Any) -> Any:
+            if type(value) is not list:
+                raise _NotSure  # graphql-core reads a single value as a list of one, or refuses it
+            return [None if item is None and items_nullable else _coerce_object(item, items) for item in value]
+
+    _list_parsers[key] = parse_list
+    return parse_list
+
+
+def _coerce_object(item: Any, plan: _Plan) -> Any:
+    if type(item) is not dict or not plan.known.issuperset(item):
+        raise _NotSure
+    fields: dict[str, Any] = {}
+    for f in plan.fields:
+        given = item.get(f.name, _MISSING)
+        if given is _MISSING:
+            if f.default is _MISSING:
+                raise _NotSure
+            if f.default is not Undefined:
+                fields[f.out] = f.default
+        elif given is None:
+            if not f.nullable:
+                raise _NotSure
+            fields[f.out] = None
+        else:
+            parsed = f.parse(given)
+            if parsed is None or parsed is Undefined:
+                raise _NotSure  # a parser's "no value": graphql-core decides
+            fields[f.out] = parsed
+    return plan.out_type(fields)
 
 
 def coerce_flat_list(value: Any, type_: GraphQLInputType) -> Any:
     """graphql-core's coerce_input_value(value, type_) for a list of flat input objects, or None when
     type_ is not one or the value is not plainly valid (see above)."""
     list_type = type_.of_type if isinstance(type_, GraphQLNonNull) else type_
-    if not isinstance(list_type, GraphQLList) or type(value) is not list:
+    if not isinstance(list_type, GraphQLList):
         return None
-    item_type = list_type.of_type
-    items_nullable = not isinstance(item_type, GraphQLNonNull)
-    object_type = item_type if items_nullable else item_type.of_type
+    parse = _list_parser(list_type)
+    if parse is None:
+        return None
+    try:
+        return parse(value)
+    except Exception:  # any doubt: graphql-core coerces it (and reports its errors)
+        return None
+
+
+def coerce_flat_object(value: Any, type_: GraphQLInputType) -> Any:
+    """graphql-core's coerce_input_value(value, type_) for one flat input object (ReserveInput: its
+    lines a list of flat inputs), or None when type_ is not one or the value is not plainly valid."""
+    object_type = type_.of_type if isinstance(type_, GraphQLNonNull) else type_
     if not isinstance(object_type, GraphQLInputObjectType):
         return None
     plan = _plan(object_type)
     if plan is None:
         return None
-    known = {f.name for f in plan}
-    out_type = object_type.out_type
-    coerced: list[Any] = []
     try:
-        for item in value:
-            if item is None and items_nullable:
-                coerced.append(None)
-                continue
-            if type(item) is not dict or not known.issuperset(item):
-                return None
-            fields: dict[str, Any] = {}
-            for f in plan:
-                given = item.get(f.name, _MISSING)
-                if given is _MISSING:
-                    if f.default is _MISSING:
-                        return None
-                    if f.default is not Undefined:
-                        fields[f.out] = f.default
-                elif given is None:
-                    if not f.nullable:
-                        return None
-                    fields[f.out] = None
-                else:
-                    parsed = f.parse(given)
-                    if parsed is None or parsed is Undefined:
-                        return None  # a parser's "no value": graphql-core decides
-                    fields[f.out] = parsed
-            coerced.append(out_type(fields))
+        return _coerce_object(value, plan)
     except Exception:  # any doubt: graphql-core coerces it (and reports its errors)
         return None
-    return coerced
 
 
 def coerce_flat_variables(
     schema: GraphQLSchema, operation: OperationDefinitionNode | None, raw: dict[str, Any] | None
 ) -> tuple[dict[str, tuple[Any, Any]], dict[str, Any] | None]:
-    """The operation's variables that are lists of flat inputs, coerced here: (name -> (the variable's
-    signature, its coerced value)) and the raw values to give graphql-core instead, with an empty list
-    for each of those (it coerces that to [] at once; CostLimitedExecutor.build puts the values back).
-    Variables coerce_flat_list is not sure of are left to graphql-core."""
+    """The operation's variables that are flat inputs or lists of them, coerced here: (name -> (the
+    variable's signature, its coerced value)) and the raw values of the others, for graphql-core
+    (CostLimitedExecutor.build has it coerce only those, and puts these values in). Variables these
+    functions are not sure of are left to graphql-core."""
     if operation is None or not raw or not operation.variable_definitions:
         return {}, raw
     done: dict[str, tuple[Any, Any]] = {}
     for definition in operation.variable_definitions:
         name = definition.variable.name.value
         value = raw.get(name, Undefined)
-        if type(value) is not list or not value:
+        kind = type(value)
+        if not ((kind is list and value) or kind is dict):
             continue
         signature = get_variable_signature(schema, definition)
         if isinstance(signature, GraphQLError):
             continue
-        coerced = coerce_flat_list(value, signature.type)
+        coerced = coerce_flat_list(value, signature.type) if kind is list else coerce_flat_object(value, signature.type)
         if coerced is not None:
             done[name] = (signature, coerced)
     if not done:
         return {}, raw
-    return done, {name: [] if name in done else value for name, value in raw.items()}
+    return done, {name: value for name, value in raw.items() if name not in done}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import replace
 from functools import cache
 from typing import Any
 
@@ -243,6 +244,31 @@ def cost_of(
     return cost
 
 
+_VARIANTS_MAX = 1024
+# (document, operation, variable names) -> the document with that operation's definitions of those
+# variables left out, for graphql-core to coerce the rest: the parser cache and known documents hand
+# every repeat of a text the same nodes, so a repeated request makes its variant once. Held strongly
+# (the identity check), at most _VARIANTS_MAX of them.
+_variants: dict[tuple[int, int, frozenset[str]], tuple[DocumentNode, DocumentNode]] = {}
+
+
+def _without_variables(
+    document: DocumentNode, operation: OperationDefinitionNode, names: frozenset[str]
+) -> DocumentNode:
+    """`document` with `operation` not defining the variables `names` (its selections the same nodes)."""
+    key = (id(document), id(operation), names)
+    found = _variants.get(key)
+    if found is not None and found[0] is document:
+        return found[1]
+    kept = tuple(d for d in operation.variable_definitions or () if d.variable.name.value not in names)
+    lean = replace(operation, variable_definitions=kept)
+    variant = replace(document, definitions=tuple(lean if d is operation else d for d in document.definitions))
+    if len(_variants) >= _VARIANTS_MAX:
+        del _variants[next(iter(_variants))]  # the oldest
+    _variants[key] = (document, variant)
+    return variant
+
+
 def too_costly(cost: int, limit: int, penalty: float = 0.0) -> GraphQLError:
     extensions: dict[str, Any] = {"code": QUERY_TOO_COSTLY, "limit": limit, "cost": cost}
     message = (
@@ -306,9 +332,15 @@ class CostLimitedExecutor(SharedEventExecutor):
             cost = cost_of(schema, document, operation, raw_variable_values, cls.list_size)
             if cost > cls.max_cost:
                 return [too_costly(cost, cls.max_cost, refusal_penalty(context_value))]
-        # lists of flat inputs (recordInventoryEvents' 500 events) coerced in one pass (app/graphql/inputs.py)
+        # flat inputs (a reserve's ReserveInput) and lists of them (recordInventoryEvents' 500 events)
+        # coerced in one pass (app/graphql/inputs.py); graphql-core coerces the other variables, of the
+        # same operation without the definitions of these
         given = raw_variable_values or {}
-        flat, raw_variable_values = coerce_flat_variables(schema, operation, raw_variable_values)
+        flat: dict[str, tuple[Any, Any]] = {}
+        if operation is not None and operation.operation is not OperationType.SUBSCRIPTION:
+            flat, raw_variable_values = coerce_flat_variables(schema, operation, raw_variable_values)
+            if flat:
+                document = _without_variables(document, operation, frozenset(flat))
         built = super().build(
             schema, document, root_value, context_value, raw_variable_values, operation_name, *args, **kwargs
         )
