@@ -13,7 +13,7 @@ import structlog
 from graphql import FieldNode, OperationDefinitionNode
 from strawberry.extensions import SchemaExtension
 
-from app.observability.metrics import OPERATION_SECONDS, OPERATIONS, record_operation_result
+from app.observability.metrics import OPERATION_SECONDS, OPERATIONS, child, record_operation_result
 
 _MAX_NAMES = 3  # a label value built from root fields stays one of a bounded few
 
@@ -38,8 +38,8 @@ def operation_label(root_fields: Sequence[tuple[str, str]]) -> str:
 def record_execution(label: str, op: str, root_fields: Sequence[tuple[str, str]], result: Any, seconds: float) -> None:
     """The metrics of one executed query or mutation (`result`: its ExecutionResult, or None)."""
     outcome = "error" if result is not None and result.errors else "ok"
-    OPERATIONS.labels(label, op, outcome).inc()
-    OPERATION_SECONDS.labels(label, op).observe(seconds)
+    child(OPERATIONS, label, op, outcome).inc()
+    child(OPERATION_SECONDS, label, op).observe(seconds)
     if op == "mutation" and result is not None:
         record_operation_result(root_fields, result.data)
 

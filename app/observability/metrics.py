@@ -103,6 +103,23 @@ def since(start: float) -> float:
     return time.perf_counter() - start
 
 
+_CHILDREN_MAX = 1024
+_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, kept: labels() validates, stringifies and locks on every call (about
+    2.4 us, measured; recordInventoryEvents called it once per event). Bounded: past _CHILDREN_MAX
+    label sets, labels() as before."""
+    key = (metric, labels)
+    found = _children.get(key)
+    if found is None:
+        found = metric.labels(*labels)
+        if len(_children) < _CHILDREN_MAX:
+            _children[key] = found
+    return found
+
+
 def record_operation_result(root_fields: Sequence[tuple[str, str]], data: Any) -> None:
     """Reserve outcomes and event statuses from what the mutation answered (its payload's codes)."""
     if not isinstance(data, dict):
@@ -116,10 +133,14 @@ def record_operation_result(root_fields: Sequence[tuple[str, str]], data: Any) -
             codes = [e.get("code") for e in errors or [] if isinstance(e, dict)]
             if codes:
                 for code in set(codes):
-                    RESERVE_OUTCOMES.labels(str(code)).inc()
+                    child(RESERVE_OUTCOMES, str(code)).inc()
             else:
-                RESERVE_OUTCOMES.labels("OK").inc()
+                child(RESERVE_OUTCOMES, "OK").inc()
         elif name == "recordInventoryEvents":
+            statuses: dict[str, int] = {}  # counted per status, then added: one inc per status, not per event
             for result in payload.get("results") or []:
                 if isinstance(result, dict) and result.get("status"):
-                    EVENTS.labels(str(result["status"])).inc()
+                    status = str(result["status"])
+                    statuses[status] = statuses.get(status, 0) + 1
+            for status, count in statuses.items():
+                child(EVENTS, status).inc(count)
