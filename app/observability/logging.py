@@ -126,6 +126,10 @@ class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self._write()
 
 
+# what json.dumps(event, default=repr) makes a new encoder for on every call: the same text, one encoder
+_ACCESS_ENCODER = json.JSONEncoder(default=repr)
+
+
 def access_line(level: int, method: str, path: str, status: int, duration_ms: float) -> None:
     """Log the access line of one request: the same JSON line `ACCESS.log` would write, made directly.
 
@@ -157,7 +161,7 @@ def access_line(level: int, method: str, path: str, status: int, duration_ms: fl
     event.setdefault("ts", datetime.datetime.now(tz=datetime.UTC).isoformat().replace("+00:00", "Z"))
     event.update(method=method, path=path, status=status, duration_ms=duration_ms)
     try:
-        line = json.dumps(event, default=repr)
+        line = _ACCESS_ENCODER.encode(event)
     except Exception:
         logging.Handler.handleError(handler, logging.LogRecord(ACCESS.name, level, "", 0, event["event"], None, None))
         return
