@@ -45,3 +45,29 @@ async def test_metrics_move_when_work_happens(api: Api) -> None:
     assert _value(after, "stockwire_db_pool_size") >= 0
     assert ("stockwire_outbox_oldest_age_seconds", ()) in after
     assert ("stockwire_subscribers", ()) in after
+
+
+def test_an_answers_events_and_reserve_outcomes_are_counted_per_status() -> None:
+    """One answer's statuses counted and added once each (metrics.child keeps the labelled series)."""
+    from prometheus_client import REGISTRY
+
+    from app.observability.metrics import record_operation_result
+
+    def now(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {s: now("stockwire_events_total", status=s) for s in ("APPLIED", "DUPLICATE", "SUPERSEDED")}
+    statuses = ["APPLIED", "DUPLICATE", "APPLIED", None, "APPLIED", "DUPLICATE"]
+    results = [{"index": i, "status": s} for i, s in enumerate(statuses)] + ["not a result"]
+    for _ in range(2):
+        record_operation_result([("recordInventoryEvents", "e")], {"e": {"results": results, "userErrors": []}})
+    assert {s: now("stockwire_events_total", status=s) - before[s] for s in before} == {
+        "APPLIED": 6,
+        "DUPLICATE": 4,
+        "SUPERSEDED": 0,
+    }
+    ok, short = now("stockwire_reserve_outcomes_total", code="OK"), now("stockwire_reserve_outcomes_total", code="X")
+    record_operation_result([("reserve", "a"), ("reserve", "b")], {"a": {"userErrors": []}, "b": None})
+    record_operation_result([("reserve", "r")], {"r": {"userErrors": [{"code": "X"}, {"code": "X"}]}})
+    assert now("stockwire_reserve_outcomes_total", code="OK") == ok + 1
+    assert now("stockwire_reserve_outcomes_total", code="X") == short + 1
