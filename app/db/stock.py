@@ -11,7 +11,7 @@ SQLAlchemy Core, written against the table definitions Alembic migrates.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -346,18 +346,23 @@ async def apply_and_record(
     now: datetime,
     ledger: list[dict[str, Any]],
     changed: Iterable[Pair],
-) -> dict[Pair, int]:
-    """`apply_summed(changes)`, `write_ledger(ledger)` and `enqueue_changes(changed)` in one statement
-    (one round trip inside the batch's row locks); returns the versions reached, as apply_summed."""
+    sales: Sequence[tuple[int, int]] = (),
+    half_life: float = 1.0,
+) -> tuple[dict[Pair, int], bool]:
+    """`apply_summed(changes)`, `write_ledger(ledger)`, `enqueue_changes(changed)` and the reported
+    `sales` ((SKU id, units) under no channel: services.demand.ledger_sales, decaying with `half_life`
+    seconds) in one statement (one round trip inside the batch's row locks). Returns the versions
+    reached, as apply_summed, and whether any channel has a dynamic buffer (the caller then moves the
+    sold SKUs' buffers, as services.demand.note_sales does)."""
     pairs = sorted(set(changed))
     note_changed(pairs)  # the relay's hint, as enqueue_changes gives it
-    if not changes and not ledger and not pairs:
-        return {}
+    if not changes and not ledger and not pairs and not sales:
+        return {}, False
     rows = [
         (p, (d.on_hand, d.committed, d.reserved, d.unavailable, d.safety_stock, d.incoming), n, counted)
         for p, d, n, counted in changes
     ]
-    return await pg.write_batch(await pg.driver(conn), rows, now, ledger, pairs)
+    return await pg.write_batch(await pg.driver(conn), rows, now, ledger, pairs, sales, half_life)
 
 
 async def magnitudes(conn: AsyncConnection, sku_ids: Iterable[int]) -> dict[int, Magnitude]:

@@ -354,11 +354,17 @@ async def _apply_batch(
                     reason=f"transfer {e.external_id} from {e.location_code}",
                 )
             )
-    # the pending changes, the ledger rows and the outbox rows: one statement (one round trip in the locks)
+    # the pending changes, the ledger rows, the outbox rows and the reported sales and orders (issue 18:
+    # demand, as demand.note_ledger records it): one statement (one round trip in the locks)
     last = [(p, pending.pop(p)) for p in sorted(pending)]
-    _check_versions(await stock.apply_and_record(conn, _summed(last), now, ledger, changed), versions)
+    sales = demand.ledger_sales(ledger)
+    reached, dynamic = await stock.apply_and_record(
+        conn, _summed(last), now, ledger, changed, sales, demand.half_life_seconds()
+    )
+    _check_versions(reached, versions)
+    if dynamic and sales:  # the sold SKUs' dynamic buffers follow their demand (as demand.note_sales)
+        await demand.refresh_buffers(conn, now, sku_ids={s for s, _ in sales})
     for i, first in repeats.items():
         if first in results:  # answered like a later repeat: the version its first occurrence recorded
             results[i] = replace(results[i], version=results[first].version)
-    await demand.note_ledger(conn, now, ledger)  # issue 18: reported sales and orders are demand
     return [results[i] for i in sorted(results)], errors
