@@ -153,6 +153,37 @@ def test_the_ledger_insert_names_every_column_of_the_table() -> None:
     assert list(row) == list(pg.LEDGER_COLUMNS)
 
 
+def test_an_ingested_events_row_is_ledger_rows() -> None:
+    """stock.event_row_maker (an ingested batch's rows, positionally) makes ledger_row's row."""
+    later = datetime(2026, 11, 23, 11, 0, tzinfo=UTC)
+    delta = Delta(1, 2, 3, 4, 5, 6)
+    with stock.ledger_actor("key-1"):
+        made = stock.event_row_maker(NOW)(
+            "SOLD", "APPLIED", (3, 4), 9, delta, 7, "erp", "x1", later, 2, "why", "ref", 5, NOW, "f" * 64, "case"
+        )
+        wanted = stock.ledger_row(
+            kind="SOLD",
+            status="APPLIED",
+            pair=(3, 4),
+            quantity=9,
+            delta=delta,
+            version=7,
+            now=NOW,
+            source="erp",
+            external_id="x1",
+            occurred_at=later,
+            drift=2,
+            reason="why",
+            reference="ref",
+            to_location_id=5,
+            expected_at=NOW,
+            fingerprint="f" * 64,
+            unit="case",
+        )
+    assert made == wanted
+    assert made["actor_key_id"] == "key-1"
+
+
 def test_a_ledger_row_with_a_key_that_names_no_column_is_refused() -> None:
     with pytest.raises(TypeError, match="no such column"):
         stock.ledger_row(
