@@ -153,6 +153,37 @@ def test_the_ledger_insert_names_every_column_of_the_table() -> None:
     assert list(row) == list(pg.LEDGER_COLUMNS)
 
 
+def test_an_ingested_events_row_is_ledger_rows() -> None:
+    """stock.event_row_maker (an ingested batch's rows, positionally) makes ledger_row's row."""
+    later = datetime(2026, 11, 23, 11, 0, tzinfo=UTC)
+    delta = Delta(1, 2, 3, 4, 5, 6)
+    with stock.ledger_actor("key-1"):
+        made = stock.event_row_maker(NOW)(
+            "SOLD", "APPLIED", (3, 4), 9, delta, 7, "erp", "x1", later, 2, "why", "ref", 5, NOW, "f" * 64, "case"
+        )
+        wanted = stock.ledger_row(
+            kind="SOLD",
+            status="APPLIED",
+            pair=(3, 4),
+            quantity=9,
+            delta=delta,
+            version=7,
+            now=NOW,
+            source="erp",
+            external_id="x1",
+            occurred_at=later,
+            drift=2,
+            reason="why",
+            reference="ref",
+            to_location_id=5,
+            expected_at=NOW,
+            fingerprint="f" * 64,
+            unit="case",
+        )
+    assert made == wanted
+    assert made["actor_key_id"] == "key-1"
+
+
 def test_a_ledger_row_with_a_key_that_names_no_column_is_refused() -> None:
     with pytest.raises(TypeError, match="no such column"):
         stock.ledger_row(
@@ -223,10 +254,10 @@ async def test_a_batch_write_stores_every_value_as_given(db: Database) -> None:
     ]
     total = sum(range(1, len(odd) + 1))
 
-    async def work(conn: AsyncConnection) -> dict[stock.Pair, int]:
+    async def work(conn: AsyncConnection) -> tuple[dict[stock.Pair, int], bool]:
         return await stock.apply_and_record(conn, [((1, 1), Delta(on_hand=total), len(odd), at)], NOW, rows, [(1, 1)])
 
-    assert await db.write(work) == {(1, 1): 1 + len(odd)}
+    assert await db.write(work) == ({(1, 1): 1 + len(odd)}, False)
     assert await _position(db) == (10 + total, 1 + len(odd))
     ie = inventory_events
     async with db.read() as conn:  # through the tables' types: times come back aware UTC
@@ -245,6 +276,52 @@ async def test_a_batch_write_stores_every_value_as_given(db: Database) -> None:
 
 LATER = datetime(2026, 11, 23, 12, 5, tzinfo=UTC)
 T = TypeVar("T")
+
+
+async def test_a_batch_write_adds_its_sales_to_demand_as_note_sales_does(db: Database) -> None:
+    """The reported sales written by the batch's own statement decay and add up exactly like
+    demand.note_sales', and the statement says whether a channel has a dynamic buffer."""
+    from datetime import timedelta
+
+    from app.services import demand
+
+    later = NOW + timedelta(seconds=1800)
+
+    async def batch(at: datetime, units: int) -> tuple[dict[stock.Pair, int], bool]:
+        async def work(conn: AsyncConnection) -> tuple[dict[stock.Pair, int], bool]:
+            return await stock.apply_and_record(conn, [], at, [], [], [(1, units)], 3600.0)
+
+        return await db.write(work)
+
+    async def noted(at: datetime, units: int) -> None:
+        async def work(conn: AsyncConnection) -> None:
+            await demand.note_sales(conn, at, {(1, "X"): units})
+
+        await db.write(work)
+
+    async def demand_rows() -> dict[str, tuple[float, datetime]]:
+        async with db.read() as conn:
+            rows = (await conn.execute(text("SELECT channel_code, units, last_at FROM sku_demand"))).all()
+        return {r.channel_code: (float(r.units), r.last_at) for r in rows}
+
+    assert await batch(NOW, 7) == ({}, False)
+    await noted(NOW, 7)
+    assert await batch(later, 5) == ({}, False)
+    await noted(later, 5)
+    got = await demand_rows()
+    # half an hour of a one-hour half-life: 7 * 2^-0.5 + 5, under no channel ('') as under X
+    assert got[""] == got["X"]
+    assert got[""][0] == pytest.approx(7 * 2**-0.5 + 5)
+    assert got[""][1] == later.replace(tzinfo=None)
+
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO channels (code, name, active, safety_buffer_units, out_of_stock_threshold, version, "
+                "created_at, updated_at, dynamic_buffer_factor) VALUES ('D', 'D', true, 0, 0, 1, now(), now(), 1.0)"
+            )
+        )
+    assert await batch(later, 1) == ({}, True)
 
 
 async def _while_held(db: Database, postgres_url: str, read: Callable[[AsyncConnection], Awaitable[T]]) -> T:

@@ -207,3 +207,22 @@ async def test_the_driver_read_leaves_a_tenant_with_channels_to_the_full_read(ap
         (codec.availability_kind(None, DEFAULT_TENANT), "A", 10),
         (web, "A", 10),
     ]  # once: the second read had no news
+
+
+def test_a_levels_updated_at_text_is_its_own_when_many_share_or_overflow_the_memo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """LevelCache converts each distinct updated_at once: levels sharing one get its text, others
+    theirs, also after the memo of texts started over."""
+    monkeypatch.setattr(relay_reads, "_MAX_STAMPS", 2)
+    cache = relay_reads.LevelCache()
+
+    def row(sku_id: int, at: datetime) -> tuple[Any, ...]:
+        # the availability columns (relay_reads._COLUMNS), in their order
+        return (sku_id, f"S{sku_id}", True, 1, 0, 1, 5, 0, 0, 0, 0, 0, 1, at, "L", True)
+
+    times = [datetime(2026, 12, 6, 2, 0, s, 1000 * s) for s in range(5)]
+    for i, at in enumerate([times[0], times[0], times[1], times[2], times[3], times[0], times[4]]):
+        data = cache.level(1, i, 1, row(i, at))[1]
+        assert data["updated_at"] == pg.aware(at).isoformat()
+        assert json.loads(data.text)["updated_at"] == pg.aware(at).isoformat()

@@ -462,18 +462,45 @@ async def enqueue_changes(db: asyncpg.Connection, pairs: Sequence[Pair], now: da
         await run(db.execute, _INSERT_OUTBOX_MANY, [p[0] for p in pairs], [p[1] for p in pairs], _naive(now))
 
 
+def sales_upsert(rows: str, last_at: str, half_life: str) -> str:
+    """The INSERT adding sales to `sku_demand` (services.demand: the stored count decays from last_at
+    to now, 2^(-age / half-life), a clock that went back never grows it, then the new units are added):
+    `rows` a FROM item giving columns (s: SKU id, c: channel code, u: units), `last_at` and `half_life`
+    the SQL of those values."""
+    return (
+        "INSERT INTO sku_demand AS d (sku_id, channel_code, units, last_at) "
+        f"SELECT s, c, u, {last_at} FROM {rows} "
+        "ON CONFLICT (tenant_id, sku_id, channel_code) DO UPDATE SET "
+        "units = d.units * power(2.0, -greatest(0.0, extract(epoch FROM excluded.last_at - d.last_at)) "
+        f"/ {half_life}) + excluded.units, last_at = greatest(d.last_at, excluded.last_at)"
+    )
+
+
 # An ingested batch's writes in ONE statement (services.events): the positions' summed changes
-# (_APPLY_MANY, $1..$11), its ledger rows (one array per column from $12) and its outbox rows (the two
-# arrays after those, created at $11). Each of these was its own round trip, made while the batch
-# holds its positions' row locks, so every other batch waiting on one of them waited for three more
-# round trips (and, each time, for the server's event loop to come back to this transaction).
+# (_APPLY_MANY, $1..$11), its ledger rows (one array per column from $12), its outbox rows (the two
+# arrays after those, created at $11) and its reported sales (SKU ids and units, then the half-life:
+# services.demand.note_ledger's upsert, at $11), with one more row (sku_id NULL) saying whether any
+# channel has a dynamic buffer (then the caller moves those of the sold SKUs). Each of these was its
+# own round trip, made while the batch holds its positions' row locks, so every other batch waiting
+# on one of them waited for the round trips (and, each time, for the server's event loop to come back
+# to this transaction). The sales' rows are locked after the positions (the lock order: stock rows,
+# then demand rows): the positions were locked by an earlier statement.
 _OUTBOX_FIRST = 12 + len(LEDGER_COLUMNS)
+_SALES_FIRST = _OUTBOX_FIRST + 2
 _WRITE_BATCH = (
     f"WITH changed AS ({_APPLY_MANY}), "
     f"recorded AS ({_ledger_from_unnest(12)}), "
     f"published AS (INSERT INTO outbox (sku_id, location_id, created_at) SELECT s, l, $11 "
-    f"FROM unnest(${_OUTBOX_FIRST}::int[], ${_OUTBOX_FIRST + 1}::int[]) AS x(s, l)) "
-    "SELECT sku_id, location_id, version FROM changed"
+    f"FROM unnest(${_OUTBOX_FIRST}::int[], ${_OUTBOX_FIRST + 1}::int[]) AS x(s, l)), "
+    "sold AS ("
+    + sales_upsert(
+        f"(SELECT s, ''::varchar AS c, n::float8 AS u FROM unnest(${_SALES_FIRST}::int[], "
+        f"${_SALES_FIRST + 1}::bigint[]) AS y(s, n)) AS t",
+        "$11",
+        f"${_SALES_FIRST + 2}::float8",
+    )
+    + ") SELECT sku_id, location_id, version FROM changed UNION ALL SELECT NULL, NULL, "
+    "(EXISTS (SELECT 1 FROM channels WHERE dynamic_buffer_factor IS NOT NULL))::int::bigint"
 )
 
 
@@ -535,22 +562,36 @@ async def write_batch(
     now: datetime,
     ledger: Sequence[dict[str, Any]],
     outbox: Sequence[Pair],
-) -> dict[Pair, int]:
-    """apply_deltas(changes), write_ledger(ledger) and enqueue_changes(outbox) as one statement; returns
-    each changed position's version after it, as apply_deltas does."""
+    sales: Sequence[tuple[int, int]] = (),
+    half_life: float = 1.0,
+) -> tuple[dict[Pair, int], bool]:
+    """apply_deltas(changes), write_ledger(ledger), enqueue_changes(outbox) and the reported `sales`
+    ((SKU id, units), each SKU once, added to its demand under no channel with `half_life` seconds) as
+    one statement. Returns each changed position's version after it, as apply_deltas does, and whether
+    any channel has a dynamic buffer."""
     args: list[Any] = [
         *_delta_columns(changes),
         _naive(now),
         *[[r[c] for r in ledger] for c in LEDGER_COLUMNS],  # times converted by their encoder
         [p[0] for p in outbox],
         [p[1] for p in outbox],
+        [s for s, _ in sales],
+        [units for _, units in sales],
+        half_life,
     ]
     for i, encode in _WRITE_BATCH_ENCODERS.items():
         args[i] = encode(args[i])
     rows = await run(db.fetch, _WRITE_BATCH_LITERALS, *args)
-    if len(rows) != len(changes):
+    versions: dict[Pair, int] = {}
+    dynamic = False
+    for r in rows:
+        if r[0] is None:
+            dynamic = bool(r[2])
+        else:
+            versions[(r[0], r[1])] = int(r[2])
+    if len(versions) != len(changes):
         raise LookupError("write_batch: a position is missing")
-    return {(r[0], r[1]): int(r[2]) for r in rows}
+    return versions, dynamic
 
 
 def _utc_time_literal(values: Sequence[Any]) -> str:

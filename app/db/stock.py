@@ -11,7 +11,7 @@ SQLAlchemy Core, written against the table definitions Alembic migrates.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -346,18 +346,23 @@ async def apply_and_record(
     now: datetime,
     ledger: list[dict[str, Any]],
     changed: Iterable[Pair],
-) -> dict[Pair, int]:
-    """`apply_summed(changes)`, `write_ledger(ledger)` and `enqueue_changes(changed)` in one statement
-    (one round trip inside the batch's row locks); returns the versions reached, as apply_summed."""
+    sales: Sequence[tuple[int, int]] = (),
+    half_life: float = 1.0,
+) -> tuple[dict[Pair, int], bool]:
+    """`apply_summed(changes)`, `write_ledger(ledger)`, `enqueue_changes(changed)` and the reported
+    `sales` ((SKU id, units) under no channel: services.demand.ledger_sales, decaying with `half_life`
+    seconds) in one statement (one round trip inside the batch's row locks). Returns the versions
+    reached, as apply_summed, and whether any channel has a dynamic buffer (the caller then moves the
+    sold SKUs' buffers, as services.demand.note_sales does)."""
     pairs = sorted(set(changed))
     note_changed(pairs)  # the relay's hint, as enqueue_changes gives it
-    if not changes and not ledger and not pairs:
-        return {}
+    if not changes and not ledger and not pairs and not sales:
+        return {}, False
     rows = [
         (p, (d.on_hand, d.committed, d.reserved, d.unavailable, d.safety_stock, d.incoming), n, counted)
         for p, d, n, counted in changes
     ]
-    return await pg.write_batch(await pg.driver(conn), rows, now, ledger, pairs)
+    return await pg.write_batch(await pg.driver(conn), rows, now, ledger, pairs, sales, half_life)
 
 
 async def magnitudes(conn: AsyncConnection, sku_ids: Iterable[int]) -> dict[int, Magnitude]:
@@ -469,12 +474,77 @@ def ledger_row(
     }
 
 
+# an ingested event's ledger row from its values, positionally (event_row_maker)
+EventRow = Callable[..., dict[str, Any]]
+
+
+def event_row_maker(now: datetime) -> EventRow:
+    """`ledger_row` for an ingested batch received at `now`, its arguments given positionally: (kind,
+    status, pair, quantity, delta, version, source, external_id, occurred_at, drift, reason, reference,
+    to_location_id, expected_at, fingerprint, unit). The same row (tests/test_pg_fast_path.py compares
+    them); a batch makes one per event while it holds its positions' row locks, and ledger_row's keyword
+    arguments and their check cost about as much as the rest of the row."""
+    actor = _ledger_actor.get()
+
+    def row(
+        kind: str,
+        status: str,
+        pair: Pair,
+        quantity: int,
+        delta: Delta,
+        version: int,
+        source: str,
+        external_id: str | None,
+        occurred_at: datetime,
+        drift: int,
+        reason: str | None,
+        reference: str | None,
+        to_location_id: int | None,
+        expected_at: datetime | None,
+        fingerprint: str | None,
+        unit: str | None,
+    ) -> dict[str, Any]:
+        return {
+            "source": source,
+            "external_id": external_id,
+            "kind": kind,
+            "status": status,
+            "sku_id": pair[0],
+            "location_id": pair[1],
+            "quantity": quantity,
+            "occurred_at": occurred_at,
+            "received_at": now,
+            "reason": reason,
+            "reference": reference,
+            "to_location_id": to_location_id,
+            "expected_at": expected_at,
+            "reservation_id": None,
+            "fingerprint": fingerprint,
+            "actor_key_id": actor,
+            "unit": unit,
+            "d_on_hand": delta.on_hand,
+            "d_committed": delta.committed,
+            "d_reserved": delta.reserved,
+            "d_unavailable": delta.unavailable,
+            "d_safety_stock": delta.safety_stock,
+            "d_incoming": delta.incoming,
+            "drift": drift,
+            "version": version,
+        }
+
+    return row
+
+
 # A column added to inventory_events without a value here (or a key here with no column) fails at
 # import, not at the first write, and not by silently leaving it out of the insert
 if ledger_row(kind="", status="", pair=(0, 0), quantity=0, delta=Delta(), version=0, now=datetime.min).keys() != set(
     pg.LEDGER_COLUMNS
 ):
     raise RuntimeError("stock.ledger_row and the inventory_events table disagree on the ledger's columns")
+if event_row_maker(datetime.min)(
+    "", "", (0, 0), 0, Delta(), 0, "", None, datetime.min, 0, None, None, None, None, None, None
+).keys() != set(pg.LEDGER_COLUMNS):
+    raise RuntimeError("stock.event_row_maker and the inventory_events table disagree on the ledger's columns")
 
 
 async def insert_rows(conn: AsyncConnection, stmt: Any, rows: list[dict[str, Any]]) -> None:

@@ -41,6 +41,10 @@ _ROWS_PER_TURN = 400
 _MAX_ENTRIES = 200_000
 
 
+# updated_at texts remembered per relay (`LevelCache._stamps`); past this they start over
+_MAX_STAMPS = 4096
+
+
 @functools.lru_cache(maxsize=65_536)
 def _code(code: str) -> str:
     """A SKU or location code as JSON (codes repeat on every rebuild of their levels)."""
@@ -54,6 +58,9 @@ class LevelCache:
         # content of the messages built last, by id(data): the relay compares it without rebuilding
         self.contents: dict[int, codec.Content] = {}
         self.rebuilt = 0  # levels built (not found unchanged): for tests and profiles
+        # updated_at (naive, as read) -> its ISO text with the UTC offset: the positions one commit
+        # changed share their updated_at (an ingested batch's ~500), so each is converted once
+        self._stamps: dict[datetime, str] = {}
 
     def level(self, tenant_id: int, sku_id: int, location_id: int, r: Any) -> _Entry:
         """The level of row `r` (pg's availability columns, in their order: `_COLUMNS`)."""
@@ -70,7 +77,11 @@ class LevelCache:
         self.rebuilt += 1
         (_, sku_code, _, _, _, _, on_hand, committed, reserved, unavailable, safety, incoming) = r[:12]
         version, updated_at, location_code, location_active = r[12], r[13], r[14], r[15]
-        stamp = pg.aware(updated_at).isoformat()
+        stamp = self._stamps.get(updated_at)
+        if stamp is None:
+            if len(self._stamps) >= _MAX_STAMPS:
+                self._stamps.clear()
+            stamp = self._stamps[updated_at] = pg.aware(updated_at).isoformat()
         plain = {
             "sku": sku_code,
             "loc": location_code,

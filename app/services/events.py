@@ -100,16 +100,14 @@ async def record_events(
             return await ctx.db.write(work)
 
 
-def _size_after(
-    size: Magnitude, positions: dict[stock.Pair, Position], moves: list[tuple[stock.Pair, Delta]]
-) -> Magnitude | None:
-    """The SKU's magnitude after `moves`, or None when a figure would leave what the API can return."""
+def _size_after(size: Magnitude, moves: list[tuple[Position, Position, Delta]]) -> Magnitude | None:
+    """The SKU's magnitude after `moves` (each: a position before and after its delta), or None when a
+    figure would leave what the API can return."""
     # Magnitude.replacing(before, after) for each move, in plain ints (this runs for every event of a
-    # batch): on hand above and below 0 from the two positions, claims and incoming by the delta
+    # batch): on hand above and below 0 from the two positions, claims and incoming by the delta. The
+    # caller makes each `after` once, for this check and for the batch's positions
     on_hand, claims, incoming, below_zero = size.on_hand, size.claims, size.incoming, size.below_zero
-    for pair, delta in moves:
-        before = positions[pair]
-        after = before.plus(delta)
+    for before, after, delta in moves:
         grown = excess(after)
         # a figure left inside an Int is never refused: the position before it need not be measured
         if grown and grows_out_of_range(excess(before), grown):
@@ -134,8 +132,9 @@ class _Pending:
         self.n = 0
         self.counted_at: datetime | None = None
 
-    def add(self, delta: Delta, counted_at: datetime | None) -> None:
-        if not delta.is_zero:
+    def add(self, delta: Delta, moved: bool, counted_at: datetime | None) -> None:
+        """`moved`: the delta is not zero (the caller knows: asked once per event)."""
+        if moved:
             self.delta = self.delta.plus(delta)
             self.n += 1
         if counted_at is not None:
@@ -269,20 +268,24 @@ async def _apply_batch(
     # units fill backorders (stock.apply_delta does that, one change at a time)
     pending: dict[stock.Pair, _Pending] = {}
 
-    async def change(pair: stock.Pair, delta: Delta, counted_at: datetime | None) -> None:
+    async def change(pair: stock.Pair, delta: Delta, moved: bool, after: Position, counted_at: datetime | None) -> None:
+        """`delta` (`moved`: not zero) applied to the position, which it takes to `after`."""
         if delta.incoming < 0 and backordered[pair] > 0:
             await _flush(conn, pending, pair, now, versions)
             versions[pair] = await stock.apply_delta(conn, pair, delta, now, counted_at)
         else:
-            todo_pair = pending.setdefault(pair, _Pending())
-            todo_pair.add(delta, counted_at)
-            if not delta.is_zero:
+            todo_pair = pending.get(pair)
+            if todo_pair is None:
+                todo_pair = pending[pair] = _Pending()
+            todo_pair.add(delta, moved, counted_at)
+            if moved:
                 versions[pair] += 1
-        positions[pair] = positions[pair].plus(delta)
+        positions[pair] = after
 
     # on-hand effects applied earlier in this batch, not in the ledger table until the batch ends: a
     # late count must keep those that occurred after it exactly like the ones already stored
     applied: dict[stock.Pair, list[tuple[datetime, int]]] = defaultdict(list)
+    row_of = stock.event_row_maker(now)  # each event's ledger row (stock.ledger_row's, positionally)
     for i in todo:
         e = events[i]
         loc = locs[e.location_code]
@@ -290,54 +293,60 @@ async def _apply_batch(
         since = 0
         if e.type is EventType.COUNTED:
             since = stored_since[i] + on_hand_since(applied[pair], e.occurred_at)
-        decision = decide(e, positions[pair], counted[pair], loc.count_authority, since)
+        before = positions[pair]
+        decision = decide(e, before, counted[pair], loc.count_authority, since)
         delta = decision.effect.delta
+        moved = not delta.is_zero  # asked once: a dataclass comparison
+        after = before.plus(delta) if moved else before
         to_id = locs[e.to_location_code].id if e.to_location_code else None
-        moves = [(pair, delta)]
+        arriving: tuple[stock.Pair, Delta, Position] | None = None
         if e.type is EventType.TRANSFER_OUT and to_id is not None:
-            moves.append(((pair[0], to_id), Delta(incoming=e.quantity)))
-        size = _size_after(sizes[pair[0]], positions, moves)
+            dest = (pair[0], to_id)
+            arriving = (dest, Delta(incoming=e.quantity), positions[dest].plus(Delta(incoming=e.quantity)))
+            size = _size_after(sizes[pair[0]], [(before, after, delta), (positions[dest], arriving[2], arriving[1])])
+        elif moved:
+            size = _size_after(sizes[pair[0]], [(before, after, delta)])
+        else:
+            size = sizes[pair[0]]  # nothing moves: no figure can leave an Int
         if size is None:
             errors.append(_out_of_range(i, e))
             if atomic:
                 raise Refused(errors)
             continue
         sizes[pair[0]] = size
-        if not delta.is_zero or decision.counted_at is not None:
-            await change(pair, delta, decision.counted_at)
+        if moved or decision.counted_at is not None:
+            await change(pair, delta, moved, after, decision.counted_at)
             if delta.on_hand:
                 applied[pair].append((e.occurred_at, delta.on_hand))
             if decision.counted_at is not None:
                 counted[pair] = decision.counted_at
-            if not delta.is_zero:
+            if moved:
                 changed.add(pair)
         ledger.append(
-            stock.ledger_row(
-                kind=e.type.value,
-                status=decision.status.value,
-                pair=pair,
-                quantity=e.quantity,
-                delta=delta,
-                version=versions[pair],
-                now=now,
-                source=e.source,
-                external_id=e.external_id,
-                occurred_at=e.occurred_at,
-                drift=decision.effect.drift,
-                reason=e.reason,
-                reference=e.reference,
-                to_location_id=to_id,
-                expected_at=e.expected_at,
-                fingerprint=fingerprints[i],
-                unit=e.unit,
+            row_of(
+                e.type.value,
+                decision.status.value,
+                pair,
+                e.quantity,
+                delta,
+                versions[pair],
+                e.source,
+                e.external_id,
+                e.occurred_at,
+                decision.effect.drift,
+                e.reason,
+                e.reference,
+                to_id,
+                e.expected_at,
+                fingerprints[i],
+                e.unit,
             )
         )
         results[i] = EventResult(i, decision.status, _answered(versions[pair]), decision.effect.drift)
-        if e.type is EventType.TRANSFER_OUT and to_id is not None:
+        if arriving is not None:
             # the far side: the units are now expected at the destination
-            dest = (pair[0], to_id)
-            arriving = Delta(incoming=e.quantity)
-            await change(dest, arriving, None)
+            dest, incoming, dest_after = arriving
+            await change(dest, incoming, True, dest_after, None)
             changed.add(dest)
             ledger.append(
                 stock.ledger_row(
@@ -345,7 +354,7 @@ async def _apply_batch(
                     status=EventStatus.APPLIED.value,
                     pair=dest,
                     quantity=e.quantity,
-                    delta=arriving,
+                    delta=incoming,
                     version=versions[dest],
                     now=now,
                     source=e.source,
@@ -354,11 +363,17 @@ async def _apply_batch(
                     reason=f"transfer {e.external_id} from {e.location_code}",
                 )
             )
-    # the pending changes, the ledger rows and the outbox rows: one statement (one round trip in the locks)
+    # the pending changes, the ledger rows, the outbox rows and the reported sales and orders (issue 18:
+    # demand, as demand.note_ledger records it): one statement (one round trip in the locks)
     last = [(p, pending.pop(p)) for p in sorted(pending)]
-    _check_versions(await stock.apply_and_record(conn, _summed(last), now, ledger, changed), versions)
+    sales = demand.ledger_sales(ledger)
+    reached, dynamic = await stock.apply_and_record(
+        conn, _summed(last), now, ledger, changed, sales, demand.half_life_seconds()
+    )
+    _check_versions(reached, versions)
+    if dynamic and sales:  # the sold SKUs' dynamic buffers follow their demand (as demand.note_sales)
+        await demand.refresh_buffers(conn, now, sku_ids={s for s, _ in sales})
     for i, first in repeats.items():
         if first in results:  # answered like a later repeat: the version its first occurrence recorded
             results[i] = replace(results[i], version=results[first].version)
-    await demand.note_ledger(conn, now, ledger)  # issue 18: reported sales and orders are demand
     return [results[i] for i in sorted(results)], errors

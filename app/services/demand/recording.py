@@ -28,17 +28,11 @@ from app.services.demand.velocity import half_life_seconds
 # CPU per reserve in bench/reserve.py's profile)
 # It also answers whether any channel has a dynamic buffer: without one there is nothing to move, and
 # asking in the same statement saves the sale a round trip and a SQLAlchemy query (issue 15).
-_NOTE_SALES = """
-WITH sale AS (
-INSERT INTO sku_demand AS d (sku_id, channel_code, units, last_at)
-SELECT s, c, u, $4 FROM unnest($1::int[], $2::varchar[], $3::float8[]) AS t(s, c, u)
-ON CONFLICT (tenant_id, sku_id, channel_code) DO UPDATE SET
-  units = d.units * power(2.0, -greatest(0.0, extract(epoch FROM excluded.last_at - d.last_at)) / $5::float8)
-          + excluded.units,
-  last_at = greatest(d.last_at, excluded.last_at)
+_NOTE_SALES = (
+    "WITH sale AS ("
+    + pg.sales_upsert("unnest($1::int[], $2::varchar[], $3::float8[]) AS t(s, c, u)", "$4", "$5::float8")
+    + ") SELECT EXISTS (SELECT 1 FROM channels WHERE dynamic_buffer_factor IS NOT NULL)"
 )
-SELECT EXISTS (SELECT 1 FROM channels WHERE dynamic_buffer_factor IS NOT NULL)
-"""
 
 
 async def note_sales(conn: AsyncConnection, now: datetime, sales: Mapping[tuple[int, str], int]) -> None:
@@ -75,11 +69,18 @@ _COUNTED_STATUSES = frozenset({"APPLIED", "SUPERSEDED"})
 
 async def note_ledger(conn: AsyncConnection, now: datetime, rows: Iterable[Mapping[str, Any]]) -> None:
     """Reported sales and orders in these ledger rows, as demand under no channel."""
-    sales: dict[tuple[int, str], int] = defaultdict(int)
+    await note_sales(conn, now, {(sku, ""): units for sku, units in ledger_sales(rows)})
+
+
+def ledger_sales(rows: Iterable[Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """(SKU id, units) of the reported sales and orders in these ledger rows (demand under no channel,
+    as `note_ledger` records it), by SKU id; for statements that record them themselves
+    (pg.write_batch), followed by `refresh_buffers` of those SKUs when any channel has a dynamic buffer."""
+    sales: dict[int, int] = defaultdict(int)
     for r in rows:
         if r["kind"] in _DEMAND_KINDS and r["status"] in _COUNTED_STATUSES and r["quantity"] > 0:
-            sales[(int(r["sku_id"]), "")] += int(r["quantity"])
-    await note_sales(conn, now, sales)
+            sales[int(r["sku_id"])] += int(r["quantity"])
+    return sorted(sales.items())
 
 
 # --- sync lag ----------------------------------------------------------------------------------------
