@@ -25,8 +25,17 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from graphql import ExecutionResult, FieldNode, OperationDefinitionNode, OperationType, print_ast
+from graphql import (
+    DocumentNode,
+    ExecutionResult,
+    FieldNode,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    OperationType,
+    print_ast,
+)
 from graphql.execution import Executor
+from strawberry.execution import optimized_is_awaitable
 
 from app.compat import build_strawberry_resolve_info
 
@@ -77,7 +86,7 @@ _results: _Lru[tuple[int, ...] | tuple[Any, ...], tuple[object, object, Executio
 _variable_use: _Lru[int, tuple[OperationDefinitionNode, bool]] = _Lru(1024)
 
 
-def _uses_variables_below_root(operation: OperationDefinitionNode, fragments: dict[str, Any]) -> bool:
+def uses_variables_below_root(operation: OperationDefinitionNode, fragments: dict[str, Any]) -> bool:
     """Whether an event's result can depend on variables (conservative: any `$` in the printed parts)."""
     hit = _variable_use.get(id(operation))
     if hit is not None and hit[0] is operation:
@@ -144,9 +153,47 @@ class SharedEventExecutor(Executor):  # type: ignore[type-arg]
     def _event_key(self, root: object) -> tuple[Any, ...]:
         operation = self.operation
         variables: object = None
-        if _uses_variables_below_root(operation, self.fragment_definitions):
+        if uses_variables_below_root(operation, self.fragment_definitions):
             variables = repr(sorted(self.variable_values.coerced.items()))
         return (id(self.schema), id(operation), id(root), variables)
+
+
+async def event_result(
+    schema: GraphQLSchema,
+    executor_class: type[Executor],  # type: ignore[type-arg]
+    document: DocumentNode,
+    operation_name: str | None,
+    root: object,
+    context: object,
+    variables: dict[str, Any] | None,
+) -> ExecutionResult:
+    """One subscription event's result, as graphql-core's subscription runs it, for an operation whose
+    selection set below its root field reads no variable (app/realtime/lean.py): the result another
+    subscriber's execution left in the cache, else executed (and cached) once."""
+    operation = next(
+        d
+        for d in document.definitions
+        if isinstance(d, OperationDefinitionNode)
+        and (operation_name is None or (d.name is not None and d.name.value == operation_name))
+    )
+    hit = _results.get((id(schema), id(operation), id(root), None))
+    if hit is not None and hit[0] is operation and hit[1] is root:
+        return hit[2]
+    built = executor_class.build(
+        schema,
+        document,
+        context_value=context,
+        raw_variable_values=variables,
+        operation_name=operation_name,
+        is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]  # a bool, as Strawberry passes it
+    )
+    if not isinstance(built, Executor):
+        return ExecutionResult(None, errors=built)
+    result: Any = built.build_per_event_executor(root).execute_operation(False)
+    if built.is_awaitable(result):
+        result = await result
+    assert isinstance(result, ExecutionResult)  # a subscription event: no incremental delivery
+    return result
 
 
 # --- encoding -------------------------------------------------------------------------------------
