@@ -20,6 +20,7 @@ id cannot be reused while its entry exists.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import OrderedDict
 from collections.abc import Callable
@@ -189,11 +190,22 @@ async def event_result(
     )
     if not isinstance(built, Executor):
         return ExecutionResult(None, errors=built)
-    result: Any = built.build_per_event_executor(root).execute_operation(False)
-    if built.is_awaitable(result):
-        result = await result
+    try:
+        result: Any = built.build_per_event_executor(root).execute_operation(False)
+        if built.is_awaitable(result):
+            result = await result
+    finally:
+        free_executor(built)
     assert isinstance(result, ExecutionResult)  # a subscription event: no incremental delivery
     return result
+
+
+def free_executor(executor: Executor) -> None:  # type: ignore[type-arg]
+    """Break an executor's reference cycle once it is done with (its `async_helpers` hold its own bound
+    methods), so it is freed at once: otherwise every lean subscriber's executors (app/realtime/lean.py)
+    wait as garbage for the next full collection, about 2 KB each (tracemalloc, 2,000 idle subscribers)."""
+    with contextlib.suppress(AttributeError):
+        del executor.async_helpers
 
 
 # --- encoding -------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from strawberry.types import ExecutionContext
 from strawberry.types.graphql import OperationType
 
 from app.compat import graphql_core_schema
-from app.graphql.fanout import event_result, uses_variables_below_root
+from app.graphql.fanout import event_result, free_executor, uses_variables_below_root
 from app.graphql.known_documents import KnownDocument
 from app.observability.metrics import OPERATIONS
 from app.realtime.limits import Ticket
@@ -106,6 +106,8 @@ def lean_document(schema: object, payload: Mapping[str, Any]) -> KnownDocument |
     field = selections[0]
     if not isinstance(field, FieldNode) or field.name.value not in LEAN_FIELDS or field.directives:
         return None
+    if any(argument.name.value == "accountCode" for argument in field.arguments or ()):
+        return None  # a B2B account's figure: its own stream (app/graphql/b2b.py), Strawberry's path
     if uses_variables_below_root(operation, fragments):
         return None  # an event's rendering would depend on this subscriber's variables
     return known
@@ -214,6 +216,7 @@ class LeanOperation:
                 source = await source
         finally:
             LEAN.reset(token)
+            free_executor(built)
         if isinstance(source, Watch):
             OPERATIONS.labels(known.label, "subscription", "started").inc()  # Observe.on_execute
             return source
