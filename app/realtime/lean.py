@@ -241,7 +241,10 @@ class LeanOperation:
         if self.stopped:
             return
         self.live = True
-        self()  # changes that came while the snapshot was read
+        watch = self.watch
+        mailbox = watch.mailbox if watch is not None else None
+        if mailbox is not None and (len(mailbox) or mailbox.resync_requested or mailbox.closed):
+            self()  # changes that came while the snapshot was read (no drain task for nothing)
 
     async def pump(self) -> None:
         """Send what the mailbox holds (called by the connection's drain task)."""
