@@ -49,7 +49,7 @@ class Mailbox:
     """
 
     # no __dict__: one mailbox per open subscription, most of them idle
-    __slots__ = ("_closed", "_match", "_pending", "_resync", "_seen", "_waiter", "keys", "kind")
+    __slots__ = ("_closed", "_match", "_pending", "_resync", "_seen", "_waiter", "keys", "kind", "on_wake")
 
     def __init__(self, kind: str, keys: frozenset[str] | None, match: KeyMatcher | None) -> None:
         self.kind = kind
@@ -64,6 +64,9 @@ class Mailbox:
         self._waiter: asyncio.Future[None] | None = None
         self._resync = False
         self._closed = False
+        # called whenever `get()` would return or raise (a message, a resync, the close): a consumer
+        # without a task (app/realtime/lean.py) reads with `take()` then
+        self.on_wake: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         """Number of keys with a message waiting."""
@@ -89,6 +92,8 @@ class Mailbox:
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self.on_wake is not None:
+            self.on_wake()
 
     def wants(self, key: str) -> bool:
         """Whether a message for `key` (of this mailbox's kind) belongs here."""
@@ -122,18 +127,25 @@ class Mailbox:
         self._pending.clear()
         self._wake()
 
+    def take(self) -> tuple[str, int, JSONObject] | None:
+        """The next (key, version, data) if one is pending, else None; raises like `get()`."""
+        if self._closed:
+            raise MailboxClosed
+        if self._resync:
+            self._resync = False
+            raise ResyncNeeded
+        if self._pending:
+            key = next(iter(self._pending))
+            version, data = self._pending.pop(key)
+            return key, version, data
+        return None
+
     async def get(self) -> tuple[str, int, JSONObject]:
         """Wait for the next (key, version, data); raises `ResyncNeeded` or `MailboxClosed`."""
         while True:
-            if self._closed:
-                raise MailboxClosed
-            if self._resync:
-                self._resync = False
-                raise ResyncNeeded
-            if self._pending:
-                key = next(iter(self._pending))
-                version, data = self._pending.pop(key)
-                return key, version, data
+            taken = self.take()
+            if taken is not None:
+                return taken
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
 

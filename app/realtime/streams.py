@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
 
 from app.db import tenancy
@@ -278,7 +279,21 @@ class Streams:
     def _check_codes(self, name: str, codes: list[str] | None) -> None:
         check_codes(name, codes, self.settings.max_codes_per_subscription)
 
-    async def _watch(
+    def use_decoder(self, kind: str, decode: Callable[[dict[str, Any]], V]) -> _SharedDecoder[V]:
+        """The shared decoder of `kind`, for one more open watch (give it back with `drop_decoder`)."""
+        held = self._decoders.get(kind)
+        decoder: _SharedDecoder[V] = held[0] if held is not None else _SharedDecoder(kind, decode)
+        self._decoders[kind] = (decoder, (held[1] if held is not None else 0) + 1)
+        return decoder
+
+    def drop_decoder(self, kind: str) -> None:
+        decoder, users = self._decoders[kind]
+        if users > 1:
+            self._decoders[kind] = (decoder, users - 1)
+        else:
+            del self._decoders[kind]
+
+    def _watch(
         self,
         kind: str,
         decode: Callable[[dict[str, Any]], V],
@@ -288,53 +303,136 @@ class Streams:
         to_data: Callable[[V], dict[str, Any]],
         wrap: Callable[[V], T],
     ) -> AsyncGenerator[T, None]:
-        """One subscriber's stream: the current state, then every change, versions strictly increasing
-        and content changed; everything it holds in the process is given back when it ends.
+        watch = Watch(self, kind, decode, subscribe, snapshot, key_of, to_data, wrap)
+        if LEAN.get():
+            # the lean websocket path (app/realtime/lean.py) drives the watch itself: no stream
+            return watch  # type: ignore[return-value]
+        return _stream(watch)
 
-        One async generator per subscriber, not one per layer: each costs memory for every idle
-        subscriber and a hop for every message."""
-        held = self._decoders.get(kind)
-        decoder: _SharedDecoder[V] = held[0] if held is not None else _SharedDecoder(kind, decode)
-        self._decoders[kind] = (decoder, (held[1] if held is not None else 0) + 1)
+
+# Set by the lean websocket path (app/realtime/lean.py) in the task that resolves a subscription's root
+# field: the resolver then hands back the `Watch` itself, not a stream around it.
+LEAN: ContextVar[bool] = ContextVar("stockwire_lean_subscription", default=False)
+
+
+class Watch(Generic[V, T]):
+    """One subscriber's watch: the current state, then every change, versions strictly increasing and
+    content changed; everything it holds in the process is given back by `close()`.
+
+    Driven either by `_stream` (an async generator, Strawberry's path) or, without any generator or
+    task while idle, by the lean websocket path (app/realtime/lean.py): both apply the same rules here.
+    """
+
+    __slots__ = (
+        "_decoder",
+        "_key_of",
+        "_snapshot",
+        "_subscribe",
+        "_to_data",
+        "closed",
+        "decode",
+        "kind",
+        "mailbox",
+        "sent",
+        "streams",
+        "wrap",
+    )
+
+    def __init__(
+        self,
+        streams: Streams,
+        kind: str,
+        decode: Callable[[dict[str, Any]], V],
+        subscribe: Callable[[], Awaitable[Mailbox]],
+        snapshot: Callable[[Mailbox, Iterable[str]], Awaitable[list[V]]],
+        key_of: Callable[[V], str],
+        to_data: Callable[[V], dict[str, Any]],
+        wrap: Callable[[V], T],
+    ) -> None:
+        self.streams = streams
+        self.kind = kind
+        self.decode: Callable[[dict[str, Any]], V] = decode
+        self._subscribe = subscribe
+        self._snapshot: Callable[[Mailbox, Iterable[str]], Awaitable[list[V]]] = snapshot
+        self._key_of: Callable[[V], str] = key_of
+        self._to_data: Callable[[V], dict[str, Any]] = to_data
+        self.wrap: Callable[[V], T] = wrap
+        self._decoder: _SharedDecoder[V] | None = None
+        self.mailbox: Mailbox | None = None
         # per key: the last version this subscriber has, and the figures it was last shown
-        sent: dict[str, tuple[int, codec.Content]] = {}
+        self.sent: dict[str, tuple[int, codec.Content]] = {}
+        self.closed = False
 
-        def news(mailbox: Mailbox, key: str, version: int, content: codec.Content) -> bool:
-            last = sent.get(key)
-            if last is not None and version <= last[0]:
-                return False
-            sent[key] = (version, content)
-            mailbox.mark_delivered(key, version)
-            return last is None or last[1] != content
+    def __aiter__(self) -> Watch[V, T]:
+        # graphql-core accepts a subscription's source only if it looks async-iterable; the lean path
+        # never iterates it
+        raise TypeError("a lean watch is driven by app/realtime/lean.py, not iterated")
 
-        def from_snapshot(mailbox: Mailbox, views: list[V]) -> list[V]:
-            return [v for v in views if news(mailbox, key_of(v), v.version, codec.content(kind, to_data(v)))]
+    async def start(self) -> list[V]:
+        """Subscribe, then read the current state (what to send first)."""
+        self._decoder = self.streams.use_decoder(self.kind, self.decode)
+        mailbox = self.mailbox = await self._subscribe()
+        if self.closed:  # closed while subscribing
+            self.streams.hub.unsubscribe(mailbox)
+            return []
+        # subscribed before reading, so a change committed meanwhile is in the mailbox, not lost
+        return self._from_snapshot(mailbox, await self._snapshot(mailbox, ()))
 
-        try:
-            mailbox = await subscribe()
+    async def resync(self) -> list[V]:
+        """Messages may have been lost while the broadcast was down: the truth, re-read."""
+        assert self.mailbox is not None
+        return self._from_snapshot(self.mailbox, await self._snapshot(self.mailbox, list(self.sent)))
+
+    def accept(self, key: str, version: int, data: dict[str, Any]) -> V | None:
+        """The view to send for a message from the mailbox, or None (old, or nothing visible changed)."""
+        assert self._decoder is not None and self.mailbox is not None
+        view, content = self._decoder(key, version, data)
+        return view if self._news(self.mailbox, key, version, content) else None
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        streams = self.streams
+        if self.mailbox is not None:
+            streams.hub.unsubscribe(self.mailbox)
+        if self._decoder is not None:
+            streams.drop_decoder(self.kind)
+
+    def _news(self, mailbox: Mailbox, key: str, version: int, content: codec.Content) -> bool:
+        last = self.sent.get(key)
+        if last is not None and version <= last[0]:
+            return False
+        self.sent[key] = (version, content)
+        mailbox.mark_delivered(key, version)
+        return last is None or last[1] != content
+
+    def _from_snapshot(self, mailbox: Mailbox, views: list[V]) -> list[V]:
+        kind, key_of, to_data = self.kind, self._key_of, self._to_data
+        return [v for v in views if self._news(mailbox, key_of(v), v.version, codec.content(kind, to_data(v)))]
+
+
+async def _stream(watch: Watch[V, T]) -> AsyncGenerator[T, None]:
+    """One subscriber's stream (Strawberry's path). One async generator per subscriber, not one per
+    layer: each costs memory for every idle subscriber and a hop for every message."""
+    wrap = watch.wrap
+    try:
+        for view in await watch.start():
+            yield wrap(view)
+        mailbox = watch.mailbox
+        assert mailbox is not None
+        while True:
             try:
-                # subscribed before reading, so a change committed meanwhile is in the mailbox, not lost
-                for view in from_snapshot(mailbox, await snapshot(mailbox, ())):
+                async for key, version, data in mailbox:
+                    changed = watch.accept(key, version, data)
+                    if changed is not None:
+                        yield wrap(changed)
+                return  # mailbox closed: the hub stopped
+            except ResyncNeeded:
+                for view in await watch.resync():
                     yield wrap(view)
-                while True:
-                    try:
-                        async for key, version, data in mailbox:
-                            view, content = decoder(key, version, data)
-                            if news(mailbox, key, version, content):
-                                yield wrap(view)
-                        return  # mailbox closed: the hub stopped
-                    except ResyncNeeded:
-                        # messages may have been lost while the broadcast was down: re-read the truth
-                        for view in from_snapshot(mailbox, await snapshot(mailbox, list(sent))):
-                            yield wrap(view)
-            finally:
-                self.hub.unsubscribe(mailbox)
-        finally:
-            decoder_now, users = self._decoders[kind]
-            if users > 1:
-                self._decoders[kind] = (decoder_now, users - 1)
-            else:
-                del self._decoders[kind]
+    finally:
+        watch.close()
 
 
 def _same(view: V) -> V:

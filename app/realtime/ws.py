@@ -49,6 +49,7 @@ from strawberry.subscriptions.protocols.graphql_ws.types import (
 from strawberry.types.execution import ExecutionResult, PreExecutionError
 
 from app.graphql.fanout import rendered_next
+from app.realtime.lean import LeanOperation, lean_document
 from app.realtime.limits import MESSAGE_TOO_LARGE, Admission, LimitExceeded, Ticket
 
 log = logging.getLogger("stockwire.realtime")
@@ -219,6 +220,10 @@ class PingingTransportWSHandler(BaseGraphQLTransportWSHandler[Any, None]):
         self._ping_task: asyncio.Task[None] | None = None
         self._kept_alive: _Keepalive | None = None
         self._stopped = False
+        # lean subscriptions (app/realtime/lean.py) with something to send, and the task sending it
+        # (both only while there is something to send)
+        self._ready: list[LeanOperation] | None = None
+        self._drainer: asyncio.Task[None] | None = None
 
     async def handle(self) -> None:
         # Strawberry's loop, except that the message just handled is not kept while the connection
@@ -263,12 +268,61 @@ class PingingTransportWSHandler(BaseGraphQLTransportWSHandler[Any, None]):
             error = {"message": str(refused), "extensions": refused.extensions()}
             await self.send_message(cast("Message", {"id": message["id"], "type": "error", "payload": [error]}))
             return
-        await super().handle_subscribe(message)
+        known = lean_document(self.schema, message["payload"])
+        limit = self.max_subscriptions_per_connection
+        if known is not None and (limit is None or len(self.operations) < limit):
+            # an idle subscriber without task or generators (app/realtime/lean.py)
+            lean = LeanOperation(self, message["id"], known, message["payload"].get("variables"), ticket)
+            self.operations[message["id"]] = cast("Any", lean)
+            lean.start(message)
+            return
+        await self.subscribe_as_strawberry(message, ticket)
+
+    async def subscribe_as_strawberry(self, message: Mapping[str, Any], ticket: Ticket) -> None:
+        """Strawberry's own subscribe, holding `ticket` until its operation ends."""
+        await super().handle_subscribe(cast("SubscribeMessage", message))
         operation = self.operations.get(message["id"])
         if operation is None or operation.task is None:
             ticket.release()
         else:
             operation.task.add_done_callback(ticket)
+
+    async def cleanup_operation(self, operation_id: str) -> None:
+        operation: object = self.operations.get(operation_id)
+        if isinstance(operation, LeanOperation):
+            del self.operations[operation_id]
+            operation.stop()
+            return
+        await super().cleanup_operation(operation_id)
+
+    def queue_lean(self, operation: LeanOperation) -> None:
+        """`operation` has something to send: the connection's drain task sends it (one task for all
+        the lean subscriptions of a connection, alive only while there is something to send)."""
+        if self._stopped:
+            return
+        ready = self._ready
+        if ready is None:
+            ready = self._ready = []
+        ready.append(operation)
+        if self._drainer is None:
+            self._drainer = asyncio.get_running_loop().create_task(self._drain(), name="stockwire-lean-drain")
+
+    async def _drain(self) -> None:
+        try:
+            while self._ready:
+                operation = self._ready.pop(0)
+                operation.queued = False
+                await operation.pump()
+        except WebSocketDisconnected:
+            pass  # the handler's own loop notices and shuts down
+        except Exception:
+            log.exception("sending to lean subscriptions failed")
+        finally:
+            for operation in self._ready or ():
+                operation.queued = False
+            self._ready = None
+            if self._drainer is asyncio.current_task():
+                self._drainer = None
 
     async def send_message(self, message: Message) -> None:
         socket = getattr(self.websocket, "ws", None)  # Strawberry's Starlette adapter wraps the socket
@@ -291,7 +345,12 @@ class PingingTransportWSHandler(BaseGraphQLTransportWSHandler[Any, None]):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await super().shutdown()
+        await super().shutdown()  # stops every operation, lean ones included (cleanup_operation)
+        drainer, self._drainer = self._drainer, None
+        if drainer is not None:
+            drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await drainer
 
     def ping_soon(self, loop: asyncio.AbstractEventLoop) -> None:
         """Send the protocol's ping (called by `_Keepalive`; one in flight at most)."""
