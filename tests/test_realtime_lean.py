@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import socket
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -240,3 +241,35 @@ async def test_lean_and_strawberry_paths_send_the_same_frames(served: Served) ->
     assert len(fast.frames["literal"]) >= 3
     assert '"error"' in fast.frames["too-many-codes"][0]
     assert served.hub.sizes()["mailboxes"] == 0  # every subscriber gave its mailbox back
+
+
+async def test_a_websocket_connection_leaves_no_cyclic_garbage(served: Served) -> None:
+    """Opening a connection and subscribing leaves nothing for the cyclic collector: the server runs it
+    rarely (app/main.py `_tune_gc`), so whatever waits for it is memory per idle subscriber until then
+    (the HTTP protocol that handled the upgrade did: its httptools parser keeps bound methods of it)."""
+    sku, loc = unique("GC-SKU"), unique("GC-WH")
+    async with http_client(f"http://{served.url}", served.key) as client:
+        http = Http(client)
+        await http.catalogue([sku], [loc])
+        await http.event("RECEIVED", sku, loc, 10)
+    primer = await Socket.open(served, served.key)  # the document becomes known; first-use costs paid
+    await primer.subscribe("x", AVAILABILITY_SUB, {"skus": [sku]})
+    await _settled(primer)
+    sockets: list[Socket] = []
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds goes to gc.garbage instead of being freed
+    try:
+        for _ in range(30):
+            sockets.append(await Socket.open(served, served.key))
+            await sockets[-1].subscribe("x", AVAILABILITY_SUB, {"skus": [sku]})
+        await _settled(*sockets)
+        gc.collect()
+        found = Counter(type(o).__qualname__ for o in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert all(len(s.frames["x"]) == 1 for s in sockets)  # each got its initial state
+    assert _lean_mailboxes(served.hub) == 30
+    assert sum(found.values()) == 0, found.most_common(10)
+    for s in [primer, *sockets]:
+        await s.close()
