@@ -162,9 +162,9 @@ else:
             # The websocket protocol owns the transport from here and nothing calls this object again
             # (uvicorn's data_received returns right after). It sits in a reference cycle (httptools'
             # parser keeps bound methods of it), so it and its parser, flow control and buffers
-            # stayed alive, a few KB per websocket connection, until a full collection, which the tuned
-            # collector (app/main.py `_tune_gc`) runs rarely: idle subscribers measured 25-26 KB or
-            # 37-38 KB depending on whether one had run. Dropping its attributes frees it at once.
+            # stayed alive, 23 objects per websocket connection, until a full collection, which the
+            # tuned collector (app/main.py `_tune_gc`) runs rarely. Dropping its attributes frees it at
+            # once (tests/test_realtime_lean.py checks that a connection leaves no cyclic garbage).
             self._enter(None)
             self.__dict__.clear()
 
