@@ -273,3 +273,26 @@ async def test_a_websocket_connection_leaves_no_cyclic_garbage(served: Served) -
     assert sum(found.values()) == 0, found.most_common(10)
     for s in [primer, *sockets]:
         await s.close()
+
+
+async def test_one_failing_lean_subscription_does_not_hold_back_the_others_on_its_connection() -> None:
+    from types import SimpleNamespace
+
+    from app.realtime.ws import PingingTransportWSHandler
+
+    sent: list[str] = []
+
+    class Operation:
+        def __init__(self, name: str, fails: bool) -> None:
+            self.name, self.fails, self.queued = name, fails, True
+
+        async def pump(self) -> None:
+            if self.fails:
+                raise ValueError("a rendering fault")
+            sent.append(self.name)
+
+    queued = [Operation("a", False), Operation("b", True), Operation("c", False)]
+    handler = SimpleNamespace(_ready=list(queued), _drainer=None)
+    await PingingTransportWSHandler._drain(handler)  # type: ignore[arg-type]
+    assert sent == ["a", "c"]  # "c" still sent after "b" failed
+    assert [op.queued for op in queued] == [False, False, False] and handler._ready is None

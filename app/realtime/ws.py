@@ -312,11 +312,15 @@ class PingingTransportWSHandler(BaseGraphQLTransportWSHandler[Any, None]):
             while self._ready:
                 operation = self._ready.pop(0)
                 operation.queued = False
-                await operation.pump()
+                try:
+                    await operation.pump()
+                except WebSocketDisconnected:
+                    raise
+                except Exception:
+                    # one subscription's fault must not hold back the others queued on this connection
+                    log.exception("sending to a lean subscription failed")
         except WebSocketDisconnected:
             pass  # the handler's own loop notices and shuts down
-        except Exception:
-            log.exception("sending to lean subscriptions failed")
         finally:
             for operation in self._ready or ():
                 operation.queued = False
