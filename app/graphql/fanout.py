@@ -163,20 +163,14 @@ async def event_result(
     schema: GraphQLSchema,
     executor_class: type[Executor],  # type: ignore[type-arg]
     document: DocumentNode,
-    operation_name: str | None,
+    operation: OperationDefinitionNode,
     root: object,
     context: object,
     variables: dict[str, Any] | None,
 ) -> ExecutionResult:
-    """One subscription event's result, as graphql-core's subscription runs it, for an operation whose
-    selection set below its root field reads no variable (app/realtime/lean.py): the result another
-    subscriber's execution left in the cache, else executed (and cached) once."""
-    operation = next(
-        d
-        for d in document.definitions
-        if isinstance(d, OperationDefinitionNode)
-        and (operation_name is None or (d.name is not None and d.name.value == operation_name))
-    )
+    """One subscription event's result, as graphql-core's subscription runs it, for `operation` (of
+    `document`) whose selection set below its root field reads no variable (app/realtime/lean.py): the
+    result another subscriber's execution left in the cache, else executed (and cached) once."""
     hit = _results.get((id(schema), id(operation), id(root), None))
     if hit is not None and hit[0] is operation and hit[1] is root:
         return hit[2]
@@ -185,7 +179,7 @@ async def event_result(
         document,
         context_value=context,
         raw_variable_values=variables,
-        operation_name=operation_name,
+        operation_name=operation.name.value if operation.name is not None else None,
         is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]  # a bool, as Strawberry passes it
     )
     if not isinstance(built, Executor):

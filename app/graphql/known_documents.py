@@ -59,6 +59,7 @@ class KnownDocument:
     operation_name: str | None
     root_fields: tuple[tuple[str, str], ...]  # (field name, response key), for the metrics
     label: str  # the metrics' operation label
+    operation: OperationDefinitionNode  # the operation it runs (`_the_operation`)
 
 
 Key = tuple[str, str | None]
@@ -90,6 +91,7 @@ class KnownDocuments:
             operation.name.value if operation.name is not None else None,
             fields,
             operation_label(fields),
+            operation,
         )
         if len(self.entries) > self.maxsize:
             self.entries.popitem(last=False)

@@ -39,7 +39,6 @@ from graphql import (
     FieldNode,
     FragmentDefinitionNode,
     GraphQLError,
-    OperationDefinitionNode,
 )
 from graphql.execution import Executor, create_source_event_stream
 from strawberry.execution import optimized_is_awaitable
@@ -88,17 +87,8 @@ def lean_document(schema: object, payload: Mapping[str, Any]) -> KnownDocument |
     known: KnownDocument | None = documents.get(payload["query"], name)
     if known is None or known.operation_type is not OperationType.SUBSCRIPTION:
         return None
-    operation: OperationDefinitionNode | None = None
-    fragments: dict[str, FragmentDefinitionNode] = {}
-    for definition in known.document.definitions:
-        if isinstance(definition, FragmentDefinitionNode):
-            fragments[definition.name.value] = definition
-        elif isinstance(definition, OperationDefinitionNode) and (
-            known.operation_name is None
-            or (definition.name is not None and definition.name.value == known.operation_name)
-        ):
-            operation = definition
-    if operation is None or operation.directives:
+    operation = known.operation
+    if operation.directives:
         return None
     selections = operation.selection_set.selections
     if len(selections) != 1:
@@ -108,6 +98,7 @@ def lean_document(schema: object, payload: Mapping[str, Any]) -> KnownDocument |
         return None
     if any(argument.name.value == "accountCode" for argument in field.arguments or ()):
         return None  # a B2B account's figure: its own stream (app/graphql/b2b.py), Strawberry's path
+    fragments = {d.name.value: d for d in known.document.definitions if isinstance(d, FragmentDefinitionNode)}
     if uses_variables_below_root(operation, fragments):
         return None  # an event's rendering would depend on this subscriber's variables
     return known
@@ -295,7 +286,7 @@ class LeanOperation:
             graphql_core_schema(schema),
             schema.execution_context_class,
             self.known.document,
-            self.known.operation_name,
+            self.known.operation,
             watch.wrap(view),
             handler.context,
             self.variables,
