@@ -11,6 +11,7 @@ SQLAlchemy Core, written against the table definitions Alembic migrates.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -427,6 +428,57 @@ _LEDGER_EXTRAS = frozenset(
 )
 
 
+def _ledger_row(
+    received_at: datetime,
+    actor_key_id: Any,
+    kind: str,
+    status: str,
+    pair: Pair,
+    quantity: int,
+    delta: Delta,
+    version: int,
+    source: str,
+    external_id: str | None,
+    occurred_at: datetime,
+    drift: int,
+    reason: str | None,
+    reference: str | None,
+    to_location_id: int | None,
+    expected_at: datetime | None,
+    fingerprint: str | None,
+    unit: str | None,
+    reservation_id: str | None = None,
+) -> dict[str, Any]:
+    """One inventory_events row, every column by name (pg.write_ledger inserts them all)."""
+    return {
+        "source": source,
+        "external_id": external_id,
+        "kind": kind,
+        "status": status,
+        "sku_id": pair[0],
+        "location_id": pair[1],
+        "quantity": quantity,
+        "occurred_at": occurred_at,
+        "received_at": received_at,
+        "reason": reason,
+        "reference": reference,
+        "to_location_id": to_location_id,
+        "expected_at": expected_at,
+        "reservation_id": reservation_id,
+        "fingerprint": fingerprint,
+        "actor_key_id": actor_key_id,
+        "unit": unit,
+        "d_on_hand": delta.on_hand,
+        "d_committed": delta.committed,
+        "d_reserved": delta.reserved,
+        "d_unavailable": delta.unavailable,
+        "d_safety_stock": delta.safety_stock,
+        "d_incoming": delta.incoming,
+        "drift": drift,
+        "version": version,
+    }
+
+
 def ledger_row(
     *,
     kind: str,
@@ -445,33 +497,28 @@ def ledger_row(
     """One inventory_events row (pg.write_ledger inserts every column of the table, by name)."""
     if not extra.keys() <= _LEDGER_EXTRAS:
         raise TypeError(f"ledger_row() got no such column: {sorted(extra.keys() - _LEDGER_EXTRAS)}")
-    return {
-        "source": source,
-        "external_id": external_id,
-        "kind": kind,
-        "status": status,
-        "sku_id": pair[0],
-        "location_id": pair[1],
-        "quantity": quantity,
-        "occurred_at": occurred_at or now,
-        "received_at": now,
-        "reason": extra.get("reason"),
-        "reference": extra.get("reference"),
-        "to_location_id": extra.get("to_location_id"),
-        "expected_at": extra.get("expected_at"),
-        "reservation_id": extra.get("reservation_id"),
-        "fingerprint": extra.get("fingerprint"),
-        "actor_key_id": _ledger_actor.get(),
-        "unit": extra.get("unit"),
-        "d_on_hand": delta.on_hand,
-        "d_committed": delta.committed,
-        "d_reserved": delta.reserved,
-        "d_unavailable": delta.unavailable,
-        "d_safety_stock": delta.safety_stock,
-        "d_incoming": delta.incoming,
-        "drift": drift,
-        "version": version,
-    }
+    get = extra.get
+    return _ledger_row(
+        now,
+        _ledger_actor.get(),
+        kind,
+        status,
+        pair,
+        quantity,
+        delta,
+        version,
+        source,
+        external_id,
+        occurred_at or now,
+        drift,
+        get("reason"),
+        get("reference"),
+        get("to_location_id"),
+        get("expected_at"),
+        get("fingerprint"),
+        get("unit"),
+        get("reservation_id"),
+    )
 
 
 # an ingested event's ledger row from its values, positionally (event_row_maker)
@@ -481,58 +528,10 @@ EventRow = Callable[..., dict[str, Any]]
 def event_row_maker(now: datetime) -> EventRow:
     """`ledger_row` for an ingested batch received at `now`, its arguments given positionally: (kind,
     status, pair, quantity, delta, version, source, external_id, occurred_at, drift, reason, reference,
-    to_location_id, expected_at, fingerprint, unit). The same row (tests/test_pg_fast_path.py compares
-    them); a batch makes one per event while it holds its positions' row locks, and ledger_row's keyword
-    arguments and their check cost about as much as the rest of the row."""
-    actor = _ledger_actor.get()
-
-    def row(
-        kind: str,
-        status: str,
-        pair: Pair,
-        quantity: int,
-        delta: Delta,
-        version: int,
-        source: str,
-        external_id: str | None,
-        occurred_at: datetime,
-        drift: int,
-        reason: str | None,
-        reference: str | None,
-        to_location_id: int | None,
-        expected_at: datetime | None,
-        fingerprint: str | None,
-        unit: str | None,
-    ) -> dict[str, Any]:
-        return {
-            "source": source,
-            "external_id": external_id,
-            "kind": kind,
-            "status": status,
-            "sku_id": pair[0],
-            "location_id": pair[1],
-            "quantity": quantity,
-            "occurred_at": occurred_at,
-            "received_at": now,
-            "reason": reason,
-            "reference": reference,
-            "to_location_id": to_location_id,
-            "expected_at": expected_at,
-            "reservation_id": None,
-            "fingerprint": fingerprint,
-            "actor_key_id": actor,
-            "unit": unit,
-            "d_on_hand": delta.on_hand,
-            "d_committed": delta.committed,
-            "d_reserved": delta.reserved,
-            "d_unavailable": delta.unavailable,
-            "d_safety_stock": delta.safety_stock,
-            "d_incoming": delta.incoming,
-            "drift": drift,
-            "version": version,
-        }
-
-    return row
+    to_location_id, expected_at, fingerprint, unit). The same row, from the same builder; a batch makes
+    one per event while it holds its positions' row locks, and ledger_row's keyword arguments and their
+    check cost about as much as the rest of the row."""
+    return functools.partial(_ledger_row, now, _ledger_actor.get())
 
 
 # A column added to inventory_events without a value here (or a key here with no column) fails at
@@ -541,10 +540,6 @@ if ledger_row(kind="", status="", pair=(0, 0), quantity=0, delta=Delta(), versio
     pg.LEDGER_COLUMNS
 ):
     raise RuntimeError("stock.ledger_row and the inventory_events table disagree on the ledger's columns")
-if event_row_maker(datetime.min)(
-    "", "", (0, 0), 0, Delta(), 0, "", None, datetime.min, 0, None, None, None, None, None, None
-).keys() != set(pg.LEDGER_COLUMNS):
-    raise RuntimeError("stock.event_row_maker and the inventory_events table disagree on the ledger's columns")
 
 
 async def insert_rows(conn: AsyncConnection, stmt: Any, rows: list[dict[str, Any]]) -> None:
