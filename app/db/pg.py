@@ -479,7 +479,7 @@ def sales_upsert(rows: str, last_at: str, half_life: str) -> str:
 # An ingested batch's writes in ONE statement (services.events): the positions' summed changes
 # (_APPLY_MANY, $1..$11), its ledger rows (one array per column from $12), its outbox rows (the two
 # arrays after those, created at $11) and its reported sales (SKU ids and units, then the half-life:
-# services.demand.note_ledger's upsert, at $11), with one more row (sku_id NULL) saying whether any
+# services.demand's sales upsert, at $11), with one more row (sku_id NULL) saying whether any
 # channel has a dynamic buffer (then the caller moves those of the sold SKUs). Each of these was its
 # own round trip, made while the batch holds its positions' row locks, so every other batch waiting
 # on one of them waited for the round trips (and, each time, for the server's event loop to come back

@@ -364,7 +364,7 @@ async def _apply_batch(
                 )
             )
     # the pending changes, the ledger rows, the outbox rows and the reported sales and orders (issue 18:
-    # demand, as demand.note_ledger records it): one statement (one round trip in the locks)
+    # demand under no channel, demand.ledger_sales): one statement (one round trip in the locks)
     last = [(p, pending.pop(p)) for p in sorted(pending)]
     sales = demand.ledger_sales(ledger)
     reached, dynamic = await stock.apply_and_record(

@@ -30,7 +30,7 @@ from app.services.demand.buffers import (
     rule_of,
 )
 from app.services.demand.preorders import LaunchInput, give_back_preorders, set_launches, take_preorders
-from app.services.demand.recording import ledger_sales, note_ledger, note_push, note_reserved, note_sales
+from app.services.demand.recording import ledger_sales, note_push, note_reserved, note_sales
 from app.services.demand.velocity import half_life_seconds, velocities
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
     "give_back_preorders",
     "half_life_seconds",
     "ledger_sales",
-    "note_ledger",
     "note_push",
     "note_reserved",
     "note_sales",

@@ -67,15 +67,10 @@ _DEMAND_KINDS = frozenset({"SOLD", "ORDER_PLACED"})
 _COUNTED_STATUSES = frozenset({"APPLIED", "SUPERSEDED"})
 
 
-async def note_ledger(conn: AsyncConnection, now: datetime, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Reported sales and orders in these ledger rows, as demand under no channel."""
-    await note_sales(conn, now, {(sku, ""): units for sku, units in ledger_sales(rows)})
-
-
 def ledger_sales(rows: Iterable[Mapping[str, Any]]) -> list[tuple[int, int]]:
-    """(SKU id, units) of the reported sales and orders in these ledger rows (demand under no channel,
-    as `note_ledger` records it), by SKU id; for statements that record them themselves
-    (pg.write_batch), followed by `refresh_buffers` of those SKUs when any channel has a dynamic buffer."""
+    """(SKU id, units) of the reported sales and orders in these ledger rows, as demand under no
+    channel, by SKU id; for statements that record them themselves (pg.write_batch), followed by
+    `refresh_buffers` of those SKUs when any channel has a dynamic buffer."""
     sales: dict[int, int] = defaultdict(int)
     for r in rows:
         if r["kind"] in _DEMAND_KINDS and r["status"] in _COUNTED_STATUSES and r["quantity"] > 0:
