@@ -186,9 +186,8 @@ class Streams:
         def key_of(v: AvailabilityView) -> str:
             return v.sku_code
 
-        return self._watch(
-            kind, codec.availability_from_data, subscribe, snapshot, key_of, codec.availability_to_data, wrap
-        )
+        decode, to_data = codec.availability_from_data, codec.availability_to_data
+        return self._watch(Watch(self, kind, decode, subscribe, snapshot, key_of, to_data, wrap))
 
     def _snapshots_of(self, tenant_id: int | None, channel_code: str | None) -> _SnapshotBatcher[AvailabilityView]:
         slot = (tenant_id, channel_code)
@@ -274,7 +273,8 @@ class Streams:
         def key_of(v: StockLevelView) -> str:
             return codec.stock_level_key(v.sku_code, v.location_code)
 
-        return self._watch(kind, codec.level_from_data, subscribe, snapshot, key_of, codec.level_to_data, wrap)
+        decode, to_data = codec.level_from_data, codec.level_to_data
+        return self._watch(Watch(self, kind, decode, subscribe, snapshot, key_of, to_data, wrap))
 
     def _check_codes(self, name: str, codes: list[str] | None) -> None:
         check_codes(name, codes, self.settings.max_codes_per_subscription)
@@ -293,17 +293,7 @@ class Streams:
         else:
             del self._decoders[kind]
 
-    def _watch(
-        self,
-        kind: str,
-        decode: Callable[[dict[str, Any]], V],
-        subscribe: Callable[[], Awaitable[Mailbox]],
-        snapshot: Callable[[Mailbox, Iterable[str]], Awaitable[list[V]]],
-        key_of: Callable[[V], str],
-        to_data: Callable[[V], dict[str, Any]],
-        wrap: Callable[[V], T],
-    ) -> AsyncGenerator[T, None]:
-        watch = Watch(self, kind, decode, subscribe, snapshot, key_of, to_data, wrap)
+    def _watch(self, watch: Watch[V, T]) -> AsyncGenerator[T, None]:
         if LEAN.get():
             # the lean websocket path (app/realtime/lean.py) drives the watch itself: no stream
             return watch  # type: ignore[return-value]
