@@ -194,6 +194,14 @@ wire_values = st.one_of(
 field_names = st.sampled_from([*_wire_event(), "reason", "toLocationCode", "expectedAt", "unit", "extra"])
 
 
+def _change(item: dict[str, object], name: str, value: object) -> None:
+    """Set a field to `value`, or leave it out when `value` is KeyError."""
+    if value is KeyError:
+        item.pop(name, None)
+    else:
+        item[name] = value
+
+
 @given(
     changes=st.lists(st.tuples(st.integers(0, 2), field_names, st.one_of(wire_values, st.just(KeyError))), max_size=4)
 )
@@ -204,10 +212,7 @@ def test_any_batch_is_coerced_as_graphql_core_does_or_left_to_it(
     for index, name, value in changes:
         item = batch[index]
         assert isinstance(item, dict)
-        if value is KeyError:
-            item.pop(name, None)
-        else:
-            item[name] = value
+        _change(item, name, value)
     fast = _fast(batch)
     if fast is not None:  # else graphql-core coerces it (and reports its errors) as before
         assert fast == _graphql_core(batch)
@@ -301,15 +306,9 @@ def test_any_reserve_input_is_coerced_as_graphql_core_does_or_left_to_it(
     lines = value["lines"]
     assert isinstance(lines, list)
     for index, name, change in line_changes:
-        if change is KeyError:
-            lines[index].pop(name, None)
-        else:
-            lines[index][name] = change
+        _change(lines[index], name, change)
     for name, change in changes:
-        if change is KeyError:
-            value.pop(name, None)
-        else:
-            value[name] = change
+        _change(value, name, change)
     fast = _reserve_fast(value)
     if fast is not None:  # else graphql-core coerces it (and reports its errors) as before
         assert fast == _reserve_graphql_core(value)
