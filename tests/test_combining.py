@@ -377,3 +377,138 @@ async def test_a_batch_gives_back_an_expired_hold_before_it_decides(clocked: Clo
         ("RESERVED", 2, 6),
     ]
     await _assert_consistent(api, 4)
+
+
+# --- a batch spans positions (a spread load: group commit) ------------------------------------------
+
+
+def _spread_request(sku: str, quantity: int, key: str) -> reservations.ReserveRequest:
+    return reservations.ReserveRequest([RequestedLine(sku, quantity, "WH-1")], key, cart_ref=f"cart-{key}")
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+async def test_concurrent_reserves_over_many_skus_hold_per_sku_what_one_by_one_holds_would(
+    api: Api, in_flight: int
+) -> None:
+    api.ctx.settings.combine_in_flight = in_flight
+    skus = [f"SKU-{n}" for n in range(1, 9)]
+    await catalogue(api, skus=skus)
+    stock_of = {sku: 10 + 3 * n for n, sku in enumerate(skus)}
+    for sku, units in stock_of.items():
+        await receive(api, sku, "WH-1", units)
+    rng = random.Random(8)
+    wanted = [(rng.choice(skus), rng.choice([1, 1, 2, 3])) for _ in range(240)]
+    # created in list order without awaiting first: arrival order is the list's, per SKU too
+    outcomes = await asyncio.gather(
+        *(_outcome_of(api, _spread_request(sku, q, f"k{i}")) for i, (sku, q) in enumerate(wanted))
+    )
+    # per SKU, exactly what holds run one at a time in arrival order answer (refusal shortfalls included)
+    for sku in skus:
+        left = stock_of[sku]
+        for (s, q), outcome in zip(wanted, outcomes, strict=True):
+            if s != sku:
+                continue
+            if left >= q:
+                assert isinstance(outcome, ReservationView) and outcome.lines[0].quantity == q
+                left -= q
+            else:
+                assert isinstance(outcome, Refused)
+                assert outcome.errors[0].message == f"{sku}: {q} requested at WH-1, {left} available"
+    assert await integrity.check(api.ctx) == []
+    held = {sku: 0 for sku in skus}
+    for (s, q), outcome in zip(wanted, outcomes, strict=True):
+        if isinstance(outcome, ReservationView):
+            held[s] += q
+    rows = await _rows(
+        api,
+        "SELECT s.code, l.reserved, l.on_hand FROM stock_levels l JOIN skus s ON s.id = l.sku_id ORDER BY 1",
+    )
+    assert {code: reserved for code, reserved, _ in rows} == held
+    assert all(reserved <= on_hand for _, reserved, on_hand in rows)
+    # each position's RESERVED ledger rows follow arrival order, with versions without gaps
+    for sku in skus:
+        keys = [
+            k
+            for (k,) in await _rows(
+                api,
+                "SELECT r.idempotency_key FROM inventory_events e JOIN reservations r ON r.id = e.reservation_id "
+                "JOIN skus s ON s.id = e.sku_id WHERE s.code = :s ORDER BY e.version",
+                s=sku,
+            )
+        ]
+        assert keys == [
+            f"k{i}"
+            for i, ((s, _), o) in enumerate(zip(wanted, outcomes, strict=True))
+            if s == sku and isinstance(o, ReservationView)
+        ]
+    # they were combined across SKUs: transactions (one instant each) that held several SKUs
+    spans = [
+        n
+        for (n,) in await _rows(
+            api,
+            "SELECT count(DISTINCT l.sku_id) FROM reservations r JOIN reservation_lines l ON l.reservation_id = r.id "
+            "GROUP BY r.created_at",
+        )
+    ]
+    assert max(spans) > 1 and len(spans) < sum(1 for o in outcomes if isinstance(o, ReservationView)) / 4
+    ((count,),) = await _rows(api, "SELECT count(*) FROM reservations")
+    assert count == sum(1 for o in outcomes if isinstance(o, ReservationView))
+
+
+async def test_a_batch_over_positions_leaves_unknown_codes_and_missing_positions_to_the_ordinary_path(
+    api: Api,
+) -> None:
+    await catalogue(api, skus=["SKU-1", "SKU-2", "SKU-3"])
+    await receive(api, "SKU-1", "WH-1", 5)
+    await receive(api, "SKU-3", "WH-1", 5)
+    async with _position_locked(api):
+        first = asyncio.create_task(_outcome(api, 1, "first"))  # in flight, waiting on the lock
+        await asyncio.sleep(0.05)
+        tasks = await _queued(
+            [
+                lambda: _outcome_of(api, _spread_request("SKU-3", 2, "a")),
+                lambda: _outcome_of(api, _spread_request("NOPE", 1, "b")),
+                lambda: _outcome_of(api, _spread_request("SKU-2", 1, "c")),  # no position yet
+                lambda: _outcome_of(api, _spread_request("SKU-1", 9, "d")),
+                lambda: _outcome_of(api, _spread_request("SKU-1", 4, "e")),
+            ]
+        )
+    assert isinstance(await first, ReservationView)
+    a, b, c, d, e = [await t for t in tasks]
+    assert isinstance(a, ReservationView) and isinstance(e, ReservationView)
+    assert isinstance(b, Refused) and [x.code for x in b.errors] == [ErrorCode.UNKNOWN_SKU]
+    assert isinstance(c, Refused) and c.errors[0].message == "SKU-2: 1 requested at WH-1, 0 available"
+    assert isinstance(d, Refused) and d.errors[0].message == "SKU-1: 9 requested at WH-1, 4 available"
+    keys = [k for (k,) in await _rows(api, "SELECT idempotency_key FROM reservations ORDER BY 1")]
+    assert keys == ["a", "e", "first"]
+    # a and e went in one transaction
+    assert (
+        len({t for (t,) in await _rows(api, "SELECT created_at FROM reservations WHERE idempotency_key IN ('a', 'e')")})
+        == 1
+    )
+    assert await integrity.check(api.ctx) == []
+
+
+async def test_batches_and_multi_line_checkouts_over_the_same_skus_never_deadlock_or_oversell(api: Api) -> None:
+    """Batches lock their positions in primary-key order, as multi-line checkouts do: run together on the
+    same SKUs, both finish (no deadlock surfaces), and nothing is held past the stock."""
+    skus = ["SKU-1", "SKU-2", "SKU-3"]
+    await catalogue(api, skus=skus)
+    for sku in skus:
+        await receive(api, sku, "WH-1", 40)
+    rng = random.Random(3)
+    calls: list[Coroutine[Any, Any, ReservationView | Refused]] = []
+    for i in range(150):
+        if i % 5 == 0:  # a checkout of two lines (the ordinary path), in either order of its lines
+            pair = rng.sample(skus, 2)
+            request = reservations.ReserveRequest([RequestedLine(s, 1, "WH-1") for s in pair], f"m{i}")
+            calls.append(_outcome_of(api, request))
+        else:
+            calls.append(_outcome_of(api, _spread_request(rng.choice(skus), 1, f"k{i}")))
+    outcomes = await asyncio.gather(*calls)
+    refusals = [o for o in outcomes if isinstance(o, Refused)]
+    assert all(e.code == ErrorCode.INSUFFICIENT_STOCK for r in refusals for e in r.errors)
+    held_lines = sum(len(o.lines) for o in outcomes if isinstance(o, ReservationView))
+    ((reserved,),) = await _rows(api, "SELECT sum(reserved) FROM stock_levels")
+    assert reserved == held_lines <= 120
+    assert await integrity.check(api.ctx) == []

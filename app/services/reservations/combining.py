@@ -39,19 +39,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+import asyncpg
 from sqlalchemy import literal_column
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg, stock, tenancy
 from app.db.engine import note_changed
-from app.domain.combining import Verdict, accepted_units, decide
+from app.domain.combining import Verdict, decide
 from app.domain.errors import ErrorCode, Refused, UserError
 from app.domain.reservations import ReservationStatus
 from app.services import demand
@@ -66,12 +67,15 @@ if TYPE_CHECKING:
 
 # --- statements (asyncpg, prepared once per connection: app/db/pg.py says why) ---------------------
 
-# the SKU and location, and whether a hold on the SKU is past its expiry (then, and only then, the batch
-# reclaims expired holds with the locking expire_due: the same non-locking check as pg.open_reservation)
+# per member, its SKU and location ids (NULL: unknown or inactive) and whether a hold on that SKU is past
+# its expiry (then, and only then, the batch reclaims expired holds with the locking expire_due: the same
+# non-locking check as pg.open_reservation), in the order given
 _RESOLVE = (
-    "SELECT (SELECT id FROM skus WHERE code = $1 AND active), (SELECT id FROM locations WHERE code = $2 AND active), "
-    "EXISTS (SELECT 1 FROM reservations r WHERE r.status = 'ACTIVE' AND r.expires_at <= $3 AND r.id IN "
-    "(SELECT rl.reservation_id FROM reservation_lines rl JOIN skus s ON s.id = rl.sku_id WHERE s.code = $1))"
+    "SELECT s.id, l.id, EXISTS (SELECT 1 FROM reservations r WHERE r.status = 'ACTIVE' AND r.expires_at <= $3 "
+    "AND r.id IN (SELECT rl.reservation_id FROM reservation_lines rl WHERE rl.sku_id = s.id)) "
+    "FROM unnest($1::varchar[], $2::varchar[]) WITH ORDINALITY AS t(sku, loc, n) "
+    "LEFT JOIN skus s ON s.code = t.sku AND s.active LEFT JOIN locations l ON l.code = t.loc AND l.active "
+    "ORDER BY t.n"
 )
 # every key of the batch in one statement; a key taken (now or by a transaction still running, which
 # this waits for on the unique index) gives no row back
@@ -84,19 +88,30 @@ _CLAIM = (
     "ON CONFLICT (tenant_id, idempotency_scope, idempotency_key) DO NOTHING RETURNING id"
 )
 _AVAILABLE = str(stock.available_sql().compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
-_LOCK = f"SELECT {_AVAILABLE} AS available, version FROM stock_levels WHERE sku_id = $1 AND location_id = $2 FOR UPDATE"
-# the batch's one hold: the accepted total, still under the hold condition (by construction, not by
-# trusting the decision), the version bumped once per hold so each gets its own ledger row
-# with, only when it took the units, the accepted members' lines and the position's outbox row: one round
-# trip inside the row lock instead of three (each one a wait every queued buyer shares)
+# the batch's positions locked in primary-key order (the locks are taken above the sort, so in that
+# order): two batches, or a batch and a multi-line checkout, never wait on each other in a cycle
+_LOCK = (
+    f"SELECT sku_id, location_id, {_AVAILABLE} AS available FROM stock_levels "
+    "WHERE (sku_id, location_id) IN (SELECT * FROM unnest($1::int[], $2::int[])) "
+    "ORDER BY sku_id, location_id FOR UPDATE"
+)
+# the batch's holds, one UPDATE for all its positions: each position's accepted total, still under the
+# hold condition (by construction, not by trusting the decision), its version bumped once per hold so
+# each gets its own ledger row; with, for the positions that took their units, the accepted members'
+# lines and the positions' outbox rows: one round trip inside the row locks instead of three (each one a
+# wait every queued buyer shares)
 _HOLD = (
-    "WITH h AS (UPDATE stock_levels SET reserved = reserved + $3, version = version + $4, updated_at = $5 "
-    "WHERE sku_id = $1 AND location_id = $2 AND "
-    f"{stock.can_hold(literal_column('$3')).compile(dialect=postgresql.dialect())} RETURNING version), "  # type: ignore[no-untyped-call]
+    "WITH v AS (SELECT * FROM unnest($1::int[], $2::int[], $3::bigint[], $4::int[]) AS v(sku, loc, units, holds)), "
+    "h AS (UPDATE stock_levels SET reserved = reserved + v.units, version = version + v.holds, updated_at = $5 "
+    "FROM v WHERE sku_id = v.sku AND location_id = v.loc AND "
+    f"{stock.can_hold(literal_column('v.units')).compile(dialect=postgresql.dialect())} "  # type: ignore[no-untyped-call]
+    "RETURNING sku_id, location_id, version), "
     "line AS (INSERT INTO reservation_lines (reservation_id, sku_id, location_id, quantity, backordered, "
-    "backorder_open, preordered) SELECT r, $1, $2, q, 0, 0, 0 FROM h, unnest($6::varchar[], $7::bigint[]) AS t(r, q)), "
-    "box AS (INSERT INTO outbox (sku_id, location_id, created_at) SELECT $1, $2, $5 FROM h) "
-    "SELECT version FROM h"
+    "backorder_open, preordered) SELECT t.r, t.sku, t.loc, t.q, 0, 0, 0 FROM h JOIN "
+    "unnest($6::varchar[], $7::int[], $8::int[], $9::bigint[]) AS t(r, sku, loc, q) "
+    "ON t.sku = h.sku_id AND t.loc = h.location_id), "
+    "box AS (INSERT INTO outbox (sku_id, location_id, created_at) SELECT sku_id, location_id, $5 FROM h) "
+    "SELECT sku_id, location_id, version FROM h"
 )
 _FORGET = "DELETE FROM reservations WHERE id = ANY($1::varchar[])"
 
@@ -130,7 +145,7 @@ class _Lane:
     solo: bool = False
 
 
-_LaneKey = tuple[int, int, int | None, bool, str | None, str, str]
+_LaneKey = tuple[int, int, int | None, bool, str | None]
 _lanes: dict[_LaneKey, _Lane] = {}
 
 
@@ -163,15 +178,7 @@ async def reserve(
     line = req.lines[0]
     assert line.location_code is not None
     loop = asyncio.get_running_loop()
-    key: _LaneKey = (
-        id(loop),
-        id(ctx.db),
-        tenancy.current(),
-        tenancy.in_system_mode(),
-        ctx.actor.key_id,
-        line.sku_code,
-        line.location_code,
-    )
+    key: _LaneKey = (id(loop), id(ctx.db), tenancy.current(), tenancy.in_system_mode(), ctx.actor.key_id)
     lane = _lanes.get(key)
     if lane is None:
         lane = _lanes[key] = _Lane(solo=True)
@@ -288,82 +295,69 @@ Answer = ReservationView | Refused | None
 
 async def _run_batch(batch: Sequence[_Waiter], locked: asyncio.Event) -> list[Answer]:
     ctx = batch[0].ctx
-    line = batch[0].req.lines[0]
-    assert line.location_code is not None
-    sku_code, location_code = line.sku_code, line.location_code
+    wanted = [(w.req.lines[0].sku_code, w.req.lines[0].location_code or "") for w in batch]
 
     async def work(conn: AsyncConnection) -> list[Answer]:
         now = ctx.clock()
         db = await pg.driver(conn)
-        sku_id, location_id, due = await pg.run(db.fetchrow, _RESOLVE, sku_code, location_code, pg.naive(now))
-        if sku_id is None or location_id is None:
-            return [None] * len(batch)  # the ordinary path says what is wrong, as it always has
+        resolved = await pg.run(db.fetch, _RESOLVE, [c[0] for c in wanted], [c[1] for c in wanted], pg.naive(now))
+        # the members whose SKU and location exist and are active, at their positions; the others: the
+        # ordinary path says what is wrong, as it always has
+        pair_of = {i: (r[0], r[1]) for i, r in enumerate(resolved) if r[0] is not None and r[1] is not None}
+        due = sorted({r[0] for r in resolved if r[0] is not None and r[2]})
+        known = [i for i in range(len(batch)) if i in pair_of]
         rids = [str(uuid.uuid4()) for _ in batch]
         expires = [now + timedelta(seconds=w.ttl) for w in batch]
-        claimed = {
-            r["id"]
-            for r in await pg.run(
-                db.fetch,
-                _CLAIM,
-                ReservationStatus.ACTIVE.value,
-                pg.naive(now),
-                rids,
-                [w.req.idempotency_scope for w in batch],
-                [w.req.idempotency_key for w in batch],
-                [w.fingerprint for w in batch],
-                [w.req.cart_ref for w in batch],
-                [pg.naive(e) for e in expires],
-                [w.ctx.actor.key_id for w in batch],
-            )
-        }
-        mine = [i for i, rid in enumerate(rids) if rid in claimed]  # the others: repeats, answered the usual way
+        claimed = set()
+        if known:
+            claimed = {
+                r["id"]
+                for r in await pg.run(
+                    db.fetch,
+                    _CLAIM,
+                    ReservationStatus.ACTIVE.value,
+                    pg.naive(now),
+                    [rids[i] for i in known],
+                    [batch[i].req.idempotency_scope for i in known],
+                    [batch[i].req.idempotency_key for i in known],
+                    [batch[i].fingerprint for i in known],
+                    [batch[i].req.cart_ref for i in known],
+                    [pg.naive(expires[i]) for i in known],
+                    [batch[i].ctx.actor.key_id for i in known],
+                )
+            }
+        mine = [i for i in known if rids[i] in claimed]  # the others: repeats, answered the usual way
         if not mine:
             return [None] * len(batch)
         # holds past their expiry never block a new reservation (as in the ordinary path)
         if due:
-            await expire_due(conn, now, sku_ids=[sku_id], wait=True)
-        row = await pg.run(db.fetchrow, _LOCK, sku_id, location_id)
-        locked.set()  # the next batch may start its work before the lock
-        if row is None:  # no position yet: the ordinary path refuses it with its own message
-            await pg.run(db.execute, _FORGET, [rids[i] for i in mine])
-            return [None] * len(batch)
-        quantities = [batch[i].quantity for i in mine]
-        verdicts = decide(int(row["available"]), quantities)
-        taken = accepted_units(verdicts, quantities)
-        accepted = [i for i, v in zip(mine, verdicts, strict=True) if v.accepted]
-        refused = [rids[i] for i, v in zip(mine, verdicts, strict=True) if not v.accepted]
-        if refused:  # a refused attempt is not remembered: its key stays free
-            await pg.run(db.execute, _FORGET, refused)
+            await expire_due(conn, now, sku_ids=due, wait=True)
+        positions = sorted({pair_of[i] for i in mine})
+        locked_rows = await pg.run(db.fetch, _LOCK, [p[0] for p in positions], [p[1] for p in positions])
+        locked.set()  # the next batch may start its work before the locks
+        available = {(r[0], r[1]): int(r[2]) for r in locked_rows}
+        # no position yet: the ordinary path refuses it with its own message
+        gone = [rids[i] for i in mine if pair_of[i] not in available]
+        mine = [i for i in mine if pair_of[i] in available]
+        # each position's members in arrival order, judged as one-by-one holds would be (domain.combining)
+        members: dict[stock.Pair, list[int]] = {}
+        for i in mine:
+            members.setdefault(pair_of[i], []).append(i)
+        verdict_of: dict[int, Verdict] = {}
+        for pair, queued in members.items():
+            verdicts = decide(available[pair], [batch[i].quantity for i in queued])
+            verdict_of.update(zip(queued, verdicts, strict=True))
+        accepted = [i for i in mine if verdict_of[i].accepted]
+        # a refused attempt is not remembered: its key stays free
+        forget = gone + [rids[i] for i in mine if not verdict_of[i].accepted]
+        if forget:
+            await pg.run(db.execute, _FORGET, forget)
         if accepted:
-            version = await pg.run(
-                db.fetchval,
-                _HOLD,
-                sku_id,
-                location_id,
-                taken,
-                len(accepted),
-                pg.naive(now),
-                [rids[i] for i in accepted],
-                [batch[i].quantity for i in accepted],
-            )
-            if version is None:  # cannot happen under the lock taken above; never hold past the condition
-                raise RuntimeError(f"combined hold of {taken} units at ({sku_id}, {location_id}) refused")
-            first = int(version) - len(accepted) + 1
-            pair = (sku_id, location_id)
-            await stock.write_ledger(
-                conn,
-                [
-                    reserved_row(pair, batch[i].quantity, first + n, now, rids[i], batch[i].req.cart_ref)
-                    for n, i in enumerate(accepted)
-                ],
-            )
-            note_changed([pair])  # the relay's hint (its outbox row went in with the hold)
-            # issue 18: sales velocity; one note of the total equals one per hold (same instant)
-            await demand.note_reserved(conn, now, "", {sku_id: taken}, "")
-        verdict_of = dict(zip(mine, verdicts, strict=True))
+            await _hold(conn, db, now, batch, rids, accepted, pair_of)
         answers: list[Answer] = []
         for i, waiter in enumerate(batch):
             v = verdict_of.get(i)
+            sku_code, location_code = wanted[i]
             if v is None:
                 answers.append(None)
             elif v.accepted:
@@ -373,6 +367,58 @@ async def _run_batch(batch: Sequence[_Waiter], locked: asyncio.Event) -> list[An
         return answers
 
     return await ctx.db.write(work)
+
+
+async def _hold(
+    conn: AsyncConnection,
+    db: asyncpg.Connection,
+    now: datetime,
+    batch: Sequence[_Waiter],
+    rids: list[str],
+    accepted: list[int],
+    pair_of: dict[int, stock.Pair],
+) -> None:
+    """Hold the accepted members' units (they fit: decided under the row locks), with their lines, ledger
+    rows, the positions' outbox rows and the sales: each position's version bumped once per hold, the
+    ledger rows' versions consecutive in arrival order."""
+    units: dict[stock.Pair, int] = defaultdict(int)
+    holds: dict[stock.Pair, int] = defaultdict(int)
+    for i in accepted:
+        units[pair_of[i]] += batch[i].quantity
+        holds[pair_of[i]] += 1
+    positions = sorted(units)
+    versions = {
+        (r[0], r[1]): int(r[2])
+        for r in await pg.run(
+            db.fetch,
+            _HOLD,
+            [p[0] for p in positions],
+            [p[1] for p in positions],
+            [units[p] for p in positions],
+            [holds[p] for p in positions],
+            pg.naive(now),
+            [rids[i] for i in accepted],
+            [pair_of[i][0] for i in accepted],
+            [pair_of[i][1] for i in accepted],
+            [batch[i].quantity for i in accepted],
+        )
+    }
+    if len(versions) != len(positions):  # cannot happen under the locks taken; never hold past the condition
+        refused = sorted(set(positions) - set(versions))
+        raise RuntimeError(f"combined hold at {refused} refused")
+    next_version = {p: versions[p] - holds[p] + 1 for p in positions}
+    ledger = []
+    for i in accepted:
+        pair = pair_of[i]
+        ledger.append(reserved_row(pair, batch[i].quantity, next_version[pair], now, rids[i], batch[i].req.cart_ref))
+        next_version[pair] += 1
+    await stock.write_ledger(conn, ledger)
+    note_changed(positions)  # the relay's hint (the outbox rows went in with the hold)
+    # issue 18: sales velocity; one note of each SKU's total equals one per hold (same instant)
+    by_sku: dict[int, int] = defaultdict(int)
+    for pair, q in units.items():
+        by_sku[pair[0]] += q
+    await demand.note_reserved(conn, now, "", by_sku, "")
 
 
 def _view(
