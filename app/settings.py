@@ -24,12 +24,13 @@ class Settings(BaseSettings):
     max_ttl_seconds: int = Field(3600, ge=1)
     max_units_per_reservation: int = Field(1000, ge=1)
     max_batch_size: int = Field(1000, ge=1)
-    # the most checkouts of one position held together in one transaction (a flash sale's hot SKU:
-    # app/services/reservations/combining.py); 0: every reserve in a transaction of its own
+    # the most one-line checkouts held together in one transaction (a flash sale's hot SKU, a spread
+    # load's group commit: app/services/reservations/combining.py); 0: every reserve in its own
     combine_holds: int = Field(64, ge=0)
-    # batches of one position in flight at once: 2 lets the next one claim its keys while the previous one
-    # holds the row lock (bench/README.md, Combining: not yet shown to be faster on the shared machine)
-    combine_in_flight: int = Field(1, ge=1, le=2)
+    # batches in flight at once: 2 lets the next one claim its keys (and lock other positions) while the
+    # previous one holds its row locks; 1: one at a time (bench/README.md, Combining: 2 was faster in
+    # both scenarios once batches spanned positions)
+    combine_in_flight: int = Field(2, ge=1, le=2)
     # how often the sweeper releases expired holds; the contract wants them gone within ~1 s
     expiry_sweep_seconds: float = Field(0.25, gt=0)
     # how often the outbox relay looks for changes left by other (or crashed) processes

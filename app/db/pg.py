@@ -420,7 +420,7 @@ _INSERT_LEDGER = (
 # Several rows as ONE statement over arrays, one per column: an executemany runs the insert (its
 # executor, the unique index checks' setup) once per row; a batch of 500 ingested events spent most
 # of its time inside the positions' row locks doing that (bench/ingest.py)
-def _ledger_from_unnest(first: int) -> str:
+def ledger_from_unnest(first: int) -> str:
     """INSERT of ledger rows from one array per column, the arrays being parameters $first, $first + 1..."""
     return (
         f"INSERT INTO inventory_events ({', '.join(LEDGER_COLUMNS)}) SELECT * FROM unnest("
@@ -434,7 +434,7 @@ def _ledger_from_unnest(first: int) -> str:
     )
 
 
-_INSERT_LEDGER_MANY = _ledger_from_unnest(1)
+_INSERT_LEDGER_MANY = ledger_from_unnest(1)
 
 _INSERT_OUTBOX = "INSERT INTO outbox (sku_id, location_id, created_at) VALUES ($1, $2, $3)"
 _INSERT_OUTBOX_MANY = (
@@ -442,7 +442,7 @@ _INSERT_OUTBOX_MANY = (
 )
 
 
-def _ledger_columns(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
+def ledger_columns(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
     """One list per ledger column (naive UTC times); unnest keeps their order, so ids follow the rows'."""
     return [[_naive(r[c]) for r in rows] if c in _TIMES else [r[c] for r in rows] for c in LEDGER_COLUMNS]
 
@@ -452,7 +452,7 @@ async def write_ledger(db: asyncpg.Connection, rows: Sequence[dict[str, Any]]) -
         row = rows[0]
         await run(db.execute, _INSERT_LEDGER, *[_naive(row[c]) if c in _TIMES else row[c] for c in LEDGER_COLUMNS])
     elif rows:
-        await run(db.execute, _INSERT_LEDGER_MANY, *_ledger_columns(rows))
+        await run(db.execute, _INSERT_LEDGER_MANY, *ledger_columns(rows))
 
 
 async def enqueue_changes(db: asyncpg.Connection, pairs: Sequence[Pair], now: datetime) -> None:
@@ -489,7 +489,7 @@ _OUTBOX_FIRST = 12 + len(LEDGER_COLUMNS)
 _SALES_FIRST = _OUTBOX_FIRST + 2
 _WRITE_BATCH = (
     f"WITH changed AS ({_APPLY_MANY}), "
-    f"recorded AS ({_ledger_from_unnest(12)}), "
+    f"recorded AS ({ledger_from_unnest(12)}), "
     f"published AS (INSERT INTO outbox (sku_id, location_id, created_at) SELECT s, l, $11 "
     f"FROM unnest(${_OUTBOX_FIRST}::int[], ${_OUTBOX_FIRST + 1}::int[]) AS x(s, l)), "
     "sold AS ("

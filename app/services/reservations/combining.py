@@ -1,12 +1,14 @@
-"""Combining: a hot position's checkouts held in one transaction each batch (issue 15, target 2).
+"""Combining: concurrent checkouts held in one transaction each batch (issue 15, targets 1 and 2).
 
 Why: in a flash sale every buyer wants the same SKU at the same location. One transaction per
 reserve queues them all on that stock_levels row's lock, so the position takes at most one hold per
-lock-hold-and-commit, however fast the rest of the service is. Here concurrent holds on one position
-(in this process) queue in arrival order behind the one batch in flight; when it commits, the queue
-(up to `Settings.combine_holds`) becomes the next batch, one transaction: one row lock, one UPDATE,
-one commit for all of them. An idle or spread load pays nothing extra: a reserve that finds no batch
-in flight for its position runs at once, as a batch of one.
+lock-hold-and-commit, however fast the rest of the service is. And on a spread load every reserve paid
+its own BEGIN, statements and COMMIT, on the server and in Postgres. Here concurrent checkouts (in this
+process, under one tenant and API key) queue in arrival order behind the batch in flight; when it has
+its row locks (`Settings.combine_in_flight` 2) or has committed (1), the queue (up to
+`Settings.combine_holds`) becomes the next batch, one transaction over all its positions: their rows
+locked once in primary-key order, one UPDATE, one commit for all of them (a group commit). An idle
+service pays nothing extra: a reserve that finds no batch in flight runs at once, the ordinary way.
 
 Which requests: the usual checkout, one line at a named location, no channel and no B2B account
 (`applies`). Everything else, and whatever a batch cannot answer itself (an idempotency key already
@@ -16,23 +18,24 @@ way (`reserve` returns None), so those answers stay the ordinary path's.
 Every promise of the ordinary path holds, per request:
 - all or nothing: a request is one line, held in full or refused; a refused request's reservation
   row is deleted in the batch, so a refused attempt is not remembered (as a rolled-back one is not);
-- no oversell, by construction: the batch's one UPDATE keeps the condition `available >= units` (for
-  the accepted total), under the row lock the batch took to decide;
+- no oversell, by construction: the batch's one UPDATE keeps the condition `available >= units` for
+  each position (its accepted total), under the row locks the batch took to decide;
 - idempotency: the keys are claimed in one INSERT ... ON CONFLICT DO NOTHING before anything is held;
   a taken key goes the ordinary way and is answered as a repeat. Two requests with one key never share
   a batch: the later one waits for the next batch, so it sees the first one's outcome as a repeat does;
 - arrival order (FIFO, no buyer starves): the queue is served in order, and `domain.combining.decide`
-  judges each request against what the earlier accepted ones left, as one-by-one holds would;
+  judges each request against what the earlier accepted ones on its position left, as one-by-one holds
+  would; two batches in flight lock a shared position in their order (the second waits on the lock);
 - a refusal says the exact shortfall: the units available at its turn (what a one-by-one run in arrival
   order would have said);
-- gapless versions: the UPDATE bumps the version by the number of holds, one RESERVED ledger row per
-  hold with consecutive versions in arrival order.
+- gapless versions: each position's version is bumped by the number of its holds, one RESERVED ledger
+  row per hold with consecutive versions in arrival order.
 An error in a batch (after `Database.write`'s deadlock retries) fails every member with it; a member
 whose client went away (its task cancelled) leaves the batch running for the others: batches run in a
 task of their own, never in a caller's.
 
-Batches run with the first member's context (tenant, the key that ledger rows name): the queue of a
-position is per (database, tenant, system mode, API key, SKU, location), so members share those.
+Batches run with the first member's context (tenant, the key that ledger rows name): the queue is per
+(database, tenant, system mode, API key), so members share those.
 """
 
 from __future__ import annotations
@@ -67,40 +70,41 @@ if TYPE_CHECKING:
 
 # --- statements (asyncpg, prepared once per connection: app/db/pg.py says why) ---------------------
 
-# per member, its SKU and location ids (NULL: unknown or inactive) and whether a hold on that SKU is past
-# its expiry (then, and only then, the batch reclaims expired holds with the locking expire_due: the same
-# non-locking check as pg.open_reservation), in the order given
-_RESOLVE = (
-    "SELECT s.id, l.id, EXISTS (SELECT 1 FROM reservations r WHERE r.status = 'ACTIVE' AND r.expires_at <= $3 "
-    "AND r.id IN (SELECT rl.reservation_id FROM reservation_lines rl WHERE rl.sku_id = s.id)) "
-    "FROM unnest($1::varchar[], $2::varchar[]) WITH ORDINALITY AS t(sku, loc, n) "
-    "LEFT JOIN skus s ON s.code = t.sku AND s.active LEFT JOIN locations l ON l.code = t.loc AND l.active "
-    "ORDER BY t.n"
-)
-# every key of the batch in one statement; a key taken (now or by a transaction still running, which
-# this waits for on the unique index) gives no row back
-_CLAIM = (
-    "INSERT INTO reservations (id, status, idempotency_scope, idempotency_key, fingerprint, channel_code, "
-    "cart_ref, created_at, updated_at, expires_at, owner_key_id, account_code) "
+# the batch's keys claimed (a key taken, now or by a transaction still running, which this waits for on
+# the unique index, claims nothing), and per member, in the order given: whether its key was claimed,
+# its SKU and location ids (NULL: unknown or inactive) and whether a hold on that SKU is past its expiry
+# (then, and only then, the batch reclaims expired holds with the locking expire_due: the same
+# non-locking check as pg.open_reservation). One round trip for what were two.
+_OPEN = (
+    "WITH c AS (INSERT INTO reservations (id, status, idempotency_scope, idempotency_key, fingerprint, "
+    "channel_code, cart_ref, created_at, updated_at, expires_at, owner_key_id, account_code) "
     "SELECT id, $1, scope, key, fp, NULL, cart, $2, $2, exp, owner, NULL FROM unnest("
     "$3::varchar[], $4::varchar[], $5::varchar[], $6::varchar[], $7::varchar[], $8::timestamp[], $9::varchar[]"
     ") AS t(id, scope, key, fp, cart, exp, owner) "
-    "ON CONFLICT (tenant_id, idempotency_scope, idempotency_key) DO NOTHING RETURNING id"
+    "ON CONFLICT (tenant_id, idempotency_scope, idempotency_key) DO NOTHING RETURNING id) "
+    "SELECT c.id IS NOT NULL, s.id, l.id, EXISTS (SELECT 1 FROM reservations r WHERE r.status = 'ACTIVE' "
+    "AND r.expires_at <= $2 AND r.id IN (SELECT rl.reservation_id FROM reservation_lines rl WHERE rl.sku_id = s.id)) "
+    "FROM unnest($3::varchar[], $10::varchar[], $11::varchar[]) WITH ORDINALITY AS t(id, sku, loc, n) "
+    "LEFT JOIN c ON c.id = t.id "
+    "LEFT JOIN skus s ON s.code = t.sku AND s.active LEFT JOIN locations l ON l.code = t.loc AND l.active "
+    "ORDER BY t.n"
 )
 _AVAILABLE = str(stock.available_sql().compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
 # the batch's positions locked in primary-key order (the locks are taken above the sort, so in that
 # order): two batches, or a batch and a multi-line checkout, never wait on each other in a cycle
 _LOCK = (
-    f"SELECT sku_id, location_id, {_AVAILABLE} AS available FROM stock_levels "
+    f"SELECT sku_id, location_id, {_AVAILABLE} AS available, version FROM stock_levels "
     "WHERE (sku_id, location_id) IN (SELECT * FROM unnest($1::int[], $2::int[])) "
     "ORDER BY sku_id, location_id FOR UPDATE"
 )
-# the batch's holds, one UPDATE for all its positions: each position's accepted total, still under the
-# hold condition (by construction, not by trusting the decision), its version bumped once per hold so
-# each gets its own ledger row; with, for the positions that took their units, the accepted members'
-# lines and the positions' outbox rows: one round trip inside the row locks instead of three (each one a
-# wait every queued buyer shares)
-_HOLD = (
+# Everything the batch writes once it has decided, in one round trip inside the row locks (each one a
+# wait every queued buyer shares): one UPDATE for all its positions, each by its accepted total and still
+# under the hold condition (by construction, not by trusting the decision), its version bumped once per
+# hold; for the positions that took their units, the accepted members' lines and the positions' outbox
+# rows; the refused members' reservation rows deleted (a refused attempt is not remembered: its key stays
+# free); the sales (issue 18, demand under no channel); the RESERVED ledger rows, their versions known
+# from the locked rows. Then whether any channel has a dynamic buffer (the caller moves those).
+_WRITE = (
     "WITH v AS (SELECT * FROM unnest($1::int[], $2::int[], $3::bigint[], $4::int[]) AS v(sku, loc, units, holds)), "
     "h AS (UPDATE stock_levels SET reserved = reserved + v.units, version = version + v.holds, updated_at = $5 "
     "FROM v WHERE sku_id = v.sku AND location_id = v.loc AND "
@@ -110,10 +114,13 @@ _HOLD = (
     "backorder_open, preordered) SELECT t.r, t.sku, t.loc, t.q, 0, 0, 0 FROM h JOIN "
     "unnest($6::varchar[], $7::int[], $8::int[], $9::bigint[]) AS t(r, sku, loc, q) "
     "ON t.sku = h.sku_id AND t.loc = h.location_id), "
-    "box AS (INSERT INTO outbox (sku_id, location_id, created_at) SELECT sku_id, location_id, $5 FROM h) "
-    "SELECT sku_id, location_id, version FROM h"
+    "box AS (INSERT INTO outbox (sku_id, location_id, created_at) SELECT sku_id, location_id, $5 FROM h), "
+    "gone AS (DELETE FROM reservations WHERE id = ANY($10::varchar[])), "
+    "sale AS ("
+    + pg.sales_upsert("unnest($11::int[], $12::varchar[], $13::float8[]) AS t(s, c, u)", "$5", "$14::float8")
+    + f"), ev AS ({pg.ledger_from_unnest(15)}) "
+    "SELECT (SELECT count(*) FROM h), EXISTS (SELECT 1 FROM channels WHERE dynamic_buffer_factor IS NOT NULL)"
 )
-_FORGET = "DELETE FROM reservations WHERE id = ANY($1::varchar[])"
 
 
 # --- the queue per position ---------------------------------------------------------------------
@@ -141,7 +148,7 @@ class _Waiter:
 class _Lane:
     queue: deque[_Waiter] = field(default_factory=deque)
     task: asyncio.Task[None] | None = None
-    # a reserve that found the position idle is running the ordinary path (the caller's own task)
+    # a reserve that found the lane idle is running the ordinary path (the caller's own task)
     solo: bool = False
 
 
@@ -169,12 +176,13 @@ async def reserve(
     ordinary: Callable[[], Awaitable[ReservationView]],
 ) -> ReservationView | None:
     """Hold the request's one line: at once by `ordinary` (the one-transaction checkout) when nothing is
-    in flight for its position, else in the next batch of its position. Raises Refused like the ordinary
-    path; None when the ordinary path must answer it (see the module docstring). `req` is validated.
+    in flight in its lane (tenant, API key), else in the lane's next batch. Raises Refused like the
+    ordinary path; None when the ordinary path must answer it (see the module docstring). `req` is
+    validated.
 
-    Why the idle case takes the ordinary path: it is a few round trips shorter than a batch (one
-    statement claims, looks up and checks expiry; one holds and writes), so a spread load pays nothing
-    for combining; only requests that arrive while a hold on the same position is in flight queue."""
+    Why the idle case takes the ordinary path: a lone request pays no wait for a batch to form, and its
+    path is as short (one statement claims, looks up and checks expiry; one holds and writes); only
+    requests that arrive while a reserve is in flight queue."""
     line = req.lines[0]
     assert line.location_code is not None
     loop = asyncio.get_running_loop()
@@ -219,13 +227,13 @@ def _next_batch(queue: deque[_Waiter], size: int) -> list[_Waiter]:
 
 
 async def _drain(key: _LaneKey, lane: _Lane) -> None:
-    """Run the position's batches until its queue is empty and none is in flight, then forget the lane.
+    """Run the lane's batches until its queue is empty and none is in flight, then forget the lane.
 
     With `Settings.combine_in_flight` 2, two batches may be in flight: the next one starts once the
-    previous one holds the row lock, so it does its work before the lock (claiming keys, expiry)
-    meanwhile and then waits on the lock, which
-    the database grants it only after the previous one commits: batches still lock, decide and commit
-    in arrival order, and the row lock is never idle between them."""
+    previous one holds its row locks, so it does its work before the locks (claiming keys, expiry)
+    meanwhile and then locks its positions, waiting on those the previous one holds, which the database
+    grants only after the previous one commits: on each position batches still lock, decide and commit in
+    arrival order, and a hot row lock is never idle between them."""
     previous: asyncio.Task[None] | None = None
     try:
         while lane.queue or previous is not None:
@@ -294,50 +302,50 @@ Answer = ReservationView | Refused | None
 
 
 async def _run_batch(batch: Sequence[_Waiter], locked: asyncio.Event) -> list[Answer]:
+    """BEGIN, the claim with the look-ups, the row locks, everything written, COMMIT: four round trips
+    (and the rare expiry of due holds) for the whole batch."""
     ctx = batch[0].ctx
     wanted = [(w.req.lines[0].sku_code, w.req.lines[0].location_code or "") for w in batch]
 
     async def work(conn: AsyncConnection) -> list[Answer]:
         now = ctx.clock()
         db = await pg.driver(conn)
-        resolved = await pg.run(db.fetch, _RESOLVE, [c[0] for c in wanted], [c[1] for c in wanted], pg.naive(now))
-        # the members whose SKU and location exist and are active, at their positions; the others: the
-        # ordinary path says what is wrong, as it always has
-        pair_of = {i: (r[0], r[1]) for i, r in enumerate(resolved) if r[0] is not None and r[1] is not None}
-        due = sorted({r[0] for r in resolved if r[0] is not None and r[2]})
-        known = [i for i in range(len(batch)) if i in pair_of]
         rids = [str(uuid.uuid4()) for _ in batch]
         expires = [now + timedelta(seconds=w.ttl) for w in batch]
-        claimed = set()
-        if known:
-            claimed = {
-                r["id"]
-                for r in await pg.run(
-                    db.fetch,
-                    _CLAIM,
-                    ReservationStatus.ACTIVE.value,
-                    pg.naive(now),
-                    [rids[i] for i in known],
-                    [batch[i].req.idempotency_scope for i in known],
-                    [batch[i].req.idempotency_key for i in known],
-                    [batch[i].fingerprint for i in known],
-                    [batch[i].req.cart_ref for i in known],
-                    [pg.naive(expires[i]) for i in known],
-                    [batch[i].ctx.actor.key_id for i in known],
-                )
-            }
-        mine = [i for i in known if rids[i] in claimed]  # the others: repeats, answered the usual way
-        if not mine:
-            return [None] * len(batch)
+        opened = await pg.run(
+            db.fetch,
+            _OPEN,
+            ReservationStatus.ACTIVE.value,
+            pg.naive(now),
+            rids,
+            [w.req.idempotency_scope for w in batch],
+            [w.req.idempotency_key for w in batch],
+            [w.fingerprint for w in batch],
+            [w.req.cart_ref for w in batch],
+            [pg.naive(e) for e in expires],
+            [w.ctx.actor.key_id for w in batch],
+            [c[0] for c in wanted],
+            [c[1] for c in wanted],
+        )
+        # the members whose key is theirs and whose SKU and location exist and are active, at their
+        # positions. The others go the ordinary way: a taken key is answered as a repeat, an unknown code
+        # with its own error (their claimed rows are deleted below: nothing of them stays)
+        pair_of = {i: (r[1], r[2]) for i, r in enumerate(opened) if r[0] and r[1] is not None and r[2] is not None}
+        forget = [rids[i] for i, r in enumerate(opened) if r[0] and i not in pair_of]
+        mine = sorted(pair_of)
         # holds past their expiry never block a new reservation (as in the ordinary path)
+        due = sorted({r[1] for i, r in enumerate(opened) if i in pair_of and r[3]})
         if due:
             await expire_due(conn, now, sku_ids=due, wait=True)
         positions = sorted({pair_of[i] for i in mine})
-        locked_rows = await pg.run(db.fetch, _LOCK, [p[0] for p in positions], [p[1] for p in positions])
+        locked_rows = (
+            await pg.run(db.fetch, _LOCK, [p[0] for p in positions], [p[1] for p in positions]) if mine else []
+        )
         locked.set()  # the next batch may start its work before the locks
         available = {(r[0], r[1]): int(r[2]) for r in locked_rows}
+        version = {(r[0], r[1]): int(r[3]) for r in locked_rows}
         # no position yet: the ordinary path refuses it with its own message
-        gone = [rids[i] for i in mine if pair_of[i] not in available]
+        forget += [rids[i] for i in mine if pair_of[i] not in available]
         mine = [i for i in mine if pair_of[i] in available]
         # each position's members in arrival order, judged as one-by-one holds would be (domain.combining)
         members: dict[stock.Pair, list[int]] = {}
@@ -348,12 +356,9 @@ async def _run_batch(batch: Sequence[_Waiter], locked: asyncio.Event) -> list[An
             verdicts = decide(available[pair], [batch[i].quantity for i in queued])
             verdict_of.update(zip(queued, verdicts, strict=True))
         accepted = [i for i in mine if verdict_of[i].accepted]
-        # a refused attempt is not remembered: its key stays free
-        forget = gone + [rids[i] for i in mine if not verdict_of[i].accepted]
-        if forget:
-            await pg.run(db.execute, _FORGET, forget)
-        if accepted:
-            await _hold(conn, db, now, batch, rids, accepted, pair_of)
+        forget += [rids[i] for i in mine if not verdict_of[i].accepted]
+        if accepted or forget:
+            await _write(conn, db, now, batch, rids, accepted, pair_of, version, forget)
         answers: list[Answer] = []
         for i, waiter in enumerate(batch):
             v = verdict_of.get(i)
@@ -369,7 +374,7 @@ async def _run_batch(batch: Sequence[_Waiter], locked: asyncio.Event) -> list[An
     return await ctx.db.write(work)
 
 
-async def _hold(
+async def _write(
     conn: AsyncConnection,
     db: asyncpg.Connection,
     now: datetime,
@@ -377,48 +382,52 @@ async def _hold(
     rids: list[str],
     accepted: list[int],
     pair_of: dict[int, stock.Pair],
+    version: dict[stock.Pair, int],
+    forget: list[str],
 ) -> None:
-    """Hold the accepted members' units (they fit: decided under the row locks), with their lines, ledger
-    rows, the positions' outbox rows and the sales: each position's version bumped once per hold, the
-    ledger rows' versions consecutive in arrival order."""
+    """Hold the accepted members' units (they fit: decided under the row locks) with all that goes with
+    them, and forget the refused (_WRITE). Each position's version is bumped once per hold, its ledger
+    rows' versions consecutive in arrival order from the locked version."""
     units: dict[stock.Pair, int] = defaultdict(int)
     holds: dict[stock.Pair, int] = defaultdict(int)
-    for i in accepted:
-        units[pair_of[i]] += batch[i].quantity
-        holds[pair_of[i]] += 1
-    positions = sorted(units)
-    versions = {
-        (r[0], r[1]): int(r[2])
-        for r in await pg.run(
-            db.fetch,
-            _HOLD,
-            [p[0] for p in positions],
-            [p[1] for p in positions],
-            [units[p] for p in positions],
-            [holds[p] for p in positions],
-            pg.naive(now),
-            [rids[i] for i in accepted],
-            [pair_of[i][0] for i in accepted],
-            [pair_of[i][1] for i in accepted],
-            [batch[i].quantity for i in accepted],
-        )
-    }
-    if len(versions) != len(positions):  # cannot happen under the locks taken; never hold past the condition
-        refused = sorted(set(positions) - set(versions))
-        raise RuntimeError(f"combined hold at {refused} refused")
-    next_version = {p: versions[p] - holds[p] + 1 for p in positions}
     ledger = []
     for i in accepted:
         pair = pair_of[i]
-        ledger.append(reserved_row(pair, batch[i].quantity, next_version[pair], now, rids[i], batch[i].req.cart_ref))
-        next_version[pair] += 1
-    await stock.write_ledger(conn, ledger)
-    note_changed(positions)  # the relay's hint (the outbox rows went in with the hold)
-    # issue 18: sales velocity; one note of each SKU's total equals one per hold (same instant)
-    by_sku: dict[int, int] = defaultdict(int)
+        units[pair] += batch[i].quantity
+        holds[pair] += 1
+        ledger.append(
+            reserved_row(pair, batch[i].quantity, version[pair] + holds[pair], now, rids[i], batch[i].req.cart_ref)
+        )
+    positions = sorted(units)
+    sold: dict[int, int] = defaultdict(int)  # one note of each SKU's total equals one per hold (same instant)
     for pair, q in units.items():
-        by_sku[pair[0]] += q
-    await demand.note_reserved(conn, now, "", by_sku, "")
+        sold[pair[0]] += q
+    skus = sorted(sold)
+    held, dynamic = await pg.run(
+        db.fetchrow,
+        _WRITE,
+        [p[0] for p in positions],
+        [p[1] for p in positions],
+        [units[p] for p in positions],
+        [holds[p] for p in positions],
+        pg.naive(now),
+        [rids[i] for i in accepted],
+        [pair_of[i][0] for i in accepted],
+        [pair_of[i][1] for i in accepted],
+        [batch[i].quantity for i in accepted],
+        forget,
+        skus,
+        [""] * len(skus),
+        [float(sold[s]) for s in skus],
+        demand.half_life_seconds(),
+        *pg.ledger_columns(ledger),
+    )
+    if held != len(positions):  # cannot happen under the locks taken; never hold past the condition
+        raise RuntimeError(f"combined hold at {positions} refused ({held} of {len(positions)} held)")
+    if positions:
+        note_changed(positions)  # the relay's hint (the outbox rows went in with the hold)
+        if dynamic:
+            await demand.refresh_buffers(conn, now, sku_ids=set(skus))  # as note_sales does after a sale
 
 
 def _view(
