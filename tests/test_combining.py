@@ -512,3 +512,34 @@ async def test_batches_and_multi_line_checkouts_over_the_same_skus_never_deadloc
     ((reserved,),) = await _rows(api, "SELECT sum(reserved) FROM stock_levels")
     assert reserved == held_lines <= 120
     assert await integrity.check(api.ctx) == []
+
+
+async def test_a_batch_of_holds_moves_a_dynamic_buffer_as_one_by_one_holds_do(api: Api) -> None:
+    """Issue 18's sales velocity: a batch notes each SKU's held units once and, when a channel has a
+    dynamic buffer, moves it as the ordinary path does after its hold."""
+    from tests.test_dynamic_buffer import UPSERT, Clock, _figure, _steps
+
+    api.ctx.clock = Clock()
+    await catalogue(api)
+    await receive(api, "SKU-1", "WH-1", 100)
+    mkt = {
+        "code": "MKT",
+        "name": "Marketplace",
+        "locationCodes": ["WH-1"],
+        "syncLagSeconds": 600,
+        "dynamicBufferFactor": 1.0,
+        "dynamicBufferBand": 2,
+    }
+    assert (await api.ok(UPSERT, input=[mkt]))["upsertChannels"]["userErrors"] == []
+    # the first one finds nothing in flight (ordinary path); the other 59 queue and go in batches
+    outcomes = await asyncio.gather(*(_outcome(api, 1, f"k{i}") for i in range(60)))
+    assert all(isinstance(o, ReservationView) for o in outcomes)
+    # combined: fewer transactions (each row's inserting one, xmin) than holds
+    ((transactions,),) = await _rows(api, "SELECT count(DISTINCT xmin::text) FROM reservations")
+    assert transactions < 10
+    # 60 held at one instant: rate = 60 x ln2 / 3600 s; x 600 s lag = 6.93 -> a buffer of 7
+    figure = await _figure(api)
+    assert _steps(figure) == [("DYNAMIC_BUFFER", 7, 33)]
+    assert figure["available"] == 33
+    ((units,),) = await _rows(api, "SELECT units FROM sku_demand WHERE channel_code = ''")
+    assert round(units, 6) == 60

@@ -302,7 +302,7 @@ Answer = ReservationView | Refused | None
 
 
 async def _run_batch(batch: Sequence[_Waiter], locked: asyncio.Event) -> list[Answer]:
-    """BEGIN, the claim with the look-ups, the row locks, everything written, COMMIT: four round trips
+    """BEGIN, the claim with the look-ups, the row locks, everything written, COMMIT: five round trips
     (and the rare expiry of due holds) for the whole batch."""
     ctx = batch[0].ctx
     wanted = [(w.req.lines[0].sku_code, w.req.lines[0].location_code or "") for w in batch]
