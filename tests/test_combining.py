@@ -133,7 +133,7 @@ async def _queued(calls: list[Callable[[], Coroutine[Any, Any, Any]]]) -> list[a
     return tasks
 
 
-@pytest.mark.parametrize("in_flight", [1, 2])
+@pytest.mark.parametrize("in_flight", [1, 2, 3])
 async def test_200_concurrent_reserves_on_one_sku_hold_exactly_what_one_by_one_holds_would(
     api: Api, in_flight: int
 ) -> None:
@@ -386,7 +386,7 @@ def _spread_request(sku: str, quantity: int, key: str) -> reservations.ReserveRe
     return reservations.ReserveRequest([RequestedLine(sku, quantity, "WH-1")], key, cart_ref=f"cart-{key}")
 
 
-@pytest.mark.parametrize("in_flight", [1, 2])
+@pytest.mark.parametrize("in_flight", [1, 2, 3])
 async def test_concurrent_reserves_over_many_skus_hold_per_sku_what_one_by_one_holds_would(
     api: Api, in_flight: int
 ) -> None:

@@ -234,13 +234,11 @@ async def _drain(key: _LaneKey, lane: _Lane) -> None:
     meanwhile and then locks its positions, waiting on those the previous one holds, which the database
     grants only after the previous one commits: on each position batches still lock, decide and commit in
     arrival order, and a hot row lock is never idle between them."""
-    previous: asyncio.Task[None] | None = None
+    flying: deque[asyncio.Task[None]] = deque()  # batches started, oldest first
     try:
-        while lane.queue or previous is not None:
+        while lane.queue or flying:
             if not lane.queue:
-                assert previous is not None
-                await asyncio.shield(previous)
-                previous = None
+                await asyncio.shield(flying.popleft())
                 continue
             batch = _next_batch(lane.queue, lane.queue[0].ctx.settings.combine_holds)
             if not batch:
@@ -255,9 +253,9 @@ async def _drain(key: _LaneKey, lane: _Lane) -> None:
                 await asyncio.wait((current, waiting), return_when=asyncio.FIRST_COMPLETED)
             finally:
                 waiting.cancel()
-            if previous is not None:
-                await asyncio.shield(previous)  # at most two in flight
-            previous = current
+            flying.append(current)
+            while len(flying) >= batch[0].ctx.settings.combine_in_flight:
+                await asyncio.shield(flying.popleft())  # at most combine_in_flight in flight
     finally:
         # also when this task itself is cancelled (the loop shutting down): nobody is left waiting (a
         # batch already started answers its members from its own task)
