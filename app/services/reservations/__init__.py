@@ -5,7 +5,8 @@
 - `expiry`: holds past their expiry given back, by the sweeper or by a reserve that needs the units;
 - `reads`: reservations as the asking actor may see them;
 - `records`: the rows a hold writes, shared with routeAndReserve;
-- `combining`: a hot position's checkouts held together, one transaction per batch (issue 15).
+- `combining`: concurrent one-line checkouts held together, one transaction per batch over their
+  positions (issue 15: a hot SKU beats its row lock; a spread load commits as a group).
 """
 
 from __future__ import annotations
