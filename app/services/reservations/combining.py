@@ -55,7 +55,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import pg, stock, tenancy
 from app.db.engine import note_changed
-from app.domain.combining import Verdict, decide
+from app.domain.combining import Verdict, accepted_units, decide
 from app.domain.errors import ErrorCode, Refused, UserError
 from app.domain.reservations import ReservationStatus
 from app.services import demand
@@ -355,13 +355,17 @@ async def _run_batch(batch: Sequence[_Waiter], locked: asyncio.Event) -> list[An
         for i in mine:
             members.setdefault(pair_of[i], []).append(i)
         verdict_of: dict[int, Verdict] = {}
+        taken: dict[stock.Pair, int] = {}  # each position's accepted total (its one UPDATE)
         for pair, queued in members.items():
-            verdicts = decide(available[pair], [batch[i].quantity for i in queued])
+            quantities = [batch[i].quantity for i in queued]
+            verdicts = decide(available[pair], quantities)
             verdict_of.update(zip(queued, verdicts, strict=True))
+            if units := accepted_units(verdicts, quantities):
+                taken[pair] = units
         accepted = [i for i in mine if verdict_of[i].accepted]
         forget += [rids[i] for i in mine if not verdict_of[i].accepted]
         if accepted or forget:
-            await _write(conn, db, now, batch, rids, accepted, pair_of, version, forget)
+            await _write(conn, db, now, batch, rids, accepted, pair_of, version, taken, forget)
         answers: list[Answer] = []
         for i, waiter in enumerate(batch):
             v = verdict_of.get(i)
@@ -386,24 +390,23 @@ async def _write(
     accepted: list[int],
     pair_of: dict[int, stock.Pair],
     version: dict[stock.Pair, int],
+    taken: dict[stock.Pair, int],
     forget: list[str],
 ) -> None:
     """Hold the accepted members' units (they fit: decided under the row locks) with all that goes with
     them, and forget the refused (_WRITE). Each position's version is bumped once per hold, its ledger
     rows' versions consecutive in arrival order from the locked version."""
-    units: dict[stock.Pair, int] = defaultdict(int)
     holds: dict[stock.Pair, int] = defaultdict(int)
     ledger = []
     for i in accepted:
         pair = pair_of[i]
-        units[pair] += batch[i].quantity
         holds[pair] += 1
         ledger.append(
             reserved_row(pair, batch[i].quantity, version[pair] + holds[pair], now, rids[i], batch[i].req.cart_ref)
         )
-    positions = sorted(units)
+    positions = sorted(taken)
     sold: dict[int, int] = defaultdict(int)  # one note of each SKU's total equals one per hold (same instant)
-    for pair, q in units.items():
+    for pair, q in taken.items():
         sold[pair[0]] += q
     skus = sorted(sold)
     held, dynamic = await pg.run(
@@ -411,7 +414,7 @@ async def _write(
         _WRITE,
         [p[0] for p in positions],
         [p[1] for p in positions],
-        [units[p] for p in positions],
+        [taken[p] for p in positions],
         [holds[p] for p in positions],
         pg.naive(now),
         [rids[i] for i in accepted],
