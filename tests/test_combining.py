@@ -382,10 +382,6 @@ async def test_a_batch_gives_back_an_expired_hold_before_it_decides(clocked: Clo
 # --- a batch spans positions (a spread load: group commit) ------------------------------------------
 
 
-def _spread_request(sku: str, quantity: int, key: str) -> reservations.ReserveRequest:
-    return reservations.ReserveRequest([RequestedLine(sku, quantity, "WH-1")], key, cart_ref=f"cart-{key}")
-
-
 @pytest.mark.parametrize("in_flight", [1, 2, 3])
 async def test_concurrent_reserves_over_many_skus_hold_per_sku_what_one_by_one_holds_would(
     api: Api, in_flight: int
@@ -399,9 +395,7 @@ async def test_concurrent_reserves_over_many_skus_hold_per_sku_what_one_by_one_h
     rng = random.Random(8)
     wanted = [(rng.choice(skus), rng.choice([1, 1, 2, 3])) for _ in range(240)]
     # created in list order without awaiting first: arrival order is the list's, per SKU too
-    outcomes = await asyncio.gather(
-        *(_outcome_of(api, _spread_request(sku, q, f"k{i}")) for i, (sku, q) in enumerate(wanted))
-    )
+    outcomes = await asyncio.gather(*(_outcome_of(api, _request(q, f"k{i}", sku)) for i, (sku, q) in enumerate(wanted)))
     # per SKU, exactly what holds run one at a time in arrival order answer (refusal shortfalls included)
     for sku in skus:
         left = stock_of[sku]
@@ -466,11 +460,11 @@ async def test_a_batch_over_positions_leaves_unknown_codes_and_missing_positions
         await asyncio.sleep(0.05)
         tasks = await _queued(
             [
-                lambda: _outcome_of(api, _spread_request("SKU-3", 2, "a")),
-                lambda: _outcome_of(api, _spread_request("NOPE", 1, "b")),
-                lambda: _outcome_of(api, _spread_request("SKU-2", 1, "c")),  # no position yet
-                lambda: _outcome_of(api, _spread_request("SKU-1", 9, "d")),
-                lambda: _outcome_of(api, _spread_request("SKU-1", 4, "e")),
+                lambda: _outcome_of(api, _request(2, "a", "SKU-3")),
+                lambda: _outcome_of(api, _request(1, "b", "NOPE")),
+                lambda: _outcome_of(api, _request(1, "c", "SKU-2")),  # no position yet
+                lambda: _outcome_of(api, _request(9, "d", "SKU-1")),
+                lambda: _outcome_of(api, _request(4, "e", "SKU-1")),
             ]
         )
     assert isinstance(await first, ReservationView)
@@ -504,7 +498,7 @@ async def test_batches_and_multi_line_checkouts_over_the_same_skus_never_deadloc
             request = reservations.ReserveRequest([RequestedLine(s, 1, "WH-1") for s in pair], f"m{i}")
             calls.append(_outcome_of(api, request))
         else:
-            calls.append(_outcome_of(api, _spread_request(rng.choice(skus), 1, f"k{i}")))
+            calls.append(_outcome_of(api, _request(1, f"k{i}", rng.choice(skus))))
     outcomes = await asyncio.gather(*calls)
     refusals = [o for o in outcomes if isinstance(o, Refused)]
     assert all(e.code == ErrorCode.INSUFFICIENT_STOCK for r in refusals for e in r.errors)
@@ -517,20 +511,12 @@ async def test_batches_and_multi_line_checkouts_over_the_same_skus_never_deadloc
 async def test_a_batch_of_holds_moves_a_dynamic_buffer_as_one_by_one_holds_do(api: Api) -> None:
     """Issue 18's sales velocity: a batch notes each SKU's held units once and, when a channel has a
     dynamic buffer, moves it as the ordinary path does after its hold."""
-    from tests.test_dynamic_buffer import UPSERT, Clock, _figure, _steps
+    from tests.test_dynamic_buffer import MKT, UPSERT, Clock, _figure, _steps
 
     api.ctx.clock = Clock()
     await catalogue(api)
     await receive(api, "SKU-1", "WH-1", 100)
-    mkt = {
-        "code": "MKT",
-        "name": "Marketplace",
-        "locationCodes": ["WH-1"],
-        "syncLagSeconds": 600,
-        "dynamicBufferFactor": 1.0,
-        "dynamicBufferBand": 2,
-    }
-    assert (await api.ok(UPSERT, input=[mkt]))["upsertChannels"]["userErrors"] == []
+    assert (await api.ok(UPSERT, input=[MKT]))["upsertChannels"]["userErrors"] == []
     # the first one finds nothing in flight (ordinary path); the other 59 queue and go in batches
     outcomes = await asyncio.gather(*(_outcome(api, 1, f"k{i}") for i in range(60)))
     assert all(isinstance(o, ReservationView) for o in outcomes)

@@ -26,6 +26,15 @@ LAUNCH = (
 RESERVE_LINES = """mutation($input: ReserveInput!) { reserve(input: $input) {
   reservation { id lines { skuCode quantity backordered preordered expectedAt } } userErrors { code message } } }"""
 SECRET = "s3cret"
+# a marketplace channel at WH-1 with a dynamic buffer (a lag of 600 s, a band of 2)
+MKT = {
+    "code": "MKT",
+    "name": "Marketplace",
+    "locationCodes": ["WH-1"],
+    "syncLagSeconds": 600,
+    "dynamicBufferFactor": 1.0,
+    "dynamicBufferBand": 2,
+}
 
 
 class Clock:
@@ -66,16 +75,7 @@ async def test_figure_explain_and_pushes_follow_a_burst_of_sales_and_a_change_of
     await catalogue(api)
     await receive(api, "SKU-1", "WH-1", 100)
     async with serve(Endpoint(SECRET)) as endpoint:
-        mkt = {
-            "code": "MKT",
-            "name": "Marketplace",
-            "locationCodes": ["WH-1"],
-            "syncLagSeconds": 600,
-            "dynamicBufferFactor": 1.0,
-            "dynamicBufferBand": 2,
-            "endpointUrl": endpoint.url,
-            "endpointSecret": SECRET,
-        }
+        mkt = {**MKT, "endpointUrl": endpoint.url, "endpointSecret": SECRET}
         data = await api.ok(UPSERT, input=[mkt])
         assert data["upsertChannels"]["userErrors"] == []
         assert data["upsertChannels"]["channels"][0]["syncLagSeconds"] == 600
