@@ -25,7 +25,7 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 from strawberry.types.unset import UNSET, UnsetType
 
-from app.db import tenancy
+from app.db import statistics, tenancy
 from app.db.engine import Database
 from app.db.tables import outbox
 from app.db.tenancy import DEFAULT_TENANT
@@ -253,6 +253,20 @@ async def _sweep_expired(ctx: Ctx) -> None:
         await asyncio.sleep(ctx.settings.expiry_sweep_seconds)
 
 
+async def _analyse_new_tables(ctx: Ctx, every: float = 5.0) -> None:
+    """Statistics for tables autovacuum has not analysed yet (app/db/statistics.py says why)."""
+    while True:
+        try:
+            analysed = await statistics.analyse_new_tables(ctx.db)
+            if analysed:
+                log.info("analysed tables without statistics: %s", ", ".join(analysed))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("analysing new tables failed: %s", exc)
+        await asyncio.sleep(every)
+
+
 async def _sample_outbox(runtime: Runtime, every: float = 5.0) -> None:
     """How much is waiting in the outbox and for how long: a scrape cannot query the database itself."""
     assert runtime.ctx is not None
@@ -319,6 +333,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         runtime.publication = PerTenant(db, lambda: PublicationWorker(ctx, hub), lambda worker: worker.run())
         runtime.tasks.append(asyncio.create_task(runtime.publication.run()))
         runtime.tasks.append(asyncio.create_task(_sample_outbox(runtime)))
+        runtime.tasks.append(asyncio.create_task(_analyse_new_tables(ctx)))
         metrics.watch(runtime)
         _tune_gc(s.gc_threshold)
         try:

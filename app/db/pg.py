@@ -87,19 +87,26 @@ def _aware(value: datetime | None) -> datetime | None:
 
 # SKUs, locations and already recorded events of a batch in one round trip: kind, two texts, a number,
 # a text (SKU: code, -, id, -; location: code, count authority, id, -; event: source, external id,
-# version, fingerprint)
+# version, fingerprint).
+#
+# Every look-up by key here and below is one index probe per key, as a LATERAL subquery behind a fence
+# (`OFFSET 0`, or `FOR UPDATE`: the planner never pulls such a subquery up into a join). Plain forms
+# (`code = ANY($1)`, a join with unnest) were planned from the tables' statistics, and a database
+# autovacuum has not analysed yet (every new one, for its first minute or so) has none: the planner then
+# takes each tenant for a few rows, probes the (tenant_id, ...) key by tenant alone and filters, or
+# hash-joins the tenant's whole ledger. bench/push.py ran entirely in that window: each recorded event
+# read the tenant's whole ledger (pk_inventory_events: 4.7 M index entries read for 3,114 scans) and
+# every position and SKU. tests/test_pg_plans.py checks these plans on a database never analysed.
 _LOOK_UP = (
-    "SELECT 'S' AS kind, code AS a, NULL::varchar AS b, id::bigint AS n, NULL::varchar AS c "
-    "FROM skus WHERE code = ANY($1::varchar[]) "
-    "UNION ALL SELECT 'L', code, count_authority, id, NULL FROM locations WHERE code = ANY($2::varchar[]) "
-    # LATERAL: one probe of the (tenant, source, external_id) unique index per key. A plain join let the
-    # planner pick a hash join over the whole ledger when its statistics were stale (a fresh or busy
-    # ledger before autovacuum analysed it): 0.449 -> 0.025 ms on 805 un-analysed rows, and planning
-    # 0.72 -> 0.10 ms (EXPLAIN ANALYZE, tests/test_pg_fast_path.py checks the plan has no seq scan)
-    "UNION ALL SELECT 'E', e.source, e.external_id, e.version, e.fingerprint "
+    "SELECT 'S' AS kind, k.code AS a, NULL::varchar AS b, s.id::bigint AS n, NULL::varchar AS c "
+    "FROM unnest($1::varchar[]) AS k(code) "
+    "CROSS JOIN LATERAL (SELECT id FROM skus WHERE code = k.code OFFSET 0) AS s "
+    "UNION ALL SELECT 'L', k.code, l.count_authority, l.id, NULL FROM unnest($2::varchar[]) AS k(code) "
+    "CROSS JOIN LATERAL (SELECT id, count_authority FROM locations WHERE code = k.code OFFSET 0) AS l "
+    "UNION ALL SELECT 'E', k.source, k.external_id, e.version, e.fingerprint "
     "FROM unnest($3::varchar[], $4::varchar[]) AS k(source, external_id) "
-    "CROSS JOIN LATERAL (SELECT i.source, i.external_id, i.version, i.fingerprint FROM inventory_events i "
-    "WHERE i.source = k.source AND i.external_id = k.external_id) AS e"
+    "CROSS JOIN LATERAL (SELECT i.version, i.fingerprint FROM inventory_events i "
+    "WHERE i.source = k.source AND i.external_id = k.external_id OFFSET 0) AS e"
 )
 
 
@@ -126,12 +133,18 @@ async def look_up(
 
 # --- positions ------------------------------------------------------------------------------------
 
+# The positions asked for, in key order, each locked by its own probe (see _LOOK_UP): the locks are
+# taken in the order of the keys, so primary-key order whatever order the caller passed them in
+_KEYS_IN_ORDER = "(SELECT * FROM unnest($1::int[], $2::int[]) AS u(sku_id, location_id) ORDER BY 1, 2) AS k"
+_LOCKED_ROW = (
+    "CROSS JOIN LATERAL (SELECT ctid, sku_id, location_id, on_hand, committed, reserved, unavailable, "
+    "safety_stock, incoming, version, counted_at, backordered FROM stock_levels "
+    "WHERE sku_id = k.sku_id AND location_id = k.location_id FOR UPDATE) AS s "
+)
 _LOCK = (
     "SELECT s.sku_id, s.location_id, s.on_hand, s.committed, s.reserved, s.unavailable, s.safety_stock, "
-    "s.incoming, s.version, s.counted_at, s.backordered FROM stock_levels s "
-    "JOIN unnest($1::int[], $2::int[]) AS k(sku_id, location_id) "
-    "ON s.sku_id = k.sku_id AND s.location_id = k.location_id "
-    "ORDER BY s.sku_id, s.location_id FOR UPDATE OF s"
+    f"s.incoming, s.version, s.counted_at, s.backordered FROM {_KEYS_IN_ORDER} {_LOCKED_ROW}"
+    "ORDER BY s.sku_id, s.location_id"
 )
 
 
@@ -313,11 +326,10 @@ _LOCK_SIZED = (
     "s.unavailable, s.safety_stock, s.incoming, s.version, s.counted_at, s.backordered, "
     "coalesce(s.ctid = v.ctid, false) AS fresh, v.on_hand AS seen_on_hand, "
     "v.committed + v.reserved + v.unavailable + v.safety_stock AS seen_claims, v.incoming AS seen_incoming "
-    "FROM stock_levels s JOIN unnest($1::int[], $2::int[]) AS k(sku_id, location_id) "
-    "ON s.sku_id = k.sku_id AND s.location_id = k.location_id "
+    f"FROM {_KEYS_IN_ORDER} {_LOCKED_ROW}"
     "LEFT JOIN LATERAL (SELECT x.ctid, x.on_hand, x.committed, x.reserved, x.unavailable, x.safety_stock, "
-    "x.incoming FROM stock_levels x WHERE x.sku_id = s.sku_id AND x.location_id = s.location_id) AS v ON true "
-    "ORDER BY s.sku_id, s.location_id FOR UPDATE OF s) "
+    "x.incoming FROM stock_levels x WHERE x.sku_id = s.sku_id AND x.location_id = s.location_id OFFSET 0) AS v "
+    "ON true ORDER BY s.sku_id, s.location_id) "
     "SELECT 'P' AS kind, sku_id, location_id, on_hand, committed, reserved, unavailable, safety_stock, incoming, "
     "version, counted_at, backordered, fresh, seen_on_hand, seen_claims, seen_incoming FROM locked "
     "UNION ALL SELECT 'M', m.*, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM ("
@@ -662,8 +674,9 @@ _CLAIM_AND_READ = (
     "p.version, p.updated_at, l.code AS location_code, l.active AS location_active, "
     "NULL::int[] AS claimed_skus, NULL::int[] AS claimed_locations, NULL::varchar[] AS channels, "
     "NULL::text AS sync "
-    "FROM skus s LEFT JOIN stock_levels p ON p.sku_id = s.id LEFT JOIN locations l ON l.id = p.location_id "
-    "WHERE s.id = ANY($1::int[]) "
+    "FROM unnest($1::int[]) AS q(id) CROSS JOIN LATERAL (SELECT id, code, active, version FROM skus "
+    "WHERE id = q.id OFFSET 0) AS s "
+    "LEFT JOIN stock_levels p ON p.sku_id = s.id LEFT JOIN locations l ON l.id = p.location_id "
     "UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
     "NULL, NULL, (SELECT array_agg(sku_id) FROM claimed), (SELECT array_agg(location_id) FROM claimed), "
     "(SELECT array_agg(code ORDER BY code) FROM channels), set_config('synchronous_commit', 'off', true) "
