@@ -727,6 +727,8 @@ async def latency_phase(
         "from_send": from_send,
         "errors": sink.errors,
         "cpu": cpu_delta(cpu0, cpu1),
+        # each server's share (the servers' CPU split: A fans out, B writes and relays)
+        "cpu_a_s": sum(cpu1.server[p] - cpu0.server.get(p, 0.0) for p in a.pids() if p in cpu1.server),
         "timeline": timeline,
         "clocks": clocks,
         "phase_start": phase_start,
@@ -876,7 +878,8 @@ async def amain(a: argparse.Namespace) -> int:
         )
         c = lat["cpu"]
         print(
-            f"CPU per change (latency phase): servers A+B {c.server_s / max(1, lat['changes']) * 1e6:.0f} us, "
+            f"CPU per change (latency phase): servers A+B {c.server_s / max(1, lat['changes']) * 1e6:.0f} us "
+            f"(A {lat['cpu_a_s'] / max(1, lat['changes']) * 1e6:.0f}), "
             f"postgres {c.postgres_s / max(1, lat['changes']) * 1e6:.0f} us (all databases), bench "
             f"{c.client_s / max(1, lat['changes']) * 1e6:.0f} us; machine busy {c.machine_busy_pct:.0f}%, "
             f"other processes {c.others_cores:.2f} cores"
