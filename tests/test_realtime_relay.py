@@ -49,9 +49,10 @@ class Recorder:
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Recorder:
-        broadcast, hub = self.runtime.broadcast, self.runtime.hub
-        assert broadcast is not None and hub is not None
-        subscriber = await self._stack.enter_async_context(broadcast.subscribe(hub.channel))
+        hub = self.runtime.hub
+        assert hub is not None
+        # the hub knows of this listener: with memory:// and no mailbox it would not publish (Hub.unheard)
+        subscriber = await self._stack.enter_async_context(hub.listening())
 
         async def listen() -> None:
             while True:
@@ -253,6 +254,8 @@ async def test_two_relays_share_the_outbox_and_publish_each_row_once(rig: Rig) -
         await conn.execute(insert(outbox), [{"sku_id": i, "location_id": None, "created_at": utc_now()} for i in ids])
 
     class Capture:
+        unheard = False  # a listener is assumed: these relays publish
+
         def __init__(self) -> None:
             self.keys: list[tuple[str, str]] = []
 

@@ -188,6 +188,8 @@ async def test_the_driver_read_leaves_a_tenant_with_channels_to_the_full_read(ap
                 )
 
     class Capture:
+        unheard = False  # a listener is assumed: this relay publishes
+
         def __init__(self) -> None:
             self.changes: list[Change] = []
 

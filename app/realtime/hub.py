@@ -10,13 +10,14 @@ explains the resynchronisation loop a consumer runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
 
 from broadcaster import Broadcast
 
-from app.realtime.backend import MonitoredBackend
+from app.realtime.backend import InMemoryBackend, MonitoredBackend
 from app.realtime.changes import Change, JSONObject, decode_message, encode_message
 from app.realtime.mailbox import KeyMatcher, Mailbox, MailboxClosed, ResyncNeeded
 
@@ -62,11 +63,30 @@ class Hub:
         self._subscribed = False
         self._backend = backend
         self._observers: list[Callable[[list[Change]], None]] = []
+        self._raw_listeners = 0  # open `listening()` contexts
         self.delivered_total = 0  # messages handed to subscribers' mailboxes (a metric)
 
     @property
     def channel(self) -> str:
         return self._channel
+
+    @property
+    def unheard(self) -> bool:
+        """Whether a message published now would reach nobody: the backend is this process's own queue
+        (memory://, so no other process shares the channel) and no mailbox is open here. A hub built
+        without its backend is never sure of that."""
+        return isinstance(self._backend, InMemoryBackend) and not self._mailboxes and not self._raw_listeners
+
+    @contextlib.asynccontextmanager
+    async def listening(self) -> AsyncIterator[Any]:
+        """The channel's raw messages (broadcaster's subscriber: `await it.get()`), for a listener outside
+        the mailboxes, such as a test recording every publication: while it is open, `unheard` is False."""
+        self._raw_listeners += 1
+        try:
+            async with self._broadcast.subscribe(self._channel) as subscriber:
+                yield subscriber
+        finally:
+            self._raw_listeners -= 1
 
     @property
     def alive(self) -> bool:

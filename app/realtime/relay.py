@@ -14,6 +14,11 @@ others' polling. What is published is the state read now, not the state at the c
 repeated publication can only repeat the latest truth, never bring back an old one (and subscribers
 drop versions they have already passed).
 
+Nobody to tell: a process alone on its channel (memory://, the embedded default) with no subscriber open
+claims the rows without reading the positions or publishing anything (Hub.unheard, _nobody_heard); an
+ingested batch of 500 otherwise rebuilt and encoded ~500 messages that reached no one. The hub is asked
+after the claim returned, so a subscription opened during it rolls the claim back and gets its message.
+
 A change whose figures equal what this relay last published for the key (a version that did not
 move, or moved without changing anything a subscriber sees) is not published at all; streams apply
 the same rule per subscriber, which also covers what other processes' relays published.
@@ -46,6 +51,11 @@ from app.services.context import Ctx
 
 log = logging.getLogger("stockwire.realtime")
 
+
+class _HeardMeanwhile(Exception):
+    """A subscription opened while the relay claimed rows unread (Hub.unheard): roll the claim back."""
+
+
 # After publishing from commit hints without claiming every hinted position's rows, drain this much
 # later: under load one claim then covers many changes.
 _DRAIN_EVERY = 0.05
@@ -73,6 +83,7 @@ class OutboxRelay:
         self.published_count = 0  # changes handed to the broadcast (for tests and metrics)
         self.skipped_count = 0  # changes not published because nothing a subscriber sees moved
         self.republished_count = 0  # skipped states published after all (see the module docstring)
+        self.unheard_count = 0  # positions or outbox rows claimed unread: nobody could hear (_nobody_heard)
         self._levels = relay_reads.LevelCache()  # each level's message, rebuilt only when its row moved
         # tenants with channels, whose figures the hinted path reads through SQLAlchemy; the others' go
         # on the asyncpg connection alone (relay_reads.claim_and_read_driver). Kept for the process's
@@ -145,6 +156,12 @@ class OutboxRelay:
         drain follows, as the outbox stays the guarantee."""
 
         async def on_driver(db: asyncpg.Connection) -> bool:
+            if self.hub.unheard:
+                # nobody to tell: claim the rows without reading the positions (no SKUs to read)
+                _, claimed, _ = await pg.claim_and_read(db, [], sorted(pairs))
+                if not self._nobody_heard(len(claimed)):
+                    raise _HeardMeanwhile  # rolled back, the claim with it: read and publish after all
+                return claimed >= pairs
             changes, claimed = await relay_reads.claim_and_read_driver(
                 db, pairs, self.ctx.clock(), tenant_id, self._levels
             )
@@ -169,6 +186,8 @@ class OutboxRelay:
                         return await on_driver(db)
                 except relay_reads.ChannelsFound:  # rolled back, the claim with it: read them the other way
                     self._channel_tenants.add(tenant_id)
+                except _HeardMeanwhile:
+                    pass  # a subscription opened during the claim, which rolled back: the usual path
             return await self.ctx.db.write(work, notify=False)
 
     async def drain_once(self) -> int:
@@ -177,8 +196,8 @@ class OutboxRelay:
         async def work(conn: AsyncConnection) -> int:
             # asyncpg directly (app/db/pg.py); skips rows another process's relay has claimed
             rows = await pg.claim_outbox(await pg.driver(conn), self.batch_size)
-            if not rows:
-                return 0
+            if not rows or self._nobody_heard(len(rows)):
+                return len(rows)
             by_tenant: dict[int, list[Any]] = {}
             for r in rows:
                 by_tenant.setdefault(r["tenant_id"], []).append(r)
@@ -198,6 +217,19 @@ class OutboxRelay:
 
         with tenancy.system():  # the outbox rows of every tenant
             return await self.ctx.db.write(work, notify=False)
+
+    def _nobody_heard(self, claimed: int) -> bool:
+        """Whether outbox rows just claimed can go unread and unpublished: nobody can hear them (the
+        hub says so, asked after the claim returned). A subscription that opens later reads its
+        snapshot after the claim, which took only rows committed before it: the snapshot shows them.
+        One that opened during the claim makes this False, and the caller reads and publishes."""
+        if not self.hub.unheard:
+            return False
+        # what subscribers were last sent is gone with them: the next subscriber starts from a
+        # snapshot, and a state equal to one published before it must still reach it (_news)
+        self._published.clear()
+        self.unheard_count += claimed
+        return True
 
     async def _publish_news(self, changes: list[Change]) -> None:
         """Publish what subscribers have not seen (raises like Hub.publish_many: the caller retries)."""

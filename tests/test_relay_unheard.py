@@ -1,0 +1,135 @@
+"""The relay of a process alone on its channel (memory://) with nobody subscribed claims the outbox rows
+without reading or publishing them (Hub.unheard, OutboxRelay._nobody_heard), and never at the cost of a
+subscriber: one that opens during such a claim is published to, and one that comes after a silence gets a
+state even when it equals one published before the silence."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import insert, select
+
+from app.db import pg
+from app.db.tables import outbox, skus
+from app.db.tenancy import DEFAULT_TENANT
+from app.main import Runtime, create_app
+from app.realtime import codec
+from app.realtime.hub import Hub, Mailbox
+from app.realtime.relay import OutboxRelay
+from app.services.context import utc_now
+from app.settings import Settings
+from tests.conftest import Api, create_test_key
+from tests.helpers import catalogue, event, record
+
+pytestmark = pytest.mark.postgres
+
+SKU, WH1 = "SKU-1", "WH-1"
+AVAILABILITY = codec.availability_kind(None, DEFAULT_TENANT)
+TIMEOUT = 10.0
+
+
+@dataclass
+class Alone:
+    api: Api
+    runtime: Runtime
+
+    @property
+    def hub(self) -> Hub:
+        assert self.runtime.hub is not None
+        return self.runtime.hub
+
+    @property
+    def relay(self) -> OutboxRelay:
+        assert self.runtime.relay is not None
+        return self.runtime.relay
+
+    async def outbox_empty(self) -> None:
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                if not await self.api.sql("SELECT id FROM outbox"):
+                    return
+                await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def alone(database_url: str) -> AsyncIterator[Alone]:
+    """One process on memory:// whose relay drains only when a commit asks (no poll racing the test)."""
+    settings = Settings(database_url=database_url, broadcast_url="memory://", relay_poll_seconds=600)
+    key = await create_test_key(database_url)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        runtime: Runtime = app.state.runtime
+        assert runtime.ctx is not None
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            made = Alone(Api(client, runtime.ctx, key), runtime)
+            await catalogue(made.api, [SKU], [(WH1, 10)])
+            await made.outbox_empty()
+            yield made
+
+
+async def _next(mailbox: Mailbox) -> dict[str, Any]:
+    async with asyncio.timeout(TIMEOUT):
+        _, _, data = await mailbox.get()
+    return dict(data)
+
+
+async def test_with_nobody_subscribed_the_relay_claims_rows_unread(alone: Alone) -> None:
+    assert alone.hub.unheard
+    published, unheard = alone.relay.published_count, alone.relay.unheard_count
+    result = await record(alone.api, event("RECEIVED", SKU, WH1, 3))
+    assert result["userErrors"] == []
+    await alone.outbox_empty()
+    assert alone.relay.published_count == published
+    assert alone.relay.unheard_count == unheard + 1  # the one position, claimed from its commit's hint
+
+    # rows a process left when it died (no hint): the drain claims them unread as well
+    async with alone.runtime.ctx.db.begin() as conn:  # type: ignore[union-attr]
+        sku_id = (await conn.execute(select(skus.c.id).where(skus.c.code == SKU))).scalar_one()
+        await conn.execute(insert(outbox), [{"sku_id": sku_id, "location_id": None, "created_at": utc_now()}] * 2)
+    alone.relay.poke()
+    await alone.outbox_empty()
+    assert alone.relay.published_count == published
+    assert alone.relay.unheard_count == unheard + 3
+
+
+async def test_a_subscriber_after_a_silence_gets_a_state_equal_to_one_sent_before_it(alone: Alone) -> None:
+    first = alone.hub.subscribe(AVAILABILITY, {SKU})
+    await record(alone.api, event("RECEIVED", SKU, WH1, 5))
+    assert (await _next(first))["available"] == 5
+    alone.hub.unsubscribe(first)
+
+    await record(alone.api, event("RECEIVED", SKU, WH1, 2))  # 7, told to nobody
+    await alone.outbox_empty()
+    assert alone.hub.unheard
+
+    # a new subscriber starts from a snapshot (7); the next state (5 again) equals the last one the relay
+    # published, which it would skip as "nothing a subscriber sees moved" had it not forgotten it
+    second = alone.hub.subscribe(AVAILABILITY, {SKU})
+    await record(alone.api, event("SOLD", SKU, WH1, 2))
+    assert (await _next(second))["available"] == 5
+
+
+async def test_a_subscription_that_opens_during_an_unheard_claim_is_published_to(
+    alone: Alone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claim_and_read = pg.claim_and_read
+    opened: list[Mailbox] = []
+
+    async def subscribing_meanwhile(db: Any, sku_ids: Any, pairs: Any) -> Any:
+        found = await claim_and_read(db, sku_ids, pairs)
+        if not sku_ids and not opened:  # the unread claim: a storefront subscribes while it runs
+            opened.append(alone.hub.subscribe(AVAILABILITY, {SKU}))
+        return found
+
+    monkeypatch.setattr(pg, "claim_and_read", subscribing_meanwhile)
+    unheard = alone.relay.unheard_count
+    await record(alone.api, event("RECEIVED", SKU, WH1, 4))
+    await alone.outbox_empty()
+    assert opened  # the claim ran unread (the hub was unheard when it started) ...
+    assert (await _next(opened[0]))["available"] == 4  # ... and rolled back: published after all
+    assert alone.relay.unheard_count == unheard
