@@ -128,6 +128,15 @@ class Runtime:
                     float(self.relay.published_count),
                 )
             )
+            out.append(
+                (
+                    "stockwire_relay_unheard_claims",
+                    "Positions and outbox rows the relay claimed unread, with nobody subscribed on memory:// "
+                    "(a counter)",
+                    {},
+                    float(self.relay.unheard_count),
+                )
+            )
             failing = 1.0 if self.relay.last_error else 0.0
             out.append(("stockwire_relay_failing", "1 while the outbox relay's last attempt failed", {}, failing))
         for tenant_id, worker in (self.publication.workers if self.publication else {}).items():

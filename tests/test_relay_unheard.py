@@ -86,6 +86,8 @@ async def test_with_nobody_subscribed_the_relay_claims_rows_unread(alone: Alone)
     await alone.outbox_empty()
     assert alone.relay.published_count == published
     assert alone.relay.unheard_count == unheard + 1  # the one position, claimed from its commit's hint
+    metrics = (await alone.api.client.get("/metrics")).text
+    assert f"stockwire_relay_unheard_claims {float(unheard + 1)}" in metrics.splitlines()
 
     # rows a process left when it died (no hint): the drain claims them unread as well
     async with alone.runtime.ctx.db.begin() as conn:  # type: ignore[union-attr]
