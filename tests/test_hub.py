@@ -10,7 +10,7 @@ from uuid import uuid4
 import pytest
 from broadcaster import Broadcast
 
-from app.realtime.hub import Hub, Mailbox, MailboxClosed, ResyncNeeded
+from app.realtime.hub import Hub, Mailbox, MailboxClosed, ResyncNeeded, decode_message
 from app.realtime.redis_backend import InMemoryBackend, ReconnectCallback, ReconnectingRedisBackend
 from tests.services import REDIS_URL, require_redis
 
@@ -291,3 +291,31 @@ async def test_two_processes_share_changes_through_redis() -> None:
         finally:
             await hub_a.stop()
             await hub_b.stop()
+
+
+async def test_only_a_memory_hub_with_nobody_listening_is_unheard() -> None:
+    """Hub.unheard lets the relay skip reading what it would publish (app/realtime/relay.py): only when the
+    channel is this process's own queue and nothing here listens."""
+    backend = InMemoryBackend("memory://")
+    async with Broadcast(backend=backend) as broadcast:
+        hub = Hub(broadcast, backend=backend)
+        await hub.start()
+        try:
+            assert hub.unheard
+            mailbox = hub.subscribe(KIND, {"SKU-1"})
+            assert not hub.unheard
+            hub.unsubscribe(mailbox)
+            assert hub.unheard
+            async with hub.listening() as raw:
+                assert not hub.unheard
+                await hub.publish(KIND, "SKU-1", 1, {"available": 1})
+                assert decode_message((await raw.get()).message)[0].key == "SKU-1"
+            assert hub.unheard
+        finally:
+            await hub.stop()
+    # a hub not told its backend cannot know who else listens
+    async with Broadcast(backend=InMemoryBackend("memory://")) as broadcast:
+        assert not Hub(broadcast).unheard
+    # nor can one on Redis: other processes share the channel (not started: no connection is made)
+    redis = ReconnectingRedisBackend(REDIS_URL)
+    assert not Hub(Broadcast(backend=redis), backend=redis).unheard
