@@ -282,6 +282,44 @@ def set_api_key(key: str | None) -> None:
         DEFAULT_HEADERS["Authorization"] = f"Bearer {key}"
 
 
+# --- a storefront watching one SKU ---------------------------------------------------------------------
+
+
+@dataclass
+class Watcher:
+    """One websocket subscription to one SKU's availability (`watch`)."""
+
+    conn: Any
+    sink: Any
+    sku: str
+
+    def close(self) -> int:
+        """Close it; returns how many updates it received after its initial state."""
+        self.conn.close()
+        return max(0, len(self.sink.raw) - 1)
+
+
+async def watch(port: int, key: str | None, sku: str, within: float = 10.0) -> Watcher:
+    """A storefront's subscription to `sku` (availabilityChanged, bench/push.py's websocket client), open
+    once its initial state has arrived. With a subscriber open the outbox relay reads and publishes every
+    change, as in any deployment with one; on memory:// with none it claims the rows unread (README,
+    "Nobody listening"), which a bench must not mistake for a faster write path."""
+    from push import Receipts, WsConnection  # push imports this module: taken when first called
+
+    sink = Receipts()
+    conn = WsConnection("127.0.0.1", port, key, sink)
+    await asyncio.get_running_loop().create_connection(lambda: conn, "127.0.0.1", port)
+    await asyncio.wait_for(conn.ready, within)
+    conn.subscribe("watch", [sku])
+    deadline = time.monotonic() + within
+    while not sink.raw:
+        if sink.errors or time.monotonic() > deadline:
+            conn.close()
+            raise RuntimeError(f"the watcher of {sku} got no initial state: {sink.errors[:1]}")
+        await asyncio.sleep(0.01)
+    return Watcher(conn, sink, sku)
+
+
 # --- a minimal HTTP/1.1 keep-alive client -----------------------------------------------------------
 
 

@@ -1,7 +1,7 @@
 """Throughput of `recordInventoryEvents` (batches of 500) against a raw asyncpg baseline doing the same durable work.
 
     .venv/bin/python bench/ingest.py [--seconds 10] [--integrations 4] [--batch 500]
-                                     [--profile sample|cprofile] [--server-cmd CMD] [--keep-db]
+                                     [--profile sample|cprofile] [--server-cmd CMD] [--unwatched] [--keep-db]
 
 On demand only (not part of the test suite). One run:
  1. re-creates a database of its own (`stockwire_bench_ingest_<pid>`), migrates it, loads one location and
@@ -16,6 +16,8 @@ On demand only (not part of the test suite). One run:
     and the demand of reported sales, each one INSERT ... SELECT FROM unnest(...);
  3. SERVICE: `uvicorn app.main:create_app --factory` (STOCKWIRE_BROADCAST_URL=memory://), one worker;
     `--integrations` keep-alive connections, each sending `recordInventoryEvents` batches back to back;
+    a storefront subscribed to one SKU meanwhile (`_common.watch`), so the relay reads and publishes every
+    change as with any subscriber (`--unwatched`: nobody listens, and the relay claims the rows unread);
  4. the same generated batches for both (see `Feed`): random positions of the 10,000, a mix of types, 5 %
     re-sent from the same integration's previous batch (answered DUPLICATE, not applied again), 2 % counts,
     and every event stamped 0-120 s in the past, so deltas older than a count at their position arrive
@@ -55,6 +57,7 @@ from _common import (
     RawHttp,
     Server,
     Tally,
+    Watcher,
     cpu_delta,
     cpu_snapshot,
     create_api_key,
@@ -70,6 +73,7 @@ from _common import (
     start_server,
     stop_on_sigterm,
     wait_ready,
+    watch,
 )
 from _common import Result as _Result
 from reserve import LOCATION, N_SKUS, SKU_CODES, db_exec, load_catalogue
@@ -551,6 +555,7 @@ def print_table(baseline: Result, service: Result, batch: int) -> None:
 async def amain(a: argparse.Namespace) -> int:
     stop_on_sigterm()
     server: Server | None = None
+    watcher: Watcher | None = None
     unknown = 0
     say(
         f"ingest benchmark: {a.integrations} integrations, batches of {a.batch}, {a.seconds:g}s per phase "
@@ -567,6 +572,7 @@ async def amain(a: argparse.Namespace) -> int:
         key = await asyncio.to_thread(create_api_key, a.db, "integration")
         set_api_key(key)
         say("API key created (scope integration)" if key else "no API keys: requests go unauthenticated")
+        watch_key = await asyncio.to_thread(create_api_key, a.db, "storefront") if key else None
 
         run = uuid.uuid4().hex[:6]
         raw_feeds = [Feed(f"raw-{run}-{k}", a.batch) for k in range(a.integrations)]
@@ -600,6 +606,11 @@ async def amain(a: argparse.Namespace) -> int:
             server = start_server(a.db)
         await wait_ready(server)
         say(f"service up on port {server.port} (pids {server.pids()})")
+        if a.unwatched:
+            say("nobody subscribed (--unwatched): the relay claims the outbox rows unread")
+        else:
+            watcher = await watch(server.port, watch_key, SKU_CODES[0])
+            say(f"a storefront watches {watcher.sku}: the relay reads and publishes every change")
         say(f"service: warm-up {a.warmup:g}s")
         w = await run_service(server, svc_feeds, a.warmup, svc_status, a.db, label, False)
         if w.tally.failed and not w.tally.ok:
@@ -614,6 +625,9 @@ async def amain(a: argparse.Namespace) -> int:
             f"service: {svc.rate:.0f} events/s, batch p50 {svc.pct(0.5):.1f} ms, p99 {svc.pct(0.99):.1f} ms, "
             f"failures {svc.tally.failed}; outbox backlog now {backlog:,}"
         )
+        if watcher is not None:
+            say(f"the storefront's subscription got {watcher.close()} updates of {watcher.sku}")
+            watcher = None
         say("stopping the server")
         server.stop()
         server.discard_log()
@@ -627,6 +641,8 @@ async def amain(a: argparse.Namespace) -> int:
             print_profile(a.profile, a.profile_out, [label])
         return 0 if ok else 1
     finally:
+        if watcher is not None:
+            watcher.close()
         if server is not None:
             say(f"stopping the server (its log: {server.log_path})")
             server.stop()
@@ -646,6 +662,9 @@ def main() -> None:
     p.add_argument("--db", default=run_database("ingest"), help="database to (re-)create (default: one per run)")
     p.add_argument("--keep-db", action="store_true", help="keep the database afterwards")
     p.add_argument("--profile", choices=("sample", "cprofile"), help="run the service in-process under a profiler")
+    p.add_argument(
+        "--unwatched", action="store_true", help="no storefront subscribed (the relay then claims changes unread)"
+    )
     p.add_argument("--server-cmd", help="measure this server command instead of uvicorn; `{port}` is replaced")
     p.add_argument("--profile-out", default="/tmp/stockwire-ingest-profile", help="profile file prefix")
     run_bench(amain(p.parse_args()))

@@ -16,7 +16,10 @@ On demand only (not part of the test suite). One run:
     scenarios HOT (one SKU) and SPREAD (random SKU of 10,000);
  3. SERVICE: `uvicorn app.main:create_app --factory` on a free port (STOCKWIRE_BROADCAST_URL=memory://),
     for each `--workers` value; `--clients` keep-alive connections sending the GraphQL `reserve` mutation
-    (1 line, quantity 1, explicit locationCode, unique idempotencyKey); same two scenarios;
+    (1 line, quantity 1, explicit locationCode, unique idempotencyKey); same two scenarios; a storefront
+    subscribed to one SKU the load rarely touches (`_common.watch`), so the relay reads and publishes every
+    change as with any subscriber (`--unwatched`: nobody listens and it claims the rows unread; with
+    several workers on memory:// only the worker holding the subscription has one);
  4. prints the table (service/s, baseline/s, ratio vs the targets of issue 15: spread >= 0.8x, hot >= 1.0x, p50/p99),
     CPU spent per reserve by the server, Postgres and the load generator, and a sanity check: the units
     reserved in stock_levels equal the successful calls, SKU by SKU.
@@ -53,6 +56,7 @@ from _common import (
     Result,
     Server,
     Tally,
+    Watcher,
     cpu_delta,
     cpu_snapshot,
     create_api_key,
@@ -68,6 +72,7 @@ from _common import (
     start_server,
     stop_on_sigterm,
     wait_ready,
+    watch,
 )
 
 N_SKUS = 10_000
@@ -515,6 +520,7 @@ async def amain(a: argparse.Namespace) -> int:
     expected: Counter[str] = Counter()
     unknown = 0
     server: Server | None = None
+    watcher: Watcher | None = None
     worker_counts = [int(w) for w in a.workers.split(",") if w.strip()]
     if a.profile or a.server_cmd:
         worker_counts = [1]
@@ -530,9 +536,11 @@ async def amain(a: argparse.Namespace) -> int:
         await asyncio.to_thread(migrate, a.db)
         say(f"loading 1 location and {N_SKUS:,} SKUs with {ON_HAND:,} units each (direct SQL)")
         await load_catalogue(a.db)
+        watch_key = None
         if not a.no_auth:
             key = await asyncio.to_thread(create_api_key, a.db, "checkout")
             set_api_key(key)
+            watch_key = await asyncio.to_thread(create_api_key, a.db, "storefront") if key else None
             say(
                 "API key created (scope checkout): requests authenticate; hold rate limit off for the server"
                 if key
@@ -580,6 +588,11 @@ async def amain(a: argparse.Namespace) -> int:
                 server = start_server(a.db, workers=workers)
             await wait_ready(server, workers)
             say(f"service up on port {server.port} (pids {server.pids()})")
+            if a.unwatched:
+                say("nobody subscribed (--unwatched): the relay claims the outbox rows unread")
+            else:
+                watcher = await watch(server.port, watch_key, SKU_CODES[-1])
+                say(f"a storefront watches {watcher.sku}: the relay reads and publishes every change")
             for scenario in ("HOT", "SPREAD"):
                 say(f"service {scenario} ({label}): warm-up {a.warmup:g}s")
                 w = await run_service(server, scenario, a.warmup, a.clients, expected, label, a.client, db=a.db)
@@ -597,6 +610,9 @@ async def amain(a: argparse.Namespace) -> int:
                     f"service {scenario} ({label}): {r.rate:.0f} reserves/s, p50 {r.pct(0.5):.1f} ms, "
                     f"p99 {r.pct(0.99):.1f} ms, failures {r.tally.failed}; outbox backlog now {backlog:,}"
                 )
+            if watcher is not None:
+                say(f"the storefront's subscription got {watcher.close()} updates of {watcher.sku}")
+                watcher = None
             say("stopping the server")
             server.stop()
             server.discard_log()
@@ -608,6 +624,8 @@ async def amain(a: argparse.Namespace) -> int:
             print_profile(a.profile, a.profile_out, [f"{r.scenario} {r.label}" for r in service])
         return 0
     finally:
+        if watcher is not None:
+            watcher.close()
         if server is not None:
             say(f"stopping the server (its log: {server.log_path})")
             server.stop()
@@ -628,6 +646,9 @@ def main() -> None:
     p.add_argument("--db", default=run_database("reserve"), help="database to (re-)create (default: one per run)")
     p.add_argument("--no-auth", action="store_true", help="do not create an API key (when keys exist)")
     p.add_argument("--keep-db", action="store_true", help="keep the database afterwards")
+    p.add_argument(
+        "--unwatched", action="store_true", help="no storefront subscribed (the relay then claims changes unread)"
+    )
     p.add_argument(
         "--profile",
         choices=("sample", "cprofile"),

@@ -14,7 +14,10 @@ On demand only (not part of the test suite). One run:
  5. routeAndReserve, `--orders` calls the same way (unique orderRef each), all holding stock; once
     back to back, once paced (`--pace` ms between calls): each reservation makes the server publish
     the changed stock levels and availabilities after its commit (the outbox relay, in the same event
-    loop), and back to back the next call waits behind that work; paced shows the call's own latency;
+    loop), and back to back the next call waits behind that work; paced shows the call's own latency.
+    A storefront stays subscribed to one SKU throughout (`_common.watch`): with nobody subscribed on
+    memory:// the relay would claim the changes unread and this work would not be measured
+    (`--unwatched` measures that);
  6. the server is stopped, then the **raw-SQL baseline** runs the same orders over one asyncpg
     connection with prepared statements doing the same database work: for routeOrder the SKU lookup,
     the candidate read (the service's own statement) and the pure `route()`; for routeAndReserve in
@@ -49,6 +52,7 @@ from _common import (
     ROOT,
     RawHttp,
     Server,
+    Watcher,
     create_api_key,
     drop_database,
     graphql,
@@ -64,6 +68,7 @@ from _common import (
     start_server,
     stop_on_sigterm,
     wait_ready,
+    watch,
 )
 
 DB = run_database("routing")
@@ -413,12 +418,14 @@ async def run(a: argparse.Namespace) -> None:
     say(f"re-creating database {DB}")
     await recreate_database(DB)
     server: Server | None = None
+    watcher: Watcher | None = None
     try:
         migrate(DB)
         # every scope the run needs: catalogue and settings, stock events, routing and holding
         key = create_api_key(DB, "admin,integration,router,checkout") or await _key_in_process()
         set_api_key(key)
         say("authenticating with a fresh API key" if key else "no `stockwire keys`: unauthenticated")
+        watch_key = create_api_key(DB, "storefront") if key else None
         argv = None
         if a.profile:
             for old in Path(a.profile_out).parent.glob(Path(a.profile_out).name + ".*"):
@@ -434,6 +441,11 @@ async def run(a: argparse.Namespace) -> None:
         await client.connect()
         try:
             skus = await load(client, rnd, a.locations, a.skus)
+            if a.unwatched:
+                say("nobody subscribed (--unwatched): the relay claims the changes unread")
+            else:
+                watcher = await watch(server.port, watch_key, skus[0])
+                say(f"a storefront watches {watcher.sku}: the relay reads and publishes every change")
 
             reference = pure_reference(random.Random(a.seed), a.orders, a.locations, a.skus, a.lines)
             say("pure route() measured")
@@ -458,6 +470,9 @@ async def run(a: argparse.Namespace) -> None:
             results += paced_results
         finally:
             await client.close()
+            if watcher is not None:
+                say(f"the storefront's subscription got {watcher.close()} updates of {watcher.sku}")
+                watcher = None
         server.stop()
         server.discard_log()
         server = None
@@ -505,6 +520,8 @@ async def run(a: argparse.Namespace) -> None:
             f"positions below zero {oversold}: {'OK' if ok else 'MISMATCH'}"
         )
     finally:
+        if watcher is not None:
+            watcher.close()
         if server is not None:
             server.stop()
             server.discard_log()
@@ -521,6 +538,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--pace", type=float, default=300.0, help="ms between paced routeAndReserve calls")
     p.add_argument("--keep-db", action="store_true")
+    p.add_argument("--unwatched", action="store_true", help="no storefront subscribed (changes are claimed unread)")
     p.add_argument(
         "--profile",
         choices=("sample", "cprofile"),
