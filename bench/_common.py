@@ -294,8 +294,12 @@ class Watcher:
     sku: str
 
     def close(self) -> int:
-        """Close it; returns how many updates it received after its initial state."""
+        """Close it; returns how many updates it received after its initial state. Raises if the server
+        closed it or refused something meanwhile: then part of the run had nobody listening."""
+        lost, errors = self.conn.closed, list(self.sink.errors)
         self.conn.close()
+        if lost or errors:
+            raise RuntimeError(f"the watcher of {self.sku} was closed ({lost}) or refused: {errors[:2]}")
         return max(0, len(self.sink.raw) - 1)
 
 
