@@ -663,11 +663,16 @@ def aware(value: datetime) -> datetime:
 # statement is one snapshot: a claimed row's change is in the state read. Before this the hint path
 # read the state (and the channels) without claiming, and a drain 50 ms later claimed the rows and read
 # the same ~2,400 levels again, for a routed order (bench/routing.py), to publish nothing new.
+# The claim takes the named positions' rows in a CTE of its own, each position probed through
+# ix_outbox_position (LATERAL), and deletes them by id. The outbox is a queue: its statistics say it
+# is nearly empty, and with `id IN (SELECT ... JOIN unnest ...)` Postgres nested a scan of the whole
+# outbox inside a scan of the whole outbox (a semi-join): with a backlog of 12,104 rows one claim ran
+# for minutes and the relay published nothing meanwhile (tests/test_pg_plans.py, bench/README h23).
 _CLAIM_AND_READ = (
-    "WITH claimed AS (DELETE FROM outbox WHERE id IN (SELECT o.id FROM outbox o "
-    "JOIN unnest($2::int[], $3::int[]) AS k(sku_id, location_id) "
-    "ON o.sku_id = k.sku_id AND o.location_id = k.location_id FOR UPDATE OF o SKIP LOCKED) "
-    "RETURNING sku_id, location_id) "
+    "WITH taken AS MATERIALIZED (SELECT x.id FROM unnest($2::int[], $3::int[]) AS k(sku_id, location_id) "
+    "CROSS JOIN LATERAL (SELECT o.id FROM outbox o WHERE o.sku_id = k.sku_id AND o.location_id = k.location_id "
+    "FOR UPDATE SKIP LOCKED) AS x), "
+    "claimed AS (DELETE FROM outbox o USING taken WHERE o.id = taken.id RETURNING o.sku_id, o.location_id) "
     "SELECT s.id AS sku_id, s.code AS sku_code, s.active AS sku_active, s.version AS sku_version, "
     "(SELECT coalesce(max(c.value), 0) FROM counters c WHERE c.name = 'locations') AS location_epoch, "
     "p.location_id, p.on_hand, p.committed, p.reserved, p.unavailable, p.safety_stock, p.incoming, "
@@ -700,9 +705,11 @@ async def claim_and_read(
     return rows, claimed, list(meta["channels"] or ())
 
 
+# the oldest rows, taken in a CTE first and deleted by id (as _CLAIM_AND_READ, and for its reason)
 _CLAIM = (
-    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) "
-    "RETURNING id, sku_id, location_id, tenant_id"
+    "WITH taken AS MATERIALIZED (SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) "
+    "DELETE FROM outbox o USING taken WHERE o.id = taken.id "
+    "RETURNING o.id, o.sku_id, o.location_id, o.tenant_id"
 )
 
 

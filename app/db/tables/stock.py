@@ -135,4 +135,6 @@ outbox = Table(
     Column("created_at", UTCDateTime, nullable=False),
     # the relays claim the oldest rows of every tenant (in system mode)
     Index("ix_outbox_id", "id"),
+    # and the rows of the positions a commit named (pg._CLAIM_AND_READ probes it per position)
+    Index("ix_outbox_position", "tenant_id", "sku_id", "location_id"),
 )
