@@ -320,6 +320,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             # `development_key` (set for the embedded default by app/db/embedded.py) makes and prints a key
             # with every scope when there is none; a deployment refuses to start instead
             await require_a_key(db, development=s.development_key)
+            await db.warm(s.db_pool_warm)
         except Exception:
             await db.dispose()
             raise

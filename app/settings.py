@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # statement prepared again: at 16 concurrent reserves, 15 new connections a second, bench/reserve.py)
     db_pool_size: int = Field(20, ge=1)
     db_max_overflow: int = Field(10, ge=0)
+    # connections opened at start (at most db_pool_size): otherwise the pool grows during the first
+    # bursts, and a new connection is slow to its first answers (Database.warm)
+    db_pool_warm: int = Field(20, ge=0)
     # security: API keys, request limits, rate limits (README.md, section Security, has the reasoning for each default)
     auth_cache_seconds: float = Field(5.0, ge=0)  # a key revoked elsewhere stops working within this
     # the most bytes of one request on either transport: an HTTP body or a websocket message

@@ -41,6 +41,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -628,6 +629,12 @@ async def latency_phase(
     cpu0 = cpu_snapshot(servers, None)
     for server in (a, b) if profiled else ():
         os.kill(server.proc.pid, signal.SIGUSR1)  # _profiled_server.py: start measuring
+    # the load generator's own cyclic GC stays out of the measured phase: a full collection of its heap
+    # paused its event loop 27-43 ms once per run ("bench loop late max"), then sent the changes due
+    # meanwhile at once, and stamped their receipts late (bench/README.md, round h24)
+    gc.collect()
+    gc.freeze()
+    gc.disable()
     clocks = Clocks({"A": a.port, "B": b.port})
     await clocks.start()
     phase_start = time.time()
@@ -635,6 +642,8 @@ async def latency_phase(
         async with Writer(b.port) as writer:
             await writer.run(skus, rate, seconds)
     finally:
+        gc.enable()
+        gc.unfreeze()
         await clocks.stop()
     cpu1 = cpu_snapshot(servers, None)
     for server in (a, b) if profiled else ():

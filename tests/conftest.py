@@ -203,7 +203,9 @@ async def create_test_key(database_url: str, scopes: frozenset[Scope] = ALL_SCOP
 
 @pytest.fixture
 async def api(database_url: str) -> AsyncIterator[Api]:
-    settings = Settings(database_url=database_url, broadcast_url="memory://")
+    # two connections opened at start, not the served default's 20 (Database.warm): this app lives for
+    # one test and a few requests, and 20 backends forked per test cost the suite about 50 ms each
+    settings = Settings(database_url=database_url, broadcast_url="memory://", db_pool_warm=2)
     key = await create_test_key(database_url)  # before the lifespan: Postgres refuses to start without one
     app = create_app(settings)
     async with app.router.lifespan_context(app):

@@ -210,6 +210,27 @@ class Database:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
+    async def warm(self, connections: int) -> int:
+        """Open up to `connections` of the pool's steady connections now (at most the pool size), so
+        that a burst of requests later finds them open; returns how many the pool holds open.
+
+        Why: the pool opens a connection only when every open one is in use, which is exactly when a
+        burst is on, and a new connection is slow to its first answers (a backend forked, the role
+        switched, asyncpg's type introspection, every statement prepared again). bench/push.py: a
+        30-40 ms pause of the load generator sent a burst that opened 6 connections in B, and the
+        changes committed meanwhile reached Redis up to 200 ms after updatedAt (bench/README.md,
+        round h24). A connection that cannot be opened now is not an error here: the pool will try
+        again when it needs one."""
+        wanted = min(connections, self.engine.pool.size())  # type: ignore[attr-defined]
+        opened = await asyncio.gather(*(self.engine.connect() for _ in range(wanted)), return_exceptions=True)
+        failed = [o for o in opened if isinstance(o, BaseException)]
+        for conn in opened:
+            if isinstance(conn, AsyncConnection):
+                await conn.close()  # back to the pool, open
+        if failed:
+            log.warning("opened %d of %d database connections at start: %s", wanted - len(failed), wanted, failed[0])
+        return int(self.engine.pool.checkedin())  # type: ignore[attr-defined]
+
     async def dispose(self) -> None:
         await self.engine.dispose()
 
