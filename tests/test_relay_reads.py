@@ -15,7 +15,7 @@ from app.db import pg, tenancy
 from app.db.engine import Pair
 from app.db.tenancy import DEFAULT_TENANT
 from app.realtime import codec, relay_reads
-from app.realtime.changes import EncodedData, decode_message, encode_message
+from app.realtime.changes import EncodedData, decode_message, encode_changes, encode_message
 from app.realtime.hub import Change
 from app.realtime.relay import OutboxRelay
 from app.services import channels as channel_service
@@ -69,6 +69,13 @@ async def _compare(api: Api, cache: relay_reads.LevelCache) -> list[Change]:
     assert batch == json.dumps({"changes": plain}, separators=(",", ":"))
     assert decode_message(batch) == expected  # this process's own text: the changes it was made from
     assert decode_message(batch) == expected  # heard twice (a second hub): parsed
+    # the hub's encoding straight from the changes (Hub.publish_many): the same texts, and its own
+    # text decodes to the very changes it was made from
+    assert encode_changes(got) == batch
+    assert encode_changes(got[:1]) == json.dumps(plain[0], separators=(",", ":"))
+    own = decode_message(encode_changes(got))
+    assert own == expected and all(a is b for a, b in zip(own, got, strict=True))
+    assert decode_message(encode_changes(got)) == expected
     for change in got:
         assert cache.contents.get(id(change.data), codec.content(change.kind, change.data)) == codec.content(
             change.kind, change.data

@@ -9,8 +9,10 @@ or several at once, as the outbox relay sends a batch (one Redis message, serial
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +43,9 @@ class EncodedData(dict[str, Any]):
     builds a new one per read and never changes one)."""
 
     __slots__ = ("text",)
-
-    def __init__(self, data: JSONObject, text: str) -> None:
-        super().__init__(data)
-        self.text = text
+    text: str  # set right after the dict is made: `data = EncodedData(plain); data.text = ...`
+    # (no __init__ of its own: a Python-level __init__ calling dict's cost twice dict's own, for every
+    # level and availability the relay rebuilds)
 
 
 # json.dumps with any option builds a new JSONEncoder per call; the relay encodes every level it
@@ -65,6 +66,33 @@ def dumps(value: Any) -> str:
 # work as building them). Bounded: a text that never comes back (the publication failed) is dropped.
 _OWN: OrderedDict[str, list[Change]] = OrderedDict()
 _OWN_MAX = 16
+
+
+@functools.lru_cache(maxsize=65_536)
+def _name(text: str) -> str:
+    """A change's kind or key as JSON (they repeat from one publication to the next)."""
+    return dumps(text)
+
+
+def encode_changes(changes: Sequence[Change]) -> str:
+    """The message of `changes`: `encode_message` of one change's `as_json()`, or of `{"changes": [...]}`
+    for several, the same text, made from the changes themselves (no `as_json` dict per change, and the
+    changes this process's hub decodes it to are these, not new ones)."""
+    parts: list[str] = []
+    spliced = False
+    for c in changes:
+        data, version = c.data, c.version
+        if isinstance(data, EncodedData) and type(version) is int:
+            parts.append(f'{{"kind":{_name(c.kind)},"key":{_name(c.key)},"version":{version},"data":{data.text}}}')
+            spliced = True
+        else:
+            parts.append(dumps(c.as_json()))
+    text = parts[0] if len(parts) == 1 else '{"changes":[' + ",".join(parts) + "]}"
+    if spliced:
+        _OWN[text] = list(changes)  # Change is frozen, and an EncodedData is never changed once made
+        while len(_OWN) > _OWN_MAX:
+            _OWN.popitem(last=False)
+    return text
 
 
 def encode_message(body: JSONObject) -> str:

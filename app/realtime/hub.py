@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from broadcaster import Broadcast
 
 from app.realtime.backend import InMemoryBackend, MonitoredBackend
-from app.realtime.changes import Change, JSONObject, decode_message, encode_message
+from app.realtime.changes import Change, JSONObject, decode_message, encode_changes, encode_message
 from app.realtime.mailbox import KeyMatcher, Mailbox, MailboxClosed, ResyncNeeded
 
 # Re-exported: callers import the whole realtime vocabulary from here.
@@ -134,8 +134,7 @@ class Hub:
         """
         for start in range(0, len(changes), _CHANGES_PER_MESSAGE):
             chunk = changes[start : start + _CHANGES_PER_MESSAGE]
-            body = chunk[0].as_json() if len(chunk) == 1 else {"changes": [c.as_json() for c in chunk]}
-            await self._broadcast.publish(self._channel, encode_message(body))
+            await self._broadcast.publish(self._channel, encode_changes(chunk))
 
     def observe(self, observer: Callable[[list[Change]], None]) -> None:
         """Also hand every decoded message (from any process, this one's included) to `observer`."""

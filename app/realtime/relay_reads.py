@@ -109,7 +109,8 @@ class LevelCache:
             )
         else:
             text = dumps(plain)
-        data = EncodedData(plain, text)
+        data = EncodedData(plain)
+        data.text = text
         content = (location_code, on_hand, committed, reserved, unavailable, safety, incoming)
         available = on_hand - committed - reserved - unavailable - safety  # Position.available
         oversold = max(0, committed + reserved + unavailable - on_hand)  # Position.oversold
@@ -243,8 +244,9 @@ async def _changes(
             f'{{"sku":{dumps(code)},"channel":null,"available":{available},"oversold":{oversold},'
             f'"version":{version},"locations":[{",".join([e[1].text for e in shown])}]}}'
         )
-        data = EncodedData(plain, text)
-        contents[id(data)] = (available, oversold, tuple(e[2] for e in shown), ())
+        data = EncodedData(plain)
+        data.text = text
+        contents[id(data)] = (available, oversold, tuple([e[2] for e in shown]), ())
         changes.append(Change(kind, code, version, data))
     codes = [c.key for c in changes]
     for channel_code in channel_codes:
