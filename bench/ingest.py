@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ingest.py [--seconds 10] [--integrations 4] [--batch 500]
                                      [--profile sample|cprofile] [--server-cmd CMD] [--unwatched] [--keep-db]
+                                     [--workers 2 --broadcast-url redis://127.0.0.1:6379]
 
 On demand only (not part of the test suite). One run:
  1. re-creates a database of its own (`stockwire_bench_ingest_<pid>`), migrates it, loads one location and
@@ -14,7 +15,8 @@ On demand only (not part of the test suite). One run:
     for every count of the batch); the domain's own rules (app.domain.events.decide) in Python; one
     UPDATE of every touched position (summed deltas, version + changes), the ledger rows, the outbox rows
     and the demand of reported sales, each one INSERT ... SELECT FROM unnest(...);
- 3. SERVICE: `uvicorn app.main:create_app --factory` (STOCKWIRE_BROADCAST_URL=memory://), one worker;
+ 3. SERVICE: `uvicorn app.main:create_app --factory` (STOCKWIRE_BROADCAST_URL=memory://), one worker
+    (`--workers N` with `--broadcast-url redis://...`: N workers sharing that Redis on a channel of the run's own);
     `--integrations` keep-alive connections, each sending `recordInventoryEvents` batches back to back;
     a storefront subscribed to one SKU meanwhile (`_common.watch`), so the relay reads and publishes every
     change as with any subscriber (`--unwatched`: nobody listens, and the relay claims the rows unread);
@@ -602,8 +604,12 @@ async def amain(a: argparse.Namespace) -> int:
             say(f"starting the custom server command: {a.server_cmd}")
             server = start_server(a.db, argv=shlex.split(a.server_cmd))
         else:
-            say("starting uvicorn app.main:create_app --factory (1 worker)")
-            server = start_server(a.db)
+            workers = f"{a.workers} worker" + ("s" if a.workers > 1 else "")
+            say(f"starting uvicorn app.main:create_app --factory ({workers}, broadcast {a.broadcast_url})")
+            broadcast = {"STOCKWIRE_BROADCAST_URL": a.broadcast_url}
+            if a.broadcast_url.startswith("redis"):  # a channel of its own: other users of that Redis hear nothing
+                broadcast["STOCKWIRE_BROADCAST_CHANNEL"] = f"stockwire.bench.ingest.{uuid.uuid4().hex[:12]}"
+            server = start_server(a.db, workers=a.workers, extra_env=broadcast)
         await wait_ready(server)
         say(f"service up on port {server.port} (pids {server.pids()})")
         if a.unwatched:
@@ -665,9 +671,21 @@ def main() -> None:
     p.add_argument(
         "--unwatched", action="store_true", help="no storefront subscribed (the relay then claims changes unread)"
     )
+    p.add_argument(
+        "--workers", type=int, default=1, help="uvicorn workers (default 1; more need --broadcast-url redis://)"
+    )
+    p.add_argument(
+        "--broadcast-url",
+        default="memory://",
+        help="the service's STOCKWIRE_BROADCAST_URL (default memory://, one process only: a storefront "
+        "subscribed to one worker hears only that worker's changes)",
+    )
     p.add_argument("--server-cmd", help="measure this server command instead of uvicorn; `{port}` is replaced")
     p.add_argument("--profile-out", default="/tmp/stockwire-ingest-profile", help="profile file prefix")
-    run_bench(amain(p.parse_args()))
+    a = p.parse_args()
+    if a.workers > 1 and not a.broadcast_url.startswith("redis"):
+        p.error("--workers above 1 needs --broadcast-url redis://...: with memory:// each worker has its own hub")
+    run_bench(amain(a))
 
 
 if __name__ == "__main__":
