@@ -586,8 +586,8 @@ async def latency_phase(
     warmup: float = 0.0,
 ) -> dict[str, Any]:
     if warmup > 0:
-        # the same load for a while first, unmeasured: B's connection pool grows to what the rate needs
-        # (each new database connection costs tens of ms once), statements get prepared
+        # the same load for a while first, unmeasured: each of B's pooled connections (opened at its start,
+        # Database.warm) runs asyncpg's type introspection and prepares its statements at its first use
         say(f"latency: warming up, {rate:.0f} changes/s through B for {warmup:g} s (not measured)")
         async with Writer(b.port) as writer:
             await writer.run(skus, rate, warmup)
