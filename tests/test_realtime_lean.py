@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from app.main import create_app
 from app.realtime import lean
-from app.realtime.changes import Change, encode_message
+from app.realtime.changes import Change, encode_changes
 from app.realtime.hub import Hub
 from app.realtime.mailbox import Mailbox
 from app.security.scopes import Scope
@@ -208,7 +208,7 @@ async def test_lean_and_strawberry_paths_send_the_same_frames(served: Served) ->
         # repeated, older and unchanged versions are dropped on both paths
         change = next(c for c in reversed(seen) if c.key == skus[0])
         for version in (change.version, change.version - 1, change.version + 1):
-            served.hub.dispatch(encode_message(Change(change.kind, change.key, version, change.data).as_json()))
+            served.hub.dispatch(encode_changes([Change(change.kind, change.key, version, change.data)]))
         await _settled(fast, slow)
 
         # lost messages, then a resync re-reads the truth

@@ -34,7 +34,7 @@ class Change:
 
 class EncodedData(dict[str, Any]):
     """A change's data that knows its own JSON text (`dumps` of it, made by whoever built the data from
-    parts already encoded): `encode_message` splices `text` in instead of encoding the dict again.
+    parts already encoded): `encode_changes` splices `text` in instead of encoding the dict again.
 
     Why: an availability message carries every location's level (~120 for a routed SKU), and the outbox
     relay keeps each level's text with its message (app/realtime/relay_reads.py), so a message whose
@@ -69,21 +69,26 @@ _OWN_MAX = 16
 
 
 @functools.lru_cache(maxsize=65_536)
-def _name(text: str) -> str:
-    """A change's kind or key as JSON (they repeat from one publication to the next)."""
+def json_string(text: str) -> str:
+    """`dumps` of a string that repeats from one message to the next (a change's kind and key, a SKU's
+    or location's code), encoded once."""
     return dumps(text)
 
 
 def encode_changes(changes: Sequence[Change]) -> str:
-    """The message of `changes`: `encode_message` of one change's `as_json()`, or of `{"changes": [...]}`
-    for several, the same text, made from the changes themselves (no `as_json` dict per change, and the
-    changes this process's hub decodes it to are these, not new ones)."""
+    """The message of `changes`, exactly `dumps` of one change's `as_json()`, or of
+    `{"changes": [...]}` for several, with each change's EncodedData spliced in rather than encoded
+    again, and made from the changes themselves (no `as_json` dict per change). A text with spliced
+    data is remembered with its changes: this process's hub decodes it back to these very ones."""
     parts: list[str] = []
     spliced = False
     for c in changes:
         data, version = c.data, c.version
+        # a plain int version encodes as str() does, so the text is exactly what dumps would make
         if isinstance(data, EncodedData) and type(version) is int:
-            parts.append(f'{{"kind":{_name(c.kind)},"key":{_name(c.key)},"version":{version},"data":{data.text}}}')
+            parts.append(
+                f'{{"kind":{json_string(c.kind)},"key":{json_string(c.key)},"version":{version},"data":{data.text}}}'
+            )
             spliced = True
         else:
             parts.append(dumps(c.as_json()))
@@ -93,39 +98,6 @@ def encode_changes(changes: Sequence[Change]) -> str:
         while len(_OWN) > _OWN_MAX:
             _OWN.popitem(last=False)
     return text
-
-
-def encode_message(body: JSONObject) -> str:
-    """`dumps(body)`, the same text, with a change's EncodedData spliced in rather than encoded."""
-    items = body.get("changes")
-    if not (isinstance(items, list) and len(body) == 1):
-        items = None
-    parts = [_encode_change(c) for c in items] if items is not None else [_encode_change(body)]
-    text = '{"changes":[' + ",".join(p for p, _ in parts) + "]}" if items is not None else parts[0][0]
-    if any(spliced for _, spliced in parts):
-        # every item is a change as_json made (one spliced proves the relay built the batch)
-        _OWN[text] = [Change(c["kind"], c["key"], c["version"], c["data"]) for c in (items or [body])]
-        while len(_OWN) > _OWN_MAX:
-            _OWN.popitem(last=False)
-    return text
-
-
-def _encode_change(body: Any) -> tuple[str, bool]:
-    """The text of one change (as_json's dict) and whether its data was spliced in."""
-    data = body.get("data") if isinstance(body, dict) else None
-    version = body.get("version") if isinstance(data, EncodedData) else None
-    # as_json's keys in as_json's order, string kind and key, and a version that is a plain int: then
-    # the text is exactly what dumps would make of it (ints encode as str() does)
-    if (
-        type(version) is int
-        and list(body) == ["kind", "key", "version", "data"]
-        and isinstance(body["kind"], str)
-        and isinstance(body["key"], str)
-    ):
-        assert isinstance(data, EncodedData)
-        kind, key = dumps(body["kind"]), dumps(body["key"])
-        return f'{{"kind":{kind},"key":{key},"version":{version},"data":{data.text}}}', True
-    return dumps(body), False
 
 
 def decode_message(message: object) -> list[Change]:

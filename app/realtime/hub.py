@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from broadcaster import Broadcast
 
 from app.realtime.backend import InMemoryBackend, MonitoredBackend
-from app.realtime.changes import Change, JSONObject, decode_message, encode_changes, encode_message
+from app.realtime.changes import Change, JSONObject, decode_message, encode_changes
 from app.realtime.mailbox import KeyMatcher, Mailbox, MailboxClosed, ResyncNeeded
 
 # Re-exported: callers import the whole realtime vocabulary from here.
@@ -124,7 +124,7 @@ class Hub:
         Raises whatever the backend raises (`PublishError` for Redis): the caller still owns the
         change and should retry it.
         """
-        await self._broadcast.publish(self._channel, encode_message(Change(kind, key, version, data).as_json()))
+        await self._broadcast.publish(self._channel, encode_changes([Change(kind, key, version, data)]))
 
     async def publish_many(self, changes: Sequence[Change]) -> None:
         """Publish a batch in as few messages as possible (each serialised once for every process).

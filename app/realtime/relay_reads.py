@@ -13,7 +13,6 @@ costs a tuple comparison. The messages are the same as `queries.availability_and
 from __future__ import annotations
 
 import asyncio
-import functools
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.db import pg
 from app.db.engine import Pair
 from app.realtime import codec
-from app.realtime.changes import EncodedData, dumps
+from app.realtime.changes import EncodedData, dumps, json_string
 from app.realtime.hub import Change
 from app.services import channels as channel_service
 
@@ -43,12 +42,6 @@ _MAX_ENTRIES = 200_000
 
 # updated_at texts remembered per relay (`LevelCache._stamps`); past this they start over
 _MAX_STAMPS = 4096
-
-
-@functools.lru_cache(maxsize=65_536)
-def _code(code: str) -> str:
-    """A SKU or location code as JSON (codes repeat on every rebuild of their levels)."""
-    return dumps(code)
 
 
 class LevelCache:
@@ -102,7 +95,7 @@ class LevelCache:
         # tests/test_relay_reads.py compares the texts with json.dumps'
         if type(location_active) is bool:
             text = (
-                f'{{"sku":{_code(sku_code)},"loc":{_code(location_code)},"on_hand":{on_hand},'
+                f'{{"sku":{json_string(sku_code)},"loc":{json_string(location_code)},"on_hand":{on_hand},'
                 f'"committed":{committed},"reserved":{reserved},"unavailable":{unavailable},'
                 f'"safety_stock":{safety},"incoming":{incoming},"version":{version},'
                 f'"updated_at":"{stamp}","active":{"true" if location_active else "false"}}}'
@@ -241,7 +234,7 @@ async def _changes(
         }
         # the text dumps(plain) makes, from the levels' cached texts (the keys in plain's order)
         text = (
-            f'{{"sku":{dumps(code)},"channel":null,"available":{available},"oversold":{oversold},'
+            f'{{"sku":{json_string(code)},"channel":null,"available":{available},"oversold":{oversold},'
             f'"version":{version},"locations":[{",".join([e[1].text for e in shown])}]}}'
         )
         data = EncodedData(plain)
