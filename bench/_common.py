@@ -302,6 +302,14 @@ class Watcher:
             raise RuntimeError(f"the watcher of {self.sku} was closed ({lost}) or refused: {errors[:2]}")
         return max(0, len(self.sink.raw) - 1)
 
+    def report(self) -> None:
+        """`close` it and say how many updates it got (at the end of a measured run)."""
+        say(f"the storefront's subscription got {self.close()} updates of {self.sku}")
+
+    def discard(self) -> None:
+        """Close it without a word (a run that is failing anyway: `close` raising would hide why)."""
+        self.conn.close()
+
 
 async def watch(port: int, key: str | None, sku: str, within: float = 10.0) -> Watcher:
     """A storefront's subscription to `sku` (availabilityChanged, bench/push.py's websocket client), open
@@ -322,6 +330,16 @@ async def watch(port: int, key: str | None, sku: str, within: float = 10.0) -> W
             raise RuntimeError(f"the watcher of {sku} got no initial state: {sink.errors[:1]}")
         await asyncio.sleep(0.01)
     return Watcher(conn, sink, sku)
+
+
+async def storefront(port: int, key: str | None, sku: str, unwatched: bool) -> Watcher | None:
+    """The storefront a bench keeps subscribed to `sku` (`watch`), or none with `--unwatched`; says which."""
+    if unwatched:
+        say("nobody subscribed (--unwatched): the relay claims the changes unread")
+        return None
+    watcher = await watch(port, key, sku)
+    say(f"a storefront watches {watcher.sku}: the relay reads and publishes every change")
+    return watcher
 
 
 # --- a minimal HTTP/1.1 keep-alive client -----------------------------------------------------------

@@ -74,8 +74,8 @@ from _common import (
     set_api_key,
     start_server,
     stop_on_sigterm,
+    storefront,
     wait_ready,
-    watch,
 )
 from _common import Result as _Result
 from reserve import LOCATION, N_SKUS, SKU_CODES, db_exec, load_catalogue
@@ -612,11 +612,7 @@ async def amain(a: argparse.Namespace) -> int:
             server = start_server(a.db, workers=a.workers, extra_env=broadcast)
         await wait_ready(server)
         say(f"service up on port {server.port} (pids {server.pids()})")
-        if a.unwatched:
-            say("nobody subscribed (--unwatched): the relay claims the outbox rows unread")
-        else:
-            watcher = await watch(server.port, watch_key, SKU_CODES[0])
-            say(f"a storefront watches {watcher.sku}: the relay reads and publishes every change")
+        watcher = await storefront(server.port, watch_key, SKU_CODES[0], a.unwatched)
         say(f"service: warm-up {a.warmup:g}s")
         w = await run_service(server, svc_feeds, a.warmup, svc_status, a.db, label, False)
         if w.tally.failed and not w.tally.ok:
@@ -632,7 +628,7 @@ async def amain(a: argparse.Namespace) -> int:
             f"failures {svc.tally.failed}; outbox backlog now {backlog:,}"
         )
         if watcher is not None:
-            say(f"the storefront's subscription got {watcher.close()} updates of {watcher.sku}")
+            watcher.report()
             watcher = None
         say("stopping the server")
         server.stop()
@@ -648,7 +644,7 @@ async def amain(a: argparse.Namespace) -> int:
         return 0 if ok else 1
     finally:
         if watcher is not None:
-            watcher.close()
+            watcher.discard()
         if server is not None:
             say(f"stopping the server (its log: {server.log_path})")
             server.stop()

@@ -71,8 +71,8 @@ from _common import (
     set_api_key,
     start_server,
     stop_on_sigterm,
+    storefront,
     wait_ready,
-    watch,
 )
 
 N_SKUS = 10_000
@@ -588,11 +588,7 @@ async def amain(a: argparse.Namespace) -> int:
                 server = start_server(a.db, workers=workers)
             await wait_ready(server, workers)
             say(f"service up on port {server.port} (pids {server.pids()})")
-            if a.unwatched:
-                say("nobody subscribed (--unwatched): the relay claims the outbox rows unread")
-            else:
-                watcher = await watch(server.port, watch_key, SKU_CODES[-1])
-                say(f"a storefront watches {watcher.sku}: the relay reads and publishes every change")
+            watcher = await storefront(server.port, watch_key, SKU_CODES[-1], a.unwatched)
             for scenario in ("HOT", "SPREAD"):
                 say(f"service {scenario} ({label}): warm-up {a.warmup:g}s")
                 w = await run_service(server, scenario, a.warmup, a.clients, expected, label, a.client, db=a.db)
@@ -611,7 +607,7 @@ async def amain(a: argparse.Namespace) -> int:
                     f"p99 {r.pct(0.99):.1f} ms, failures {r.tally.failed}; outbox backlog now {backlog:,}"
                 )
             if watcher is not None:
-                say(f"the storefront's subscription got {watcher.close()} updates of {watcher.sku}")
+                watcher.report()
                 watcher = None
             say("stopping the server")
             server.stop()
@@ -625,7 +621,7 @@ async def amain(a: argparse.Namespace) -> int:
         return 0
     finally:
         if watcher is not None:
-            watcher.close()
+            watcher.discard()
         if server is not None:
             say(f"stopping the server (its log: {server.log_path})")
             server.stop()

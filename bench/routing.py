@@ -67,8 +67,8 @@ from _common import (
     set_api_key,
     start_server,
     stop_on_sigterm,
+    storefront,
     wait_ready,
-    watch,
 )
 
 DB = run_database("routing")
@@ -441,11 +441,7 @@ async def run(a: argparse.Namespace) -> None:
         await client.connect()
         try:
             skus = await load(client, rnd, a.locations, a.skus)
-            if a.unwatched:
-                say("nobody subscribed (--unwatched): the relay claims the changes unread")
-            else:
-                watcher = await watch(server.port, watch_key, skus[0])
-                say(f"a storefront watches {watcher.sku}: the relay reads and publishes every change")
+            watcher = await storefront(server.port, watch_key, skus[0], a.unwatched)
 
             reference = pure_reference(random.Random(a.seed), a.orders, a.locations, a.skus, a.lines)
             say("pure route() measured")
@@ -471,7 +467,7 @@ async def run(a: argparse.Namespace) -> None:
         finally:
             await client.close()
             if watcher is not None:
-                say(f"the storefront's subscription got {watcher.close()} updates of {watcher.sku}")
+                watcher.report()
                 watcher = None
         server.stop()
         server.discard_log()
@@ -521,7 +517,7 @@ async def run(a: argparse.Namespace) -> None:
         )
     finally:
         if watcher is not None:
-            watcher.close()
+            watcher.discard()
         if server is not None:
             server.stop()
             server.discard_log()
