@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import shutil
 import tempfile
@@ -25,7 +26,7 @@ from app.db.embedded import EmbeddedPostgres
 from app.db.engine import Database
 from app.db.migrate import upgrade
 from app.db.tables import metadata
-from app.main import create_app
+from app.main import Runtime, create_app
 from app.security import keys
 from app.security.scopes import ALL_SCOPES, Scope
 from app.services.context import Ctx
@@ -201,18 +202,26 @@ async def create_test_key(database_url: str, scopes: frozenset[Scope] = ALL_SCOP
         await db.dispose()
 
 
+@contextlib.asynccontextmanager
+async def served(database_url: str, **settings: Any) -> AsyncIterator[tuple[Api, Runtime]]:
+    """The app on `database_url` with these settings (memory:// unless given), started, with a client and
+    a key of every scope; and its runtime."""
+    key = await create_test_key(database_url)  # before the lifespan: Postgres refuses to start without one
+    app = create_app(Settings(database_url=database_url, **{"broadcast_url": "memory://", **settings}))
+    async with app.router.lifespan_context(app):
+        runtime: Runtime = app.state.runtime
+        assert runtime.ctx is not None
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield Api(client, runtime.ctx, key), runtime
+
+
 @pytest.fixture
 async def api(database_url: str) -> AsyncIterator[Api]:
     # two connections opened at start, not the served default's 20 (Database.warm): this app lives for
     # one test and a few requests, and 20 backends forked per test cost the suite about 50 ms each
-    settings = Settings(database_url=database_url, broadcast_url="memory://", db_pool_warm=2)
-    key = await create_test_key(database_url)  # before the lifespan: Postgres refuses to start without one
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        runtime = app.state.runtime
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield Api(client, runtime.ctx, key)
+    async with served(database_url, db_pool_warm=2) as (made, _):
+        yield made
 
 
 @pytest.fixture(scope="module")

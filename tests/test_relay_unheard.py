@@ -10,20 +10,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import insert, select
 
 from app.db import pg
 from app.db.tables import outbox, skus
 from app.db.tenancy import DEFAULT_TENANT
-from app.main import Runtime, create_app
+from app.main import Runtime
 from app.realtime import codec
 from app.realtime.hub import Hub, Mailbox
 from app.realtime.relay import OutboxRelay
 from app.services.context import utc_now
-from app.settings import Settings
-from tests.conftest import Api, create_test_key
+from tests.conftest import Api, served
 from tests.helpers import catalogue, event, record
 
 pytestmark = pytest.mark.postgres
@@ -59,17 +57,11 @@ class Alone:
 @pytest.fixture
 async def alone(database_url: str) -> AsyncIterator[Alone]:
     """One process on memory:// whose relay drains only when a commit asks (no poll racing the test)."""
-    settings = Settings(database_url=database_url, broadcast_url="memory://", relay_poll_seconds=600)
-    key = await create_test_key(database_url)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        runtime: Runtime = app.state.runtime
-        assert runtime.ctx is not None
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-            made = Alone(Api(client, runtime.ctx, key), runtime)
-            await catalogue(made.api, [SKU], [(WH1, 10)])
-            await made.outbox_empty()
-            yield made
+    async with served(database_url, relay_poll_seconds=600) as (api, runtime):
+        made = Alone(api, runtime)
+        await catalogue(made.api, [SKU], [(WH1, 10)])
+        await made.outbox_empty()
+        yield made
 
 
 async def _next(mailbox: Mailbox) -> dict[str, Any]:
