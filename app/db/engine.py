@@ -217,8 +217,8 @@ class Database:
         Why: the pool opens a connection only when every open one is in use, which is exactly when a
         burst is on, and a new connection is slow to its first answers (a backend forked, the role
         switched, asyncpg's type introspection, every statement prepared again). bench/push.py: a
-        30-40 ms pause of the load generator sent a burst that opened 6 connections in B, and the
-        changes committed meanwhile reached Redis up to 200 ms after updatedAt (bench/README.md,
+        27-43 ms pause of the load generator sent a burst that opened 6 connections in B, and the
+        changes committed meanwhile reached Redis up to 132 ms after updatedAt (bench/README.md,
         round h24). A connection that cannot be opened now is not an error here: the pool will try
         again when it needs one."""
         wanted = min(connections, self.engine.pool.size())  # type: ignore[attr-defined]
