@@ -154,12 +154,13 @@ def test_the_ledger_insert_names_every_column_of_the_table() -> None:
 
 
 def test_an_ingested_events_row_is_ledger_rows() -> None:
-    """stock.event_row_maker (an ingested batch's rows, positionally) makes ledger_row's row."""
+    """An ingested batch's row, its fixed columns encoded before the row locks (stock.event_fixed_maker)
+    and its decided ones given in them (stock.decided_columns), is ledger_row's row, encoded alike."""
     later = datetime(2026, 11, 23, 11, 0, tzinfo=UTC)
     delta = Delta(1, 2, 3, 4, 5, 6)
     with stock.ledger_actor("key-1"):
-        made = stock.event_row_maker(NOW)(
-            "SOLD", "APPLIED", (3, 4), 9, delta, 7, "erp", "x1", later, 2, "why", "ref", 5, NOW, "f" * 64, "case"
+        fixed = stock.event_fixed_maker(NOW)(
+            "SOLD", 3, 4, 9, "erp", 'x"1', later, "why", "ref\\", 5, NOW, "f" * 64, "case"
         )
         wanted = stock.ledger_row(
             kind="SOLD",
@@ -170,18 +171,29 @@ def test_an_ingested_events_row_is_ledger_rows() -> None:
             version=7,
             now=NOW,
             source="erp",
-            external_id="x1",
+            external_id='x"1',
             occurred_at=later,
             drift=2,
             reason="why",
-            reference="ref",
+            reference="ref\\",
             to_location_id=5,
             expected_at=NOW,
             fingerprint="f" * 64,
             unit="case",
         )
-    assert made == wanted
-    assert made["actor_key_id"] == "key-1"
+    made, given = pg.LedgerRows(), pg.LedgerRows()
+    made.add(fixed, stock.decided_columns("APPLIED", delta, 2, 7))
+    given.add_row(wanted)
+    literals = made.literals()
+    assert literals == given.literals()
+    column = dict(zip(pg.LEDGER_COLUMNS, literals, strict=True))
+    assert column["actor_key_id"] == '{"key-1"}'
+    assert column["external_id"] == '{"x\\"1"}'
+    assert column["reference"] == '{"ref\\\\"}'
+    assert column["occurred_at"] == "{2026-11-23T11:00:00}"
+    decided = ['{"APPLIED"}', "{1}", "{2}", "{3}", "{4}", "{5}", "{6}", "{2}", "{7}"]
+    assert [column[c] for c in pg.LEDGER_DECIDED] == decided
+    assert made.demand == given.demand == [("SOLD", "APPLIED", 3, 9)]
 
 
 def test_a_ledger_row_with_a_key_that_names_no_column_is_refused() -> None:

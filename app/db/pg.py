@@ -18,10 +18,11 @@ kind of error whichever way a statement ran.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import asyncpg
 from sqlalchemy.dialects import postgresql
@@ -429,6 +430,12 @@ _INSERT_LEDGER = (
 )
 
 
+def _ledger_type(column: str) -> str:
+    """The Postgres type of a ledger column, without a length (lower case)."""
+    compiled = inventory_events.c[column].type.compile(dialect=postgresql.dialect())  # type: ignore[no-untyped-call]
+    return re.sub(r"[(].*[)]", "", compiled).lower()
+
+
 # Several rows as ONE statement over arrays, one per column: an executemany runs the insert (its
 # executor, the unique index checks' setup) once per row; a batch of 500 ingested events spent most
 # of its time inside the positions' row locks doing that (bench/ingest.py)
@@ -439,8 +446,8 @@ def ledger_from_unnest(first: int) -> str:
         + ", ".join(
             # without a length: an explicit cast to varchar(n) would cut a longer text silently, the
             # insert itself refuses it (as the single-row insert does)
-            f"${i}::{re.sub(r'[(].*[)]', '', c.type.compile(dialect=postgresql.dialect()))}[]"  # type: ignore[no-untyped-call]
-            for i, c in enumerate((inventory_events.c[n] for n in LEDGER_COLUMNS), start=first)
+            f"${i}::{_ledger_type(c).upper()}[]"
+            for i, c in enumerate(LEDGER_COLUMNS, start=first)
         )
         + ")"
     )
@@ -568,11 +575,133 @@ _LITERALS: dict[str, Callable[[Sequence[Any]], str]] = {
 }
 
 
+# An ingested batch's ledger rows, kept as the elements of _WRITE_BATCH's array literals. The columns
+# an event fixes (`LEDGER_FIXED`: its source, external id, kind, position, quantity, times, texts and
+# fingerprint) are encoded before the batch takes its positions' row locks; those its decision gives
+# (`LEDGER_DECIDED`) as it is decided, in the locks. Made there as one dict per row, then turned into
+# one list per column and encoded, 500 rows took 5-8 ms of the locked section on a slow day (`python
+# /tmp/rec.py`-style timing of write_batch's arguments, bench/README.md "Round h25").
+LEDGER_DECIDED = (
+    "status",
+    "d_on_hand",
+    "d_committed",
+    "d_reserved",
+    "d_unavailable",
+    "d_safety_stock",
+    "d_incoming",
+    "drift",
+    "version",
+)
+LEDGER_FIXED = tuple(c for c in LEDGER_COLUMNS if c not in LEDGER_DECIDED)
+if set(LEDGER_DECIDED) - set(LEDGER_COLUMNS):
+    raise RuntimeError("pg.LEDGER_DECIDED names a column inventory_events lacks")
+
+
+def _text_element(value: Any) -> str:
+    return "NULL" if value is None else '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _int_element(value: Any) -> str:
+    return "NULL" if value is None else str(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _utc_time_element(value: Any) -> str:
+    # remembered: a batch's rows share their received_at (and re-sent events their occurred_at)
+    return "NULL" if value is None else _naive(value).isoformat()  # type: ignore[union-attr]
+
+
+def _element_encoder(column: str) -> Callable[[Any], str]:
+    """The array-literal element of one value of a ledger column (as the column's `_LITERALS` encoder
+    writes each; times given aware, as in the rows)."""
+    if column in _TIMES:
+        return _utc_time_element
+    return _int_element if _LITERALS[_ledger_type(column)] is _int_literal else _text_element
+
+
+class FixedColumns(NamedTuple):
+    """A ledger row's LEDGER_FIXED columns, encoded, and the three of them services.demand reads."""
+
+    elements: tuple[str, ...]
+    kind: str
+    sku_id: int
+    quantity: int
+
+
+class LedgerRows:
+    """Ledger rows for `write_batch`: each row's fixed columns encoded once (`fixed`, before the row
+    locks), its decided ones given with it (`add`, in them). Rows made as dicts (`stock.ledger_row`)
+    join them with `add_row`."""
+
+    __slots__ = ("_decided", "_fixed", "demand")
+
+    def __init__(self) -> None:
+        self._fixed: list[tuple[str, ...]] = []  # the LEDGER_FIXED elements of each row
+        self._decided: list[tuple[Any, ...]] = []  # each row's LEDGER_DECIDED values, not encoded yet
+        # (kind, status, SKU id, quantity) of each row: services.demand finds the reported sales in them
+        self.demand: list[tuple[str, str, int, int]] = []
+
+    @staticmethod
+    def fixed(row: Mapping[str, Any]) -> FixedColumns:
+        """The LEDGER_FIXED columns of `row` (any mapping with those keys), encoded."""
+        elements = tuple([encode(row[c]) for c, encode in _FIXED_ENCODERS])
+        return FixedColumns(elements, row["kind"], row["sku_id"], row["quantity"])
+
+    def add(self, fixed: FixedColumns, decided: tuple[Any, ...]) -> None:
+        """A row: its `fixed` columns and its LEDGER_DECIDED values, in that order (status first)."""
+        self._fixed.append(fixed.elements)
+        self._decided.append(decided)
+        self.demand.append((fixed.kind, decided[0], fixed.sku_id, fixed.quantity))
+
+    def add_row(self, row: Mapping[str, Any]) -> None:
+        """A row made as a dict with every ledger column (stock.ledger_row)."""
+        self.add(self.fixed(row), tuple([row[c] for c in LEDGER_DECIDED]))
+
+    def __len__(self) -> int:
+        return len(self._fixed)
+
+    def literals(self) -> list[str]:
+        """One array literal per ledger column, in LEDGER_COLUMNS order."""
+        if not self._fixed:
+            return ["{}"] * len(LEDGER_COLUMNS)
+        by_column: dict[str, str] = {}
+        for c, elements in zip(LEDGER_FIXED, zip(*self._fixed, strict=True), strict=True):
+            by_column[c] = "{" + ",".join(elements) + "}"
+        for c, values in zip(LEDGER_DECIDED, zip(*self._decided, strict=True), strict=True):
+            by_column[c] = _DECIDED_LITERALS[c](values)
+        return [by_column[c] for c in LEDGER_COLUMNS]
+
+
+_FIXED_ENCODERS = [(c, _element_encoder(c)) for c in LEDGER_FIXED]
+
+
+def fixed_columns_maker(given: Sequence[str], constants: Mapping[str, Any]) -> Callable[..., FixedColumns]:
+    """`LedgerRows.fixed` of rows whose LEDGER_FIXED columns are the values `given` names, passed
+    positionally in that order, and `constants`, the same for every row (encoded once here): a batch
+    makes one row per event, without a dict each."""
+    if sorted([*given, *constants]) != sorted(LEDGER_FIXED) or not {"kind", "sku_id", "quantity"} <= set(given):
+        raise ValueError("fixed_columns_maker: name every fixed column once, kind, sku_id and quantity among given")
+    # per column: the index of its value and its encoder, or (-1, its element)
+    plan: list[tuple[int, Any]] = [
+        (given.index(c), encode) if c in given else (-1, encode(constants[c])) for c, encode in _FIXED_ENCODERS
+    ]
+    kind, sku_id, quantity = given.index("kind"), given.index("sku_id"), given.index("quantity")
+
+    def make(*values: Any) -> FixedColumns:
+        elements = tuple([encode if i < 0 else encode(values[i]) for i, encode in plan])
+        return FixedColumns(elements, values[kind], values[sku_id], values[quantity])
+
+    return make
+
+
+_DECIDED_LITERALS = {c: _LITERALS[_ledger_type(c)] for c in LEDGER_DECIDED}
+
+
 async def write_batch(
     db: asyncpg.Connection,
     changes: Sequence[tuple[Pair, Sequence[int], int, datetime | None]],
     now: datetime,
-    ledger: Sequence[dict[str, Any]],
+    ledger: Sequence[Mapping[str, Any]] | LedgerRows,
     outbox: Sequence[Pair],
     sales: Sequence[tuple[int, int]] = (),
     half_life: float = 1.0,
@@ -581,10 +710,14 @@ async def write_batch(
     ((SKU id, units), each SKU once, added to its demand under no channel with `half_life` seconds) as
     one statement. Returns each changed position's version after it, as apply_deltas does, and whether
     any channel has a dynamic buffer."""
+    if not isinstance(ledger, LedgerRows):
+        given, ledger = ledger, LedgerRows()
+        for row in given:
+            ledger.add_row(row)
     args: list[Any] = [
         *_delta_columns(changes),
         _naive(now),
-        *[[r[c] for r in ledger] for c in LEDGER_COLUMNS],  # times converted by their encoder
+        *ledger.literals(),  # encoded already
         [p[0] for p in outbox],
         [p[1] for p in outbox],
         [s for s, _ in sales],
@@ -606,28 +739,10 @@ async def write_batch(
     return versions, dynamic
 
 
-def _utc_time_literal(values: Sequence[Any]) -> str:
-    """`_time_literal` of aware datetimes (as `_naive` takes them), each distinct one converted once: a
-    batch's rows share their received_at (client CPU of a 500-row write_batch with distinct occurred_at:
-    3.1 -> 2.55 ms)."""
-    memo: dict[datetime, str] = {}
-    parts: list[str] = []
-    for v in values:
-        if v is None:
-            parts.append("NULL")
-            continue
-        text = memo.get(v)
-        if text is None:
-            text = memo[v] = _naive(v).isoformat()  # type: ignore[union-attr]
-        parts.append(text)
-    return "{" + ",".join(parts) + "}"
-
-
 _WRITE_BATCH_LITERALS, _WRITE_BATCH_ENCODERS = _array_literal_sql(_WRITE_BATCH)
-# the ledger's times are given as they are in the rows (aware), converted by the encoder
-_WRITE_BATCH_RAW_TIMES = frozenset(11 + i for i, c in enumerate(LEDGER_COLUMNS) if c in _TIMES)
-for _i in _WRITE_BATCH_RAW_TIMES:
-    _WRITE_BATCH_ENCODERS[_i] = _utc_time_literal
+# the ledger's arrays come as literals already (LedgerRows.literals)
+for _i in range(11, 11 + len(LEDGER_COLUMNS)):
+    del _WRITE_BATCH_ENCODERS[_i]
 
 
 # --- reads of the outbox relay and of availability ------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -239,11 +239,32 @@ async def _apply_batch(
     todo = [i for i in range(len(events)) if i not in bad and i not in results]
 
     pairs_touched: set[stock.Pair] = set()
+    # each row's columns its event fixes, encoded now, outside the row locks (pg.LedgerRows)
+    fixed_of = stock.event_fixed_maker(now)
+    fixed: dict[int, pg.FixedColumns] = {}
     for i in todo:
         e = events[i]
-        pairs_touched.add((sku_ids[e.sku_code], locs[e.location_code].id))
+        pair = (sku_ids[e.sku_code], locs[e.location_code].id)
+        pairs_touched.add(pair)
+        to_id = None
         if e.to_location_code:
-            pairs_touched.add((sku_ids[e.sku_code], locs[e.to_location_code].id))
+            to_id = locs[e.to_location_code].id
+            pairs_touched.add((pair[0], to_id))
+        fixed[i] = fixed_of(
+            e.type.value,
+            pair[0],
+            pair[1],
+            e.quantity,
+            e.source,
+            e.external_id,
+            e.occurred_at,
+            e.reason,
+            e.reference,
+            to_id,
+            e.expected_at,
+            fingerprints[i],
+            e.unit,
+        )
     # every figure must stay an Int the API can return, per position and summed over a SKU's positions
     # (`sizes`); and what the stored ledger holds after each count's time, read once for the whole
     # batch (before any of its rows are written: those are in `applied` below). Read with the lock,
@@ -261,31 +282,34 @@ async def _apply_batch(
     backordered = {p: lp.backordered for p, lp in locked.items()}
     stored_since = dict(zip(counts, after_counts, strict=True))
 
-    ledger: list[dict[str, Any]] = []
+    ledger = pg.LedgerRows()
     changed: set[stock.Pair] = set()
     # the positions are locked: each change's version is the next one, known here. Their changes are
     # summed per position and written in one statement at the end (`_Pending`), except where arriving
     # units fill backorders (stock.apply_delta does that, one change at a time)
     pending: dict[stock.Pair, _Pending] = {}
 
-    async def change(pair: stock.Pair, delta: Delta, moved: bool, after: Position, counted_at: datetime | None) -> None:
-        """`delta` (`moved`: not zero) applied to the position, which it takes to `after`."""
-        if delta.incoming < 0 and backordered[pair] > 0:
-            await _flush(conn, pending, pair, now, versions)
-            versions[pair] = await stock.apply_delta(conn, pair, delta, now, counted_at)
-        else:
-            todo_pair = pending.get(pair)
-            if todo_pair is None:
-                todo_pair = pending[pair] = _Pending()
-            todo_pair.add(delta, moved, counted_at)
-            if moved:
-                versions[pair] += 1
+    def change(pair: stock.Pair, delta: Delta, moved: bool, after: Position, counted_at: datetime | None) -> None:
+        """`delta` (`moved`: not zero) applied to the position, which it takes to `after`, when it fills
+        no backorder (`fill` then): summed into the position's pending change."""
+        todo_pair = pending.get(pair)
+        if todo_pair is None:
+            todo_pair = pending[pair] = _Pending()
+        todo_pair.add(delta, moved, counted_at)
+        if moved:
+            versions[pair] += 1
+        positions[pair] = after
+
+    async def fill(pair: stock.Pair, delta: Delta, after: Position, counted_at: datetime | None) -> None:
+        """`change` for a delta whose arriving units fill backorders: its own statement, after the
+        position's pending change. Not a coroutine for every event: only these wait on the database."""
+        await _flush(conn, pending, pair, now, versions)
+        versions[pair] = await stock.apply_delta(conn, pair, delta, now, counted_at)
         positions[pair] = after
 
     # on-hand effects applied earlier in this batch, not in the ledger table until the batch ends: a
     # late count must keep those that occurred after it exactly like the ones already stored
     applied: dict[stock.Pair, list[tuple[datetime, int]]] = defaultdict(list)
-    row_of = stock.event_row_maker(now)  # each event's ledger row (stock.ledger_row's, positionally)
     for i in todo:
         e = events[i]
         loc = locs[e.location_code]
@@ -315,40 +339,24 @@ async def _apply_batch(
             continue
         sizes[pair[0]] = size
         if moved or decision.counted_at is not None:
-            await change(pair, delta, moved, after, decision.counted_at)
+            if delta.incoming < 0 and backordered[pair] > 0:
+                await fill(pair, delta, after, decision.counted_at)
+            else:
+                change(pair, delta, moved, after, decision.counted_at)
             if delta.on_hand:
                 applied[pair].append((e.occurred_at, delta.on_hand))
             if decision.counted_at is not None:
                 counted[pair] = decision.counted_at
             if moved:
                 changed.add(pair)
-        ledger.append(
-            row_of(
-                e.type.value,
-                decision.status.value,
-                pair,
-                e.quantity,
-                delta,
-                versions[pair],
-                e.source,
-                e.external_id,
-                e.occurred_at,
-                decision.effect.drift,
-                e.reason,
-                e.reference,
-                to_id,
-                e.expected_at,
-                fingerprints[i],
-                e.unit,
-            )
-        )
+        ledger.add(fixed[i], stock.decided_columns(decision.status.value, delta, decision.effect.drift, versions[pair]))
         results[i] = EventResult(i, decision.status, _answered(versions[pair]), decision.effect.drift)
         if arriving is not None:
             # the far side: the units are now expected at the destination
             dest, incoming, dest_after = arriving
-            await change(dest, incoming, True, dest_after, None)
+            change(dest, incoming, True, dest_after, None)  # expected units: no backorder to fill
             changed.add(dest)
-            ledger.append(
+            ledger.add_row(
                 stock.ledger_row(
                     kind=LedgerKind.TRANSFER_EXPECTED.value,
                     status=EventStatus.APPLIED.value,
@@ -366,7 +374,7 @@ async def _apply_batch(
     # the pending changes, the ledger rows, the outbox rows and the reported sales and orders (issue 18:
     # demand under no channel, demand.ledger_sales): one statement (one round trip in the locks)
     last = [(p, pending.pop(p)) for p in sorted(pending)]
-    sales = demand.ledger_sales(ledger)
+    sales = demand.ledger_sales(ledger.demand)
     reached, dynamic = await stock.apply_and_record(
         conn, _summed(last), now, ledger, changed, sales, demand.half_life_seconds()
     )

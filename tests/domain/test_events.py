@@ -164,7 +164,7 @@ def test_counted_from_negative_on_hand_sets_the_counted_figure() -> None:
 def test_counted_leaves_every_other_field_alone() -> None:
     at = Position(on_hand=10, committed=3, reserved=2, unavailable=1, safety_stock=4, incoming=9)
     after = at.plus(effect(EventType.COUNTED, 7, at).delta)
-    assert after == replace(at, on_hand=7)
+    assert after == at._replace(on_hand=7)
 
 
 @settings(database=None)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql
@@ -67,14 +66,15 @@ _DEMAND_KINDS = frozenset({"SOLD", "ORDER_PLACED"})
 _COUNTED_STATUSES = frozenset({"APPLIED", "SUPERSEDED"})
 
 
-def ledger_sales(rows: Iterable[Mapping[str, Any]]) -> list[tuple[int, int]]:
-    """(SKU id, units) of the reported sales and orders in these ledger rows, as demand under no
-    channel, by SKU id; for statements that record them themselves (pg.write_batch), followed by
-    `refresh_buffers` of those SKUs when any channel has a dynamic buffer."""
+def ledger_sales(rows: Iterable[tuple[str, str, int, int]]) -> list[tuple[int, int]]:
+    """(SKU id, units) of the reported sales and orders among these ledger rows, each given as (kind,
+    status, SKU id, quantity) (pg.LedgerRows.demand), as demand under no channel, by SKU id; for
+    statements that record them themselves (pg.write_batch), followed by `refresh_buffers` of those
+    SKUs when any channel has a dynamic buffer."""
     sales: dict[int, int] = defaultdict(int)
-    for r in rows:
-        if r["kind"] in _DEMAND_KINDS and r["status"] in _COUNTED_STATUSES and r["quantity"] > 0:
-            sales[int(r["sku_id"])] += int(r["quantity"])
+    for kind, status, sku_id, quantity in rows:
+        if kind in _DEMAND_KINDS and status in _COUNTED_STATUSES and quantity > 0:
+            sales[int(sku_id)] += int(quantity)
     return sorted(sales.items())
 
 
