@@ -303,6 +303,23 @@ def refuse(extension: Any, permission: Any) -> Any:
     return extension._on_unauthorized(permission)
 
 
+def default_resolved_field(field_def: Any) -> Any | None:
+    """The StrawberryField behind a graphql-core field that Strawberry resolves with its default
+    resolver (the attribute, read by `field.default_resolver`), or None when the field runs anything
+    else (a resolver, a field extension, an exception handler).
+
+    Checked against strawberry-graphql 0.341.2, the locked version (`GraphQLCoreConverter.from_resolver`
+    gives such a field `_get_basic_result`, marked `_is_default`; a field without a resolver of its
+    own but with extensions or exception handlers gets another resolver, marked `_is_default` too).
+    app/graphql/plain_fields.py completes such fields without graphql-core's per-field machinery;
+    `StrawberryField.is_basic_field` alone does not say whether the schema wrapped the resolver.
+    """
+    resolve = field_def.resolve
+    if not getattr(resolve, "_is_default", False) or getattr(resolve, "__name__", "") != "_get_basic_result":
+        return None
+    return field_def.extensions.get("strawberry-definition")
+
+
 # --- uvicorn --------------------------------------------------------------------------------------
 
 

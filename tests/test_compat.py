@@ -265,6 +265,37 @@ async def test_upgrading_to_websocket_is_uvicorns_own_test(upgrade: bytes | None
     assert compat.upgrading_to_websocket(protocol) is expected
 
 
+class _Loud(strawberry.extensions.FieldExtension):
+    def resolve(self, next_: Any, source: Any, info: Any, **kwargs: Any) -> Any:
+        return next_(source, info, **kwargs)
+
+
+@strawberry.type(name="Thing")
+class _Thing:
+    plain: int
+    renamed_here: str = "x"
+    extended: int = strawberry.field(default=1, extensions=[_Loud()])
+
+    @strawberry.field
+    def made(self) -> int:
+        return 2
+
+
+@strawberry.type
+class _ThingQuery:
+    thing: _Thing
+
+
+def test_default_resolved_field_is_the_strawberry_field_of_an_attribute_read_and_of_nothing_else() -> None:
+    fields = compat.graphql_core_schema(strawberry.Schema(query=_ThingQuery)).type_map["Thing"].fields
+    plain = compat.default_resolved_field(fields["plain"])
+    renamed = compat.default_resolved_field(fields["renamedHere"])
+    assert (plain.python_name, renamed.python_name) == ("plain", "renamed_here")
+    assert plain.default_resolver(_Thing(plain=5), plain.python_name) == 5
+    assert compat.default_resolved_field(fields["made"]) is None
+    assert compat.default_resolved_field(fields["extended"]) is None
+
+
 # --- nothing else in app/ touches a library's internals --------------------------------------------
 # (ruff's SLF001 refuses `obj._name` in app/ outside app/compat.py; these catch what it cannot see)
 
