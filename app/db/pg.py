@@ -579,8 +579,8 @@ _LITERALS: dict[str, Callable[[Sequence[Any]], str]] = {
 # an event fixes (`LEDGER_FIXED`: its source, external id, kind, position, quantity, times, texts and
 # fingerprint) are encoded before the batch takes its positions' row locks; those its decision gives
 # (`LEDGER_DECIDED`) as it is decided, in the locks. Made there as one dict per row, then turned into
-# one list per column and encoded, 500 rows took 5-8 ms of the locked section on a slow day (`python
-# /tmp/rec.py`-style timing of write_batch's arguments, bench/README.md "Round h25").
+# one list per column and encoded, 500 rows' arguments took 4.8-8.5 ms of the locked section on a slow
+# day (timeit; bench/locked_section.py measures the whole section, bench/README.md "Round h25").
 LEDGER_DECIDED = (
     "status",
     "d_on_hand",
