@@ -80,6 +80,8 @@ from _common import (
 from _common import Result as _Result
 from reserve import LOCATION, N_SKUS, SKU_CODES, db_exec, load_catalogue
 
+from app.domain.events import EventType, InventoryEvent
+
 TARGET_RATE = 10_000.0
 TARGET_RATIO = 0.5
 DUPLICATE_SHARE = 0.05
@@ -161,6 +163,19 @@ class Feed:
         self.sent_dup += self.last_dups
 
 
+def domain_event(e: dict[str, Any]) -> InventoryEvent:
+    """An event of a `Feed` batch (GraphQL's input, camelCase) as the domain takes it."""
+    return InventoryEvent(
+        source=e["source"],
+        external_id=e["externalId"],
+        type=EventType(e["type"]),
+        sku_code=e["skuCode"],
+        location_code=e["locationCode"],
+        quantity=e["quantity"],
+        occurred_at=datetime.fromisoformat(e["occurredAt"]),
+    )
+
+
 # --- the raw baseline ------------------------------------------------------------------------------------
 
 _LEDGER_COLS = (
@@ -225,25 +240,14 @@ SQL = {
 
 async def baseline_batch(conn: Any, st: dict[str, Any], batch: list[dict[str, Any]]) -> Counter[str]:
     """One batch as one transaction, set-based; returns the statuses (like the service's answer)."""
-    from app.domain.events import EventStatus, EventType, InventoryEvent, decide
+    from app.domain.events import EventStatus, decide
     from app.domain.quantities import Position
     from app.services.demand.recording import _NOTE_SALES
     from app.services.demand.velocity import half_life_seconds
 
     now = datetime.now(UTC)
     naive_now = now.replace(tzinfo=None)
-    events = [
-        InventoryEvent(
-            source=e["source"],
-            external_id=e["externalId"],
-            type=EventType(e["type"]),
-            sku_code=e["skuCode"],
-            location_code=e["locationCode"],
-            quantity=e["quantity"],
-            occurred_at=datetime.fromisoformat(e["occurredAt"]),
-        )
-        for e in batch
-    ]
+    events = [domain_event(e) for e in batch]
     statuses: Counter[str] = Counter()
     async with conn.transaction():
         await conn.execute("SELECT set_config('stockwire.tenant_id', '1', true)")

@@ -31,32 +31,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import drop_database, migrate, recreate_database, run_bench, run_database, sa_url, say
-from ingest import Feed
+from ingest import Feed, domain_event
 from reserve import db_exec, load_catalogue
 
 from app.db import pg, tenancy
 from app.db.engine import Database
-from app.domain.events import EventType, InventoryEvent
-from app.graphql.types import parse_datetime
 from app.services import events
 from app.services.context import Ctx
 from app.settings import Settings
 
 LOCK = "WITH locked AS"  # pg._LOCK_SIZED: the lock statement (with the sizes and counts it reads)
 WRITE = "WITH changed AS"  # pg._WRITE_BATCH: positions, ledger, outbox and demand in one statement
-
-
-def _domain(e: dict[str, Any]) -> InventoryEvent:
-    """An event of ingest.Feed (GraphQL's input, camelCase) as the resolver hands it to the service."""
-    return InventoryEvent(
-        source=e["source"],
-        external_id=e["externalId"],
-        type=EventType(e["type"]),
-        sku_code=e["skuCode"],
-        location_code=e["locationCode"],
-        quantity=e["quantity"],
-        occurred_at=parse_datetime(e["occurredAt"]),
-    )
 
 
 async def main(a: argparse.Namespace) -> int:
@@ -87,7 +72,7 @@ async def main(a: argparse.Namespace) -> int:
         whole: list[float] = []
         say(f"{a.batches} batches of {a.batch}, one at a time")
         for n in range(a.batches):
-            batch = [_domain(e) for e in feed.next_batch()]
+            batch = [domain_event(e) for e in feed.next_batch()]
             marks.clear()
             start = time.process_time()
             with tenancy.acting_for(1):

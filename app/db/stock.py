@@ -567,17 +567,7 @@ if ledger_row(kind="", status="", pair=(0, 0), quantity=0, delta=Delta(), versio
     pg.LEDGER_COLUMNS
 ):
     raise RuntimeError("stock.ledger_row and the inventory_events table disagree on the ledger's columns")
-if pg.LEDGER_DECIDED != (
-    "status",
-    "d_on_hand",
-    "d_committed",
-    "d_reserved",
-    "d_unavailable",
-    "d_safety_stock",
-    "d_incoming",
-    "drift",
-    "version",
-):
+if ("status", *(f"d_{name}" for name in Delta._fields), "drift", "version") != pg.LEDGER_DECIDED:
     raise RuntimeError("stock.decided_columns and pg.LEDGER_DECIDED disagree on the decided columns' order")
 
 
