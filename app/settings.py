@@ -31,9 +31,6 @@ class Settings(BaseSettings):
     # previous one holds its row locks; 1: one at a time (bench/README.md, Combining: 2 was faster than 1
     # in both scenarios once batches spanned positions; 3 and 4 no faster than 2)
     combine_in_flight: int = Field(2, ge=1, le=8)
-    # the most events of concurrent recordInventoryEvents batches (same API key) applied together in one
-    # transaction (app/services/events_combining.py); 0: every batch in its own
-    combine_events: int = Field(4000, ge=0)
     # how often the sweeper releases expired holds; the contract wants them gone within ~1 s
     expiry_sweep_seconds: float = Field(0.25, gt=0)
     # how often the outbox relay looks for changes left by other (or crashed) processes

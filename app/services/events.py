@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import NamedTuple
@@ -74,10 +73,6 @@ async def record_events(
     """Apply a batch. Atomic (the default): any error refuses the whole batch and changes nothing.
 
     Not atomic: events with errors are reported and skipped, the rest apply.
-
-    A batch that arrives while another of the same integration key is in flight is applied together
-    with the others that queue meanwhile, in one transaction (app/services/events_combining.py); its
-    answer is the one it would get alone, after the batches that arrived before it.
     """
     if len(events) > ctx.settings.max_batch_size:
         raise Refused(
@@ -88,71 +83,21 @@ async def record_events(
     for i, event in enumerate(events):
         errors += [_at(i, e) for e in validate(event, now)]
     # validation errors are reported together with unknown codes and conflicts, found in the transaction
-    # imported here: events_combining runs its batches with apply_batches (below)
-    from app.services import events_combining
 
-    return await events_combining.record(ctx, Batch(events, errors, atomic))
+    async def work(conn: AsyncConnection) -> tuple[list[EventResult], list[UserError]]:
+        return await _apply_batch(conn, ctx, events, list(errors), atomic)
 
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """One recordInventoryEvents call: its events, the errors validation found before any transaction
-    (each names its event's index), and whether any error refuses all of it."""
-
-    events: list[InventoryEvent]
-    errors: list[UserError]
-    atomic: bool
-
-    def keys(self) -> set[tuple[str, str]]:
-        return {(e.source, e.external_id) for e in self.events}
-
-
-Outcome = tuple[list[EventResult], list[UserError]] | Refused
-
-
-class _Redo(Exception):
-    """An atomic batch refused in the row locks (a figure out of range), after the batches before it in
-    the same transaction changed what it saw: the transaction is rolled back and the others run again
-    without it. Its refusal stands: it was judged after the batches that arrived before it."""
-
-    def __init__(self, batch: int, refused: Refused) -> None:
-        super().__init__(batch)
-        self.batch = batch
-        self.refused = refused
-
-
-async def apply_batches(ctx: Ctx, batches: list[Batch], locked: Callable[[], None] | None = None) -> list[Outcome]:
-    """Apply `batches` in one transaction, in their order, each judged as if alone after those before it.
-
-    Each gets its results and errors, or its Refused (an atomic batch with an error): a refused batch
-    changes nothing, and the others still apply. `locked()` is called once the transaction holds its
-    row locks."""
-    outcomes: dict[int, Outcome] = {}
-    live = list(range(len(batches)))
-    retried = False
-    while live:
-
-        async def work(conn: AsyncConnection) -> list[Outcome]:
-            return await _apply_batches(conn, ctx, [batches[k] for k in live], locked)
-
-        # a batch's statements take arrays of its events: planned once per connection, not per batch
-        # (engine.generic_plans says why)
-        with generic_plans():
-            try:
-                got = await ctx.db.write(work)
-            except _Redo as redo:
-                outcomes[live.pop(redo.batch)] = redo.refused
-                continue
-            except IntegrityError as exc:
-                if retried or not is_unique_violation(exc):
-                    raise
-                # another request recorded one of these events between our look-up and our insert:
-                # run again, and it will be reported as DUPLICATE (or EVENT_CONFLICT)
-                retried = True
-                continue
-        outcomes.update(zip(live, got, strict=True))
-        break
-    return [outcomes[k] for k in range(len(batches))]
+    # a batch's statements take arrays of its events: planned once per connection, not per batch
+    # (engine.generic_plans says why)
+    with generic_plans():
+        try:
+            return await ctx.db.write(work)
+        except IntegrityError as exc:
+            if not is_unique_violation(exc):
+                raise
+            # another request recorded one of these events between our look-up and our insert:
+            # run again, and it will be reported as DUPLICATE (or EVENT_CONFLICT)
+            return await ctx.db.write(work)
 
 
 def _size_after(size: Magnitude, moves: list[tuple[Position, Position, Delta]]) -> Magnitude | None:
@@ -230,32 +175,16 @@ def _out_of_range(i: int, e: InventoryEvent) -> UserError:
     )
 
 
-class _Screened(NamedTuple):
-    """A batch judged before the row locks: its events in base units, its errors so far, the events to
-    apply (`todo`), those answered already (DUPLICATE), repeats inside it (-> the index of the first
-    occurrence) and each event's fingerprint."""
-
-    batch: Batch
-    events: list[InventoryEvent]
-    errors: list[UserError]
-    todo: list[int]
-    results: dict[int, EventResult]
-    repeats: dict[int, int]
-    fingerprints: list[str]
-
-
-async def _screen(
-    conn: AsyncConnection,
-    batch: Batch,
-    sku_ids: dict[str, int],
-    locs: dict[str, _Location],
-    recorded: dict[tuple[str, str], _Recorded],
-) -> _Screened | Refused:
-    """Unknown codes, units, duplicates and conflicts; an atomic batch with any error is refused here,
-    before it locks anything."""
-    events = batch.events
-    errors = list(batch.errors)
+async def _apply_batch(
+    conn: AsyncConnection, ctx: Ctx, events: list[InventoryEvent], errors: list[UserError], atomic: bool
+) -> tuple[list[EventResult], list[UserError]]:
+    now = ctx.clock()
     bad = {int(e.field[1]) for e in errors if e.field}
+    sku_codes = {e.sku_code for e in events}
+    loc_codes = {e.location_code for e in events} | {e.to_location_code for e in events if e.to_location_code}
+    # (source, externalId) identifies an event: a repeat is a DUPLICATE, a repeat with other content a conflict
+    pairs = list({(e.source, e.external_id) for e in events})
+    sku_ids, locs, recorded = await _look_up(conn, sku_codes, loc_codes, pairs)
     for i, e in enumerate(events):
         if e.sku_code not in sku_ids:
             errors.append(UserError(ErrorCode.UNKNOWN_SKU, f"no SKU {e.sku_code!r}", ("input", str(i), "skuCode")))
@@ -305,86 +234,48 @@ async def _screen(
         first_in_batch[key] = (i, fp)
 
     bad |= {int(e.field[1]) for e in errors if e.field and len(e.field) > 1}
-    if errors and batch.atomic:
-        return Refused(errors)
+    if errors and atomic:
+        raise Refused(errors)
     todo = [i for i in range(len(events)) if i not in bad and i not in results]
-    return _Screened(batch, events, errors, todo, results, repeats, fingerprints)
-
-
-async def _apply_batches(
-    conn: AsyncConnection, ctx: Ctx, batches: list[Batch], locked_now: Callable[[], None] | None
-) -> list[Outcome]:
-    """apply_batches' transaction: one look-up, one lock statement and one write for all the batches;
-    each event decided in turn, the batches in their order, against the positions as the events before
-    it left them. Raises _Redo when an atomic batch is refused in the locks."""
-    now = ctx.clock()
-    everything = [e for b in batches for e in b.events]
-    sku_codes = {e.sku_code for e in everything}
-    loc_codes = {e.location_code for e in everything} | {e.to_location_code for e in everything if e.to_location_code}
-    # (source, externalId) identifies an event: a repeat is a DUPLICATE, a repeat with other content a conflict
-    keys = {(e.source, e.external_id) for e in everything}
-    if len(batches) > 1 and len(keys) < sum(len(b.keys()) for b in batches):
-        # two batches sharing a key are never combined (events_combining): the later one must see the
-        # earlier one recorded, as a repeat does
-        raise ValueError("batches combined in one transaction share a (source, externalId)")
-    sku_ids, locs, recorded = await _look_up(conn, sku_codes, loc_codes, list(keys))
-    outcomes: list[Outcome | None] = [None] * len(batches)
-    screened: list[tuple[int, _Screened]] = []
-    for k, batch in enumerate(batches):
-        judged = await _screen(conn, batch, sku_ids, locs, recorded)
-        if isinstance(judged, Refused):
-            outcomes[k] = judged
-        else:
-            screened.append((k, judged))
 
     pairs_touched: set[stock.Pair] = set()
     # each row's columns its event fixes, encoded now, outside the row locks (pg.LedgerRows)
     fixed_of = stock.event_fixed_maker(now)
-    fixed: list[dict[int, pg.FixedColumns]] = []
-    counts: list[tuple[int, int]] = []  # (batch in `screened`, event) of each count
-    for n, (_, s) in enumerate(screened):
-        fixed_here: dict[int, pg.FixedColumns] = {}
-        fixed.append(fixed_here)
-        for i in s.todo:
-            e = s.events[i]
-            pair = (sku_ids[e.sku_code], locs[e.location_code].id)
-            pairs_touched.add(pair)
-            to_id = None
-            if e.to_location_code:
-                to_id = locs[e.to_location_code].id
-                pairs_touched.add((pair[0], to_id))
-            fixed_here[i] = fixed_of(
-                e.type.value,
-                pair[0],
-                pair[1],
-                e.quantity,
-                e.source,
-                e.external_id,
-                e.occurred_at,
-                e.reason,
-                e.reference,
-                to_id,
-                e.expected_at,
-                s.fingerprints[i],
-                e.unit,
-            )
-            if e.type is EventType.COUNTED:
-                counts.append((n, i))
+    fixed: dict[int, pg.FixedColumns] = {}
+    for i in todo:
+        e = events[i]
+        pair = (sku_ids[e.sku_code], locs[e.location_code].id)
+        pairs_touched.add(pair)
+        to_id = None
+        if e.to_location_code:
+            to_id = locs[e.to_location_code].id
+            pairs_touched.add((pair[0], to_id))
+        fixed[i] = fixed_of(
+            e.type.value,
+            pair[0],
+            pair[1],
+            e.quantity,
+            e.source,
+            e.external_id,
+            e.occurred_at,
+            e.reason,
+            e.reference,
+            to_id,
+            e.expected_at,
+            fingerprints[i],
+            e.unit,
+        )
     # every figure must stay an Int the API can return, per position and summed over a SKU's positions
-    # (`sizes`); and what the stored ledger holds after each count's time, read once for all the
-    # batches (before any of their rows are written: those are in `applied` below). Read with the lock,
+    # (`sizes`); and what the stored ledger holds after each count's time, read once for the whole
+    # batch (before any of its rows are written: those are in `applied` below). Read with the lock,
     # in its statement (one round trip fewer in the row locks, see stock.lock_sized).
+    counts = [i for i in todo if events[i].type is EventType.COUNTED]
     locked, sizes, after_counts = await stock.lock_sized(
         conn,
         pairs_touched,
         now,
-        [
-            ((sku_ids[e.sku_code], locs[e.location_code].id), e.occurred_at)
-            for e in (screened[n][1].events[i] for n, i in counts)
-        ],
+        [((sku_ids[events[i].sku_code], locs[events[i].location_code].id), events[i].occurred_at) for i in counts],
     )
-    if locked_now is not None:
-        locked_now()
     positions = {p: lp.position for p, lp in locked.items()}
     counted = {p: lp.counted_at for p, lp in locked.items()}
     versions = {p: lp.version for p, lp in locked.items()}
@@ -416,77 +307,70 @@ async def _apply_batches(
         versions[pair] = await stock.apply_delta(conn, pair, delta, now, counted_at)
         positions[pair] = after
 
-    # on-hand effects applied earlier in this transaction, not in the ledger table until it ends: a
+    # on-hand effects applied earlier in this batch, not in the ledger table until the batch ends: a
     # late count must keep those that occurred after it exactly like the ones already stored
     applied: dict[stock.Pair, list[tuple[datetime, int]]] = defaultdict(list)
-    for n, (k, s) in enumerate(screened):
-        events, results, fixed_here = s.events, s.results, fixed[n]
-        for i in s.todo:
-            e = events[i]
-            loc = locs[e.location_code]
-            pair = (sku_ids[e.sku_code], loc.id)
-            since = 0
-            if e.type is EventType.COUNTED:
-                since = stored_since[(n, i)] + on_hand_since(applied[pair], e.occurred_at)
-            before = positions[pair]
-            decision = decide(e, before, counted[pair], loc.count_authority, since)
-            delta = decision.effect.delta
-            moved = not delta.is_zero  # asked once: a dataclass comparison
-            after = before.plus(delta) if moved else before
-            to_id = locs[e.to_location_code].id if e.to_location_code else None
-            arriving: tuple[stock.Pair, Delta, Position] | None = None
-            if e.type is EventType.TRANSFER_OUT and to_id is not None:
-                dest = (pair[0], to_id)
-                arriving = (dest, Delta(incoming=e.quantity), positions[dest].plus(Delta(incoming=e.quantity)))
-                size = _size_after(
-                    sizes[pair[0]], [(before, after, delta), (positions[dest], arriving[2], arriving[1])]
-                )
-            elif moved:
-                size = _size_after(sizes[pair[0]], [(before, after, delta)])
+    for i in todo:
+        e = events[i]
+        loc = locs[e.location_code]
+        pair = (sku_ids[e.sku_code], loc.id)
+        since = 0
+        if e.type is EventType.COUNTED:
+            since = stored_since[i] + on_hand_since(applied[pair], e.occurred_at)
+        before = positions[pair]
+        decision = decide(e, before, counted[pair], loc.count_authority, since)
+        delta = decision.effect.delta
+        moved = not delta.is_zero  # asked once: a dataclass comparison
+        after = before.plus(delta) if moved else before
+        to_id = locs[e.to_location_code].id if e.to_location_code else None
+        arriving: tuple[stock.Pair, Delta, Position] | None = None
+        if e.type is EventType.TRANSFER_OUT and to_id is not None:
+            dest = (pair[0], to_id)
+            arriving = (dest, Delta(incoming=e.quantity), positions[dest].plus(Delta(incoming=e.quantity)))
+            size = _size_after(sizes[pair[0]], [(before, after, delta), (positions[dest], arriving[2], arriving[1])])
+        elif moved:
+            size = _size_after(sizes[pair[0]], [(before, after, delta)])
+        else:
+            size = sizes[pair[0]]  # nothing moves: no figure can leave an Int
+        if size is None:
+            errors.append(_out_of_range(i, e))
+            if atomic:
+                raise Refused(errors)
+            continue
+        sizes[pair[0]] = size
+        if moved or decision.counted_at is not None:
+            if delta.incoming < 0 and backordered[pair] > 0:
+                await fill(pair, delta, after, decision.counted_at)
             else:
-                size = sizes[pair[0]]  # nothing moves: no figure can leave an Int
-            if size is None:
-                s.errors.append(_out_of_range(i, e))
-                if s.batch.atomic:
-                    # the batches before it in this transaction changed what it saw: roll back, and
-                    # the others run again without it (apply_batches)
-                    raise _Redo(k, Refused(s.errors))
-                continue
-            sizes[pair[0]] = size
-            if moved or decision.counted_at is not None:
-                if delta.incoming < 0 and backordered[pair] > 0:
-                    await fill(pair, delta, after, decision.counted_at)
-                else:
-                    change(pair, delta, moved, after, decision.counted_at)
-                if delta.on_hand:
-                    applied[pair].append((e.occurred_at, delta.on_hand))
-                if decision.counted_at is not None:
-                    counted[pair] = decision.counted_at
-                if moved:
-                    changed.add(pair)
-            decided = stock.decided_columns(decision.status.value, delta, decision.effect.drift, versions[pair])
-            ledger.add(fixed_here[i], decided)
-            results[i] = EventResult(i, decision.status, _answered(versions[pair]), decision.effect.drift)
-            if arriving is not None:
-                # the far side: the units are now expected at the destination
-                dest, incoming, dest_after = arriving
-                change(dest, incoming, True, dest_after, None)  # expected units: no backorder to fill
-                changed.add(dest)
-                ledger.add_row(
-                    stock.ledger_row(
-                        kind=LedgerKind.TRANSFER_EXPECTED.value,
-                        status=EventStatus.APPLIED.value,
-                        pair=dest,
-                        quantity=e.quantity,
-                        delta=incoming,
-                        version=versions[dest],
-                        now=now,
-                        source=e.source,
-                        occurred_at=e.occurred_at,
-                        reference=e.reference,
-                        reason=f"transfer {e.external_id} from {e.location_code}",
-                    )
+                change(pair, delta, moved, after, decision.counted_at)
+            if delta.on_hand:
+                applied[pair].append((e.occurred_at, delta.on_hand))
+            if decision.counted_at is not None:
+                counted[pair] = decision.counted_at
+            if moved:
+                changed.add(pair)
+        ledger.add(fixed[i], stock.decided_columns(decision.status.value, delta, decision.effect.drift, versions[pair]))
+        results[i] = EventResult(i, decision.status, _answered(versions[pair]), decision.effect.drift)
+        if arriving is not None:
+            # the far side: the units are now expected at the destination
+            dest, incoming, dest_after = arriving
+            change(dest, incoming, True, dest_after, None)  # expected units: no backorder to fill
+            changed.add(dest)
+            ledger.add_row(
+                stock.ledger_row(
+                    kind=LedgerKind.TRANSFER_EXPECTED.value,
+                    status=EventStatus.APPLIED.value,
+                    pair=dest,
+                    quantity=e.quantity,
+                    delta=incoming,
+                    version=versions[dest],
+                    now=now,
+                    source=e.source,
+                    occurred_at=e.occurred_at,
+                    reference=e.reference,
+                    reason=f"transfer {e.external_id} from {e.location_code}",
                 )
+            )
     # the pending changes, the ledger rows, the outbox rows and the reported sales and orders (issue 18:
     # demand under no channel, demand.ledger_sales): one statement (one round trip in the locks)
     last = [(p, pending.pop(p)) for p in sorted(pending)]
@@ -496,13 +380,8 @@ async def _apply_batches(
     )
     _check_versions(reached, versions)
     if dynamic and sales:  # the sold SKUs' dynamic buffers follow their demand (as demand.note_sales)
-        await demand.refresh_buffers(conn, now, sku_ids={sku for sku, _ in sales})
-    for k, s in screened:
-        results = s.results
-        for i, first in s.repeats.items():
-            if first in results:  # answered like a later repeat: the version its first occurrence recorded
-                results[i] = replace(results[i], version=results[first].version)
-        outcomes[k] = ([results[i] for i in sorted(results)], s.errors)
-    answered = [o for o in outcomes if o is not None]
-    assert len(answered) == len(batches)  # every batch refused or applied
-    return answered
+        await demand.refresh_buffers(conn, now, sku_ids={s for s, _ in sales})
+    for i, first in repeats.items():
+        if first in results:  # answered like a later repeat: the version its first occurrence recorded
+            results[i] = replace(results[i], version=results[first].version)
+    return [results[i] for i in sorted(results)], errors

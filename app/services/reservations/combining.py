@@ -44,7 +44,7 @@ import asyncio
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -60,7 +60,6 @@ from app.domain.errors import ErrorCode, Refused, UserError
 from app.domain.reservations import ReservationStatus
 from app.services import demand
 from app.services.context import Ctx
-from app.services.lanes import Lanes
 from app.services.reservations.expiry import expire_due
 from app.services.reservations.records import reserved_row
 from app.services.views import ReservationLineView, ReservationView
@@ -129,7 +128,7 @@ _WRITE = (
 )
 
 
-# --- the queue (app/services/lanes.py) -------------------------------------------------------------
+# --- the queue per position ---------------------------------------------------------------------
 
 
 @dataclass(eq=False, slots=True)
@@ -148,6 +147,18 @@ class _Waiter:
     @property
     def key(self) -> tuple[str, str]:
         return (self.req.idempotency_scope, self.req.idempotency_key)
+
+
+@dataclass(eq=False, slots=True)
+class _Lane:
+    queue: deque[_Waiter] = field(default_factory=deque)
+    task: asyncio.Task[None] | None = None
+    # a reserve that found the lane idle is running the ordinary path (the caller's own task)
+    solo: bool = False
+
+
+_LaneKey = tuple[int, int, int | None, bool, str | None]
+_lanes: dict[_LaneKey, _Lane] = {}
 
 
 def applies(ctx: Ctx, req: ReserveRequest) -> bool:
@@ -177,16 +188,33 @@ async def reserve(
     Why the idle case takes the ordinary path: a lone request pays no wait for a batch to form, and its
     path is as short (one statement claims, looks up and checks expiry; one holds and writes); only
     requests that arrive while a reserve is in flight queue."""
-    assert req.lines[0].location_code is not None
-    key = (id(ctx.db), tenancy.current(), tenancy.in_system_mode(), ctx.actor.key_id)
-    return await _lanes.submit(key, lambda future: _Waiter(ctx, req, ttl, fingerprint, future), ordinary)
+    line = req.lines[0]
+    assert line.location_code is not None
+    loop = asyncio.get_running_loop()
+    key: _LaneKey = (id(loop), id(ctx.db), tenancy.current(), tenancy.in_system_mode(), ctx.actor.key_id)
+    lane = _lanes.get(key)
+    if lane is None:
+        lane = _lanes[key] = _Lane(solo=True)
+        try:
+            return await ordinary()
+        finally:
+            # the queue that formed meanwhile becomes the first batch (also when this caller was cancelled)
+            lane.solo = False
+            if lane.queue and lane.task is None:
+                lane.task = asyncio.create_task(_drain(key, lane))
+            elif not lane.queue and lane.task is None and _lanes.get(key) is lane:
+                del _lanes[key]
+    future: asyncio.Future[ReservationView | None] = loop.create_future()
+    lane.queue.append(_Waiter(ctx, req, ttl, fingerprint, future))
+    if lane.task is None and not lane.solo:
+        # a task of its own: a caller cancelled mid-batch must not cancel the others' transaction
+        lane.task = asyncio.create_task(_drain(key, lane))
+    return await future
 
 
-def _next_batch(queue: deque[_Waiter]) -> list[_Waiter]:
-    """Up to `Settings.combine_holds` waiters from the front of the queue, in arrival order, skipping
-    those whose caller is gone; a second request with a key already in the batch stays at the front for
-    the next one."""
-    size = queue[0].ctx.settings.combine_holds
+def _next_batch(queue: deque[_Waiter], size: int) -> list[_Waiter]:
+    """Up to `size` waiters from the front of the queue, in arrival order, skipping those whose caller
+    is gone; a second request with a key already in the batch stays at the front for the next one."""
     batch: list[_Waiter] = []
     keys: set[tuple[str, str]] = set()
     later: list[_Waiter] = []
@@ -201,6 +229,73 @@ def _next_batch(queue: deque[_Waiter]) -> list[_Waiter]:
         batch.append(waiter)
     queue.extendleft(reversed(later))
     return batch
+
+
+async def _drain(key: _LaneKey, lane: _Lane) -> None:
+    """Run the lane's batches until its queue is empty and none is in flight, then forget the lane.
+
+    With `Settings.combine_in_flight` 2, two batches may be in flight: the next one starts once the
+    previous one holds its row locks, so it does its work before the locks (claiming keys, expiry)
+    meanwhile and then locks its positions, waiting on those the previous one holds, which the database
+    grants only after the previous one commits: on each position batches still lock, decide and commit in
+    arrival order, and a hot row lock is never idle between them."""
+    flying: deque[asyncio.Task[None]] = deque()  # batches started, oldest first
+    try:
+        while lane.queue or flying:
+            if not lane.queue:
+                await asyncio.shield(flying.popleft())
+                continue
+            batch = _next_batch(lane.queue, lane.queue[0].ctx.settings.combine_holds)
+            if not batch:
+                continue
+            locked = asyncio.Event()
+            current = asyncio.create_task(_serve(batch, locked))
+            if batch[0].ctx.settings.combine_in_flight < 2:
+                await asyncio.shield(current)  # one at a time: the next batch starts after this one's commit
+                continue
+            waiting = asyncio.create_task(locked.wait())
+            try:
+                await asyncio.wait((current, waiting), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiting.cancel()
+            flying.append(current)
+            while len(flying) >= batch[0].ctx.settings.combine_in_flight:
+                await asyncio.shield(flying.popleft())  # at most combine_in_flight in flight
+    finally:
+        # also when this task itself is cancelled (the loop shutting down): nobody is left waiting (a
+        # batch already started answers its members from its own task)
+        for waiter in lane.queue:
+            if not waiter.future.done():
+                waiter.future.cancel()
+        lane.queue.clear()
+        lane.task = None
+        if _lanes.get(key) is lane:
+            del _lanes[key]
+
+
+async def _serve(batch: Sequence[_Waiter], locked: asyncio.Event) -> None:
+    """One batch, its answers given to its members; never raises (each member gets the batch's error)."""
+    try:
+        answers = await _run_batch(batch, locked)
+    except BaseException as exc:  # every member gets the batch's error, none is left waiting
+        for waiter in batch:
+            if not waiter.future.done():
+                if isinstance(exc, Exception):
+                    waiter.future.set_exception(exc)
+                else:
+                    waiter.future.cancel()
+        if not isinstance(exc, Exception):
+            raise  # this task cancelled (the loop shutting down)
+        return
+    finally:
+        locked.set()  # the next batch may start (also when this one ended before taking the lock)
+    for waiter, answer in zip(batch, answers, strict=True):
+        if waiter.future.done():
+            continue
+        if isinstance(answer, Refused):
+            waiter.future.set_exception(answer)
+        else:
+            waiter.future.set_result(answer)
 
 
 # --- one batch, one transaction ---------------------------------------------------------------------
@@ -361,8 +456,3 @@ def _refusal(quantity: int, verdict: Verdict, sku_code: str, location_code: str)
     """The ordinary path's INSUFFICIENT_STOCK, with the units available at this request's turn."""
     message = f"{sku_code}: {quantity} requested at {location_code}, {verdict.available} available"
     return Refused([UserError(ErrorCode.INSUFFICIENT_STOCK, message, ("lines", sku_code))])
-
-
-_lanes: Lanes[_Waiter, ReservationView | None] = Lanes(
-    _next_batch, _run_batch, lambda waiter: waiter.ctx.settings.combine_in_flight
-)
