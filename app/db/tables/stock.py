@@ -107,10 +107,7 @@ inventory_events = Table(
     UniqueConstraint("tenant_id", "source", "external_id"),
     Index("ix_inventory_events_position", "sku_id", "location_id", "occurred_at"),
     Index("ix_inventory_events_location_id", "location_id"),
-    # only reservations' rows: an ingested event adds no NULL entry (migration 0013)
-    Index(
-        "ix_inventory_events_reservation_id", "reservation_id", postgresql_where=text("reservation_id IS NOT NULL")
-    ),
+    Index("ix_inventory_events_reservation_id", "reservation_id"),
     # one row per change of a position at each version (rows that change nothing keep the version they
     # saw); a deferred trigger also requires a row for every version reached (migration 0009)
     Index(
@@ -122,9 +119,8 @@ inventory_events = Table(
         unique=True,
         postgresql_where=text(LEDGER_ROW_CHANGES),
     ),
-    # every row is at a position, which exists (so do its SKU and location): one key checked per row,
-    # on a row the writing transaction holds locked (migration 0013)
-    tenant_fk(["sku_id", "location_id"], "stock_levels", ["sku_id", "location_id"]),
+    tenant_fk(["sku_id"], "skus", ["id"]),
+    tenant_fk(["location_id"], "locations", ["id"]),
     tenant_fk(["to_location_id"], "locations", ["id"]),
 )
 
