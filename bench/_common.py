@@ -29,6 +29,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
+
+
+def own_env(**extra: str) -> dict[str, str]:
+    """The environment of a subprocess running this checkout's service or CLI: `app` imported from ROOT.
+
+    Why: the virtualenv holds the project as an editable install, which maps `app` to the checkout it
+    was installed from. A worktree sharing that virtualenv (an A/B against another commit) ran the
+    other checkout's `stockwire migrate`, so its database had the other commit's schema (seen: a
+    worktree's bench database carried a migration only main had)."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else ""), **extra}
+
+
 PG_HOST = os.environ.get("BENCH_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("BENCH_PG_PORT", "5432"))
 PG_USER = os.environ.get("BENCH_PG_USER", "postgres")
@@ -76,7 +89,7 @@ async def drop_database(name: str) -> None:
 
 
 def migrate(db: str) -> None:
-    env = {**os.environ, "STOCKWIRE_DATABASE_URL": sa_url(db)}
+    env = own_env(STOCKWIRE_DATABASE_URL=sa_url(db))
     stockwire = VENV_BIN / "stockwire"
     cmd = [str(stockwire), "migrate"] if stockwire.exists() else [PYTHON, "-m", "app.cli", "migrate"]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -187,7 +200,7 @@ def start_server(
     """`uvicorn app.main:create_app --factory` on a free port (or `argv`, given `{port}`)."""
     port = free_port()
     env = {
-        **os.environ,
+        **own_env(),
         "STOCKWIRE_DATABASE_URL": sa_url(db),
         "STOCKWIRE_BROADCAST_URL": "memory://",
         # a benchmark measures throughput, not the per-key limit on holds (RATE_LIMITED)
@@ -257,7 +270,7 @@ asyncio.run(main())
 def create_api_key(db: str, scopes: str) -> str | None:
     """A new API key in the bench database: `stockwire keys create --scopes S` (the contract), else the
     service's own `app.security.keys.create_key`; None when the service has no API keys at all."""
-    env = {**os.environ, "STOCKWIRE_DATABASE_URL": sa_url(db)}
+    env = own_env(STOCKWIRE_DATABASE_URL=sa_url(db))
     cmd = [str(VENV_BIN / "stockwire"), "keys", "create", "--scopes", scopes]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     if out.returncode == 0:

@@ -40,6 +40,7 @@ from _common import (
     drop_database,
     graphql,
     migrate,
+    own_env,
     recreate_database,
     run_bench,
     run_database,
@@ -86,7 +87,7 @@ asyncio.run(main())
 
 def create_keys(db: str, scopes: str, n: int) -> list[str]:
     """`n` API keys in one process (`stockwire keys create` starts one per key)."""
-    env = {**os.environ, "STOCKWIRE_DATABASE_URL": sa_url(db)}
+    env = own_env(STOCKWIRE_DATABASE_URL=sa_url(db))
     out = subprocess.run(
         [PYTHON, "-c", _CREATE_KEYS_PY, sa_url(db), scopes, str(n)],
         cwd=ROOT,

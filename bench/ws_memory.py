@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import secrets
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from app.db.engine import Database  # noqa: E402
 from app.db.migrate import upgrade  # noqa: E402
 from app.security import keys  # noqa: E402
 from app.security.scopes import Scope  # noqa: E402
-from bench._common import free_port  # noqa: E402
+from bench._common import free_port, own_env  # noqa: E402
 
 SUB = "subscription($s: [String!]) { availabilityChanged(skuCodes: $s) { skuCode } }"
 
@@ -83,7 +82,7 @@ async def main() -> None:
         url = embedded.start()
         key = await prepare(url)
         port = free_port()
-        env = {**os.environ, "STOCKWIRE_DATABASE_URL": url, "STOCKWIRE_BROADCAST_URL": "memory://"}
+        env = own_env(STOCKWIRE_DATABASE_URL=url, STOCKWIRE_BROADCAST_URL="memory://")
         command = [sys.executable, "-c", "from app.cli import main; main()", "serve", "--port", str(port)]
         server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr)  # noqa: ASYNC220
         try:
