@@ -315,7 +315,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         s = runtime.settings
         configure_logging()  # here, not at import: uvicorn configures its loggers before the lifespan
-        db = Database(s.database, s.db_pool_size, s.db_max_overflow)
+        db = Database(s.database, s.db_pool_size, s.db_max_overflow, pool_timeout=s.db_pool_timeout_seconds)
         try:
             # `development_key` (set for the embedded default by app/db/embedded.py) makes and prints a key
             # with every scope when there is none; a deployment refuses to start instead

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     # statement prepared again: at 16 concurrent reserves, 15 new connections a second, bench/reserve.py)
     db_pool_size: int = Field(20, ge=1)
     db_max_overflow: int = Field(10, ge=0)
+    # how long a request waits for a connection when all are in use; then it is answered UNAVAILABLE
+    # (retry shortly), not left hanging (app/graphql/errors.py)
+    db_pool_timeout_seconds: float = Field(30.0, gt=0)
     # connections opened at start (at most db_pool_size): otherwise the pool grows during the first
     # bursts, and a new connection is slow to its first answers (Database.warm)
     db_pool_warm: int = Field(20, ge=0)

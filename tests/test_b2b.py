@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from app.db.engine import Database
 from app.security.scopes import Scope
+from app.services.context import Ctx
 from tests.conftest import Api, create_test_key
 from tests.helpers import catalogue, event, record
 from tests.live import start_server, stop_server
@@ -297,3 +300,55 @@ async def test_partial_hold_backorders_within_the_limit_with_its_date(api: Api) 
     # a partial hold needs a channel's rules
     data = (await api.ok(RESERVE, input={"lines": [line], "idempotencyKey": "p3", "allowPartial": True}))["reserve"]
     assert [e["code"] for e in data["userErrors"]] == ["INVALID_INPUT"]
+
+
+async def test_calls_that_miss_the_key_cache_together_share_one_read(
+    api: Api, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of subscriptions (10,000 after a restart) each read the key's accounts while the cache was
+    cold: each checked a connection out, the pool ran dry and some got "Unexpected error"."""
+    from app.services import accounts
+
+    await catalogue(api, [SKU], [("WH-1", 10)])
+    await _wholesale(api)
+    plain = await api.new_key(Scope.STOREFRONT)  # bound to no account: the usual storefront
+    bound = await api.new_key(Scope.STOREFRONT)
+    assert (await api.ok(BIND, key=bound.split("_")[1], codes=["BOLT"]))["setKeyAccounts"]["accountCodes"] == ["BOLT"]
+    ids = {r[0]: str(r[1]) for r in await api.sql("SELECT prefix, id FROM api_keys")}
+    plain_id, bound_id = ids[plain.split("_")[1]], ids[bound.split("_")[1]]
+    for key_id in (plain_id, bound_id):
+        accounts._bindings.pop(key_id, None)  # cold, as after a restart or the cache's 5 s
+    # a database of the test's own (the app's background tasks read through theirs), reads counted
+    own = Database(database_url)
+    ctx = replace(api.ctx, db=own)
+    reads = 0
+    real_read = own.read
+
+    def counted_read() -> Any:
+        nonlocal reads
+        reads += 1
+        return real_read()
+
+    monkeypatch.setattr(own, "read", counted_read)
+    try:
+        await _burst(ctx, plain_id, bound_id, lambda: reads)
+    finally:
+        await own.dispose()
+
+
+async def _burst(ctx: Ctx, plain_id: str, bound_id: str, reads: Callable[[], int]) -> None:
+    from app.services import accounts
+
+    calls = [asyncio.create_task(accounts.scope_for(ctx, plain_id, None, None)) for _ in range(50)]
+    await asyncio.sleep(0)
+    calls[0].cancel()  # a caller gone meanwhile leaves the read to the others
+    done = await asyncio.gather(*calls[1:])
+    assert {(s.channel_code, s.account_code) for s in done} == {(None, None)}
+    assert reads() == 1  # the key's accounts, read once for all of them
+    assert accounts._reading == {}
+    await accounts.scope_for(ctx, plain_id, None, None)
+    assert reads() == 1  # now from the cache
+    # a bound key: its accounts read once, then each call reads its account's channel
+    got = await asyncio.gather(*(accounts.scope_for(ctx, bound_id, None, None) for _ in range(10)))
+    assert {(s.channel_code, s.account_code) for s in got} == {("WHOLESALE", "BOLT")}
+    assert reads() == 1 + 1 + 10

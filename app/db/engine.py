@@ -114,7 +114,12 @@ class Database:
     own rights (migrations, maintenance)."""
 
     def __init__(
-        self, url: str, pool_size: int = 10, max_overflow: int = 10, role: str | None = tenancy.APP_ROLE
+        self,
+        url: str,
+        pool_size: int = 10,
+        max_overflow: int = 10,
+        role: str | None = tenancy.APP_ROLE,
+        pool_timeout: float = 30.0,
     ) -> None:
         self.url = url
         # PostgreSQL only (the embedded default is one too, app/db/embedded.py): concurrent writers are
@@ -123,6 +128,7 @@ class Database:
             url,
             pool_size=pool_size,
             max_overflow=max_overflow,
+            pool_timeout=pool_timeout,
             pool_pre_ping=False,
             connect_args={"connection_class": _ScopedConnection},
         )

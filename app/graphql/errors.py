@@ -14,7 +14,10 @@ from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 from graphql import ASTValidationRule, GraphQLError, GraphQLSyntaxError, OperationDefinitionNode
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.exceptions import CannotGetOperationTypeError
 from strawberry.types import ExecutionContext
@@ -29,6 +32,27 @@ log = logging.getLogger("stockwire.errors")
 
 INTERNAL = "INTERNAL_SERVER_ERROR"
 MASKED_MESSAGE = "Unexpected error."
+UNAVAILABLE = "UNAVAILABLE"
+UNAVAILABLE_MESSAGE = "The database is busy or unreachable: try again shortly."
+
+
+def database_unavailable(error: BaseException | None) -> bool:
+    """A fault that says the database could not be reached or had no connection free in time (the pool's
+    wait ran out, a refused or lost connection, Postgres out of connection slots or starting): nothing
+    about the request, and worth retrying, so the client is told so (UNAVAILABLE) instead of
+    "Unexpected error."."""
+    seen = 0
+    while error is not None and seen < 5:  # the cause chain: SQLAlchemy wraps the driver's error
+        if isinstance(error, PoolTimeout | ConnectionError | asyncpg.CannotConnectNowError):
+            return True
+        if isinstance(error, asyncpg.TooManyConnectionsError | asyncpg.ConnectionDoesNotExistError):
+            return True
+        if isinstance(error, DBAPIError) and error.connection_invalidated:
+            return True
+        error = error.__cause__ or (error.orig if isinstance(error, DBAPIError) else None)
+        seen += 1
+    return False
+
 
 # (pattern in the message, code): the limit rules report plain validation errors, told apart by text
 _LIMITS = (
@@ -68,13 +92,20 @@ class ErrorPolicy:
         return "GRAPHQL_VALIDATION_FAILED"
 
     def masked(self, error: GraphQLError, context: object) -> GraphQLError:
-        """A fault as the client sees it: no message of ours, the request id to quote to operators."""
-        extensions: dict[str, Any] = {"code": INTERNAL}
+        """A fault as the client sees it: no message of ours, the request id to quote to operators; a
+        database that could not serve it in time is said so (UNAVAILABLE: retry)."""
+        busy = database_unavailable(error.original_error)
+        extensions: dict[str, Any] = {"code": UNAVAILABLE if busy else INTERNAL}
         rid = request_id_of(context)
         if rid is not None:
             extensions["requestId"] = rid
         return GraphQLError(
-            MASKED_MESSAGE, error.nodes, error.source, error.positions, error.path, extensions=extensions
+            UNAVAILABLE_MESSAGE if busy else MASKED_MESSAGE,
+            error.nodes,
+            error.source,
+            error.positions,
+            error.path,
+            extensions=extensions,
         )
 
     def for_client(self, error: GraphQLError, context: object) -> GraphQLError:

@@ -8,6 +8,7 @@ and that account's storefront read one number, and `reserve` holds at most that 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
@@ -172,8 +173,8 @@ async def _views(conn: AsyncConnection, codes: list[str] | None) -> list[Account
 
 async def list_accounts(ctx: Ctx, key_id: str | None, sees_all: bool) -> list[AccountView]:
     """The accounts a key serves; a key bound to none (an operator's, the channel's own) sees all."""
+    bound = await _bound_codes(ctx, key_id)
     async with ctx.db.read() as conn:
-        bound = await _bound_codes(conn, key_id)
         if bound:
             return await _views(conn, sorted(bound))
         return await _views(conn, None) if sees_all else []
@@ -225,18 +226,35 @@ def _cached_bound(key_id: str | None) -> frozenset[str] | None:
     return None
 
 
-async def _bound_codes(conn: AsyncConnection, key_id: str | None) -> frozenset[str]:
+# key reads in flight: the calls that miss the cache together share one read (a burst of 10,000
+# subscriptions after the cache expired each checked a connection out for it and exhausted the pool)
+_reading: dict[tuple[int, str], asyncio.Task[frozenset[str]]] = {}
+
+
+async def _bound_codes(ctx: Ctx, key_id: str | None) -> frozenset[str]:
+    """The key's account codes: from the cache, or read once for every call that misses it meanwhile."""
     known = _cached_bound(key_id)
     if known is not None or key_id is None:
         return known or frozenset()
-    codes = frozenset(
-        r.code
-        for r in await conn.execute(
-            select(accounts.c.code)
-            .join(api_key_accounts, api_key_accounts.c.account_id == accounts.c.id)
-            .where(api_key_accounts.c.key_id == key_id)
+    flight = (id(asyncio.get_running_loop()), key_id)
+    reading = _reading.get(flight)
+    if reading is None:
+        # a task of its own: a caller that goes away (cancelled) leaves the read to the others
+        reading = _reading[flight] = asyncio.create_task(_read_bound(ctx, key_id))
+        reading.add_done_callback(lambda done: _reading.pop(flight, None) if _reading.get(flight) is done else None)
+    return await asyncio.shield(reading)
+
+
+async def _read_bound(ctx: Ctx, key_id: str) -> frozenset[str]:
+    async with ctx.db.read() as conn:
+        codes = frozenset(
+            r.code
+            for r in await conn.execute(
+                select(accounts.c.code)
+                .join(api_key_accounts, api_key_accounts.c.account_id == accounts.c.id)
+                .where(api_key_accounts.c.key_id == key_id)
+            )
         )
-    )
     _bindings[key_id] = (time.monotonic(), codes)
     return codes
 
@@ -259,17 +277,17 @@ async def scope_for(ctx: Ctx, key_id: str | None, channel_code: str | None, acco
         # the usual checkout (no account named, the key bound to none, known from the cache): no
         # connection at all (checking one out and back cost every reserve ~5 % of its server CPU)
         return Scope(channel_code, None)
-    async with ctx.db.read() as conn:
-        bound = await _bound_codes(conn, key_id)
-        if bound:
-            if account_code is None:
-                if len(bound) > 1:
-                    raise NotServed("this key serves several accounts: name one with accountCode")
-                account_code = next(iter(bound))
-            elif account_code not in bound:
-                raise NotServed(f"this key does not serve account {account_code!r}")
+    bound = await _bound_codes(ctx, key_id)
+    if bound:
         if account_code is None:
-            return Scope(channel_code, None)
+            if len(bound) > 1:
+                raise NotServed("this key serves several accounts: name one with accountCode")
+            account_code = next(iter(bound))
+        elif account_code not in bound:
+            raise NotServed(f"this key does not serve account {account_code!r}")
+    if account_code is None:
+        return Scope(channel_code, None)
+    async with ctx.db.read() as conn:
         row = (
             await conn.execute(
                 select(channels.c.code)

@@ -93,6 +93,11 @@ class PublicationWorker:
     async def _elect(self, targets: list[Any]) -> list[Any]:
         """The channels this process publishes: it holds (or now takes) their advisory locks."""
         self._candidates = {t.id: t.code for t in targets}
+        if not targets:
+            # nothing to publish: no lock to hold, and no connection kept out of the pool the requests
+            # share (it held one of every process's connections even with no channel to publish)
+            await self._release_locks()
+            return []
         try:
             if self._lock_conn is None:
                 conn = await self.ctx.db.engine.connect()
