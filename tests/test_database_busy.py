@@ -16,9 +16,8 @@ LOCATIONS = "{ locations { code } }"
 
 
 async def test_a_request_that_gets_no_connection_in_time_is_told_to_retry(database_url: str) -> None:
-    async with served(
-        database_url, db_pool_size=1, db_max_overflow=0, db_pool_warm=1, db_pool_timeout_seconds=0.5
-    ) as (api, _):
+    small = {"db_pool_size": 1, "db_max_overflow": 0, "db_pool_warm": 1, "db_pool_timeout_seconds": 0.5}
+    async with served(database_url, **small) as (api, _):
         await asyncio.sleep(1.5)  # the start-up's own reads (statistics, tenants) done
         # nothing holds a connection while idle: the channel publisher takes one only for a channel to
         # publish (its advisory locks), so one connection serves this app's requests
