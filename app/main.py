@@ -137,6 +137,14 @@ class Runtime:
                     float(self.relay.unheard_count),
                 )
             )
+            out.append(
+                (
+                    "stockwire_relay_unheard_messages",
+                    "Messages the relay did not build because no subscriber on memory:// heard their key (a counter)",
+                    {},
+                    float(self.relay.unheard_messages),
+                )
+            )
             failing = 1.0 if self.relay.last_error else 0.0
             out.append(("stockwire_relay_failing", "1 while the outbox relay's last attempt failed", {}, failing))
         for tenant_id, worker in (self.publication.workers if self.publication else {}).items():

@@ -256,6 +256,9 @@ async def test_two_relays_share_the_outbox_and_publish_each_row_once(rig: Rig) -
     class Capture:
         unheard = False  # a listener is assumed: these relays publish
 
+        def audience(self) -> None:
+            return None  # anyone may hear: every message is built
+
         def __init__(self) -> None:
             self.keys: list[tuple[str, str]] = []
 

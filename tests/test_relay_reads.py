@@ -194,6 +194,9 @@ async def test_the_driver_read_leaves_a_tenant_with_channels_to_the_full_read(ap
     class Capture:
         unheard = False  # a listener is assumed: this relay publishes
 
+        def audience(self) -> None:
+            return None  # anyone may hear: every message is built
+
         def __init__(self) -> None:
             self.changes: list[Change] = []
 

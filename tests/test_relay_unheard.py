@@ -127,3 +127,63 @@ async def test_a_subscription_that_opens_during_an_unheard_claim_is_published_to
     assert opened  # the claim ran unread (the hub was unheard when it started) ...
     assert (await _next(opened[0]))["available"] == 4  # ... and rolled back: published after all
     assert alone.relay.unheard_count == unheard
+
+
+LEVEL = codec.stock_level_kind(DEFAULT_TENANT)
+
+
+async def test_with_subscribers_open_only_the_messages_somebody_hears_are_built(alone: Alone) -> None:
+    await catalogue(alone.api, ["SKU-1", "SKU-2"], [(WH1, 10), ("WH-2", 20)])
+    await alone.outbox_empty()
+    watching_one = alone.hub.subscribe(AVAILABILITY, {"SKU-1"})
+    watching_level = alone.hub.subscribe(LEVEL, {codec.stock_level_key("SKU-2", "WH-2")})
+    assert not alone.hub.unheard
+    published, unheard = alone.relay.published_count, alone.relay.unheard_messages
+    result = await record(
+        alone.api,
+        event("RECEIVED", "SKU-1", WH1, 3),
+        event("RECEIVED", "SKU-2", WH1, 4),
+        event("RECEIVED", "SKU-2", "WH-2", 6),
+    )
+    assert result["userErrors"] == []
+    await alone.outbox_empty()
+    assert (await _next(watching_one))["available"] == 3
+    level = await _next(watching_level)
+    assert (level["sku"], level["loc"], level["on_hand"]) == ("SKU-2", "WH-2", 6)
+    # built and published: SKU-1's availability, SKU-2 at WH-2; not built: SKU-2's availability and the
+    # levels of SKU-1 and SKU-2 at WH-1
+    assert alone.relay.published_count - published == 2
+    assert alone.relay.unheard_messages - unheard == 3
+    metrics = (await alone.api.client.get("/metrics")).text
+    assert f"stockwire_relay_unheard_messages {float(alone.relay.unheard_messages)}" in metrics.splitlines()
+
+    # a subscriber of every SKU's availability hears SKU-2's too
+    everything = alone.hub.subscribe(AVAILABILITY, None)
+    published, unheard = alone.relay.published_count, alone.relay.unheard_messages
+    await record(alone.api, event("SOLD", "SKU-2", WH1, 1))
+    await alone.outbox_empty()
+    assert (await _next(everything))["available"] == 9  # 4 - 1 at WH-1, 6 at WH-2
+    assert alone.relay.published_count - published == 1
+    assert alone.relay.unheard_messages - unheard == 1  # SKU-2's level at WH-1
+
+
+async def test_a_key_nobody_heard_for_a_while_gets_a_state_equal_to_one_sent_before(alone: Alone) -> None:
+    await catalogue(alone.api, ["SKU-1", "SKU-2"], [(WH1, 10)])
+    other = alone.hub.subscribe(AVAILABILITY, {"SKU-2"})  # open throughout: the hub is never unheard
+    first = alone.hub.subscribe(AVAILABILITY, {SKU})
+    await record(alone.api, event("RECEIVED", SKU, WH1, 5))
+    assert (await _next(first))["available"] == 5
+    alone.hub.unsubscribe(first)
+
+    unheard = alone.relay.unheard_messages
+    await record(alone.api, event("RECEIVED", SKU, WH1, 2))  # 7, heard by nobody
+    await alone.outbox_empty()
+    assert not alone.hub.unheard
+    assert alone.relay.unheard_messages == unheard + 2  # SKU-1's availability and its level
+
+    # a new subscriber starts from a snapshot (7); the next state (5 again) equals the last one the relay
+    # published for SKU-1, which it would skip as "nothing a subscriber sees moved" had it not forgotten it
+    second = alone.hub.subscribe(AVAILABILITY, {SKU})
+    await record(alone.api, event("SOLD", SKU, WH1, 2))
+    assert (await _next(second))["available"] == 5
+    assert other.keys == frozenset({"SKU-2"})

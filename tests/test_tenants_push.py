@@ -96,8 +96,10 @@ async def test_subscribers_of_one_tenant_never_get_another_tenants_changes(postg
                 # reads, so changes close together may reach a subscriber as one (699 is not promised);
                 # and the last of SKU-1's (695) may come after SKU-2's from the other process's relay
                 await b_control.wait_until(
-                    lambda ps: any(p["skuCode"] == "SKU-2" and p["available"] == 0 for p in ps)
-                    and any(p["skuCode"] == "SKU-1" and p["available"] == 695 for p in ps),
+                    lambda ps: (
+                        any(p["skuCode"] == "SKU-2" and p["available"] == 0 for p in ps)
+                        and any(p["skuCode"] == "SKU-1" and p["available"] == 695 for p in ps)
+                    ),
                     "B's own changes",
                 )
                 # A's fence: once A's subscribers have it, B's earlier messages have passed them too

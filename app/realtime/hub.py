@@ -77,6 +77,21 @@ class Hub:
         without its backend is never sure of that."""
         return isinstance(self._backend, InMemoryBackend) and not self._mailboxes and not self._raw_listeners
 
+    def audience(self) -> Callable[[str, str], bool] | None:
+        """Who would hear a message published now, per (kind, key): a predicate, or None when this hub
+        cannot know (another process may share the channel, or a raw listener takes every message).
+        Only with the backend its own queue (memory://) are this process's mailboxes everyone.
+        A mailbox with a key predicate (`match`) counts as hearing every key of its kind: its predicate
+        is the subscriber's own code, not called here."""
+        if not isinstance(self._backend, InMemoryBackend) or self._raw_listeners:
+            return None
+        by_key, wildcards = self._by_key, self._wildcards
+
+        def hears(kind: str, key: str) -> bool:
+            return kind in wildcards or (kind, key) in by_key
+
+        return hears
+
     @contextlib.asynccontextmanager
     async def listening(self) -> AsyncIterator[Any]:
         """The channel's raw messages (broadcaster's subscriber: `await it.get()`), for a listener outside

@@ -18,6 +18,10 @@ Nobody to tell: a process alone on its channel (memory://, the embedded default)
 claims the rows without reading the positions or publishing anything (Hub.unheard, _nobody_heard); an
 ingested batch of 500 otherwise rebuilt and encoded ~500 messages that reached no one. The hub is asked
 after the claim returned, so a subscription opened during it rolls the claim back and gets its message.
+With subscribers open, only the messages somebody hears are built (Hub.audience, relay_reads._changes:
+a storefront watching a few SKUs while a batch of 500 is ingested); a subscriber opens its mailbox
+before reading its snapshot, so one that was not heard when the relay asked reads a state at least as
+new as the message it did not get, and the relay forgets what it published last for a key nobody heard.
 
 A change whose figures equal what this relay last published for the key (a version that did not
 move, or moved without changing anything a subscriber sees) is not published at all; streams apply
@@ -84,6 +88,7 @@ class OutboxRelay:
         self.skipped_count = 0  # changes not published because nothing a subscriber sees moved
         self.republished_count = 0  # skipped states published after all (see the module docstring)
         self.unheard_count = 0  # positions or outbox rows claimed unread: nobody could hear (_nobody_heard)
+        self.unheard_messages = 0  # messages not built: nobody heard their key (_forget_unheard)
         self._levels = relay_reads.LevelCache()  # each level's message, rebuilt only when its row moved
         # tenants with channels, whose figures the hinted path reads through SQLAlchemy; the others' go
         # on the asyncpg connection alone (relay_reads.claim_and_read_driver). Kept for the process's
@@ -163,15 +168,19 @@ class OutboxRelay:
                     raise _HeardMeanwhile  # rolled back, the claim with it: read and publish after all
                 return claimed >= pairs
             changes, claimed = await relay_reads.claim_and_read_driver(
-                db, pairs, self.ctx.clock(), tenant_id, self._levels
+                db, pairs, self.ctx.clock(), tenant_id, self._levels, self.hub.audience()
             )
+            self._forget_unheard()
             # published before the commit (which deletes the claimed rows: only after a publication
             # that succeeded) and the connection's return to the pool
             await self._publish_news(changes)
             return claimed >= pairs
 
         async def work(conn: AsyncConnection) -> bool:
-            changes, claimed = await relay_reads.claim_and_read(conn, pairs, self.ctx.clock(), tenant_id, self._levels)
+            changes, claimed = await relay_reads.claim_and_read(
+                conn, pairs, self.ctx.clock(), tenant_id, self._levels, self.hub.audience()
+            )
+            self._forget_unheard()
             await self._publish_news(changes)  # before the commit, as on_driver's
             return claimed >= pairs
 
@@ -211,7 +220,9 @@ class OutboxRelay:
                     self.ctx.clock(),
                     tenant_id,
                     self._levels,
+                    self.hub.audience(),
                 )
+                self._forget_unheard()
             await self._publish_news(changes)
             return len(rows)
 
@@ -230,6 +241,15 @@ class OutboxRelay:
         self._published.clear()
         self.unheard_count += claimed
         return True
+
+    def _forget_unheard(self) -> None:
+        """Forget what was last published for the keys the last read found nobody hearing (no message
+        built, relay_reads._changes): their state has moved unpublished, and a subscriber arriving now
+        starts from a snapshot of it, so the next state must reach it even if it equals the one
+        published before (_news would skip it as nothing new)."""
+        for slot in self._levels.unheard:
+            self._published.pop(slot, None)
+        self.unheard_messages += len(self._levels.unheard)
 
     async def _publish_news(self, changes: list[Change]) -> None:
         """Publish what subscribers have not seen (raises like Hub.publish_many: the caller retries)."""
