@@ -326,9 +326,10 @@ class Watcher:
 
 async def watch(port: int, key: str | None, sku: str, within: float = 10.0) -> Watcher:
     """A storefront's subscription to `sku` (availabilityChanged, bench/push.py's websocket client), open
-    once its initial state has arrived. With a subscriber open the outbox relay reads and publishes every
-    change, as in any deployment with one; on memory:// with none it claims the rows unread (README,
-    "Nobody listening"), which a bench must not mistake for a faster write path."""
+    once its initial state has arrived. With a subscriber open the outbox relay reads every change, as in
+    any deployment with one, and publishes it (memory://: only what somebody hears, here `sku`'s
+    messages; Redis: all); on memory:// with none it claims the rows unread (README, "Nobody listening"),
+    which a bench must not mistake for a faster write path."""
     from push import Receipts, WsConnection  # push imports this module: taken when first called
 
     sink = Receipts()
@@ -351,7 +352,7 @@ async def storefront(port: int, key: str | None, sku: str, unwatched: bool) -> W
         say("nobody subscribed (--unwatched): the relay claims the changes unread")
         return None
     watcher = await watch(port, key, sku)
-    say(f"a storefront watches {watcher.sku}: the relay reads and publishes every change")
+    say(f"a storefront watches {watcher.sku}: the relay reads every change (memory://: builds and publishes {sku}'s)")
     return watcher
 
 

@@ -18,8 +18,10 @@ On demand only (not part of the test suite). One run:
  3. SERVICE: `uvicorn app.main:create_app --factory` (STOCKWIRE_BROADCAST_URL=memory://), one worker
     (`--workers N` with `--broadcast-url redis://...`: N workers sharing that Redis on a channel of the run's own);
     `--integrations` keep-alive connections, each sending `recordInventoryEvents` batches back to back;
-    a storefront subscribed to one SKU meanwhile (`_common.watch`), so the relay reads and publishes every
-    change as with any subscriber (`--unwatched`: nobody listens, and the relay claims the rows unread);
+    a storefront subscribed to one SKU meanwhile (`_common.watch`), so the relay reads every change as
+    with any subscriber (on memory:// it builds and publishes only the watched SKU's messages, since
+    212fa7f; with `--broadcast-url redis://...` every change's; `--unwatched`: nobody listens, and the
+    relay claims the rows unread);
  4. the same generated batches for both (see `Feed`): random positions of the 10,000, a mix of types, 5 %
     re-sent from the same integration's previous batch (answered DUPLICATE, not applied again), 2 % counts,
     and every event stamped 0-120 s in the past, so deltas older than a count at their position arrive
