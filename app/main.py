@@ -29,6 +29,7 @@ from app.db import statistics, tenancy
 from app.db.engine import Database
 from app.db.tables import outbox
 from app.db.tenancy import DEFAULT_TENANT
+from app.graphql import graphiql
 from app.graphql.context import Context
 from app.graphql.http import Problem, SecureGraphQLView, principal_of, request_id_of, tenant_of
 from app.graphql.schema import build_schema
@@ -189,8 +190,13 @@ class StockwireGraphQL(SecureGraphQLView):
         )
         self.runtime = runtime
         self.configure_security(runtime.settings)
+        graphiql.page()  # a page loading a file from elsewhere fails the start, not a browser offline
         self.max_request_bytes = runtime.settings.max_request_bytes  # a websocket message's cap
         self.admission = runtime.admission
+
+    @property
+    def graphql_ide_html(self) -> str:
+        return graphiql.page()  # Strawberry's, loading its scripts from here rather than unpkg.com
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":
@@ -401,6 +407,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/graphql", graphql_app, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql_app),
             *ops_routes(),  # the operations console (app/ops)
+            *graphiql.graphiql_routes(),  # GraphiQL's scripts and styles, served from here
         ],
         lifespan=lifespan,
         # browser storefronts on the listed origins may call the API over HTTP too (the same list
