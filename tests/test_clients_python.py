@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -159,6 +160,63 @@ async def test_watch_availability_survives_a_cut_and_a_server_restart(
     versions = [s.version for s in seen.states]
     assert versions == sorted(set(versions)), versions
     assert watch.latest[sku].version == truth["version"] and watch.latest[sku].available == 14
+
+
+async def test_a_subscription_refused_while_the_database_is_busy_is_tried_again(
+    client_database: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """UNAVAILABLE (the server's database busy or unreachable) is not a refusal for good: the watch
+    subscribes again after a backoff and ends at the true state."""
+    # one connection, and a request waits 0.3 s for it before it is answered UNAVAILABLE
+    small = {"db_pool_size": "1", "db_max_overflow": "0", "db_pool_warm": "1", "db_pool_timeout_seconds": "0.3"}
+    busy = start_server(client_database["url"], key=client_database["keys"]["all"], **small)
+    locker = await asyncpg.connect(client_database["url"].replace("postgresql+asyncpg", "postgresql"))
+    try:
+        async with (
+            http_client(busy.url, busy.key) as admin,
+            http_client(busy.url, client_database["keys"]["storefront"]) as shop,
+        ):
+            http = Http(admin)
+            sku, wh = unique("SKU"), unique("WH")
+            await http.catalogue([sku], [wh])
+            await http.event("RECEIVED", sku, wh, 5)
+            # the storefront's key is checked once over HTTP, so the websocket finds it in the server's cache
+            assert (await Http(shop).ok("query($s: [String!]!) { availability(skuCodes: $s) { available } }", s=[sku]))[
+                "availability"
+            ] == [{"available": 5}]
+
+            # an ERP's event on that SKU takes the server's one connection and waits for the position's
+            # row lock, which this test holds
+            lock = locker.transaction()
+            await lock.start()
+            await locker.execute(
+                "SELECT 1 FROM stock_levels l JOIN skus s ON s.id = l.sku_id WHERE s.code = $1 FOR UPDATE", sku
+            )
+            receipt = asyncio.create_task(http.event("RECEIVED", sku, wh, 1))
+            async with asyncio.timeout(TIMEOUT):
+                while not await locker.fetchval(  # noqa: ASYNC110 (another process's wait: poll it)
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                ):
+                    await asyncio.sleep(0.02)
+            storefront = StockwireClient(
+                f"{busy.url}/graphql", api_key=client_database["keys"]["storefront"], live=FAST
+            )
+            watch = storefront.watch_availability([sku])
+            async with Collector(watch) as seen:
+                async with asyncio.timeout(TIMEOUT):  # refused for now, at least once
+                    while not watch.refusals:
+                        assert seen.error is None, seen.error
+                        await asyncio.sleep(0.05)
+                assert "subscription refused for now (UNAVAILABLE)" in caplog.text
+                assert seen.states == []
+                await lock.commit()  # the lock goes: the event, then the watch, get through
+                await asyncio.wait_for(receipt, TIMEOUT)
+                await seen.wait_until(_shows(6), "the state once the database is free")
+                assert seen.error is None and watch.reconnects >= 1
+    finally:
+        await locker.close()
+        stop_server(busy)
 
 
 async def test_a_refused_key_is_an_error_not_a_reconnect_loop(server: Server) -> None:

@@ -103,6 +103,11 @@ class AvailabilityWatch:
     def reconnects(self) -> int:
         return self.stream.reconnects
 
+    @property
+    def refusals(self) -> int:
+        """Times the server refused the subscription for now (UNAVAILABLE) and it was sent again."""
+        return self.stream.refusals
+
 
 @dataclass
 class Checkout:

@@ -24,6 +24,7 @@ from gql.transport.exceptions import TransportError, TransportQueryError
 from gql.transport.websockets import WebsocketsTransport
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from .connection import RETRYABLE_CODES, error_code
 from .operations import OPERATIONS
 
 log = logging.getLogger("stockwire_client")
@@ -34,7 +35,9 @@ FATAL_CLOSE_CODES = frozenset({4400, 4401, 4403, 4406, 4409})
 
 
 class SubscriptionError(Exception):
-    """The server refused the subscription (bad key, scope, document or argument); retrying would not help."""
+    """The server refused the subscription (bad key, scope, document or argument); retrying would not help.
+    A refusal that says the server is briefly unwell (UNAVAILABLE: its database was busy or unreachable;
+    INTERNAL_SERVER_ERROR) is not one: the subscription is tried again, as after a lost connection."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class Resumable(Generic[T]):
     options: LiveOptions = field(default_factory=LiveOptions)
     versions: dict[str, int] = field(default_factory=dict)
     reconnects: int = 0
+    refusals: int = 0  # times the server refused it for now (UNAVAILABLE: its database busy) and it was retried
 
     def _transport(self) -> WebsocketsTransport:
         init = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -106,7 +110,10 @@ class Resumable(Generic[T]):
             except SubscriptionError:
                 raise
             except TransportQueryError as exc:
-                raise SubscriptionError(str(exc.errors or exc)) from exc
+                if error_code(exc.errors) not in RETRYABLE_CODES:
+                    raise SubscriptionError(str(exc.errors or exc)) from exc
+                self.refusals += 1
+                log.warning("subscription refused for now (%s); again in about %.2fs", error_code(exc.errors), backoff)
             except (TransportError, OSError, TimeoutError, ConnectionClosed, InvalidStatus) as exc:
                 code = _close_code(exc)
                 if code in FATAL_CLOSE_CODES:

@@ -2,6 +2,7 @@
 
     python clients/testing/database.py create   # prints {"name", "url", "keys": {scope: key, "all": key}} as JSON
     python clients/testing/database.py drop NAME
+    python clients/testing/database.py lock URL SKU   # holds SKU's position rows locked until stdin closes
 
 The Node tests (clients/ts/test) call this, so both test suites make databases the same way.
 """
@@ -14,6 +15,8 @@ import os
 import sys
 import uuid
 from pathlib import Path
+
+import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -72,11 +75,39 @@ async def drop(name: str) -> None:
     await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+_WAITING_FOR_ME = "SELECT count(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+
+
+async def lock(url: str, sku: str) -> None:
+    """Hold the row lock of every position of `sku` (what a long transaction on them does): prints
+    "locked" once held. Then, line by line on standard input: "wait" answers "waited" once another
+    backend waits for these locks (a request that needs them, holding a connection of its server's
+    pool meanwhile); "commit", or the end of the input, gives them back."""
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        async with conn.transaction():
+            held = await conn.fetch(
+                "SELECT 1 FROM stock_levels l JOIN skus s ON s.id = l.sku_id WHERE s.code = $1 FOR UPDATE", sku
+            )
+            if not held:
+                sys.exit(f"no position of {sku} to lock")
+            print("locked", flush=True)
+            while (line := (await asyncio.to_thread(sys.stdin.readline)).strip()) not in ("", "commit"):
+                if line == "wait":
+                    while not await conn.fetchval(_WAITING_FOR_ME):  # noqa: ASYNC110 (another backend: poll)
+                        await asyncio.sleep(0.02)
+                    print("waited", flush=True)
+    finally:
+        await conn.close()
+
+
 def main() -> None:
     if sys.argv[1:2] == ["create"]:
         print(json.dumps(asyncio.run(create())))
     elif sys.argv[1:2] == ["drop"] and len(sys.argv) == 3:
         asyncio.run(drop(sys.argv[2]))
+    elif sys.argv[1:2] == ["lock"] and len(sys.argv) == 4:
+        asyncio.run(lock(sys.argv[2], sys.argv[3]))
     else:
         sys.exit(__doc__)
 

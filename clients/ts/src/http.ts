@@ -37,7 +37,8 @@ export class UnreachableError extends Error {
 /** A lost request or answer, or a 5xx: the same idempotent request may be sent again. */
 class Retryable extends Error {}
 
-const RETRYABLE_CODES = new Set(["INTERNAL_SERVER_ERROR", "UNAVAILABLE"]);
+/** Error codes of a server (or its database) briefly unwell: the same request is worth sending again. */
+export const RETRYABLE_CODES = new Set(["INTERNAL_SERVER_ERROR", "UNAVAILABLE"]);
 
 export interface HttpOptions {
   url: string;

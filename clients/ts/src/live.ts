@@ -7,11 +7,15 @@
 // When the query's rows are in, a snapshot marker follows.
 import { createClient, type Client, type ClientOptions } from "graphql-ws";
 
+import { RETRYABLE_CODES } from "./http.js";
 import { requestFor, type OperationName, type ResultOf, type VariablesOf } from "./operations.js";
 
 // close codes after which reconnecting cannot help: bad message, unauthorised, forbidden, ...
 export const FATAL_CLOSE_CODES = new Set([4400, 4401, 4403, 4406, 4409]);
 
+/** The server refused the subscription (bad key, scope, document or argument): retrying would not help.
+ * A refusal that says the server is briefly unwell (UNAVAILABLE: its database was busy or unreachable;
+ * INTERNAL_SERVER_ERROR) is not one: the subscription is sent again after a backoff. */
 export class SubscriptionError extends Error {
   constructor(message: string, readonly code?: number) {
     super(message);
@@ -88,6 +92,8 @@ export class Resumable<S extends OperationName, Q extends OperationName, T> impl
   /** Per key, the version last handed out. */
   readonly versions = new Map<string, number>();
   connections = 0;
+  /** Times the server refused the subscription for now (its database busy or unreachable) and it was sent again. */
+  refusals = 0;
 
   constructor(
     private readonly options: LiveOptions,
@@ -103,6 +109,9 @@ export class Resumable<S extends OperationName, Q extends OperationName, T> impl
     const { feed, options } = this;
     const keepAlive = options.keepAliveMs ?? 10_000;
     let pongTimer: ReturnType<typeof setTimeout> | undefined;
+    let retryTimer: ReturnType<typeof setTimeout> | undefined;
+    let refusals = 0; // retryable refusals in a row (see SubscriptionError)
+    let finished = false;
     let synced = false;
 
     const accept = (row: T): void => {
@@ -120,8 +129,7 @@ export class Resumable<S extends OperationName, Q extends OperationName, T> impl
       keepAlive,
       retryAttempts: Number.POSITIVE_INFINITY,
       retryWait: async (retries) => {
-        const base = Math.min((options.minBackoffMs ?? 250) * 2 ** retries, options.maxBackoffMs ?? 15_000);
-        await new Promise((r) => setTimeout(r, base * (0.5 + Math.random() / 2)));
+        await new Promise((r) => setTimeout(r, backoffMs(options, retries)));
       },
       shouldRetry: (event) => !isFatal(event),
       on: {
@@ -129,22 +137,7 @@ export class Resumable<S extends OperationName, Q extends OperationName, T> impl
           this.connections += 1;
           const resync = synced;
           synced = true;
-          // the state as of this connection, alongside the (re)subscription graphql-ws sends itself
-          const request = requestFor(feed.snapshot, feed.variables);
-          const rows: T[] = [];
-          client.subscribe<ResultOf<Q>>(
-            { ...request, query: request.query ?? "" },
-            {
-              next: (result) => {
-                if (result.data) rows.push(...feed.rowsOfSnapshot(result.data));
-              },
-              error: () => undefined, // the connection dropped: the next one reads again
-              complete: () => {
-                for (const row of rows) accept(row);
-                channel.push({ type: "snapshotComplete", resync });
-              },
-            },
-          );
+          readSnapshot(resync); // alongside the (re)subscription graphql-ws sends itself
         },
         ping: (received) => {
           if (!received) pongTimer = setTimeout(() => socket?.close(4408, "no pong"), keepAlive);
@@ -161,21 +154,79 @@ export class Resumable<S extends OperationName, Q extends OperationName, T> impl
     if (options.webSocketImpl) clientOptions.webSocketImpl = options.webSocketImpl;
     let socket: WebSocket | undefined;
     const client: Client = createClient(clientOptions);
-    const request = requestFor(feed.subscription, feed.variables);
-    const unsubscribe = client.subscribe<ResultOf<S>>(
-      { ...request, query: request.query ?? "" },
-      {
-        next: (result) => {
-          if (result.errors?.length) channel.fail(new SubscriptionError(result.errors.map((e) => e.message).join("; ")));
-          else if (result.data) for (const row of feed.rowsOfChange(result.data)) accept(row);
+
+    // the state as of now: on every (re)connection, and after a refusal for now (see `refused`)
+    const readSnapshot = (resync: boolean): void => {
+      const request = requestFor(feed.snapshot, feed.variables);
+      const rows: T[] = [];
+      client.subscribe<ResultOf<Q>>(
+        { ...request, query: request.query ?? "" },
+        {
+          next: (result) => {
+            if (result.data) rows.push(...feed.rowsOfSnapshot(result.data));
+          },
+          error: () => undefined, // the connection dropped (the next one reads again) or the server is unwell
+          complete: () => {
+            for (const row of rows) accept(row);
+            channel.push({ type: "snapshotComplete", resync });
+          },
         },
-        error: (error) => channel.fail(asSubscriptionError(error)),
-        complete: () => channel.close(),
-      },
-    );
+      );
+    };
+
+    const request = requestFor(feed.subscription, feed.variables);
+    const subscribe = (): (() => void) => {
+      // once refused for now, this subscription is done with: the `complete` the server sends after its
+      // error must not end the watch (a new subscription takes over)
+      let abandoned = false;
+      const refusedNow = (errors: unknown): boolean => {
+        if (abandoned || !refused(errors)) return abandoned;
+        abandoned = true;
+        return true;
+      };
+      return client.subscribe<ResultOf<S>>(
+        { ...request, query: request.query ?? "" },
+        {
+          next: (result) => {
+            if (abandoned) return;
+            if (result.errors?.length) {
+              if (!refusedNow(result.errors)) channel.fail(new SubscriptionError(result.errors.map((e) => e.message).join("; ")));
+            } else if (result.data) {
+              refusals = 0; // it works again: the next refusal starts from the bottom
+              for (const row of feed.rowsOfChange(result.data)) accept(row);
+            }
+          },
+          error: (error) => {
+            if (!refusedNow(error)) channel.fail(asSubscriptionError(error));
+          },
+          complete: () => {
+            if (!abandoned) channel.close();
+          },
+        },
+      );
+    };
+    let unsubscribe = subscribe();
+
+    // A retryable refusal (the server's database busy or unreachable): subscribe again after a backoff on
+    // the same connection, and read the state again, as after a reconnection. Returns false for the others.
+    const refused = (errors: unknown): boolean => {
+      if (!isRetryable(errors) || finished) return false;
+      unsubscribe();
+      clearTimeout(retryTimer);
+      retryTimer = setTimeout(() => {
+        if (finished) return;
+        unsubscribe = subscribe();
+        readSnapshot(true);
+      }, backoffMs(options, refusals));
+      refusals += 1;
+      this.refusals += 1;
+      return true;
+    };
 
     const finish = async (): Promise<IteratorResult<LiveEvent<T>>> => {
+      finished = true;
       clearTimeout(pongTimer);
+      clearTimeout(retryTimer);
       unsubscribe();
       await client.dispose();
       channel.close();
@@ -190,6 +241,20 @@ export class Resumable<S extends OperationName, Q extends OperationName, T> impl
       return: finish,
     };
   }
+}
+
+function backoffMs(options: LiveOptions, retries: number): number {
+  const base = Math.min((options.minBackoffMs ?? 250) * 2 ** retries, options.maxBackoffMs ?? 15_000);
+  return base * (0.5 + Math.random() / 2);
+}
+
+/** GraphQL errors (an array) with a code that says the server is briefly unwell (RETRYABLE_CODES). */
+function isRetryable(errors: unknown): boolean {
+  if (!Array.isArray(errors)) return false;
+  return errors.some((e: { extensions?: { code?: unknown } }) => {
+    const code = e?.extensions?.code;
+    return typeof code === "string" && RETRYABLE_CODES.has(code);
+  });
 }
 
 function closeCode(event: unknown): number | undefined {

@@ -4,7 +4,7 @@ import { after, before, describe, test } from "node:test";
 import WebSocket from "ws";
 
 import { createStockwire, type Availability, type AvailabilityEvent } from "../src/index.js";
-import { Admin, createDatabase, dropDatabase, gql, Proxy, startServer, unique, until, type Database, type Server } from "./live.js";
+import { Admin, createDatabase, dropDatabase, gql, Proxy, RowLock, startServer, unique, until, type Database, type Server } from "./live.js";
 
 const DENVER = { latitude: 39.74, longitude: -104.99 };
 
@@ -95,6 +95,74 @@ describe("the TypeScript client against a live server", () => {
       await consuming;
     }
     assert.equal(failure, undefined);
+  });
+
+  test("watchAvailability refused while the database is busy (UNAVAILABLE) subscribes again", async () => {
+    assert.ok(db);
+    // one connection, and a request waits 0.3 s for it before it is answered UNAVAILABLE
+    const busy = await startServer(db, {
+      STOCKWIRE_DB_POOL_SIZE: "1",
+      STOCKWIRE_DB_MAX_OVERFLOW: "0",
+      STOCKWIRE_DB_POOL_WARM: "1",
+      STOCKWIRE_DB_POOL_TIMEOUT_SECONDS: "0.3",
+    });
+    let lock: RowLock | undefined;
+    try {
+      const admin = new Admin(busy.url, db.keys.all);
+      const sku = unique("SKU");
+      const wh = unique("WH");
+      await admin.catalogue([sku], [{ code: wh }]);
+      await admin.event("RECEIVED", sku, wh, 5);
+      // the storefront's key is checked once over HTTP, so the websocket finds it in the server's cache
+      assert.equal((await new Admin(busy.url, db.keys.storefront).availability(sku)).available, 5);
+
+      // an ERP's event on that SKU takes the server's one connection and waits for the row lock held here
+      lock = await RowLock.take(db, sku);
+      const receipt = admin.event("RECEIVED", sku, wh, 1);
+      await lock.waited();
+      const storefront = createStockwire({
+        url: busy.url,
+        apiKey: db.keys.storefront,
+        webSocketImpl: WebSocket,
+        minBackoffMs: 50,
+        maxBackoffMs: 300,
+      });
+      const watch = storefront.watchAvailability([sku]);
+      const states: Availability[] = [];
+      let failure: unknown;
+      const iterator = watch[Symbol.asyncIterator]();
+      const consuming = (async () => {
+        try {
+          for (;;) {
+            const step = await iterator.next();
+            if (step.done) return;
+            if (step.value.type === "state") states.push(step.value.state);
+          }
+        } catch (error) {
+          failure = error;
+        }
+      })();
+      try {
+        await until(() => {
+          if (failure) throw failure;
+          return watch.refusals > 0;
+        }, "a refusal for now");
+        assert.equal(states.length, 0);
+        await lock.release(); // the lock goes: the event, then the subscription, get through
+        await receipt;
+        await until(() => {
+          if (failure) throw failure;
+          return states.at(-1)?.available === 6;
+        }, "the state once the database is free");
+      } finally {
+        await iterator.return?.();
+        await consuming;
+      }
+      assert.equal(failure, undefined);
+    } finally {
+      await lock?.release();
+      await busy.stop();
+    }
   });
 
   test("checkout: a reserve whose answer was lost is retried and holds exactly once", async () => {

@@ -99,6 +99,62 @@ export async function gql<T = Record<string, any>>(url: string, key: string, que
   return body.data as T;
 }
 
+/**
+ * The row locks of a SKU's positions, held by a transaction of another process (clients/testing/database.py
+ * lock): `waited()` resolves once a request waits for them (holding a connection of its server's pool),
+ * `release()` commits.
+ */
+export class RowLock {
+  private lines: string[] = [];
+  private wake: (() => void) | undefined;
+
+  private constructor(private readonly child: ChildProcess) {
+    let buffered = "";
+    child.stdout?.setEncoding("utf8");
+    child.stdout?.on("data", (chunk: string) => {
+      buffered += chunk;
+      const parts = buffered.split("\n");
+      buffered = parts.pop() ?? "";
+      this.lines.push(...parts.filter((l) => l));
+      this.wake?.();
+    });
+  }
+
+  static async take(db: Database, sku: string): Promise<RowLock> {
+    const child = spawn(PYTHON, [DATABASE_TOOL, "lock", db.url, sku], { cwd: ROOT, stdio: ["pipe", "pipe", "inherit"] });
+    running.add(child);
+    const lock = new RowLock(child);
+    await lock.line("locked");
+    return lock;
+  }
+
+  async waited(): Promise<void> {
+    this.child.stdin?.write("wait\n");
+    await this.line("waited");
+  }
+
+  async release(): Promise<void> {
+    if (this.child.exitCode !== null) return;
+    const exited = once(this.child, "exit");
+    this.child.stdin?.end("commit\n");
+    await exited;
+    running.delete(this.child);
+  }
+
+  private async line(expected: string): Promise<void> {
+    const deadline = Date.now() + 15_000;
+    while (!this.lines.includes(expected)) {
+      if (this.child.exitCode !== null) throw new Error(`the lock holder exited with ${this.child.exitCode}`);
+      if (Date.now() > deadline) throw new Error(`the lock holder never said ${expected}`);
+      await new Promise<void>((r) => {
+        this.wake = r;
+        setTimeout(r, 100);
+      });
+    }
+    this.lines.splice(this.lines.indexOf(expected), 1);
+  }
+}
+
 let counter = 0;
 export function unique(prefix: string): string {
   counter += 1;
