@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from sqlalchemy import text
 
 from app.graphql.errors import UNAVAILABLE_MESSAGE
@@ -15,7 +16,9 @@ from tests.helpers import catalogue
 LOCATIONS = "{ locations { code } }"
 
 
-async def test_a_request_that_gets_no_connection_in_time_is_told_to_retry(database_url: str) -> None:
+async def test_a_request_that_gets_no_connection_in_time_is_told_to_retry(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     small = {"db_pool_size": 1, "db_max_overflow": 0, "db_pool_warm": 1, "db_pool_timeout_seconds": 0.5}
     async with served(database_url, **small) as (api, _):
         await asyncio.sleep(1.5)  # the start-up's own reads (statistics, tenants) done
@@ -34,5 +37,12 @@ async def test_a_request_that_gets_no_connection_in_time_is_told_to_retry(databa
         assert error["message"] == UNAVAILABLE_MESSAGE
         assert error["extensions"]["requestId"]
         assert 0.5 <= waited < 5
+        # logged as the database's state, one line without a traceback, not as an unexpected error
+        said = [
+            r for r in caplog.records if r.name == "stockwire.errors" and error["extensions"]["requestId"] in r.message
+        ]
+        assert [(r.levelname, r.getMessage().split(" [")[0], r.exc_info) for r in said] == [
+            ("WARNING", "database unavailable at locations", None)
+        ]
         # the connection back in the pool, the same request answers
         assert (await api.ok(LOCATIONS))["locations"] == [{"code": "WH-1"}]

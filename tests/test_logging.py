@@ -8,13 +8,17 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
 
 from app.observability.logging import RepeatedErrors, configure_logging, formatter
-from tests.conftest import Api
+from tests.conftest import Api, _truncate
 from tests.helpers import catalogue
+from tests.live import start_server, stop_server
 
 
 @pytest.fixture
@@ -190,3 +194,32 @@ def test_the_direct_access_line_is_the_line_the_formatter_writes() -> None:
             "duration_ms": 1.25,
         }
     )
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+async def test_a_websocket_gets_its_access_line_with_its_request_id_and_key_id(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A websocket to /graphql goes straight to the view (app.main.StockwireApp), still through the
+    observability middleware: its access line when it ends, with the caller's request id and the key."""
+    await _truncate(postgres_url)
+    path = tmp_path / "server.log"
+    with path.open("wb") as log:
+        server = start_server(postgres_url, log=log)
+        try:
+            async with connect(
+                server.ws_url,
+                subprotocols=[Subprotocol("graphql-transport-ws")],
+                additional_headers={"X-Request-Id": "ws-caller-1"},
+            ) as ws:
+                await ws.send(json.dumps({"type": "connection_init", "payload": server.init_payload}))
+                assert json.loads(await ws.recv())["type"] == "connection_ack"
+        finally:
+            stop_server(server)
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+    access = [r for r in records if r.get("logger") == "stockwire.access" and r.get("method") == "WS"]
+    assert len(access) == 1, records
+    (line,) = access
+    assert (line["path"], line["status"], line["request_id"]) == ("/graphql", 101, "ws-caller-1")
+    assert line["key_id"]

@@ -340,5 +340,6 @@ class SecureGraphQLView(GraphQL[Context, None]):
         context.principal = principal
         socket_caller.set(principal)  # for the trusted documents check of this socket's messages
         websocket: WebSocket = context.request
+        websocket.state.principal = principal  # the key id on the socket's access line, as on HTTP's
         self.revocation_watch.watch(websocket, security, token or "")
         return cast(UnsetType, UNSET)  # a plain connection_ack
