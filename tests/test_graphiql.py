@@ -73,6 +73,19 @@ async def test_the_page_and_its_files_are_served_from_here(api: Api) -> None:
     assert (await api.client.get(graphiql.PREFIX + "graphiql.min.js.gz")).status_code == 404
 
 
+_RECEIVED = (
+    'mutation { recordInventoryEvents(input: [{source: "erp", externalId: "%s", type: RECEIVED, '
+    'skuCode: "SKU-GRAPHIQL", locationCode: "WH-GRAPHIQL", quantity: %d, occurredAt: "2026-01-01T00:00:00Z"}]) '
+    "{ userErrors { code } } }"
+)
+
+
+def _post(server: Server, query: str) -> None:
+    """A mutation of the test's own, which must answer no error and no userError."""
+    body = httpx.post(f"{server.url}/graphql", json={"query": query}, headers=server.headers).json()
+    assert "errors" not in body and all(v["userErrors"] == [] for v in body["data"].values()), body
+
+
 @pytest.fixture
 def server(postgres_url: str) -> Iterator[Server]:
     asyncio.run(_truncate(postgres_url))
@@ -96,20 +109,15 @@ def test_graphiql_shows_its_editor_in_a_browser_that_reaches_only_this_server(se
             elsewhere.append(route.request.url)
             route.abort()
 
-    made = httpx.post(
-        f"{server.url}/graphql",
-        json={
-            "query": 'mutation { upsertLocations(input: [{code: "WH-GRAPHIQL", name: "East", kind: WAREHOUSE}]) '
-            "{ userErrors { code } } }"
-        },
-        headers=server.headers,
+    _post(
+        server,
+        'mutation { upsertLocations(input: [{code: "WH-GRAPHIQL", name: "East", kind: WAREHOUSE}]) '
+        "{ userErrors { code } } }",
     )
-    assert made.json() == {"data": {"upsertLocations": {"userErrors": []}}}
     # what a developer does: a query, and the key in GraphiQL's Headers (here through the page's URL)
-    wanted = urlencode(  # %20, not +: the page decodes with decodeURIComponent
-        {"q": "{ locations { code } }", "headers": json.dumps({"Authorization": f"Bearer {server.key}"})},
-        quote_via=quote,
-    )
+    headers = json.dumps({"Authorization": f"Bearer {server.key}"})
+    # quote: %20 for a space, not +, which the page's decodeURIComponent would keep
+    wanted = urlencode({"q": "{ locations { code } }", "headers": headers}, quote_via=quote)
     with chromium() as browser:
         page = browser.new_page()
         page.route("**/*", only_here)
@@ -119,4 +127,16 @@ def test_graphiql_shows_its_editor_in_a_browser_that_reaches_only_this_server(se
         page.locator(".graphiql-execute-button").click()
         expect(page.locator(".graphiql-response")).to_contain_text('"WH-GRAPHIQL"', timeout=10_000)
         page.screenshot(path=str(screenshot_path("graphiql.png")))
+
+        # a subscription: GraphiQL sends its Headers in connection_init, where the websocket takes its key
+        _post(server, 'mutation { upsertSkus(input: [{code: "SKU-GRAPHIQL", name: "Tee"}]) { userErrors { code } } }')
+        _post(server, _RECEIVED % ("g-1", 5))
+        live = 'subscription { availabilityChanged(skuCodes: ["SKU-GRAPHIQL"]) { skuCode available } }'
+        page.goto(f"{server.url}/graphql?{urlencode({'q': live, 'headers': headers}, quote_via=quote)}")
+        expect(page.locator(".graphiql-query-editor")).to_contain_text("availabilityChanged", timeout=20_000)
+        page.locator(".graphiql-execute-button").click()
+        expect(page.locator(".graphiql-response")).to_contain_text('"available": 5', timeout=10_000)
+        _post(server, _RECEIVED % ("g-2", 3))
+        expect(page.locator(".graphiql-response")).to_contain_text('"available": 8', timeout=10_000)
+        page.screenshot(path=str(screenshot_path("graphiql-subscription.png")))
     assert elsewhere == []
