@@ -247,22 +247,19 @@ class StockwireSchema(LeanExtensionsSchema):
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
         rid = request_id_of(execution_context.context) if execution_context is not None else None
         for error in errors:
-            if self.error_policy.is_fault(error) and database_unavailable(error.original_error):
+            if not self.error_policy.is_fault(error):
+                log.debug("client error [request_id=%s]: %s", rid, error.message)
+                continue
+            where = ".".join(str(p) for p in error.path or ()) or "(operation)"
+            if database_unavailable(error.original_error):
                 # the database's state, not a bug: one line each (the client is told UNAVAILABLE, to retry);
                 # a busy database otherwise wrote a traceback per request, burying anything else
-                log.warning(
-                    "database unavailable at %s [request_id=%s]: %s",
-                    ".".join(str(p) for p in error.path or ()) or "(operation)",
-                    rid,
-                    error.message,
-                )
-            elif self.error_policy.is_fault(error):
+                log.warning("database unavailable at %s [request_id=%s]: %s", where, rid, error.message)
+            else:
                 log.error(
                     "unexpected error at %s [request_id=%s]: %s",
-                    ".".join(str(p) for p in error.path or ()) or "(operation)",
+                    where,
                     rid,
                     error.message,
                     exc_info=error.original_error,
                 )
-            else:
-                log.debug("client error [request_id=%s]: %s", rid, error.message)

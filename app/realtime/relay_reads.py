@@ -228,7 +228,7 @@ async def _changes(
     level_kind = codec.stock_level_kind(tenant_id)
     channel_kinds = [(c, codec.availability_kind(c, tenant_id)) for c in channel_codes]
     # per SKU id: [code, active, sku version + location epoch, sum of level versions, levels shown,
-    # whether its availability is heard on no channel, the channel codes it is heard on]
+    # whether its availability (no channel) is heard, the channel codes its availability is heard on]
     skus: dict[int, list[Any]] = {}
     touched: list[tuple[str, str, EncodedData, codec.Content]] = []
     if rows and tuple(rows[0].keys())[: len(_COLUMNS)] != _COLUMNS:
