@@ -111,7 +111,7 @@ export class HttpConnection {
       throw new Retryable(`the answer was cut off (HTTP ${response.status}): ${String(error)}`);
     }
     if (body.errors?.length) {
-      const code = body.errors.find((e) => e.extensions?.code)?.extensions?.code;
+      const code = errorCode(body.errors);
       if (response.status >= 500 || (code && RETRYABLE_CODES.has(code))) throw new Retryable(`HTTP ${response.status} ${code}`);
       throw new StockwireError(body.errors.map((e) => e.message).join("; "), code, body.errors);
     }
@@ -119,6 +119,13 @@ export class HttpConnection {
     if (body.data == null) throw new StockwireError(`HTTP ${response.status} without data`, `HTTP_${response.status}`);
     return body.data as ResultOf<N>;
   }
+}
+
+/** The code of GraphQL errors: the first one's that has one (the server gives each error one). */
+export function errorCode(errors: unknown): string | undefined {
+  if (!Array.isArray(errors)) return undefined;
+  const code = (errors as (GraphQLErrorBody | null)[]).find((e) => e?.extensions?.code)?.extensions?.code;
+  return typeof code === "string" ? code : undefined;
 }
 
 export function sleep(ms: number): Promise<void> {

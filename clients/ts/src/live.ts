@@ -7,7 +7,7 @@
 // When the query's rows are in, a snapshot marker follows.
 import { createClient, type Client, type ClientOptions } from "graphql-ws";
 
-import { RETRYABLE_CODES } from "./http.js";
+import { errorCode, RETRYABLE_CODES } from "./http.js";
 import { requestFor, type OperationName, type ResultOf, type VariablesOf } from "./operations.js";
 
 // close codes after which reconnecting cannot help: bad message, unauthorised, forbidden, ...
@@ -180,9 +180,8 @@ export class Resumable<S extends OperationName, Q extends OperationName, T> impl
       // error must not end the watch (a new subscription takes over)
       let abandoned = false;
       const refusedNow = (errors: unknown): boolean => {
-        if (abandoned || !refused(errors)) return abandoned;
-        abandoned = true;
-        return true;
+        if (!abandoned && refused(errors)) abandoned = true;
+        return abandoned;
       };
       return client.subscribe<ResultOf<S>>(
         { ...request, query: request.query ?? "" },
@@ -210,7 +209,8 @@ export class Resumable<S extends OperationName, Q extends OperationName, T> impl
     // A retryable refusal (the server's database busy or unreachable): subscribe again after a backoff on
     // the same connection, and read the state again, as after a reconnection. Returns false for the others.
     const refused = (errors: unknown): boolean => {
-      if (!isRetryable(errors) || finished) return false;
+      const code = errorCode(errors);
+      if (code === undefined || !RETRYABLE_CODES.has(code) || finished) return false;
       unsubscribe();
       clearTimeout(retryTimer);
       retryTimer = setTimeout(() => {
@@ -246,15 +246,6 @@ export class Resumable<S extends OperationName, Q extends OperationName, T> impl
 function backoffMs(options: LiveOptions, retries: number): number {
   const base = Math.min((options.minBackoffMs ?? 250) * 2 ** retries, options.maxBackoffMs ?? 15_000);
   return base * (0.5 + Math.random() / 2);
-}
-
-/** GraphQL errors (an array) with a code that says the server is briefly unwell (RETRYABLE_CODES). */
-function isRetryable(errors: unknown): boolean {
-  if (!Array.isArray(errors)) return false;
-  return errors.some((e: { extensions?: { code?: unknown } }) => {
-    const code = e?.extensions?.code;
-    return typeof code === "string" && RETRYABLE_CODES.has(code);
-  });
 }
 
 function closeCode(event: unknown): number | undefined {

@@ -3,10 +3,37 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import WebSocket from "ws";
 
-import { createStockwire, type Availability, type AvailabilityEvent } from "../src/index.js";
+import { createStockwire, type Availability, type AvailabilityEvent, type AvailabilityWatch } from "../src/index.js";
 import { Admin, createDatabase, dropDatabase, gql, Proxy, RowLock, startServer, unique, until, type Database, type Server } from "./live.js";
 
 const DENVER = { latitude: 39.74, longitude: -104.99 };
+
+/** Iterates `watch` in the background, keeping what it yields and the error that ended it. */
+function consume(watch: AvailabilityWatch) {
+  const events: AvailabilityEvent[] = [];
+  let failure: unknown;
+  const iterator = watch[Symbol.asyncIterator]();
+  const consuming = (async () => {
+    try {
+      for (;;) {
+        const step = await iterator.next();
+        if (step.done) return;
+        events.push(step.value);
+      }
+    } catch (error) {
+      failure = error;
+    }
+  })();
+  return {
+    events,
+    states: (): Availability[] => events.flatMap((e) => (e.type === "state" ? [e.state] : [])),
+    failure: (): unknown => failure,
+    async stop(): Promise<void> {
+      await iterator.return?.();
+      await consuming;
+    },
+  };
+}
 
 describe("the TypeScript client against a live server", () => {
   let db: Database | undefined;
@@ -42,23 +69,10 @@ describe("the TypeScript client against a live server", () => {
       keepAliveMs: 2_000,
     });
     const watch = storefront.watchAvailability([sku]);
-    const events: AvailabilityEvent[] = [];
-    let failure: unknown;
-    const iterator = watch[Symbol.asyncIterator]();
-    const consuming = (async () => {
-      try {
-        for (;;) {
-          const step = await iterator.next();
-          if (step.done) return;
-          events.push(step.value);
-        }
-      } catch (error) {
-        failure = error;
-      }
-    })();
-    const states = (): Availability[] => events.flatMap((e) => (e.type === "state" ? [e.state] : []));
+    const seen = consume(watch);
+    const { events, states } = seen;
     const shows = (n: number) => () => {
-      if (failure) throw failure;
+      if (seen.failure()) throw seen.failure();
       return states().at(-1)?.available === n;
     };
     try {
@@ -91,10 +105,9 @@ describe("the TypeScript client against a live server", () => {
       assert.equal(watch.versions.get(sku), truth.version);
       assert.ok(watch.reconnects >= 1);
     } finally {
-      await iterator.return?.();
-      await consuming;
+      await seen.stop();
     }
-    assert.equal(failure, undefined);
+    assert.equal(seen.failure(), undefined);
   });
 
   test("watchAvailability refused while the database is busy (UNAVAILABLE) subscribes again", async () => {
@@ -128,37 +141,23 @@ describe("the TypeScript client against a live server", () => {
         maxBackoffMs: 300,
       });
       const watch = storefront.watchAvailability([sku]);
-      const states: Availability[] = [];
-      let failure: unknown;
-      const iterator = watch[Symbol.asyncIterator]();
-      const consuming = (async () => {
-        try {
-          for (;;) {
-            const step = await iterator.next();
-            if (step.done) return;
-            if (step.value.type === "state") states.push(step.value.state);
-          }
-        } catch (error) {
-          failure = error;
-        }
-      })();
+      const seen = consume(watch);
       try {
         await until(() => {
-          if (failure) throw failure;
+          if (seen.failure()) throw seen.failure();
           return watch.refusals > 0;
         }, "a refusal for now");
-        assert.equal(states.length, 0);
+        assert.equal(seen.states().length, 0);
         await lock.release(); // the lock goes: the event, then the subscription, get through
         await receipt;
         await until(() => {
-          if (failure) throw failure;
-          return states.at(-1)?.available === 6;
+          if (seen.failure()) throw seen.failure();
+          return seen.states().at(-1)?.available === 6;
         }, "the state once the database is free");
       } finally {
-        await iterator.return?.();
-        await consuming;
+        await seen.stop();
       }
-      assert.equal(failure, undefined);
+      assert.equal(seen.failure(), undefined);
     } finally {
       await lock?.release();
       await busy.stop();
